@@ -1,0 +1,101 @@
+//! Transport layer: QUIC endpoints, transport settings and TLS.
+//!
+//! - [`tls`]: identities, trust modes, fingerprints, rustls configurations.
+//! - this module: UDP sockets with enlarged buffers, quinn endpoints and the
+//!   transport settings EchoStream applies to every connection.
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// QUIC transport settings shared by servers and clients.
+#[derive(Clone, Debug)]
+pub struct TransportOptions {
+    /// A connection with no traffic for this long is closed; the peer's
+    /// vanishing is noticed within this time.
+    pub idle_timeout: Duration,
+    /// How often to send keep-alives on a quiet connection (keep below the
+    /// idle timeout).
+    pub keep_alive: Option<Duration>,
+    /// Bidirectional streams the peer may have open at once.
+    pub max_bidi_streams: u32,
+    /// Unidirectional streams the peer may have open at once.
+    pub max_uni_streams: u32,
+    /// UDP socket send/receive buffer size in bytes (best effort: the kernel
+    /// caps it at `net.core.rmem_max`/`wmem_max`). The kernel default of about
+    /// 208 KiB drops packets on fast loopback transfers.
+    pub socket_buffer: usize,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Some(Duration::from_secs(10)),
+            max_bidi_streams: 100,
+            max_uni_streams: 100,
+            socket_buffer: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl TransportOptions {
+    pub(crate) fn quinn(&self) -> Result<Arc<quinn::TransportConfig>, crate::Error> {
+        let mut t = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| crate::Error::Config(format!("idle timeout {:?} is too large", self.idle_timeout)))?;
+        t.max_idle_timeout(Some(idle));
+        t.keep_alive_interval(self.keep_alive);
+        t.max_concurrent_bidi_streams(self.max_bidi_streams.into());
+        t.max_concurrent_uni_streams(self.max_uni_streams.into());
+        Ok(Arc::new(t))
+    }
+}
+
+/// Binds a UDP socket with enlarged buffers and wraps it in a quinn endpoint.
+pub(crate) fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    opts: &TransportOptions,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Accept IPv4-mapped traffic on "[::]" like most servers do.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a failure here only costs throughput.
+    if let Err(e) = socket.set_recv_buffer_size(opts.socket_buffer) {
+        tracing::debug!(error = %e, "could not set UDP receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(opts.socket_buffer) {
+        tracing::debug!(error = %e, "could not set UDP send buffer");
+    }
+    socket.bind(&addr.into())?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime found: EchoStream needs a tokio runtime"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket.into(), runtime)
+}
+
+/// Resolves `"host:port"` (or an IP literal) to socket addresses.
+pub(crate) async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, crate::Error> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| crate::Error::Connect {
+            addr: addr.to_owned(),
+            reason: format!("cannot resolve address: {e}"),
+        })?
+        .collect();
+    if found.is_empty() {
+        return Err(crate::Error::Connect {
+            addr: addr.to_owned(),
+            reason: "address resolved to nothing".into(),
+        });
+    }
+    Ok(found)
+}

@@ -1,0 +1,173 @@
+//! The one public error type.
+
+use echostream_types::{CloseCode, Code, Status};
+use std::time::Duration;
+
+/// Result alias with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in EchoStream, as variants a caller can match.
+///
+/// Messages name the thing involved: the method, the address, the limit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The QUIC connection could not be established.
+    #[error("could not connect to {addr}: {reason}")]
+    Connect {
+        /// The address connected to.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The peer's TLS identity was not trusted (pin mismatch, changed known host, bad chain).
+    #[error("identity of {addr} rejected: {reason}")]
+    IdentityRejected {
+        /// The address connected to.
+        addr: String,
+        /// Why, with the fingerprints and files involved.
+        reason: String,
+    },
+    /// The peer refused the connection (decision policy, authentication, limits).
+    #[error("connection to {addr} rejected by the peer: {reason}")]
+    Rejected {
+        /// The address connected to.
+        addr: String,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// The call's deadline passed.
+    #[error("request `{method}` timed out after {after:?}")]
+    Timeout {
+        /// The method called.
+        method: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The call was cancelled.
+    #[error("request `{method}` was cancelled")]
+    Cancelled {
+        /// The method called.
+        method: String,
+    },
+    /// The peer has no handler for the method.
+    #[error("unknown method `{method}`: the peer has no handler registered under that name")]
+    UnknownMethod {
+        /// The method called.
+        method: String,
+    },
+    /// A payload did not encode or decode (argument on the peer, or result here).
+    #[error("bad payload for `{method}`: {detail}")]
+    BadPayload {
+        /// The method or event involved.
+        method: String,
+        /// What failed to decode, and why.
+        detail: String,
+    },
+    /// The remote handler returned an error.
+    #[error("`{method}` failed on the peer: {status}")]
+    Remote {
+        /// The method called.
+        method: String,
+        /// Code, message and details set by the handler.
+        status: Status,
+    },
+    /// An error status raised by application code (return it from a handler to
+    /// choose the code the caller sees).
+    #[error("{0}")]
+    Status(Status),
+    /// The connection is closed or was lost.
+    #[error("connection closed: {reason}")]
+    ConnectionClosed {
+        /// The close code, when the peer (or we) closed with one.
+        code: Option<CloseCode>,
+        /// The reason, as given by whoever closed it.
+        reason: String,
+    },
+    /// A frame would exceed the receiver's limit.
+    #[error("{what} of {size} bytes exceeds the peer's frame limit of {limit} bytes")]
+    FrameTooLarge {
+        /// What was being sent (for example "request `upload`").
+        what: String,
+        /// Its encoded size.
+        size: u64,
+        /// The limit.
+        limit: u32,
+    },
+    /// The peer broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// A builder or configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// TLS setup failed (identity files, certificates).
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] crate::connection::tls::TlsError),
+    /// A local I/O error (binding a socket, ...).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// An application error with [`Code::APPLICATION`], for handlers.
+    pub fn handler(message: impl Into<String>) -> Self {
+        Error::Status(Status::application(message))
+    }
+
+    /// An application error with a chosen code, for handlers.
+    pub fn with_code(code: Code, message: impl Into<String>) -> Self {
+        Error::Status(Status::new(code, message))
+    }
+
+    /// True for errors after which the connection is unusable.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(self, Error::ConnectionClosed { .. } | Error::Protocol(_))
+    }
+
+    /// Maps a status received for a call of `method` to the matching variant.
+    pub(crate) fn from_remote(method: &str, status: Status) -> Self {
+        let method = method.to_owned();
+        match status.code() {
+            Code::UNKNOWN_METHOD => Error::UnknownMethod { method },
+            Code::BAD_PAYLOAD => Error::BadPayload {
+                method,
+                detail: format!("the peer could not decode the argument: {}", status.message()),
+            },
+            Code::CANCELLED => Error::Cancelled { method },
+            _ => Error::Remote { method, status },
+        }
+    }
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Self {
+        Error::Status(s)
+    }
+}
+
+/// Converts a handler's error into the status sent to the caller.
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Status(s) => s,
+            // Propagate a downstream failure's code and message unchanged.
+            Error::Remote { status, .. } => status,
+            Error::Timeout { .. } => Status::new(Code::DEADLINE_EXCEEDED, e.to_string()),
+            other => Status::new(Code::INTERNAL, other.to_string()),
+        }
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        use std::io::ErrorKind;
+        let kind = match &e {
+            Error::Timeout { .. } => ErrorKind::TimedOut,
+            Error::ConnectionClosed { .. } => ErrorKind::ConnectionAborted,
+            Error::Connect { .. } => ErrorKind::ConnectionRefused,
+            Error::Io(io) => io.kind(),
+            _ => ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+}

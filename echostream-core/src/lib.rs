@@ -1,0 +1,22 @@
+//! The EchoStream runtime: QUIC connections, the control-stream protocol, and
+//! the RPC server and client. Most users depend on the `echostream` facade
+//! crate instead, which re-exports what they need.
+//!
+//! # Layout (top to bottom)
+//! - [`rpc`]: API layer: [`rpc::RpcServer`], [`rpc::RpcClient`], handlers,
+//!   listeners, [`rpc::Context`], the router.
+//! - [`protocol`]: the control stream: hello/welcome handshake, the batching
+//!   writer, the reader that dispatches frames, large frames on side streams;
+//!   [`protocol::Peer`] is the per-connection handle.
+//! - [`connection`]: transport: quinn endpoints, socket and transport
+//!   settings, TLS identities and trust ([`connection::tls`]).
+//!
+//! Wire frames and codecs live in `echostream-types` (sans-IO).
+
+pub mod connection;
+mod error;
+pub mod protocol;
+pub mod rpc;
+
+pub use error::{Error, Result};
+pub use echostream_types as types;

@@ -1,0 +1,214 @@
+//! The hello/welcome exchange that opens every connection's control stream.
+
+use super::ProtocolConfig;
+use crate::Error;
+use bytes::BytesMut;
+use echostream_types::{CloseCode, Frame, FrameDecoder, Hello, PROTOCOL_VERSION};
+
+/// Largest hello or welcome accepted (they carry only metadata).
+const MAX_HELLO: u32 = 64 * 1024;
+/// Smallest frame limit a peer may announce: below it no call fits.
+const MIN_PEER_FRAME: u32 = 1024;
+
+/// A completed handshake: the control stream and what the peer said.
+#[derive(Debug)]
+pub(crate) struct HandshakeOutcome {
+    pub(crate) send: quinn::SendStream,
+    pub(crate) recv: quinn::RecvStream,
+    /// Bytes read after the peer's hello/welcome (frames it pipelined).
+    pub(crate) leftover: BytesMut,
+    pub(crate) peer_hello: Hello,
+}
+
+/// Why a handshake failed, with the close code sent to the peer (if any).
+#[derive(Debug)]
+pub(crate) struct HandshakeError {
+    pub(crate) close: Option<CloseCode>,
+    pub(crate) reason: String,
+    pub(crate) conn: Option<quinn::ConnectionError>,
+}
+
+impl HandshakeError {
+    fn local(code: CloseCode, reason: String) -> Self {
+        Self {
+            close: Some(code),
+            reason,
+            conn: None,
+        }
+    }
+}
+
+fn our_hello(config: &ProtocolConfig) -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        max_frame_size: config.max_frame_size,
+        metadata: config.hello_metadata.clone(),
+    }
+}
+
+async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), HandshakeError> {
+    let mut buf = BytesMut::new();
+    frame
+        .encode(&mut buf)
+        .map_err(|e| HandshakeError::local(CloseCode::INTERNAL, format!("cannot encode {}: {e}", frame.kind())))?;
+    send.write_all(&buf).await.map_err(|e| match e {
+        quinn::WriteError::ConnectionLost(c) => HandshakeError {
+            close: None,
+            reason: c.to_string(),
+            conn: Some(c),
+        },
+        other => HandshakeError::local(CloseCode::PROTOCOL_VIOLATION, format!("control stream: {other}")),
+    })
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Result<Frame, HandshakeError> {
+    let decoder = FrameDecoder::new(MAX_HELLO);
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(HandshakeError::local(
+                    CloseCode::PROTOCOL_VIOLATION,
+                    format!("bad hello: {e}"),
+                ))
+            }
+        }
+        match recv.read_chunk(MAX_HELLO as usize, true).await {
+            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+            Ok(None) => {
+                return Err(HandshakeError::local(
+                    CloseCode::PROTOCOL_VIOLATION,
+                    "control stream ended before the hello".into(),
+                ))
+            }
+            Err(quinn::ReadError::ConnectionLost(c)) => {
+                return Err(HandshakeError {
+                    close: None,
+                    reason: c.to_string(),
+                    conn: Some(c),
+                })
+            }
+            Err(e) => {
+                return Err(HandshakeError::local(
+                    CloseCode::PROTOCOL_VIOLATION,
+                    format!("control stream: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+fn check_peer(h: &Hello, peer: &str) -> Result<(), HandshakeError> {
+    if h.version != PROTOCOL_VERSION {
+        return Err(HandshakeError::local(
+            CloseCode::VERSION_MISMATCH,
+            format!(
+                "protocol version mismatch: the {peer} speaks version {}, this side speaks version {PROTOCOL_VERSION}",
+                h.version
+            ),
+        ));
+    }
+    if h.max_frame_size < MIN_PEER_FRAME {
+        return Err(HandshakeError::local(
+            CloseCode::PROTOCOL_VIOLATION,
+            format!(
+                "the {peer} announced a frame limit of {} bytes, below the minimum of {MIN_PEER_FRAME}",
+                h.max_frame_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Client side: open the control stream, send the hello, read the welcome.
+pub(crate) async fn client_handshake(
+    conn: &quinn::Connection,
+    config: &ProtocolConfig,
+) -> Result<HandshakeOutcome, HandshakeError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|c| HandshakeError {
+        close: None,
+        reason: c.to_string(),
+        conn: Some(c),
+    })?;
+    // The control stream goes ahead of bulk side streams.
+    let _ = send.set_priority(1);
+    write_frame(&mut send, &Frame::Hello(our_hello(config))).await?;
+    let mut buf = BytesMut::new();
+    let welcome = match read_frame(&mut recv, &mut buf).await? {
+        Frame::Welcome(w) => w,
+        other => {
+            return Err(HandshakeError::local(
+                CloseCode::PROTOCOL_VIOLATION,
+                format!("expected a welcome, got a {} frame", other.kind()),
+            ))
+        }
+    };
+    check_peer(&welcome, "server")?;
+    Ok(HandshakeOutcome {
+        send,
+        recv,
+        leftover: buf,
+        peer_hello: welcome,
+    })
+}
+
+/// Server side: accept the control stream, read the hello, answer.
+///
+/// `decide` sees the hello before the welcome is sent and may refuse the
+/// connection with a reason.
+pub(crate) async fn server_handshake(
+    conn: &quinn::Connection,
+    config: &ProtocolConfig,
+) -> Result<HandshakeOutcome, HandshakeError> {
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|c| HandshakeError {
+        close: None,
+        reason: c.to_string(),
+        conn: Some(c),
+    })?;
+    let _ = send.set_priority(1);
+    let mut buf = BytesMut::new();
+    let hello = match read_frame(&mut recv, &mut buf).await? {
+        Frame::Hello(h) => h,
+        other => {
+            return Err(HandshakeError::local(
+                CloseCode::PROTOCOL_VIOLATION,
+                format!("expected a hello, got a {} frame", other.kind()),
+            ))
+        }
+    };
+    check_peer(&hello, "client")?;
+    write_frame(&mut send, &Frame::Welcome(our_hello(config))).await?;
+    Ok(HandshakeOutcome {
+        send,
+        recv,
+        leftover: buf,
+        peer_hello: hello,
+    })
+}
+
+/// Maps a failed client handshake to the public error.
+pub(crate) fn client_error(addr: &str, e: HandshakeError) -> Error {
+    if let Some(c) = &e.conn {
+        let (code, reason) = super::describe_close(c);
+        return match code {
+            Some(CloseCode::REJECTED) => Error::Rejected {
+                addr: addr.to_owned(),
+                reason: reason_text(c).unwrap_or(reason),
+            },
+            _ => Error::ConnectionClosed { code, reason },
+        };
+    }
+    Error::ConnectionClosed {
+        code: e.close,
+        reason: e.reason,
+    }
+}
+
+/// The reason string the peer put in its application close, if any.
+fn reason_text(c: &quinn::ConnectionError) -> Option<String> {
+    match c {
+        quinn::ConnectionError::ApplicationClosed(a) => Some(String::from_utf8_lossy(&a.reason).into_owned()),
+        _ => None,
+    }
+}

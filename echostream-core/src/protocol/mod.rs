@@ -1,0 +1,1014 @@
+//! Protocol layer: the control stream over a quinn connection.
+//!
+//! One [`Peer`] per connection, shared by both directions. Its concurrency
+//! model is "shared state + two tasks":
+//! - a **writer task** owns the control stream's send half and drains a
+//!   bounded channel of encoded frames, coalescing every frame that is ready
+//!   into one write (batching under load, no extra latency when idle);
+//! - a **reader task** owns the receive half, decodes frames with the sans-IO
+//!   [`FrameDecoder`] and dispatches them: responses complete waiting callers
+//!   through a map of oneshot senders, requests spawn one handler task each,
+//!   events go to one in-order listener task through a bounded queue;
+//! - a **side-stream task** accepts unidirectional streams that carry one
+//!   large frame each, so a 16 MiB response does not hold up small calls on
+//!   the control stream.
+//!
+//! Callers (`Peer::request`, handlers' responses) encode in their own task
+//! and hand the bytes to the writer.
+
+mod handshake;
+
+pub(crate) use handshake::{client_error, client_handshake, server_handshake, HandshakeOutcome};
+
+use crate::connection::tls::Fingerprint;
+use crate::rpc::{Context, Payload, Router};
+use crate::Error;
+use bytes::{Bytes, BytesMut};
+use echostream_types::frame::LENGTH_PREFIX;
+use echostream_types::{
+    CloseCode, Code, Codec, EventFrame, Frame, FrameDecoder, FrameError, Metadata, RequestFrame,
+    ResponseFrame, Status,
+};
+use futures::FutureExt;
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+/// First byte of a unidirectional stream that carries one large frame.
+pub(crate) const UNI_FRAME: u8 = 0x01;
+
+/// Settings of the protocol layer for one side of a connection.
+#[derive(Clone, Debug)]
+pub(crate) struct ProtocolConfig {
+    /// Largest frame this side accepts (announced in the hello).
+    pub(crate) max_frame_size: u32,
+    /// Requests and responses larger than this travel on their own stream.
+    pub(crate) inline_threshold: usize,
+    /// Requests from the peer allowed to run at once on one connection.
+    pub(crate) max_concurrent_requests: usize,
+    /// Events queued for listeners before the connection stops reading.
+    pub(crate) event_queue: usize,
+    /// Frames queued for the writer before callers wait.
+    pub(crate) write_queue: usize,
+    /// Time allowed for the hello/welcome exchange.
+    pub(crate) hello_timeout: Duration,
+    /// Deadline applied to calls that set none.
+    pub(crate) default_timeout: Option<Duration>,
+    /// Codec used when a call does not choose one.
+    pub(crate) default_codec: Codec,
+    /// Metadata sent in this side's hello.
+    pub(crate) hello_metadata: Metadata,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_size: echostream_types::DEFAULT_MAX_FRAME_SIZE,
+            inline_threshold: 64 * 1024,
+            max_concurrent_requests: 1024,
+            event_queue: 1024,
+            write_queue: 1024,
+            hello_timeout: Duration::from_secs(10),
+            default_timeout: Some(Duration::from_secs(30)),
+            default_codec: Codec::Bincode,
+            hello_metadata: Metadata::new(),
+        }
+    }
+}
+
+/// Which end opened the connection; decides the request-id space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Opened the connection; its request ids are even.
+    Client,
+    /// Accepted the connection; its request ids are odd.
+    Server,
+}
+
+impl Role {
+    fn first_id(self) -> u64 {
+        match self {
+            Role::Client => 0,
+            Role::Server => 1,
+        }
+    }
+}
+
+/// Per-call options.
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) no_timeout: bool,
+    pub(crate) metadata: Metadata,
+    pub(crate) codec: Option<Codec>,
+}
+
+impl CallOptions {
+    /// Default options: the connection's default timeout and codec.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Gives up after `timeout`; the deadline travels to the peer, whose
+    /// handler is cancelled when it passes.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self.no_timeout = false;
+        self
+    }
+
+    /// Waits without a deadline (until the connection closes).
+    pub fn no_timeout(mut self) -> Self {
+        self.timeout = None;
+        self.no_timeout = true;
+        self
+    }
+
+    /// Adds a metadata entry, visible to the handler as `ctx.metadata()`.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.metadata.insert(key, value);
+        self
+    }
+
+    /// Encodes the argument (and asks for the result) with `codec`.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+}
+
+/// An encoded frame on its way to the writer: head bytes plus an optional
+/// uncopied payload.
+enum Outgoing {
+    Frame { head: Bytes, tail: Bytes },
+    /// Write what is queued, finish the stream, wait for the peer to read it all.
+    Finish(oneshot::Sender<()>, Duration),
+}
+
+type ReplySender = oneshot::Sender<Result<(Codec, Bytes), Error>>;
+
+/// State shared by the handles and tasks of one connection.
+struct Shared {
+    conn: quinn::Connection,
+    role: Role,
+    id: u64,
+    remote: SocketAddr,
+    fingerprint: Option<Fingerprint>,
+    peer_hello: Metadata,
+    peer_max_frame: u32,
+    config: Arc<ProtocolConfig>,
+    router: Arc<Router>,
+    out: mpsc::Sender<Outgoing>,
+    next_id: AtomicU64,
+    /// Our calls waiting for a response, by request id.
+    pending: Mutex<HashMap<u64, ReplySender>>,
+    /// The peer's calls running here, by request id, so a cancel can abort them.
+    inflight: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    /// Set once the peer sent a go-away: no new calls toward it.
+    peer_going_away: AtomicBool,
+    /// Set once we sent a go-away: new calls from the peer are refused.
+    going_away: AtomicBool,
+    /// Why the connection ended, once it has.
+    closed: OnceLock<(Option<CloseCode>, String)>,
+    events: mpsc::Sender<(EventFrame, Peer)>,
+}
+
+/// A handle to one connection, usable from either side: send requests and
+/// events to the peer at the other end. Cheap to clone; calls fail with
+/// [`Error::ConnectionClosed`] once the peer has gone.
+#[derive(Clone)]
+pub struct Peer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("remote", &self.shared.remote)
+            .field("connection_id", &self.shared.id)
+            .field("role", &self.shared.role)
+            .finish()
+    }
+}
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Peer {
+    /// Starts the tasks of a connection whose handshake has completed.
+    pub(crate) fn start(
+        conn: quinn::Connection,
+        role: Role,
+        hs: HandshakeOutcome,
+        config: Arc<ProtocolConfig>,
+        router: Arc<Router>,
+    ) -> Peer {
+        let (out_tx, out_rx) = mpsc::channel(config.write_queue.max(1));
+        let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
+        let fingerprint = peer_fingerprint(&conn);
+        let shared = Arc::new(Shared {
+            remote: conn.remote_address(),
+            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            conn,
+            role,
+            fingerprint,
+            peer_hello: hs.peer_hello.metadata,
+            peer_max_frame: hs.peer_hello.max_frame_size,
+            config,
+            router,
+            out: out_tx,
+            next_id: AtomicU64::new(role.first_id()),
+            pending: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            peer_going_away: AtomicBool::new(false),
+            going_away: AtomicBool::new(false),
+            closed: OnceLock::new(),
+            events: ev_tx,
+        });
+        let peer = Peer { shared };
+        let span = tracing::debug_span!("conn", id = peer.shared.id, peer = %peer.shared.remote, role = ?role);
+        tokio::spawn(writer_task(hs.send, out_rx, peer.clone()).instrument(span.clone()));
+        tokio::spawn(reader_task(peer.clone(), hs.recv, hs.leftover).instrument(span.clone()));
+        tokio::spawn(side_stream_task(peer.clone()).instrument(span.clone()));
+        tokio::spawn(event_task(ev_rx).instrument(span));
+        peer
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.shared.remote
+    }
+
+    /// A process-unique id of this connection.
+    pub fn connection_id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// SHA-256 fingerprint of the peer's certificate, when it presented one.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.shared.fingerprint
+    }
+
+    /// Metadata the peer sent in its hello.
+    pub fn hello_metadata(&self) -> &Metadata {
+        &self.shared.peer_hello
+    }
+
+    /// The largest frame the peer accepts.
+    pub fn peer_max_frame_size(&self) -> u32 {
+        self.shared.peer_max_frame
+    }
+
+    /// Current round-trip time estimate.
+    pub fn rtt(&self) -> Duration {
+        self.shared.conn.rtt()
+    }
+
+    /// Why the connection ended, or `None` while it is open.
+    pub fn close_reason(&self) -> Option<String> {
+        self.shared.closed.get().map(|(_, r)| r.clone())
+    }
+
+    /// True once the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.get().is_some() || self.shared.conn.close_reason().is_some()
+    }
+
+    /// Number of the peer's requests running here now.
+    pub fn inflight_requests(&self) -> usize {
+        lock(&self.shared.inflight).len()
+    }
+
+    /// The underlying quinn connection (statistics, advanced use).
+    pub fn quinn_connection(&self) -> &quinn::Connection {
+        &self.shared.conn
+    }
+
+    /// Calls `method` with `args` and waits for the typed result, with the
+    /// connection's default timeout.
+    pub async fn request<A, R>(&self, method: &str, args: A) -> Result<R, Error>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        self.request_with(method, args, CallOptions::default()).await
+    }
+
+    /// Calls `method` with per-call options (timeout, metadata, codec).
+    ///
+    /// Dropping the returned future cancels the call: a cancel frame is sent
+    /// and the peer aborts its handler.
+    pub async fn request_with<A, R>(&self, method: &str, args: A, opts: CallOptions) -> Result<R, Error>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        let codec = opts.codec.unwrap_or(self.shared.config.default_codec);
+        let payload = codec.encode(&args).map_err(|e| Error::BadPayload {
+            method: method.to_owned(),
+            detail: format!("argument did not encode ({}): {e}", codec.name()),
+        })?;
+        let (codec, bytes) = self.request_raw(method, Payload { codec, bytes: payload }, opts).await?;
+        codec.decode::<R>(&bytes).map_err(|e| Error::BadPayload {
+            method: method.to_owned(),
+            detail: format!(
+                "result did not decode as {} ({}): {e}",
+                std::any::type_name::<R>(),
+                codec.name()
+            ),
+        })
+    }
+
+    /// Calls `method` with an already encoded argument and returns the
+    /// encoded result (for proxies and tools that do not know the types).
+    pub async fn request_raw(&self, method: &str, args: Payload, opts: CallOptions) -> Result<(Codec, Bytes), Error> {
+        let shared = &self.shared;
+        self.check_open()?;
+        if shared.peer_going_away.load(Ordering::Acquire) {
+            return Err(Error::ConnectionClosed {
+                code: Some(CloseCode::GOING_AWAY),
+                reason: format!("the peer at {} is shutting down and takes no new requests", shared.remote),
+            });
+        }
+        let timeout = if opts.no_timeout {
+            None
+        } else {
+            opts.timeout.or(shared.config.default_timeout)
+        };
+        let id = shared.next_id.fetch_add(2, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&shared.pending).insert(id, tx);
+        // From here on, leaving early (error, timeout, or the caller dropping
+        // this future) must remove the entry and tell the peer.
+        let mut guard = CancelGuard {
+            peer: self,
+            id,
+            armed: true,
+        };
+        let frame = Frame::Request(RequestFrame {
+            id,
+            method: method.to_owned(),
+            codec: args.codec,
+            deadline: timeout,
+            metadata: opts.metadata,
+            payload: args.bytes,
+        });
+        tracing::debug!(method, id, "request");
+        let sent = self.send_frame(&frame, || format!("request `{method}`"), true).await;
+        if let Err(e) = sent {
+            guard.forget();
+            return Err(e);
+        }
+        let reply = match timeout {
+            Some(t) => match tokio::time::timeout(t, rx).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::debug!(method, id, ?t, "request timed out");
+                    return Err(Error::Timeout {
+                        method: method.to_owned(),
+                        after: t,
+                    });
+                }
+            },
+            None => rx.await,
+        };
+        guard.armed = false;
+        match reply {
+            Ok(Ok(ok)) => Ok(ok),
+            Ok(Err(Error::Status(status))) => Err(match status.code() {
+                Code::DEADLINE_EXCEEDED => Error::Timeout {
+                    method: method.to_owned(),
+                    after: timeout.unwrap_or_default(),
+                },
+                _ => Error::from_remote(method, status),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(self.closed_error()),
+        }
+    }
+
+    /// Sends a one-way event. Returns once the event is handed to the
+    /// connection's writer (not when the peer has processed it); waits while
+    /// the write queue is full.
+    pub async fn emit<T: Serialize>(&self, name: &str, value: T) -> Result<(), Error> {
+        self.emit_with(name, value, CallOptions::default()).await
+    }
+
+    /// [`Peer::emit`] with metadata or a codec.
+    pub async fn emit_with<T: Serialize>(&self, name: &str, value: T, opts: CallOptions) -> Result<(), Error> {
+        self.check_open()?;
+        let codec = opts.codec.unwrap_or(self.shared.config.default_codec);
+        let payload = codec.encode(&value).map_err(|e| Error::BadPayload {
+            method: name.to_owned(),
+            detail: format!("event did not encode ({}): {e}", codec.name()),
+        })?;
+        let frame = Frame::Event(EventFrame {
+            name: name.to_owned(),
+            codec,
+            metadata: opts.metadata,
+            payload,
+        });
+        // Events stay on the control stream so that they arrive in order.
+        self.send_frame(&frame, || format!("event `{name}`"), false).await
+    }
+
+    /// Closes the connection now with a reason; calls in flight fail.
+    pub fn close(&self, reason: &str) {
+        self.shared.conn.close(CloseCode::NORMAL.0.into(), reason.as_bytes());
+        self.mark_closed(Some(CloseCode::NORMAL), format!("closed locally: {reason}"));
+    }
+
+    /// Delivers every queued frame (waiting up to `wait` for the peer to read
+    /// them), then closes the connection with `code`.
+    pub(crate) async fn finish_and_close(&self, code: CloseCode, reason: &str, wait: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.out.send(Outgoing::Finish(tx, wait)).await.is_ok() {
+            let _ = tokio::time::timeout(wait, rx).await;
+        }
+        self.shared.conn.close(code.0.into(), reason.as_bytes());
+        self.mark_closed(Some(code), format!("closed locally: {reason}"));
+    }
+
+    /// Tells the peer we take no new requests (go-away); calls already
+    /// running finish.
+    pub(crate) async fn go_away(&self, reason: &str) {
+        self.shared.going_away.store(true, Ordering::Release);
+        let frame = Frame::GoAway {
+            code: CloseCode::GOING_AWAY,
+            reason: reason.to_owned(),
+        };
+        let _ = self.send_frame(&frame, || "go-away".into(), false).await;
+    }
+
+    /// Closes with a code after a protocol failure, logging it.
+    pub(crate) fn close_with(&self, code: CloseCode, reason: &str) {
+        tracing::warn!(peer = %self.shared.remote, code = %code, reason, "closing connection");
+        self.shared.conn.close(code.0.into(), reason.as_bytes());
+        self.mark_closed(Some(code), format!("closed locally ({code}): {reason}"));
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.is_closed() {
+            if let Some(reason) = self.shared.conn.close_reason() {
+                self.mark_closed_from(&reason);
+            }
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    fn closed_error(&self) -> Error {
+        match self.shared.closed.get() {
+            Some((code, reason)) => Error::ConnectionClosed {
+                code: *code,
+                reason: reason.clone(),
+            },
+            None => match self.shared.conn.close_reason() {
+                Some(e) => {
+                    let (code, reason) = describe_close(&e);
+                    Error::ConnectionClosed { code, reason }
+                }
+                None => Error::ConnectionClosed {
+                    code: None,
+                    reason: "connection closed".into(),
+                },
+            },
+        }
+    }
+
+    fn mark_closed_from(&self, e: &quinn::ConnectionError) {
+        let (code, reason) = describe_close(e);
+        self.mark_closed(code, reason);
+    }
+
+    /// Records why the connection ended, fails every waiting call and aborts
+    /// the peer's handlers (their answers could not be delivered).
+    fn mark_closed(&self, code: Option<CloseCode>, reason: String) {
+        if self.shared.closed.set((code, reason.clone())).is_err() {
+            return;
+        }
+        let pending: Vec<_> = lock(&self.shared.pending).drain().collect();
+        for (_, tx) in pending {
+            let _ = tx.send(Err(Error::ConnectionClosed {
+                code,
+                reason: reason.clone(),
+            }));
+        }
+        let inflight: Vec<_> = lock(&self.shared.inflight).drain().collect();
+        for (_, h) in inflight {
+            h.abort();
+        }
+        tracing::debug!(reason, "connection ended");
+    }
+
+    /// Encodes a frame and queues it, or sends it on its own stream when it
+    /// is large and may travel out of order.
+    async fn send_frame(
+        &self,
+        frame: &Frame,
+        what: impl Fn() -> String,
+        may_use_side_stream: bool,
+    ) -> Result<(), Error> {
+        let mut head = BytesMut::with_capacity(64);
+        let tail = frame.encode_split(&mut head).map_err(|e| match e {
+            FrameError::FieldTooLong { .. } => Error::Config(format!("{}: {e}", what())),
+            other => Error::Protocol(other.to_string()),
+        })?;
+        let size = (head.len() - LENGTH_PREFIX + tail.len()) as u64;
+        if size > u64::from(self.shared.peer_max_frame) {
+            return Err(Error::FrameTooLarge {
+                what: what(),
+                size,
+                limit: self.shared.peer_max_frame,
+            });
+        }
+        let (head, tail) = (head.freeze(), tail);
+        if may_use_side_stream && size as usize > self.shared.config.inline_threshold {
+            return self.send_on_side_stream(head, tail).await;
+        }
+        self.shared
+            .out
+            .send(Outgoing::Frame { head, tail })
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    async fn send_on_side_stream(&self, head: Bytes, tail: Bytes) -> Result<(), Error> {
+        let conn_err = |e: quinn::ConnectionError| {
+            self.mark_closed_from(&e);
+            self.closed_error()
+        };
+        let mut s = self.shared.conn.open_uni().await.map_err(conn_err)?;
+        let mut chunks = [Bytes::from_static(&[UNI_FRAME]), head, tail];
+        let res = s.write_all_chunks(&mut chunks).await;
+        match res {
+            Ok(()) => {
+                let _ = s.finish();
+                Ok(())
+            }
+            Err(quinn::WriteError::ConnectionLost(e)) => Err(conn_err(e)),
+            Err(e) => Err(Error::ConnectionClosed {
+                code: None,
+                reason: format!("side stream failed: {e}"),
+            }),
+        }
+    }
+
+    /// Handles one decoded frame. Returns an error to close the connection.
+    fn dispatch(&self, frame: Frame) -> Result<(), (CloseCode, String)> {
+        match frame {
+            Frame::Request(req) => self.on_request(req),
+            Frame::Response(resp) => {
+                self.on_response(resp);
+                Ok(())
+            }
+            Frame::Event(_) => Err((
+                CloseCode::PROTOCOL_VIOLATION,
+                "event frame outside the control stream".into(),
+            )),
+            Frame::Cancel { id } => {
+                if let Some(h) = lock(&self.shared.inflight).remove(&id) {
+                    tracing::debug!(id, "request cancelled by the caller");
+                    h.abort();
+                }
+                Ok(())
+            }
+            Frame::Ping(n) => {
+                let mut head = BytesMut::new();
+                if Frame::Pong(n).encode(&mut head).is_ok() {
+                    // A pong is only a probe answer: drop it rather than wait.
+                    let _ = self.shared.out.try_send(Outgoing::Frame {
+                        head: head.freeze(),
+                        tail: Bytes::new(),
+                    });
+                }
+                Ok(())
+            }
+            Frame::Pong(_) => Ok(()),
+            Frame::GoAway { code, reason } => {
+                tracing::debug!(%code, reason, "peer is going away");
+                self.shared.peer_going_away.store(true, Ordering::Release);
+                Ok(())
+            }
+            Frame::Hello(_) | Frame::Welcome(_) => Err((
+                CloseCode::PROTOCOL_VIOLATION,
+                "hello/welcome frame after the handshake".into(),
+            )),
+            other => Err((
+                CloseCode::PROTOCOL_VIOLATION,
+                format!("unexpected {} frame", other.kind()),
+            )),
+        }
+    }
+
+    fn on_response(&self, resp: ResponseFrame) {
+        let tx = lock(&self.shared.pending).remove(&resp.id);
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(resp.result.map_err(Error::Status));
+            }
+            // Normal after a timeout or cancel: the caller stopped waiting.
+            None => tracing::debug!(id = resp.id, "response for a request nobody waits for"),
+        }
+    }
+
+    fn on_request(&self, req: RequestFrame) -> Result<(), (CloseCode, String)> {
+        let shared = &self.shared;
+        let peer_first = match shared.role {
+            Role::Client => Role::Server.first_id(),
+            Role::Server => Role::Client.first_id(),
+        };
+        if req.id % 2 != peer_first {
+            return Err((
+                CloseCode::PROTOCOL_VIOLATION,
+                format!("request id {} is not in the peer's id space", req.id),
+            ));
+        }
+        let id = req.id;
+        let method = req.method;
+        if shared.going_away.load(Ordering::Acquire) {
+            self.respond_later(id, Err(Status::new(Code::UNAVAILABLE, "server is shutting down")));
+            return Ok(());
+        }
+        let Some(handler) = shared.router.handler(&method) else {
+            tracing::debug!(method, id, "unknown method");
+            let msg = format!("no handler for method `{method}`");
+            self.respond_later(id, Err(Status::new(Code::UNKNOWN_METHOD, msg)));
+            return Ok(());
+        };
+        let mut inflight = lock(&shared.inflight);
+        if inflight.len() >= shared.config.max_concurrent_requests {
+            drop(inflight);
+            let msg = format!(
+                "too many concurrent requests on this connection (limit {}); `{method}` refused",
+                shared.config.max_concurrent_requests
+            );
+            self.respond_later(id, Err(Status::new(Code::RESOURCE_EXHAUSTED, msg)));
+            return Ok(());
+        }
+        if inflight.contains_key(&id) {
+            return Err((CloseCode::PROTOCOL_VIOLATION, format!("request id {id} reused while in flight")));
+        }
+        let deadline = req.deadline.map(|d| Instant::now() + d);
+        let ctx = Context::new(method.clone(), Some(id), req.metadata, deadline, self.clone());
+        let args = Payload {
+            codec: req.codec,
+            bytes: req.payload,
+        };
+        let peer = self.clone();
+        let span = tracing::debug_span!("call", method = %method, id);
+        // The lock is held across spawn so the task cannot remove its entry
+        // before it is inserted.
+        let task = tokio::spawn(
+            async move {
+                let fut = AssertUnwindSafe(handler.call(ctx, args)).catch_unwind();
+                let result = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d.into(), fut).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(Err(Status::new(
+                            Code::DEADLINE_EXCEEDED,
+                            format!("handler for `{method}` did not finish before the caller's deadline"),
+                        ))),
+                    },
+                    None => fut.await,
+                };
+                let result = result.unwrap_or_else(|panic| {
+                    let msg = panic_message(&panic);
+                    tracing::error!(method, panic = msg, "handler panicked");
+                    Err(Status::new(
+                        Code::HANDLER_PANICKED,
+                        format!("handler for `{method}` failed: it panicked: {msg}"),
+                    ))
+                });
+                if let Err(s) = &result {
+                    tracing::debug!(method, code = %s.code(), "handler returned an error");
+                }
+                lock(&peer.shared.inflight).remove(&id);
+                peer.send_response(id, result).await;
+            }
+            .instrument(span),
+        );
+        inflight.insert(id, task.abort_handle());
+        Ok(())
+    }
+
+    fn respond_later(&self, id: u64, result: Result<Payload, Status>) {
+        let peer = self.clone();
+        tokio::spawn(async move { peer.send_response(id, result).await });
+    }
+
+    async fn send_response(&self, id: u64, result: Result<Payload, Status>) {
+        let frame = Frame::Response(ResponseFrame {
+            id,
+            result: result.map(|p| (p.codec, p.bytes)),
+        });
+        match self.send_frame(&frame, || format!("response to request {id}"), true).await {
+            Ok(()) => {}
+            Err(Error::FrameTooLarge { size, limit, .. }) => {
+                let msg = format!("the result is {size} bytes, larger than the caller's frame limit of {limit} bytes");
+                tracing::warn!(id, size, limit, "response too large for the peer");
+                let frame = Frame::Response(ResponseFrame {
+                    id,
+                    result: Err(Status::new(Code::RESPONSE_TOO_LARGE, msg)),
+                });
+                let _ = self.send_frame(&frame, || "error response".into(), false).await;
+            }
+            Err(e) => tracing::debug!(id, error = %e, "response not sent"),
+        }
+    }
+}
+
+/// Removes a pending call and sends a cancel when the caller stops waiting.
+struct CancelGuard<'a> {
+    peer: &'a Peer,
+    id: u64,
+    armed: bool,
+}
+
+impl CancelGuard<'_> {
+    fn forget(&mut self) {
+        lock(&self.peer.shared.pending).remove(&self.id);
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        lock(&self.peer.shared.pending).remove(&self.id);
+        let mut head = BytesMut::new();
+        if (Frame::Cancel { id: self.id }).encode(&mut head).is_ok() {
+            let out = Outgoing::Frame {
+                head: head.freeze(),
+                tail: Bytes::new(),
+            };
+            if let Err(mpsc::error::TrySendError::Full(out)) = self.peer.shared.out.try_send(out) {
+                let tx = self.peer.shared.out.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(out).await;
+                });
+            }
+        }
+    }
+}
+
+/// Locks a mutex, recovering from poisoning (the protected maps stay valid
+/// even if a holder panicked).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
+    let id = conn.peer_identity()?;
+    let certs = id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok()?;
+    certs.first().map(|c| Fingerprint::of(c.as_ref()))
+}
+
+/// Turns quinn's close reason into our code + a sentence.
+pub(crate) fn describe_close(e: &quinn::ConnectionError) -> (Option<CloseCode>, String) {
+    use quinn::ConnectionError as C;
+    match e {
+        C::ApplicationClosed(a) => {
+            let code = u32::try_from(a.error_code.into_inner()).map(CloseCode).ok();
+            let reason = String::from_utf8_lossy(&a.reason).into_owned();
+            let name = code.map(|c| c.name()).unwrap_or("unknown code");
+            (code, format!("peer closed the connection ({name}): {reason}"))
+        }
+        C::LocallyClosed => (None, "connection closed locally".into()),
+        C::TimedOut => (
+            None,
+            "connection lost: the peer did not answer within the idle timeout".into(),
+        ),
+        C::Reset => (None, "connection reset by the peer".into()),
+        C::ConnectionClosed(c) => (None, format!("peer closed the connection: {c}")),
+        other => (None, format!("connection lost: {other}")),
+    }
+}
+
+async fn writer_task(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoing>, peer: Peer) {
+    // Small frames are copied into one buffer; payloads above this size are
+    // passed to quinn as their own chunk, uncopied.
+    const COPY_BELOW: usize = 4096;
+    // Stop collecting after this much, so one write does not grow without bound.
+    const BATCH_BYTES: usize = 256 * 1024;
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(16);
+    while let Some(first) = rx.recv().await {
+        let mut batched = 0usize;
+        let mut finish = None;
+        let mut next = Some(first);
+        while let Some(o) = next.take() {
+            match o {
+                Outgoing::Frame { head, tail } => {
+                    batched += head.len() + tail.len();
+                    buf.extend_from_slice(&head);
+                    if tail.len() < COPY_BELOW {
+                        buf.extend_from_slice(&tail);
+                    } else {
+                        chunks.push(buf.split().freeze());
+                        chunks.push(tail);
+                    }
+                }
+                Outgoing::Finish(done, wait) => {
+                    finish = Some((done, wait));
+                    break;
+                }
+            }
+            if batched < BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() {
+            chunks.push(buf.split().freeze());
+        }
+        if let Err(e) = send.write_all_chunks(&mut chunks).await {
+            tracing::debug!(error = %e, "control stream write failed");
+            if let quinn::WriteError::ConnectionLost(e) = e {
+                peer.mark_closed_from(&e);
+            }
+            break;
+        }
+        chunks.clear();
+        if let Some((done, wait)) = finish {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(wait, send.stopped()).await;
+            let _ = done.send(());
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut) {
+    let decoder = FrameDecoder::new(peer.shared.config.max_frame_size);
+    loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Frame::Event(ev))) => {
+                    // Waits while the listener queue is full: the peer's emits
+                    // then wait on QUIC flow control instead of piling up here.
+                    if peer.shared.events.send((ev, peer.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(frame)) => {
+                    if let Err((code, reason)) = peer.dispatch(frame) {
+                        peer.close_with(code, &reason);
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let code = match e {
+                        FrameError::TooLarge { .. } => CloseCode::FRAME_TOO_LARGE,
+                        _ => CloseCode::PROTOCOL_VIOLATION,
+                    };
+                    peer.close_with(code, &format!("control stream: {e}"));
+                    return;
+                }
+            }
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                // The peer finished its control stream: it will send nothing more.
+                let e = peer.shared.conn.closed().await;
+                peer.mark_closed_from(&e);
+                return;
+            }
+            Err(quinn::ReadError::ConnectionLost(e)) => {
+                peer.mark_closed_from(&e);
+                return;
+            }
+            Err(e) => {
+                peer.close_with(CloseCode::PROTOCOL_VIOLATION, &format!("control stream failed: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// Accepts unidirectional streams carrying one large frame each; refuses
+/// bidirectional streams (reserved for application streams).
+async fn side_stream_task(peer: Peer) {
+    let conn = peer.shared.conn.clone();
+    loop {
+        tokio::select! {
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    let peer = peer.clone();
+                    tokio::spawn(async move { read_side_frame(peer, recv).await });
+                }
+                Err(e) => {
+                    peer.mark_closed_from(&e);
+                    return;
+                }
+            },
+            bi = conn.accept_bi() => match bi {
+                Ok((mut send, mut recv)) => {
+                    // Application streams arrive with the streams feature; until
+                    // then refuse them explicitly.
+                    let _ = send.reset(STREAM_REFUSED.into());
+                    let _ = recv.stop(STREAM_REFUSED.into());
+                }
+                Err(e) => {
+                    peer.mark_closed_from(&e);
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Stream reset code: the stream type is not supported.
+const STREAM_REFUSED: u32 = 1;
+
+async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
+    let limit = peer.shared.config.max_frame_size as usize + LENGTH_PREFIX + 1;
+    let data = match recv.read_to_end(limit).await {
+        Ok(d) => d,
+        Err(quinn::ReadToEndError::TooLong) => {
+            peer.close_with(
+                CloseCode::FRAME_TOO_LARGE,
+                &format!("side stream longer than the frame limit of {} bytes", peer.shared.config.max_frame_size),
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "side stream read failed");
+            return;
+        }
+    };
+    let mut buf = BytesMut::from(&data[..]);
+    let kind = if buf.is_empty() { None } else { Some(buf[0]) };
+    if kind != Some(UNI_FRAME) {
+        peer.close_with(
+            CloseCode::PROTOCOL_VIOLATION,
+            &format!("unidirectional stream of unknown type {kind:?}"),
+        );
+        return;
+    }
+    let _ = buf.split_to(1);
+    let decoder = FrameDecoder::new(peer.shared.config.max_frame_size);
+    let result = match decoder.decode(&mut buf) {
+        Ok(Some(f)) if buf.is_empty() => match f {
+            Frame::Request(_) | Frame::Response(_) => peer.dispatch(f),
+            other => Err((
+                CloseCode::PROTOCOL_VIOLATION,
+                format!("{} frame on a side stream", other.kind()),
+            )),
+        },
+        Ok(Some(_)) => Err((CloseCode::PROTOCOL_VIOLATION, "side stream holds more than one frame".into())),
+        Ok(None) => Err((CloseCode::PROTOCOL_VIOLATION, "side stream ends inside its frame".into())),
+        Err(e) => Err((CloseCode::PROTOCOL_VIOLATION, format!("side stream: {e}"))),
+    };
+    if let Err((code, reason)) = result {
+        peer.close_with(code, &reason);
+    }
+}
+
+/// Runs listeners one event at a time, in arrival order.
+async fn event_task(mut rx: mpsc::Receiver<(EventFrame, Peer)>) {
+    while let Some((ev, peer)) = rx.recv().await {
+        let listeners = peer.shared.router.listeners(&ev.name);
+        if listeners.is_empty() {
+            tracing::debug!(event = %ev.name, "event with no listener");
+            continue;
+        }
+        let args = Payload {
+            codec: ev.codec,
+            bytes: ev.payload,
+        };
+        for l in listeners {
+            let ctx = Context::new(ev.name.clone(), None, ev.metadata.clone(), None, peer.clone());
+            let fut = AssertUnwindSafe(l.call(ctx, args.clone())).catch_unwind();
+            match fut.await {
+                Ok(Ok(())) => {}
+                Ok(Err(status)) => {
+                    peer.shared.router.count_bad_event();
+                    tracing::warn!(event = %ev.name, error = %status, "listener failed");
+                }
+                Err(p) => {
+                    tracing::error!(event = %ev.name, panic = panic_message(&p), "listener panicked");
+                }
+            }
+        }
+    }
+}

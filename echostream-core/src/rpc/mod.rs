@@ -1,0 +1,127 @@
+//! API layer: handlers, listeners, the router, and the server and client.
+//!
+//! - [`handler`]: the [`Handler`] trait (what `#[handler]` implements) and
+//!   [`handler_fn`] for closures.
+//! - [`listener`]: the [`Listener`] trait for one-way events.
+//! - [`context`]: [`Context`], what a handler knows about its call.
+//! - [`server`] / [`client`]: [`RpcServer`] and [`RpcClient`] with their builders.
+
+pub mod client;
+pub mod context;
+pub mod handler;
+pub mod listener;
+pub mod server;
+
+pub use crate::protocol::{CallOptions, Peer};
+pub use client::{ClientBuilder, RpcClient};
+pub use context::Context;
+pub use handler::{
+    decode_args, encode_reply, handler_fn, registered_handlers, FnHandler, Handler, HandlerRegistration,
+    HandlerResult, Payload,
+};
+pub use listener::{listener_fn, FnListener, Listener};
+pub use server::{RpcServer, ServerBuilder, ShutdownHandle};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Method and event names to their handlers and listeners. Built once by a
+/// builder, then shared read-only by every connection.
+#[derive(Default)]
+pub(crate) struct Router {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    listeners: HashMap<String, Vec<Arc<dyn Listener>>>,
+    /// Events a listener could not decode or that failed.
+    bad_events: AtomicU64,
+}
+
+impl Router {
+    pub(crate) fn handler(&self, method: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(method).cloned()
+    }
+
+    pub(crate) fn listeners(&self, event: &str) -> Vec<Arc<dyn Listener>> {
+        self.listeners.get(event).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn count_bad_event(&self) {
+        self.bad_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bad_events(&self) -> u64 {
+        self.bad_events.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn methods(&self) -> Vec<String> {
+        let mut m: Vec<_> = self.handlers.keys().cloned().collect();
+        m.sort();
+        m
+    }
+}
+
+/// Collects registrations for a builder; duplicates are reported at build time.
+#[derive(Default)]
+pub(crate) struct RouterBuilder {
+    handlers: Vec<Arc<dyn Handler>>,
+    listeners: Vec<Arc<dyn Listener>>,
+    register_all: bool,
+}
+
+impl RouterBuilder {
+    pub(crate) fn handler(&mut self, h: Arc<dyn Handler>) {
+        self.handlers.push(h);
+    }
+
+    pub(crate) fn listener(&mut self, l: Arc<dyn Listener>) {
+        self.listeners.push(l);
+    }
+
+    pub(crate) fn register_all(&mut self) {
+        self.register_all = true;
+    }
+
+    pub(crate) fn build(&self) -> Result<Router, crate::Error> {
+        let mut handlers: HashMap<String, Arc<dyn Handler>> = HashMap::new();
+        let mut explicit = std::collections::HashSet::new();
+        for h in &self.handlers {
+            let name = h.method().to_owned();
+            if name.is_empty() || name.len() > u16::MAX as usize {
+                return Err(crate::Error::Config(format!(
+                    "handler method name must be 1 to 65535 bytes, got {} bytes",
+                    name.len()
+                )));
+            }
+            if handlers.insert(name.clone(), h.clone()).is_some() {
+                return Err(crate::Error::Config(format!(
+                    "two handlers are registered for method `{name}`"
+                )));
+            }
+            explicit.insert(name);
+        }
+        if self.register_all {
+            for reg in registered_handlers() {
+                // An explicit registration of the same method wins; two
+                // `#[handler]`s with one name are a mistake.
+                if explicit.contains(reg.method) {
+                    continue;
+                }
+                if handlers.insert(reg.method.to_owned(), (reg.make)()).is_some() {
+                    return Err(crate::Error::Config(format!(
+                        "two #[handler] functions use the method name `{}`",
+                        reg.method
+                    )));
+                }
+            }
+        }
+        let mut listeners: HashMap<String, Vec<Arc<dyn Listener>>> = HashMap::new();
+        for l in &self.listeners {
+            listeners.entry(l.event().to_owned()).or_default().push(l.clone());
+        }
+        Ok(Router {
+            handlers,
+            listeners,
+            bad_events: AtomicU64::new(0),
+        })
+    }
+}

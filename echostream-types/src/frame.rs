@@ -1,0 +1,805 @@
+//! Control-stream frames and their byte encoding.
+//!
+//! Every frame is `length: u32 | type: u8 | body`, big-endian, where `length`
+//! counts the type byte and the body (not itself). [`FrameDecoder`] reads the
+//! length first and refuses anything above the limit before buffering more;
+//! only then does it parse. The full layout of each body is in
+//! `ARCHITECTURE.md`.
+
+use crate::{metadata::Metadata, status::CloseCode, Code, Codec, Status};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::time::Duration;
+
+/// Frame type bytes.
+mod ty {
+    pub(super) const HELLO: u8 = 0x01;
+    pub(super) const WELCOME: u8 = 0x02;
+    pub(super) const REQUEST: u8 = 0x03;
+    pub(super) const RESPONSE_OK: u8 = 0x04;
+    pub(super) const RESPONSE_ERR: u8 = 0x05;
+    pub(super) const EVENT: u8 = 0x06;
+    pub(super) const CANCEL: u8 = 0x07;
+    pub(super) const PING: u8 = 0x08;
+    pub(super) const PONG: u8 = 0x09;
+    pub(super) const GOAWAY: u8 = 0x0A;
+}
+
+/// Flag bits in request and event frames.
+const FLAG_DEADLINE: u8 = 0x01;
+const FLAG_METADATA: u8 = 0x02;
+
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// The hello a client sends first, and the welcome a server answers with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version of the sender.
+    pub version: u16,
+    /// The largest frame (length prefix excluded) the sender accepts.
+    pub max_frame_size: u32,
+    /// Application metadata (credentials, client name, ...).
+    pub metadata: Metadata,
+}
+
+/// A request: call `method` with `payload`, answer with the same `id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestFrame {
+    /// Request id: even when the client (connection opener) calls, odd when the server calls.
+    pub id: u64,
+    /// Method name.
+    pub method: String,
+    /// Codec of the payload; the response uses the same one.
+    pub codec: Codec,
+    /// Time the caller will wait, relative to when the frame was sent.
+    pub deadline: Option<Duration>,
+    /// Request metadata.
+    pub metadata: Metadata,
+    /// The encoded argument.
+    pub payload: Bytes,
+}
+
+/// The answer to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseFrame {
+    /// The id of the request this answers.
+    pub id: u64,
+    /// Encoded result, or the error status.
+    pub result: Result<(Codec, Bytes), Status>,
+}
+
+/// A one-way event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventFrame {
+    /// Event name.
+    pub name: String,
+    /// Codec of the payload.
+    pub codec: Codec,
+    /// Event metadata.
+    pub metadata: Metadata,
+    /// The encoded value.
+    pub payload: Bytes,
+}
+
+/// A control-stream frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Frame {
+    /// First frame from the client.
+    Hello(Hello),
+    /// The server's answer to a compatible hello.
+    Welcome(Hello),
+    /// A call.
+    Request(RequestFrame),
+    /// The answer to a call.
+    Response(ResponseFrame),
+    /// A one-way event.
+    Event(EventFrame),
+    /// The caller gave up on request `id`.
+    Cancel {
+        /// The request to cancel.
+        id: u64,
+    },
+    /// Liveness probe; answered with a pong carrying the same nonce.
+    Ping(u64),
+    /// Answer to a ping.
+    Pong(u64),
+    /// The sender takes no new requests; requests in flight still complete.
+    GoAway {
+        /// Why (a [`CloseCode`]).
+        code: CloseCode,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+impl Frame {
+    /// A short name of the frame type, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Welcome(_) => "welcome",
+            Frame::Request(_) => "request",
+            Frame::Response(_) => "response",
+            Frame::Event(_) => "event",
+            Frame::Cancel { .. } => "cancel",
+            Frame::Ping(_) => "ping",
+            Frame::Pong(_) => "pong",
+            Frame::GoAway { .. } => "go-away",
+        }
+    }
+
+    /// Encodes the frame, length prefix included, into `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let tail = self.encode_split(dst)?;
+        dst.extend_from_slice(&tail);
+        Ok(())
+    }
+
+    /// Encodes everything but the trailing payload into `dst` and returns the
+    /// payload, which must be written right after it. The length prefix
+    /// already counts the payload. This lets a writer send large payloads
+    /// without copying them.
+    pub fn encode_split(&self, dst: &mut BytesMut) -> Result<Bytes, FrameError> {
+        let start = dst.len();
+        dst.put_u32(0); // length, patched below
+        let tail = match self {
+            Frame::Hello(h) | Frame::Welcome(h) => {
+                dst.put_u8(if matches!(self, Frame::Hello(_)) { ty::HELLO } else { ty::WELCOME });
+                dst.put_u16(h.version);
+                dst.put_u32(h.max_frame_size);
+                put_metadata(dst, &h.metadata)?;
+                Bytes::new()
+            }
+            Frame::Request(r) => {
+                dst.put_u8(ty::REQUEST);
+                dst.put_u64(r.id);
+                let mut flags = 0;
+                if r.deadline.is_some() {
+                    flags |= FLAG_DEADLINE;
+                }
+                if !r.metadata.is_empty() {
+                    flags |= FLAG_METADATA;
+                }
+                dst.put_u8(flags);
+                put_str(dst, "method", &r.method)?;
+                dst.put_u8(r.codec.tag());
+                if let Some(d) = r.deadline {
+                    dst.put_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+                }
+                if !r.metadata.is_empty() {
+                    put_metadata(dst, &r.metadata)?;
+                }
+                r.payload.clone()
+            }
+            Frame::Response(r) => match &r.result {
+                Ok((codec, payload)) => {
+                    dst.put_u8(ty::RESPONSE_OK);
+                    dst.put_u64(r.id);
+                    dst.put_u8(codec.tag());
+                    payload.clone()
+                }
+                Err(status) => {
+                    dst.put_u8(ty::RESPONSE_ERR);
+                    dst.put_u64(r.id);
+                    dst.put_u32(status.code().0);
+                    put_str(dst, "message", status.message())?;
+                    status.details().clone()
+                }
+            },
+            Frame::Event(e) => {
+                dst.put_u8(ty::EVENT);
+                let flags = if e.metadata.is_empty() { 0 } else { FLAG_METADATA };
+                dst.put_u8(flags);
+                put_str(dst, "event name", &e.name)?;
+                dst.put_u8(e.codec.tag());
+                if !e.metadata.is_empty() {
+                    put_metadata(dst, &e.metadata)?;
+                }
+                e.payload.clone()
+            }
+            Frame::Cancel { id } => {
+                dst.put_u8(ty::CANCEL);
+                dst.put_u64(*id);
+                Bytes::new()
+            }
+            Frame::Ping(n) => {
+                dst.put_u8(ty::PING);
+                dst.put_u64(*n);
+                Bytes::new()
+            }
+            Frame::Pong(n) => {
+                dst.put_u8(ty::PONG);
+                dst.put_u64(*n);
+                Bytes::new()
+            }
+            Frame::GoAway { code, reason } => {
+                dst.put_u8(ty::GOAWAY);
+                dst.put_u32(code.0);
+                put_str(dst, "reason", reason)?;
+                Bytes::new()
+            }
+        };
+        let len = dst.len() - start - LENGTH_PREFIX + tail.len();
+        let len = u32::try_from(len).map_err(|_| FrameError::TooLarge {
+            declared: len as u64,
+            limit: u32::MAX,
+        })?;
+        dst[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+        Ok(tail)
+    }
+
+    /// Size of the encoded frame, length prefix included.
+    pub fn encoded_len(&self) -> Result<usize, FrameError> {
+        let mut buf = BytesMut::new();
+        let tail = self.encode_split(&mut buf)?;
+        Ok(buf.len() + tail.len())
+    }
+
+    /// Parses one complete frame body (type byte + body, no length prefix).
+    /// Payload fields are slices of `body`: nothing is copied.
+    pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
+        let t = get_u8(&mut body, "frame type")?;
+        let frame = match t {
+            ty::HELLO | ty::WELCOME => {
+                let version = get_u16(&mut body, "version")?;
+                let max_frame_size = get_u32(&mut body, "max frame size")?;
+                let metadata = get_metadata(&mut body)?;
+                let h = Hello {
+                    version,
+                    max_frame_size,
+                    metadata,
+                };
+                expect_end(&body, "hello")?;
+                if t == ty::HELLO {
+                    Frame::Hello(h)
+                } else {
+                    Frame::Welcome(h)
+                }
+            }
+            ty::REQUEST => {
+                let id = get_u64(&mut body, "request id")?;
+                let flags = get_u8(&mut body, "request flags")?;
+                if flags & !(FLAG_DEADLINE | FLAG_METADATA) != 0 {
+                    return Err(FrameError::Malformed(format!(
+                        "unknown request flags {flags:#04x}"
+                    )));
+                }
+                let method = get_str(&mut body, "method")?;
+                let codec = Codec::from_tag(get_u8(&mut body, "codec")?);
+                let deadline = if flags & FLAG_DEADLINE != 0 {
+                    Some(Duration::from_micros(get_u64(&mut body, "deadline")?))
+                } else {
+                    None
+                };
+                let metadata = if flags & FLAG_METADATA != 0 {
+                    get_metadata(&mut body)?
+                } else {
+                    Metadata::new()
+                };
+                Frame::Request(RequestFrame {
+                    id,
+                    method,
+                    codec,
+                    deadline,
+                    metadata,
+                    payload: body,
+                })
+            }
+            ty::RESPONSE_OK => {
+                let id = get_u64(&mut body, "response id")?;
+                let codec = Codec::from_tag(get_u8(&mut body, "codec")?);
+                Frame::Response(ResponseFrame {
+                    id,
+                    result: Ok((codec, body)),
+                })
+            }
+            ty::RESPONSE_ERR => {
+                let id = get_u64(&mut body, "response id")?;
+                let code = Code(get_u32(&mut body, "status code")?);
+                let message = get_str(&mut body, "message")?;
+                Frame::Response(ResponseFrame {
+                    id,
+                    result: Err(Status::new(code, message).with_details(body)),
+                })
+            }
+            ty::EVENT => {
+                let flags = get_u8(&mut body, "event flags")?;
+                if flags & !FLAG_METADATA != 0 {
+                    return Err(FrameError::Malformed(format!(
+                        "unknown event flags {flags:#04x}"
+                    )));
+                }
+                let name = get_str(&mut body, "event name")?;
+                let codec = Codec::from_tag(get_u8(&mut body, "codec")?);
+                let metadata = if flags & FLAG_METADATA != 0 {
+                    get_metadata(&mut body)?
+                } else {
+                    Metadata::new()
+                };
+                Frame::Event(EventFrame {
+                    name,
+                    codec,
+                    metadata,
+                    payload: body,
+                })
+            }
+            ty::CANCEL | ty::PING | ty::PONG => {
+                let n = get_u64(&mut body, "id")?;
+                expect_end(&body, "cancel/ping/pong")?;
+                match t {
+                    ty::CANCEL => Frame::Cancel { id: n },
+                    ty::PING => Frame::Ping(n),
+                    _ => Frame::Pong(n),
+                }
+            }
+            ty::GOAWAY => {
+                let code = CloseCode(get_u32(&mut body, "go-away code")?);
+                let reason = get_str(&mut body, "reason")?;
+                expect_end(&body, "go-away")?;
+                Frame::GoAway { code, reason }
+            }
+            other => return Err(FrameError::UnknownType(other)),
+        };
+        Ok(frame)
+    }
+}
+
+/// Incremental decoder for a byte stream of frames.
+///
+/// Feed it the bytes received so far; it returns complete frames and leaves
+/// partial ones in the buffer. A declared length above the limit is an error
+/// as soon as the four length bytes are in, before the body is buffered.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameDecoder {
+    max_frame_size: u32,
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses frames longer than `max_frame_size` bytes (length prefix excluded).
+    pub fn new(max_frame_size: u32) -> Self {
+        Self { max_frame_size }
+    }
+
+    /// The limit.
+    pub fn max_frame_size(&self) -> u32 {
+        self.max_frame_size
+    }
+
+    /// Checks whether `buf` starts with a complete frame, without parsing it.
+    /// Returns the total length (prefix included) when complete, `None` when
+    /// more bytes are needed.
+    pub fn check(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        if buf.len() < LENGTH_PREFIX {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if len == 0 {
+            return Err(FrameError::Malformed("frame of length 0".into()));
+        }
+        if len > self.max_frame_size {
+            return Err(FrameError::TooLarge {
+                declared: u64::from(len),
+                limit: self.max_frame_size,
+            });
+        }
+        let total = LENGTH_PREFIX + len as usize;
+        Ok((buf.len() >= total).then_some(total))
+    }
+
+    /// Removes and parses the first complete frame in `buf`, if there is one.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.check(buf)? {
+            None => Ok(None),
+            Some(total) => {
+                let mut frame = buf.split_to(total).freeze();
+                frame.advance(LENGTH_PREFIX);
+                Frame::decode_body(frame).map(Some)
+            }
+        }
+    }
+}
+
+/// A frame could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The declared length exceeds the limit.
+    #[error("frame of {declared} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Declared (or actual) length.
+        declared: u64,
+        /// The limit in force.
+        limit: u32,
+    },
+    /// The frame type byte is not known.
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    /// The frame ended before a field was complete.
+    #[error("frame truncated: {0} is incomplete")]
+    Truncated(&'static str),
+    /// A string field is not UTF-8.
+    #[error("{0} is not valid UTF-8")]
+    InvalidUtf8(&'static str),
+    /// A field is too long to encode.
+    #[error("{field} is {len} bytes, the limit is {limit}")]
+    FieldTooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Any other malformation.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+fn put_str(dst: &mut BytesMut, field: &'static str, s: &str) -> Result<(), FrameError> {
+    let len = u16::try_from(s.len()).map_err(|_| FrameError::FieldTooLong {
+        field,
+        len: s.len(),
+        limit: u16::MAX as usize,
+    })?;
+    dst.put_u16(len);
+    dst.put_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_metadata(dst: &mut BytesMut, m: &Metadata) -> Result<(), FrameError> {
+    let count = u16::try_from(m.len()).map_err(|_| FrameError::FieldTooLong {
+        field: "metadata entries",
+        len: m.len(),
+        limit: u16::MAX as usize,
+    })?;
+    dst.put_u16(count);
+    for (k, v) in m.iter() {
+        put_str(dst, "metadata key", k)?;
+        let len = u32::try_from(v.len()).map_err(|_| FrameError::FieldTooLong {
+            field: "metadata value",
+            len: v.len(),
+            limit: u32::MAX as usize,
+        })?;
+        dst.put_u32(len);
+        dst.put_slice(v);
+    }
+    Ok(())
+}
+
+fn get_u8(b: &mut Bytes, what: &'static str) -> Result<u8, FrameError> {
+    if b.remaining() < 1 {
+        return Err(FrameError::Truncated(what));
+    }
+    Ok(b.get_u8())
+}
+
+fn get_u16(b: &mut Bytes, what: &'static str) -> Result<u16, FrameError> {
+    if b.remaining() < 2 {
+        return Err(FrameError::Truncated(what));
+    }
+    Ok(b.get_u16())
+}
+
+fn get_u32(b: &mut Bytes, what: &'static str) -> Result<u32, FrameError> {
+    if b.remaining() < 4 {
+        return Err(FrameError::Truncated(what));
+    }
+    Ok(b.get_u32())
+}
+
+fn get_u64(b: &mut Bytes, what: &'static str) -> Result<u64, FrameError> {
+    if b.remaining() < 8 {
+        return Err(FrameError::Truncated(what));
+    }
+    Ok(b.get_u64())
+}
+
+fn get_bytes(b: &mut Bytes, len: usize, what: &'static str) -> Result<Bytes, FrameError> {
+    // The length was read from the peer: check it against what is actually
+    // there before slicing (slicing never allocates, but must not panic).
+    if b.remaining() < len {
+        return Err(FrameError::Truncated(what));
+    }
+    Ok(b.split_to(len))
+}
+
+fn get_str(b: &mut Bytes, what: &'static str) -> Result<String, FrameError> {
+    let len = get_u16(b, what)? as usize;
+    let raw = get_bytes(b, len, what)?;
+    String::from_utf8(raw.to_vec()).map_err(|_| FrameError::InvalidUtf8(what))
+}
+
+fn get_metadata(b: &mut Bytes) -> Result<Metadata, FrameError> {
+    let count = get_u16(b, "metadata count")? as usize;
+    // Each entry takes at least 6 bytes: refuse counts the frame cannot hold
+    // before reserving room for them.
+    if count * 6 > b.remaining() {
+        return Err(FrameError::Truncated("metadata"));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let key = get_str(b, "metadata key")?;
+        let len = get_u32(b, "metadata value length")? as usize;
+        let value = get_bytes(b, len, "metadata value")?;
+        entries.push((key, value));
+    }
+    Ok(Metadata::from_entries(entries))
+}
+
+fn expect_end(b: &Bytes, frame: &'static str) -> Result<(), FrameError> {
+    if b.has_remaining() {
+        return Err(FrameError::Malformed(format!(
+            "{} unexpected bytes at the end of a {frame} frame",
+            b.remaining()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn md() -> Metadata {
+        Metadata::new().with("token", "abc").with("trace", vec![0u8, 1, 2])
+    }
+
+    fn samples() -> Vec<Frame> {
+        let hello = Hello {
+            version: 1,
+            max_frame_size: 1 << 20,
+            metadata: md(),
+        };
+        vec![
+            Frame::Hello(hello.clone()),
+            Frame::Welcome(Hello {
+                metadata: Metadata::new(),
+                ..hello
+            }),
+            Frame::Request(RequestFrame {
+                id: 42,
+                method: "user.login".into(),
+                codec: Codec::Bincode,
+                deadline: Some(Duration::from_millis(1500)),
+                metadata: md(),
+                payload: Bytes::from_static(b"\x05alice"),
+            }),
+            Frame::Request(RequestFrame {
+                id: 3,
+                method: "x".into(),
+                codec: Codec::Json,
+                deadline: None,
+                metadata: Metadata::new(),
+                payload: Bytes::new(),
+            }),
+            Frame::Response(ResponseFrame {
+                id: 42,
+                result: Ok((Codec::Json, Bytes::from_static(b"{}"))),
+            }),
+            Frame::Response(ResponseFrame {
+                id: 43,
+                result: Err(Status::new(Code(1001), "no such file").with_details(&b"d"[..])),
+            }),
+            Frame::Event(EventFrame {
+                name: "user.logged_out".into(),
+                codec: Codec::Bincode,
+                metadata: Metadata::new(),
+                payload: Bytes::from_static(&[7]),
+            }),
+            Frame::Event(EventFrame {
+                name: "e".into(),
+                codec: Codec::Unknown(9),
+                metadata: md(),
+                payload: Bytes::new(),
+            }),
+            Frame::Cancel { id: u64::MAX },
+            Frame::Ping(1),
+            Frame::Pong(2),
+            Frame::GoAway {
+                code: CloseCode::GOING_AWAY,
+                reason: "server shutting down".into(),
+            },
+        ]
+    }
+
+    fn round_trip(f: &Frame) -> Frame {
+        let mut buf = BytesMut::new();
+        f.encode(&mut buf).unwrap();
+        assert_eq!(buf.len(), f.encoded_len().unwrap());
+        let dec = FrameDecoder::new(u32::MAX);
+        let out = dec.decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        out
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for f in samples() {
+            assert_eq!(round_trip(&f), f, "{}", f.kind());
+        }
+    }
+
+    #[test]
+    fn several_frames_in_one_buffer_decode_in_order() {
+        let mut buf = BytesMut::new();
+        for f in samples() {
+            f.encode(&mut buf).unwrap();
+        }
+        let dec = FrameDecoder::new(1 << 20);
+        let mut out = vec![];
+        while let Some(f) = dec.decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        assert_eq!(out, samples());
+    }
+
+    #[test]
+    fn every_truncation_is_incomplete_not_an_error() {
+        let dec = FrameDecoder::new(1 << 20);
+        for f in samples() {
+            let mut full = BytesMut::new();
+            f.encode(&mut full).unwrap();
+            for cut in 0..full.len() {
+                let mut part = BytesMut::from(&full[..cut]);
+                assert_eq!(dec.decode(&mut part).unwrap(), None);
+                assert_eq!(part.len(), cut, "a partial frame stays buffered");
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_body_with_honest_length_is_an_error() {
+        // A request whose length covers only the id: the method is missing.
+        let mut buf = BytesMut::new();
+        buf.put_u32(9);
+        buf.put_u8(ty::REQUEST);
+        buf.put_u64(1);
+        let err = FrameDecoder::new(100).decode(&mut buf).unwrap_err();
+        assert_eq!(err, FrameError::Truncated("request flags"));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_from_the_prefix_alone() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(1_000_001);
+        let err = FrameDecoder::new(1_000_000).decode(&mut buf).unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::TooLarge {
+                declared: 1_000_001,
+                limit: 1_000_000
+            }
+        );
+    }
+
+    #[test]
+    fn zero_length_and_unknown_type_are_errors() {
+        let dec = FrameDecoder::new(100);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
+        assert!(matches!(dec.decode(&mut buf), Err(FrameError::Malformed(_))));
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 1, 0x7F][..]);
+        assert_eq!(dec.decode(&mut buf), Err(FrameError::UnknownType(0x7F)));
+    }
+
+    #[test]
+    fn metadata_count_larger_than_frame_is_refused_without_allocating() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(9);
+        buf.put_u8(ty::HELLO);
+        buf.put_u16(1);
+        buf.put_u32(100);
+        buf.put_u16(u16::MAX);
+        let err = FrameDecoder::new(100).decode(&mut buf).unwrap_err();
+        assert_eq!(err, FrameError::Truncated("metadata"));
+    }
+
+    #[test]
+    fn invalid_utf8_method_is_an_error() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(1 + 8 + 1 + 2 + 2 + 1);
+        buf.put_u8(ty::REQUEST);
+        buf.put_u64(1);
+        buf.put_u8(0);
+        buf.put_u16(2);
+        buf.put_slice(&[0xFF, 0xFE]);
+        buf.put_u8(1);
+        let err = FrameDecoder::new(100).decode(&mut buf).unwrap_err();
+        assert_eq!(err, FrameError::InvalidUtf8("method"));
+    }
+
+    #[test]
+    fn long_method_name_is_an_encode_error() {
+        let f = Frame::Request(RequestFrame {
+            id: 0,
+            method: "m".repeat(70_000),
+            codec: Codec::Json,
+            deadline: None,
+            metadata: Metadata::new(),
+            payload: Bytes::new(),
+        });
+        assert!(matches!(
+            f.encode(&mut BytesMut::new()),
+            Err(FrameError::FieldTooLong { field: "method", .. })
+        ));
+    }
+
+    #[test]
+    fn encode_split_returns_the_payload_uncopied() {
+        let payload = Bytes::from(vec![9u8; 4096]);
+        let f = Frame::Response(ResponseFrame {
+            id: 1,
+            result: Ok((Codec::Bincode, payload.clone())),
+        });
+        let mut head = BytesMut::new();
+        let tail = f.encode_split(&mut head).unwrap();
+        assert_eq!(tail.as_ptr(), payload.as_ptr());
+        assert_eq!(head.len(), 4 + 1 + 8 + 1);
+    }
+
+    fn arb_metadata() -> impl Strategy<Value = Metadata> {
+        proptest::collection::vec((".{0,8}", proptest::collection::vec(any::<u8>(), 0..8)), 0..4)
+            .prop_map(|v| v.into_iter().collect())
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let payload = proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from);
+        prop_oneof![
+            (any::<u16>(), any::<u32>(), arb_metadata()).prop_map(|(version, max_frame_size, metadata)| {
+                Frame::Hello(Hello { version, max_frame_size, metadata })
+            }),
+            (
+                any::<u64>(),
+                ".{0,16}",
+                any::<u8>(),
+                proptest::option::of(any::<u32>()),
+                arb_metadata(),
+                payload.clone()
+            )
+                .prop_map(|(id, method, codec, deadline, metadata, payload)| {
+                    Frame::Request(RequestFrame {
+                        id,
+                        method,
+                        codec: Codec::from_tag(codec),
+                        deadline: deadline.map(|d| Duration::from_micros(u64::from(d))),
+                        metadata,
+                        payload,
+                    })
+                }),
+            (any::<u64>(), any::<u8>(), payload.clone()).prop_map(|(id, c, p)| {
+                Frame::Response(ResponseFrame { id, result: Ok((Codec::from_tag(c), p)) })
+            }),
+            (any::<u64>(), any::<u32>(), ".{0,16}", payload.clone()).prop_map(|(id, c, m, d)| {
+                Frame::Response(ResponseFrame { id, result: Err(Status::new(Code(c), m).with_details(d)) })
+            }),
+            (".{0,16}", any::<u8>(), arb_metadata(), payload).prop_map(|(name, c, metadata, payload)| {
+                Frame::Event(EventFrame { name, codec: Codec::from_tag(c), metadata, payload })
+            }),
+            any::<u64>().prop_map(|id| Frame::Cancel { id }),
+            any::<u64>().prop_map(Frame::Ping),
+            any::<u64>().prop_map(Frame::Pong),
+            (any::<u32>(), ".{0,16}").prop_map(|(c, reason)| Frame::GoAway { code: CloseCode(c), reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_is_identity(f in arb_frame()) {
+            prop_assert_eq!(round_trip(&f), f);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let dec = FrameDecoder::new(1024);
+            let mut buf = BytesMut::from(&data[..]);
+            // Either frames, an incomplete tail, or an error: never a panic.
+            while let Ok(Some(_)) = dec.decode(&mut buf) {}
+        }
+
+        #[test]
+        fn random_bodies_never_panic(data in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = Frame::decode_body(Bytes::from(data));
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Wire types for EchoStream: frames, status codes and payload codecs.
+//!
+//! This crate is *sans-IO*: everything here is plain code over bytes, with no
+//! sockets, tasks or clocks, so it can be unit-tested and fuzzed alone. The
+//! runtime in `echostream-core` drives it over QUIC.
+//!
+//! # Layout
+//! - [`frame`]: the control-stream frames ([`Frame`]), their byte encoding and
+//!   the incremental [`FrameDecoder`] that checks a frame's declared length
+//!   against the limit before buffering it.
+//! - [`codec`]: payload codecs ([`Codec`]): bincode (default) and JSON, chosen
+//!   per message by a one-byte tag.
+//! - [`status`]: the wire status of a failed call ([`Status`], [`Code`]) and the
+//!   QUIC close codes ([`CloseCode`]).
+//! - [`metadata`]: string-keyed metadata carried by hellos, requests and events.
+//!
+//! The byte layout is specified in `ARCHITECTURE.md` at the repository root.
+
+pub mod codec;
+pub mod frame;
+pub mod metadata;
+pub mod status;
+
+pub use codec::{Codec, CodecError};
+pub use frame::{Frame, FrameDecoder, FrameError, Hello, RequestFrame, EventFrame, ResponseFrame};
+pub use metadata::Metadata;
+pub use status::{CloseCode, Code, Status};
+
+/// The protocol version this crate speaks. Carried in the hello.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The ALPN identifier of protocol version 1.
+pub const ALPN: &[u8] = b"echostream/1";
+
+/// Default largest frame a peer may send, in bytes (length prefix excluded).
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = 32 * 1024 * 1024;

@@ -1,0 +1,58 @@
+//! # EchoStream
+//!
+//! A QUIC RPC framework: typed requests, one-way events and (soon) streams
+//! over one encrypted connection, in both directions.
+//!
+//! ```no_run
+//! use echostream::prelude::*;
+//!
+//! #[echostream::handler("user.login")]
+//! async fn login(_ctx: Context, username: String) -> Result<String> {
+//!     Ok(format!("session-for-{username}"))
+//! }
+//!
+//! # async fn doc() -> Result<()> {
+//! let server = RpcServer::builder().bind("127.0.0.1:5000").handler(login).build()?;
+//! let addr = server.local_addr().to_string();
+//! tokio::spawn(server.run());
+//!
+//! let client = RpcClient::connect(&addr).await?;
+//! let session: String = client.request("user.login", "alice").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`prelude`]: what most programs import.
+//! - [`rpc`], [`tls`], [`protocol`]: the runtime (from `echostream-core`).
+//! - [`types`]: wire frames, codecs and status codes (from `echostream-types`).
+//! - `#[handler]`: the attribute that turns an `async fn` into a [`rpc::Handler`].
+//!
+//! The architecture and the wire protocol are described in `ARCHITECTURE.md`.
+
+pub use echostream_core::{connection, protocol, rpc, Error, Result};
+pub use echostream_core::connection::tls;
+pub use echostream_core::connection::tls::{ClientTrust, Fingerprint, ServerIdentity};
+pub use echostream_core::rpc::{CallOptions, Context, Peer, RpcClient, RpcServer};
+pub use echostream_derive::handler;
+pub use echostream_types as types;
+pub use echostream_types::{Code, Codec, Metadata, Status};
+
+/// The names most programs need: `use echostream::prelude::*;`.
+pub mod prelude {
+    pub use crate::handler;
+    pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
+    pub use crate::{
+        CallOptions, ClientTrust, Code, Codec, Context, Error, Fingerprint, Peer, Result, RpcClient, RpcServer,
+        ServerIdentity, Status,
+    };
+}
+
+/// Runtime items used by the code `#[handler]` generates. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use echostream_core::rpc::{decode_args, encode_reply, Context, Handler, HandlerRegistration, Payload};
+    pub use echostream_types::{Codec, Status};
+    pub use futures::future::BoxFuture;
+    pub use inventory;
+    pub use std::sync::Arc;
+}

@@ -1,0 +1,71 @@
+//! Helpers shared by the end-to-end tests: servers on 127.0.0.1:0 with
+//! ephemeral identities, clients that pin them.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use echostream::prelude::*;
+use echostream::rpc::ServerBuilder;
+use std::time::Duration;
+
+/// Generous bound for anything a test waits on (loaded CI machines).
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub struct TestServer {
+    pub addr: String,
+    pub fingerprint: Fingerprint,
+    pub shutdown: echostream::rpc::ShutdownHandle,
+    pub task: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// Starts a server on 127.0.0.1:0 with an ephemeral identity.
+pub fn serve(builder: ServerBuilder) -> TestServer {
+    let server = builder
+        .bind("127.0.0.1:0")
+        .identity(ServerIdentity::Ephemeral)
+        .build()
+        .expect("server builds");
+    let addr = server.local_addr().to_string();
+    let fingerprint = server.fingerprint();
+    let shutdown = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+    TestServer {
+        addr,
+        fingerprint,
+        shutdown,
+        task,
+    }
+}
+
+/// A client builder that pins the test server.
+pub fn client_for(s: &TestServer) -> echostream::rpc::ClientBuilder {
+    RpcClient::builder().pin(s.fingerprint)
+}
+
+pub async fn connect(s: &TestServer) -> RpcClient {
+    tokio::time::timeout(WAIT, client_for(s).connect(&s.addr))
+        .await
+        .expect("connect in time")
+        .expect("connect succeeds")
+}
+
+/// A unique scratch directory under the system temp dir.
+pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "echostream-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
