@@ -414,3 +414,17 @@ async fn wait_until(mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test]
+async fn calls_still_running_when_the_grace_period_ends_are_cancelled() {
+    let s = serve(builder().shutdown_grace(Duration::from_millis(200)));
+    let c = connect(&s).await;
+    let slow = tokio::spawn({
+        let c = c.clone();
+        async move { c.request::<_, u64>("sleep", 60_000u64).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.shutdown.shutdown();
+    let err = tokio::time::timeout(WAIT, slow).await.unwrap().unwrap().unwrap_err();
+    assert!(matches!(&err, Error::Cancelled { method } if method == "sleep"), "{err:?}");
+}

@@ -13,6 +13,9 @@
 //!
 //! Wire frames and codecs live in `echostream-types` (sans-IO).
 
+// Peer input must never panic the process: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod connection;
 mod error;
 pub mod protocol;

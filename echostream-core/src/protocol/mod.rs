@@ -153,6 +153,14 @@ enum Outgoing {
 
 type ReplySender = oneshot::Sender<Result<(Codec, Bytes), Error>>;
 
+/// Why a connection ended.
+struct Closed {
+    code: Option<CloseCode>,
+    reason: String,
+    /// We closed it because the peer broke the protocol.
+    peer_violation: bool,
+}
+
 /// State shared by the handles and tasks of one connection.
 struct Shared {
     conn: quinn::Connection,
@@ -168,14 +176,15 @@ struct Shared {
     next_id: AtomicU64,
     /// Our calls waiting for a response, by request id.
     pending: Mutex<HashMap<u64, ReplySender>>,
-    /// The peer's calls running here, by request id, so a cancel can abort them.
-    inflight: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    /// The peer's calls running here, by request id (with the method), so a
+    /// cancel can abort them.
+    inflight: Mutex<HashMap<u64, (tokio::task::AbortHandle, String)>>,
     /// Set once the peer sent a go-away: no new calls toward it.
     peer_going_away: AtomicBool,
     /// Set once we sent a go-away: new calls from the peer are refused.
     going_away: AtomicBool,
     /// Why the connection ended, once it has.
-    closed: OnceLock<(Option<CloseCode>, String)>,
+    closed: OnceLock<Closed>,
     events: mpsc::Sender<(EventFrame, Peer)>,
 }
 
@@ -271,7 +280,7 @@ impl Peer {
 
     /// Why the connection ended, or `None` while it is open.
     pub fn close_reason(&self) -> Option<String> {
-        self.shared.closed.get().map(|(_, r)| r.clone())
+        self.shared.closed.get().map(|c| c.reason.clone())
     }
 
     /// True once the connection has ended.
@@ -449,7 +458,12 @@ impl Peer {
     pub(crate) fn close_with(&self, code: CloseCode, reason: &str) {
         tracing::warn!(peer = %self.shared.remote, code = %code, reason, "closing connection");
         self.shared.conn.close(code.0.into(), reason.as_bytes());
-        self.mark_closed(Some(code), format!("closed locally ({code}): {reason}"));
+        let peer_violation = matches!(code, CloseCode::PROTOCOL_VIOLATION | CloseCode::FRAME_TOO_LARGE);
+        self.record_close(Closed {
+            code: Some(code),
+            reason: format!("{} broke the protocol ({code}): {reason}", self.shared.remote),
+            peer_violation,
+        });
     }
 
     fn check_open(&self) -> Result<(), Error> {
@@ -464,9 +478,10 @@ impl Peer {
 
     fn closed_error(&self) -> Error {
         match self.shared.closed.get() {
-            Some((code, reason)) => Error::ConnectionClosed {
-                code: *code,
-                reason: reason.clone(),
+            Some(c) if c.peer_violation => Error::Protocol(c.reason.clone()),
+            Some(c) => Error::ConnectionClosed {
+                code: c.code,
+                reason: c.reason.clone(),
             },
             None => match self.shared.conn.close_reason() {
                 Some(e) => {
@@ -486,24 +501,41 @@ impl Peer {
         self.mark_closed(code, reason);
     }
 
+    fn mark_closed(&self, code: Option<CloseCode>, reason: String) {
+        self.record_close(Closed {
+            code,
+            reason,
+            peer_violation: false,
+        });
+    }
+
     /// Records why the connection ended, fails every waiting call and aborts
     /// the peer's handlers (their answers could not be delivered).
-    fn mark_closed(&self, code: Option<CloseCode>, reason: String) {
-        if self.shared.closed.set((code, reason.clone())).is_err() {
+    fn record_close(&self, closed: Closed) {
+        if self.shared.closed.set(closed).is_err() {
             return;
         }
         let pending: Vec<_> = lock(&self.shared.pending).drain().collect();
         for (_, tx) in pending {
-            let _ = tx.send(Err(Error::ConnectionClosed {
-                code,
-                reason: reason.clone(),
-            }));
+            let _ = tx.send(Err(self.closed_error()));
         }
         let inflight: Vec<_> = lock(&self.shared.inflight).drain().collect();
-        for (_, h) in inflight {
+        for (_, (h, _)) in inflight {
             h.abort();
         }
-        tracing::debug!(reason, "connection ended");
+        tracing::debug!(reason = self.close_reason(), "connection ended");
+    }
+
+    /// Aborts every call of the peer still running here and answers each with
+    /// `CANCELLED` (a shutdown whose grace period ran out).
+    pub(crate) async fn cancel_inflight(&self, why: &str) {
+        let inflight: Vec<_> = lock(&self.shared.inflight).drain().collect();
+        for (id, (h, method)) in inflight {
+            h.abort();
+            tracing::warn!(method, id, why, "call cancelled");
+            let msg = format!("`{method}` was cancelled: {why}");
+            self.send_response(id, Err(Status::new(Code::CANCELLED, msg))).await;
+        }
     }
 
     /// Encodes a frame and queues it, or sends it on its own stream when it
@@ -572,7 +604,7 @@ impl Peer {
                 "event frame outside the control stream".into(),
             )),
             Frame::Cancel { id } => {
-                if let Some(h) = lock(&self.shared.inflight).remove(&id) {
+                if let Some((h, _)) = lock(&self.shared.inflight).remove(&id) {
                     tracing::debug!(id, "request cancelled by the caller");
                     h.abort();
                 }
@@ -655,6 +687,7 @@ impl Peer {
             return Err((CloseCode::PROTOCOL_VIOLATION, format!("request id {id} reused while in flight")));
         }
         let deadline = req.deadline.map(|d| Instant::now() + d);
+        let method_name = method.clone();
         let ctx = Context::new(method.clone(), Some(id), req.metadata, deadline, self.clone());
         let args = Payload {
             codec: req.codec,
@@ -693,7 +726,7 @@ impl Peer {
             }
             .instrument(span),
         );
-        inflight.insert(id, task.abort_handle());
+        inflight.insert(id, (task.abort_handle(), method_name));
         Ok(())
     }
 

@@ -305,6 +305,8 @@ impl RpcServer {
         while peers.iter().any(|p| p.inflight_requests() > 0) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let why = format!("the server shut down before it finished (grace period {:?})", self.grace);
+        futures::future::join_all(peers.iter().map(|p| p.cancel_inflight(&why))).await;
         let flushes = peers
             .iter()
             .map(|p| p.finish_and_close(CloseCode::GOING_AWAY, "server shut down", Duration::from_secs(2)));
