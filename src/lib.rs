@@ -29,10 +29,10 @@
 //!
 //! The architecture and the wire protocol are described in `ARCHITECTURE.md`.
 
-pub use echostream_core::{connection, protocol, rpc, Error, Result};
 pub use echostream_core::connection::tls;
 pub use echostream_core::connection::tls::{ClientTrust, Fingerprint, ServerIdentity};
-pub use echostream_core::rpc::{CallOptions, Context, Peer, RpcClient, RpcServer};
+pub use echostream_core::rpc::{CallOptions, Context, Handler, Listener, Peer, RpcClient, RpcServer};
+pub use echostream_core::{connection, protocol, rpc, Error, Result};
 pub use echostream_derive::handler;
 pub use echostream_types as types;
 pub use echostream_types::{Code, Codec, Metadata, Status};
@@ -42,15 +42,17 @@ pub mod prelude {
     pub use crate::handler;
     pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
     pub use crate::{
-        CallOptions, ClientTrust, Code, Codec, Context, Error, Fingerprint, Peer, Result, RpcClient, RpcServer,
-        ServerIdentity, Status,
+        CallOptions, ClientTrust, Code, Codec, Context, Error, Fingerprint, Peer, Result, RpcClient,
+        RpcServer, ServerIdentity, Status,
     };
 }
 
 /// Runtime items used by the code `#[handler]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use echostream_core::rpc::{decode_args, encode_reply, Context, Handler, HandlerRegistration, Payload};
+    pub use echostream_core::rpc::{
+        decode_args, encode_reply, Context, Handler, HandlerRegistration, Payload,
+    };
     pub use echostream_types::{Codec, Status};
     pub use futures::future::BoxFuture;
     pub use inventory;

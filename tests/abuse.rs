@@ -13,7 +13,8 @@ use std::time::Duration;
 
 /// A raw quinn connection to the server, no EchoStream client code involved.
 async fn raw_connect(addr: &str) -> quinn::Connection {
-    let (crypto, _) = echostream::tls::client_crypto(&ClientTrust::dangerous_accept_any_certificate(), addr).unwrap();
+    let (crypto, _) =
+        echostream::tls::client_crypto(&ClientTrust::dangerous_accept_any_certificate(), addr).unwrap();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
@@ -41,7 +42,10 @@ async fn raw_session(addr: &str) -> (quinn::Connection, quinn::SendStream, quinn
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&hello(1)).await.unwrap();
     // Read the welcome (whatever its size: just the first chunk is enough to know it came).
-    let chunk = tokio::time::timeout(WAIT, recv.read_chunk(1 << 16, true)).await.unwrap().unwrap();
+    let chunk = tokio::time::timeout(WAIT, recv.read_chunk(1 << 16, true))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(chunk.is_some(), "server answered the hello");
     (conn, send, recv)
 }
@@ -62,7 +66,9 @@ fn server() -> TestServer {
         RpcServer::builder()
             .max_frame_size(64 * 1024)
             .handshake_timeout(Duration::from_millis(500))
-            .handler(handler_fn("echo", |_c: Context, s: String| async move { Ok::<_, Error>(s) })),
+            .handler(handler_fn("echo", |_c: Context, s: String| async move {
+                Ok::<_, Error>(s)
+            })),
     )
 }
 
@@ -106,7 +112,10 @@ async fn version_mismatch_closes_with_a_clear_reason() {
     send.write_all(&hello(2)).await.unwrap();
     let (code, reason) = closed_with(&conn).await;
     assert_eq!(code, CloseCode::VERSION_MISMATCH.0);
-    assert!(reason.contains("version 2") && reason.contains("version 1"), "{reason}");
+    assert!(
+        reason.contains("version 2") && reason.contains("version 1"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
@@ -117,7 +126,10 @@ async fn garbage_instead_of_hello_is_a_protocol_violation() {
     send.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let (code, _) = closed_with(&conn).await;
     // "GET " read as a length is 1.2 GB: over the limit.
-    assert!(code == CloseCode::PROTOCOL_VIOLATION.0 || code == CloseCode::FRAME_TOO_LARGE.0, "{code}");
+    assert!(
+        code == CloseCode::PROTOCOL_VIOLATION.0 || code == CloseCode::FRAME_TOO_LARGE.0,
+        "{code}"
+    );
 }
 
 #[tokio::test]
@@ -186,27 +198,29 @@ async fn garbage_payload_gets_bad_payload_and_the_connection_stays_up() {
             codes.push((r.id, r.result.unwrap_err().code()));
             continue;
         }
-        let chunk = tokio::time::timeout(WAIT, recv.read_chunk(1 << 16, true)).await.unwrap().unwrap().unwrap();
+        let chunk = tokio::time::timeout(WAIT, recv.read_chunk(1 << 16, true))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         buf.put_slice(&chunk.bytes);
     }
     codes.sort();
-    assert_eq!(codes, vec![(0, Code::BAD_PAYLOAD), (2, Code::BAD_PAYLOAD), (4, Code::BAD_PAYLOAD)]);
+    assert_eq!(
+        codes,
+        vec![
+            (0, Code::BAD_PAYLOAD),
+            (2, Code::BAD_PAYLOAD),
+            (4, Code::BAD_PAYLOAD)
+        ]
+    );
     assert!(conn.close_reason().is_none());
 }
 
 #[tokio::test]
 async fn client_closes_a_server_that_sends_garbage_and_fails_pending_calls_with_protocol_error() {
     use echostream::types::{FrameDecoder, Hello};
-    let id = ServerIdentity::Ephemeral.load().unwrap();
-    let fp = id.fingerprint;
-    let crypto = echostream::tls::server_crypto(&id).unwrap();
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).unwrap();
-    let ep = quinn::Endpoint::server(
-        quinn::ServerConfig::with_crypto(Arc::new(quic)),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
-    let addr = ep.local_addr().unwrap().to_string();
+    let (ep, addr, fp) = raw_server();
     tokio::spawn(async move {
         let conn = ep.accept().await.unwrap().await.unwrap();
         let (mut send, mut recv) = conn.accept_bi().await.unwrap();
@@ -214,9 +228,13 @@ async fn client_closes_a_server_that_sends_garbage_and_fails_pending_calls_with_
         let dec = FrameDecoder::new(1 << 20);
         let mut frames = 0;
         let mut out = BytesMut::new();
-        Frame::Welcome(Hello { version: 1, max_frame_size: 1 << 20, metadata: Metadata::new() })
-            .encode(&mut out)
-            .unwrap();
+        Frame::Welcome(Hello {
+            version: 1,
+            max_frame_size: 1 << 20,
+            metadata: Metadata::new(),
+        })
+        .encode(&mut out)
+        .unwrap();
         // Answer the hello, then answer the first request with garbage.
         while frames < 2 {
             match dec.decode(&mut buf).unwrap() {
@@ -238,7 +256,10 @@ async fn client_closes_a_server_that_sends_garbage_and_fails_pending_calls_with_
         drop(ep);
     });
     let c = RpcClient::builder().pin(fp).connect(&addr).await.unwrap();
-    let err = tokio::time::timeout(WAIT, c.request::<_, String>("anything", ())).await.unwrap().unwrap_err();
+    let err = tokio::time::timeout(WAIT, c.request::<_, String>("anything", ()))
+        .await
+        .unwrap()
+        .unwrap_err();
     match &err {
         Error::Protocol(reason) => assert!(reason.contains("unknown frame type"), "{reason}"),
         other => panic!("expected a protocol error, got {other:?}"),

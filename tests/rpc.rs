@@ -18,13 +18,17 @@ struct Session {
 
 fn builder() -> echostream::rpc::ServerBuilder {
     RpcServer::builder()
-        .handler(handler_fn("echo", |_ctx: Context, s: String| async move { Ok::<_, Error>(s) }))
-        .handler(handler_fn("user.login", |_ctx: Context, user: String| async move {
-            Ok::<_, Error>(Session { user, token: 42 })
+        .handler(handler_fn("echo", |_ctx: Context, s: String| async move {
+            Ok::<_, Error>(s)
         }))
-        .handler(handler_fn("math.add", |_ctx: Context, (a, b): (i64, i64)| async move {
-            Ok::<_, Error>(a + b)
-        }))
+        .handler(handler_fn(
+            "user.login",
+            |_ctx: Context, user: String| async move { Ok::<_, Error>(Session { user, token: 42 }) },
+        ))
+        .handler(handler_fn(
+            "math.add",
+            |_ctx: Context, (a, b): (i64, i64)| async move { Ok::<_, Error>(a + b) },
+        ))
         .handler(handler_fn("fail", |_ctx: Context, code: u32| async move {
             if code == 0 {
                 Err::<(), _>(Error::handler("it went wrong"))
@@ -61,7 +65,13 @@ async fn typed_request_and_struct_result() {
     let echoed: String = c.request("echo", "hello").await.unwrap();
     assert_eq!(echoed, "hello");
     let session: Session = c.request("user.login", "alice").await.unwrap();
-    assert_eq!(session, Session { user: "alice".into(), token: 42 });
+    assert_eq!(
+        session,
+        Session {
+            user: "alice".into(),
+            token: 42
+        }
+    );
     let sum: i64 = c.request("math.add", (2i64, 40i64)).await.unwrap();
     assert_eq!(sum, 42);
 }
@@ -74,8 +84,15 @@ async fn json_codec_works_for_the_same_handlers() {
     let session: Session = c.request_with("user.login", "bob", opts()).await.unwrap();
     assert_eq!(session.user, "bob");
     // A tool without Rust types: hand-written JSON in, JSON value out.
-    let raw = echostream::rpc::Payload { codec: Codec::Json, bytes: bytes::Bytes::from_static(b"[1, 2]") };
-    let (codec, out) = c.peer().request_raw("math.add", raw, CallOptions::new()).await.unwrap();
+    let raw = echostream::rpc::Payload {
+        codec: Codec::Json,
+        bytes: bytes::Bytes::from_static(b"[1, 2]"),
+    };
+    let (codec, out) = c
+        .peer()
+        .request_raw("math.add", raw, CallOptions::new())
+        .await
+        .unwrap();
     assert_eq!(codec, Codec::Json);
     assert_eq!(&out[..], b"3");
     let v: serde_json::Value = c.request_with("user.login", "carol", opts()).await.unwrap();
@@ -123,7 +140,10 @@ async fn unknown_method_is_named() {
     let s = serve(builder());
     let c = connect(&s).await;
     let err = c.request::<_, ()>("no.such.method", ()).await.unwrap_err();
-    assert!(matches!(&err, Error::UnknownMethod { method } if method == "no.such.method"), "{err:?}");
+    assert!(
+        matches!(&err, Error::UnknownMethod { method } if method == "no.such.method"),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("no.such.method"));
 }
 
@@ -132,7 +152,10 @@ async fn bad_payload_names_method_and_type() {
     let s = serve(builder());
     let c = connect(&s).await;
     // math.add wants (i64, i64); send a string.
-    let err = c.request_with::<_, i64>("math.add", "text", CallOptions::new().codec(Codec::Json)).await.unwrap_err();
+    let err = c
+        .request_with::<_, i64>("math.add", "text", CallOptions::new().codec(Codec::Json))
+        .await
+        .unwrap_err();
     match &err {
         Error::BadPayload { method, detail } => {
             assert_eq!(method, "math.add");
@@ -142,7 +165,10 @@ async fn bad_payload_names_method_and_type() {
     }
     // A result that does not decode as the caller's type fails locally, naming it.
     let err = c.request::<_, Session>("echo", "x").await.unwrap_err();
-    assert!(matches!(&err, Error::BadPayload { method, detail } if method == "echo" && detail.contains("Session")), "{err:?}");
+    assert!(
+        matches!(&err, Error::BadPayload { method, detail } if method == "echo" && detail.contains("Session")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -151,25 +177,33 @@ async fn timeout_fails_the_call_and_cancels_the_handler() {
     let finished = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(AtomicBool::new(false));
     let (st, fi, dr) = (started.clone(), finished.clone(), dropped.clone());
-    let s = serve(RpcServer::builder().handler(handler_fn("slow", move |_ctx: Context, _: ()| {
-        let (st, fi, dr) = (st.clone(), fi.clone(), dr.clone());
-        async move {
-            let _guard = DropFlag(dr);
-            st.store(true, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            fi.store(true, Ordering::SeqCst);
-            Ok::<_, Error>(())
-        }
-    })));
+    let s = serve(
+        RpcServer::builder().handler(handler_fn("slow", move |_ctx: Context, _: ()| {
+            let (st, fi, dr) = (st.clone(), fi.clone(), dr.clone());
+            async move {
+                let _guard = DropFlag(dr);
+                st.store(true, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                fi.store(true, Ordering::SeqCst);
+                Ok::<_, Error>(())
+            }
+        })),
+    );
     let c = connect(&s).await;
     let err = c
         .request_with::<_, ()>("slow", (), CallOptions::new().timeout(Duration::from_millis(200)))
         .await
         .unwrap_err();
-    assert!(matches!(&err, Error::Timeout { method, after } if method == "slow" && *after == Duration::from_millis(200)), "{err:?}");
+    assert!(
+        matches!(&err, Error::Timeout { method, after } if method == "slow" && *after == Duration::from_millis(200)),
+        "{err:?}"
+    );
     assert!(started.load(Ordering::SeqCst));
     wait_until(|| dropped.load(Ordering::SeqCst)).await;
-    assert!(!finished.load(Ordering::SeqCst), "the handler was cancelled, not run to completion");
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the handler was cancelled, not run to completion"
+    );
 }
 
 #[tokio::test]
@@ -177,29 +211,39 @@ async fn dropped_caller_future_cancels_the_server_handler() {
     let started = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(AtomicBool::new(false));
     let (st, dr) = (started.clone(), dropped.clone());
-    let s = serve(RpcServer::builder().handler(handler_fn("wait", move |_ctx: Context, _: ()| {
-        let (st, dr) = (st.clone(), dr.clone());
-        async move {
-            let _guard = DropFlag(dr);
-            st.store(true, Ordering::SeqCst);
-            std::future::pending::<()>().await;
-            Ok::<_, Error>(())
-        }
-    })));
+    let s = serve(
+        RpcServer::builder().handler(handler_fn("wait", move |_ctx: Context, _: ()| {
+            let (st, dr) = (st.clone(), dr.clone());
+            async move {
+                let _guard = DropFlag(dr);
+                st.store(true, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+                Ok::<_, Error>(())
+            }
+        })),
+    );
     let c = connect(&s).await;
     let call = tokio::spawn({
         let c = c.clone();
-        async move { c.request_with::<_, ()>("wait", (), CallOptions::new().no_timeout()).await }
+        async move {
+            c.request_with::<_, ()>("wait", (), CallOptions::new().no_timeout())
+                .await
+        }
     });
     wait_until(|| started.load(Ordering::SeqCst)).await;
     assert!(!dropped.load(Ordering::SeqCst));
     call.abort();
     wait_until(|| dropped.load(Ordering::SeqCst)).await;
     // The connection is still fine.
-    let () = c.request("wait_missing_is_unknown", ()).await.map(|_: ()| ()).or_else(|e| match e {
-        Error::UnknownMethod { .. } => Ok(()),
-        e => Err(e),
-    }).unwrap();
+    let () = c
+        .request("wait_missing_is_unknown", ())
+        .await
+        .map(|_: ()| ())
+        .or_else(|e| match e {
+            Error::UnknownMethod { .. } => Ok(()),
+            e => Err(e),
+        })
+        .unwrap();
 }
 
 #[tokio::test]
@@ -207,7 +251,13 @@ async fn context_carries_method_metadata_deadline_and_peer() {
     let s = serve(builder());
     let c = connect(&s).await;
     let (method, trace, has_deadline, loopback, conn_id): (String, Option<String>, bool, bool, u64) = c
-        .request_with("ctx.info", (), CallOptions::new().metadata("trace", "abc123").timeout(Duration::from_secs(5)))
+        .request_with(
+            "ctx.info",
+            (),
+            CallOptions::new()
+                .metadata("trace", "abc123")
+                .timeout(Duration::from_secs(5)),
+        )
         .await
         .unwrap();
     assert_eq!(method, "ctx.info");
@@ -258,7 +308,10 @@ async fn request_larger_than_peer_limit_fails_locally_with_frame_too_large() {
         },
     )));
     let c = connect(&s).await;
-    let err = c.request::<_, usize>("upload", vec![0u8; 100_000]).await.unwrap_err();
+    let err = c
+        .request::<_, usize>("upload", vec![0u8; 100_000])
+        .await
+        .unwrap_err();
     match &err {
         Error::FrameTooLarge { what, limit, size } => {
             assert!(what.contains("upload"), "{what}");
@@ -274,9 +327,11 @@ async fn request_larger_than_peer_limit_fails_locally_with_frame_too_large() {
 
 #[tokio::test]
 async fn response_larger_than_client_limit_is_an_error_not_a_hang() {
-    let s = serve(RpcServer::builder().handler(handler_fn("big", |_ctx: Context, n: usize| async move {
-        Ok::<_, Error>(vec![7u8; n])
-    })));
+    let s = serve(
+        RpcServer::builder().handler(handler_fn("big", |_ctx: Context, n: usize| async move {
+            Ok::<_, Error>(vec![7u8; n])
+        })),
+    );
     let c = tokio::time::timeout(WAIT, client_for(&s).max_frame_size(32 * 1024).connect(&s.addr))
         .await
         .unwrap()
@@ -293,14 +348,16 @@ async fn response_larger_than_client_limit_is_an_error_not_a_hang() {
 async fn small_calls_are_not_held_up_by_a_16_mib_response() {
     let big_returned = Arc::new(AtomicBool::new(false));
     let flag = big_returned.clone();
-    let s = serve(builder().handler(handler_fn("big16", move |_ctx: Context, _: ()| {
-        let flag = flag.clone();
-        async move {
-            let data = vec![0x5Au8; 16 * 1024 * 1024];
-            flag.store(true, Ordering::SeqCst);
-            Ok::<_, Error>(bytes::Bytes::from(data).to_vec())
-        }
-    })));
+    let s = serve(
+        builder().handler(handler_fn("big16", move |_ctx: Context, _: ()| {
+            let flag = flag.clone();
+            async move {
+                let data = vec![0x5Au8; 16 * 1024 * 1024];
+                flag.store(true, Ordering::SeqCst);
+                Ok::<_, Error>(bytes::Bytes::from(data).to_vec())
+            }
+        })),
+    );
     let c = connect(&s).await;
     let big = tokio::spawn({
         let c = c.clone();
@@ -314,7 +371,10 @@ async fn small_calls_are_not_held_up_by_a_16_mib_response() {
     while !big.is_finished() {
         let after_big = big_returned.load(Ordering::SeqCst);
         let t = Instant::now();
-        let r: String = tokio::time::timeout(WAIT, c.request("echo", "small")).await.unwrap().unwrap();
+        let r: String = tokio::time::timeout(WAIT, c.request("echo", "small"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(r, "small");
         if after_big && !big.is_finished() {
             overtook += 1;
@@ -324,23 +384,33 @@ async fn small_calls_are_not_held_up_by_a_16_mib_response() {
     let data = big.await.unwrap().unwrap();
     assert_eq!(data.len(), 16 * 1024 * 1024);
     assert!(data.iter().all(|b| *b == 0x5A));
-    assert!(overtook > 0, "no small call completed while the 16 MiB response was in flight");
+    assert!(
+        overtook > 0,
+        "no small call completed while the 16 MiB response was in flight"
+    );
     // Generous: a small call on loopback takes well under a millisecond.
-    assert!(worst < Duration::from_secs(2), "small call took {worst:?} during the transfer");
+    assert!(
+        worst < Duration::from_secs(2),
+        "small call took {worst:?} during the transfer"
+    );
 }
 
 #[tokio::test]
 async fn server_can_call_the_client_through_ctx_peer() {
-    let s = serve(RpcServer::builder().handler(handler_fn("ask_back", |ctx: Context, q: String| async move {
-        let a: String = ctx.peer().request("client.answer", q).await?;
-        Ok::<_, Error>(format!("client said: {a}"))
-    })));
+    let s = serve(RpcServer::builder().handler(handler_fn(
+        "ask_back",
+        |ctx: Context, q: String| async move {
+            let a: String = ctx.peer().request("client.answer", q).await?;
+            Ok::<_, Error>(format!("client said: {a}"))
+        },
+    )));
     let c = tokio::time::timeout(
         WAIT,
         client_for(&s)
-            .handler(handler_fn("client.answer", |_ctx: Context, q: String| async move {
-                Ok::<_, Error>(q.to_uppercase())
-            }))
+            .handler(handler_fn(
+                "client.answer",
+                |_ctx: Context, q: String| async move { Ok::<_, Error>(q.to_uppercase()) },
+            ))
             .connect(&s.addr),
     )
     .await
@@ -363,7 +433,11 @@ async fn graceful_shutdown_finishes_inflight_calls_then_closes() {
     // The call that was running completes.
     assert_eq!(slow.await.unwrap().unwrap(), 300);
     let (addr, fp) = (s.addr.clone(), s.fingerprint);
-    tokio::time::timeout(WAIT, s.task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(WAIT, s.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     // Then the connection is closed, with the server's reason.
     let err = c.request::<_, String>("echo", "late").await.unwrap_err();
     match err {
@@ -371,7 +445,12 @@ async fn graceful_shutdown_finishes_inflight_calls_then_closes() {
         other => panic!("expected connection closed, got {other:?}"),
     }
     // New connections are refused.
-    assert!(RpcClient::builder().pin(fp).connect_timeout(Duration::from_secs(2)).connect(&addr).await.is_err());
+    assert!(RpcClient::builder()
+        .pin(fp)
+        .connect_timeout(Duration::from_secs(2))
+        .connect(&addr)
+        .await
+        .is_err());
 }
 
 #[tokio::test]
@@ -385,7 +464,10 @@ async fn connect_to_nothing_fails_with_connect_error_naming_the_address() {
         .connect(&addr)
         .await
         .unwrap_err();
-    assert!(matches!(&err, Error::Connect { addr: a, .. } if *a == addr), "{err:?}");
+    assert!(
+        matches!(&err, Error::Connect { addr: a, .. } if *a == addr),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -425,6 +507,40 @@ async fn calls_still_running_when_the_grace_period_ends_are_cancelled() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.shutdown.shutdown();
-    let err = tokio::time::timeout(WAIT, slow).await.unwrap().unwrap().unwrap_err();
-    assert!(matches!(&err, Error::Cancelled { method } if method == "sleep"), "{err:?}");
+    let err = tokio::time::timeout(WAIT, slow)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Cancelled { method } if method == "sleep"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn peer_closed_resolves_with_the_reason_and_methods_are_listed() {
+    let server = builder()
+        .bind("127.0.0.1:0")
+        .identity(ServerIdentity::Ephemeral)
+        .build()
+        .unwrap();
+    assert!(server.methods().contains(&"math.add".to_string()));
+    let (addr, fp, stop) = (
+        server.local_addr().to_string(),
+        server.fingerprint(),
+        server.shutdown_handle(),
+    );
+    tokio::spawn(server.run());
+    let c = RpcClient::builder().pin(fp).connect(&addr).await.unwrap();
+    let waiter = tokio::spawn({
+        let p = c.peer().clone();
+        async move { p.closed().await }
+    });
+    stop.shutdown();
+    let err = tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
+    assert!(
+        matches!(&err, Error::ConnectionClosed { reason, .. } if reason.contains("shut down")),
+        "{err:?}"
+    );
 }

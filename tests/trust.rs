@@ -19,7 +19,11 @@ fn counting_server(calls: Arc<AtomicUsize>) -> echostream::rpc::ServerBuilder {
 #[tokio::test]
 async fn pinned_right_fingerprint_connects() {
     let s = serve(counting_server(Arc::default()));
-    let c = RpcClient::builder().pin(s.fingerprint).connect(&s.addr).await.unwrap();
+    let c = RpcClient::builder()
+        .pin(s.fingerprint)
+        .connect(&s.addr)
+        .await
+        .unwrap();
     assert_eq!(c.server_fingerprint(), Some(s.fingerprint));
     let r: String = c.request("hit", ()).await.unwrap();
     assert_eq!(r, "hit");
@@ -30,12 +34,22 @@ async fn pinned_wrong_fingerprint_is_rejected_and_no_request_is_sent() {
     let calls = Arc::new(AtomicUsize::new(0));
     let s = serve(counting_server(calls.clone()));
     let other = serve(counting_server(Arc::default()));
-    let err = RpcClient::builder().pin(other.fingerprint).connect(&s.addr).await.unwrap_err();
+    let err = RpcClient::builder()
+        .pin(other.fingerprint)
+        .connect(&s.addr)
+        .await
+        .unwrap_err();
     match &err {
         Error::IdentityRejected { addr, reason } => {
             assert_eq!(addr, &s.addr);
-            assert!(reason.contains(&s.fingerprint.to_string()), "names the presented fingerprint: {reason}");
-            assert!(reason.contains(&other.fingerprint.to_string()), "names the pinned one: {reason}");
+            assert!(
+                reason.contains(&s.fingerprint.to_string()),
+                "names the presented fingerprint: {reason}"
+            );
+            assert!(
+                reason.contains(&other.fingerprint.to_string()),
+                "names the pinned one: {reason}"
+            );
         }
         other => panic!("expected identity rejected, got {other:?}"),
     }
@@ -48,21 +62,39 @@ async fn trust_on_first_use_records_then_refuses_a_changed_identity() {
     let file = dir.join("known_hosts");
     let s1 = serve(counting_server(Arc::default()));
     // First contact: accepted and recorded.
-    let c = RpcClient::builder().known_hosts(&file).connect(&s1.addr).await.unwrap();
+    let c = RpcClient::builder()
+        .known_hosts(&file)
+        .connect(&s1.addr)
+        .await
+        .unwrap();
     let _: String = c.request("hit", ()).await.unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.contains(&s1.addr) && text.contains(&s1.fingerprint.to_string()), "{text}");
+    assert!(
+        text.contains(&s1.addr) && text.contains(&s1.fingerprint.to_string()),
+        "{text}"
+    );
     // Second contact with the same identity: accepted.
-    RpcClient::builder().known_hosts(&file).connect(&s1.addr).await.unwrap();
+    RpcClient::builder()
+        .known_hosts(&file)
+        .connect(&s1.addr)
+        .await
+        .unwrap();
     // A server whose identity differs from what is recorded for its address.
     let calls = Arc::new(AtomicUsize::new(0));
     let s2 = serve(counting_server(calls.clone()));
     std::fs::write(&file, format!("{text}{} sha256:{}\n", s2.addr, s1.fingerprint)).unwrap();
-    let err = RpcClient::builder().known_hosts(&file).connect(&s2.addr).await.unwrap_err();
+    let err = RpcClient::builder()
+        .known_hosts(&file)
+        .connect(&s2.addr)
+        .await
+        .unwrap_err();
     match &err {
         Error::IdentityRejected { reason, .. } => {
             assert!(reason.contains(&s2.fingerprint.to_string()), "{reason}");
-            assert!(reason.contains(&file.display().to_string()), "names the file: {reason}");
+            assert!(
+                reason.contains(&file.display().to_string()),
+                "names the file: {reason}"
+            );
         }
         other => panic!("expected identity rejected, got {other:?}"),
     }
@@ -76,7 +108,9 @@ fn ca_and_leaf() -> (CertificateDer<'static>, ServerIdentity) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "EchoStream test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "EchoStream test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().unwrap();
@@ -86,7 +120,9 @@ fn ca_and_leaf() -> (CertificateDer<'static>, ServerIdentity) {
         .unwrap();
     let identity = ServerIdentity::Der {
         cert_chain: vec![leaf.der().clone(), ca_cert.der().clone()],
-        private_key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()))),
+        private_key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            leaf_key.serialize_der(),
+        ))),
     };
     (ca_cert.der().clone(), identity)
 }
@@ -97,7 +133,9 @@ async fn ca_issued_chain_is_accepted_by_its_ca_and_refused_by_another() {
     let server = RpcServer::builder()
         .bind("127.0.0.1:0")
         .identity(identity)
-        .handler(handler_fn("hit", |_c: Context, _: ()| async { Ok::<_, Error>(1u8) }))
+        .handler(handler_fn("hit", |_c: Context, _: ()| async {
+            Ok::<_, Error>(1u8)
+        }))
         .build()
         .unwrap();
     let addr = server.local_addr().to_string();
@@ -134,16 +172,7 @@ async fn dangerous_accept_any_connects() {
 async fn client_refuses_a_server_speaking_another_protocol_version() {
     use echostream::types::{Frame, FrameDecoder, Hello, Metadata};
     // A raw quinn server that answers every hello with a version-2 welcome.
-    let id = ServerIdentity::Ephemeral.load().unwrap();
-    let fp = id.fingerprint;
-    let crypto = echostream::tls::server_crypto(&id).unwrap();
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).unwrap();
-    let ep = quinn::Endpoint::server(
-        quinn::ServerConfig::with_crypto(Arc::new(quic)),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
-    let addr = ep.local_addr().unwrap().to_string();
+    let (ep, addr, fp) = raw_server();
     let server = tokio::spawn(async move {
         let conn = ep.accept().await.unwrap().await.unwrap();
         let (mut send, mut recv) = conn.accept_bi().await.unwrap();
@@ -153,9 +182,13 @@ async fn client_refuses_a_server_speaking_another_protocol_version() {
             buf.extend_from_slice(&c.bytes);
         }
         let mut out = bytes::BytesMut::new();
-        Frame::Welcome(Hello { version: 2, max_frame_size: 1 << 20, metadata: Metadata::new() })
-            .encode(&mut out)
-            .unwrap();
+        Frame::Welcome(Hello {
+            version: 2,
+            max_frame_size: 1 << 20,
+            metadata: Metadata::new(),
+        })
+        .encode(&mut out)
+        .unwrap();
         send.write_all(&out).await.unwrap();
         let closed = conn.closed().await;
         (closed, ep)

@@ -21,5 +21,5 @@ mod error;
 pub mod protocol;
 pub mod rpc;
 
-pub use error::{Error, Result};
 pub use echostream_types as types;
+pub use error::{Error, Result};

@@ -81,9 +81,7 @@ impl Codec {
                 }
                 Ok(value)
             }
-            Codec::Json => {
-                serde_json::from_slice(bytes).map_err(|e| CodecError::Decode(e.to_string()))
-            }
+            Codec::Json => serde_json::from_slice(bytes).map_err(|e| CodecError::Decode(e.to_string())),
             Codec::Unknown(t) => Err(CodecError::Unsupported(t)),
         }
     }
@@ -150,9 +148,15 @@ mod tests {
     #[test]
     fn wrong_type_is_a_decode_error() {
         let bytes = Codec::Json.encode("text").unwrap();
-        assert!(matches!(Codec::Json.decode::<u64>(&bytes), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            Codec::Json.decode::<u64>(&bytes),
+            Err(CodecError::Decode(_))
+        ));
         let bytes = Codec::Bincode.encode(&1u8).unwrap();
-        assert!(matches!(Codec::Bincode.decode::<String>(&bytes), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            Codec::Bincode.decode::<String>(&bytes),
+            Err(CodecError::Decode(_))
+        ));
     }
 
     #[test]
@@ -173,7 +177,10 @@ mod tests {
     #[test]
     fn unknown_tag_is_unsupported() {
         assert_eq!(Codec::from_tag(9), Codec::Unknown(9));
-        assert_eq!(Codec::Unknown(9).decode::<u8>(&[1]), Err(CodecError::Unsupported(9)));
+        assert_eq!(
+            Codec::Unknown(9).decode::<u8>(&[1]),
+            Err(CodecError::Unsupported(9))
+        );
         assert_eq!(Codec::from_tag(Codec::Json.tag()), Codec::Json);
     }
 }

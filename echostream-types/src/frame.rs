@@ -145,7 +145,11 @@ impl Frame {
         dst.put_u32(0); // length, patched below
         let tail = match self {
             Frame::Hello(h) | Frame::Welcome(h) => {
-                dst.put_u8(if matches!(self, Frame::Hello(_)) { ty::HELLO } else { ty::WELCOME });
+                dst.put_u8(if matches!(self, Frame::Hello(_)) {
+                    ty::HELLO
+                } else {
+                    ty::WELCOME
+                });
                 dst.put_u16(h.version);
                 dst.put_u32(h.max_frame_size);
                 put_metadata(dst, &h.metadata)?;
@@ -306,9 +310,7 @@ impl Frame {
             ty::EVENT => {
                 let flags = get_u8(&mut body, "event flags")?;
                 if flags & !FLAG_METADATA != 0 {
-                    return Err(FrameError::Malformed(format!(
-                        "unknown event flags {flags:#04x}"
-                    )));
+                    return Err(FrameError::Malformed(format!("unknown event flags {flags:#04x}")));
                 }
                 let name = get_str(&mut body, "event name")?;
                 let codec = Codec::from_tag(get_u8(&mut body, "codec")?);
@@ -543,7 +545,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn md() -> Metadata {
-        Metadata::new().with("token", "abc").with("trace", vec![0u8, 1, 2])
+        Metadata::new()
+            .with("token", "abc")
+            .with("trace", vec![0u8, 1, 2])
     }
 
     fn samples() -> Vec<Frame> {
@@ -747,7 +751,11 @@ mod tests {
         let payload = proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from);
         prop_oneof![
             (any::<u16>(), any::<u32>(), arb_metadata()).prop_map(|(version, max_frame_size, metadata)| {
-                Frame::Hello(Hello { version, max_frame_size, metadata })
+                Frame::Hello(Hello {
+                    version,
+                    max_frame_size,
+                    metadata,
+                })
             }),
             (
                 any::<u64>(),
@@ -768,18 +776,32 @@ mod tests {
                     })
                 }),
             (any::<u64>(), any::<u8>(), payload.clone()).prop_map(|(id, c, p)| {
-                Frame::Response(ResponseFrame { id, result: Ok((Codec::from_tag(c), p)) })
+                Frame::Response(ResponseFrame {
+                    id,
+                    result: Ok((Codec::from_tag(c), p)),
+                })
             }),
             (any::<u64>(), any::<u32>(), ".{0,16}", payload.clone()).prop_map(|(id, c, m, d)| {
-                Frame::Response(ResponseFrame { id, result: Err(Status::new(Code(c), m).with_details(d)) })
+                Frame::Response(ResponseFrame {
+                    id,
+                    result: Err(Status::new(Code(c), m).with_details(d)),
+                })
             }),
             (".{0,16}", any::<u8>(), arb_metadata(), payload).prop_map(|(name, c, metadata, payload)| {
-                Frame::Event(EventFrame { name, codec: Codec::from_tag(c), metadata, payload })
+                Frame::Event(EventFrame {
+                    name,
+                    codec: Codec::from_tag(c),
+                    metadata,
+                    payload,
+                })
             }),
             any::<u64>().prop_map(|id| Frame::Cancel { id }),
             any::<u64>().prop_map(Frame::Ping),
             any::<u64>().prop_map(Frame::Pong),
-            (any::<u32>(), ".{0,16}").prop_map(|(c, reason)| Frame::GoAway { code: CloseCode(c), reason }),
+            (any::<u32>(), ".{0,16}").prop_map(|(c, reason)| Frame::GoAway {
+                code: CloseCode(c),
+                reason
+            }),
         ]
     }
 

@@ -16,13 +16,16 @@
 //!
 //! The byte layout is specified in `ARCHITECTURE.md` at the repository root.
 
+// Peer input must never panic the process: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod codec;
 pub mod frame;
 pub mod metadata;
 pub mod status;
 
 pub use codec::{Codec, CodecError};
-pub use frame::{Frame, FrameDecoder, FrameError, Hello, RequestFrame, EventFrame, ResponseFrame};
+pub use frame::{EventFrame, Frame, FrameDecoder, FrameError, Hello, RequestFrame, ResponseFrame};
 pub use metadata::Metadata;
 pub use status::{CloseCode, Code, Status};
 

@@ -69,3 +69,19 @@ pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
+
+/// A raw quinn server (no EchoStream protocol code) with an ephemeral
+/// EchoStream identity: for tests that play a misbehaving server. Returns the
+/// endpoint, its address and the certificate fingerprint to pin.
+pub fn raw_server() -> (quinn::Endpoint, String, Fingerprint) {
+    let id = ServerIdentity::Ephemeral.load().unwrap();
+    let crypto = echostream::tls::server_crypto(&id).unwrap();
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).unwrap();
+    let ep = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(std::sync::Arc::new(quic)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr = ep.local_addr().unwrap().to_string();
+    (ep, addr, id.fingerprint)
+}

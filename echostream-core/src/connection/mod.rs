@@ -44,8 +44,9 @@ impl Default for TransportOptions {
 impl TransportOptions {
     pub(crate) fn quinn(&self) -> Result<Arc<quinn::TransportConfig>, crate::Error> {
         let mut t = quinn::TransportConfig::default();
-        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
-            .map_err(|_| crate::Error::Config(format!("idle timeout {:?} is too large", self.idle_timeout)))?;
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+            crate::Error::Config(format!("idle timeout {:?} is too large", self.idle_timeout))
+        })?;
         t.max_idle_timeout(Some(idle));
         t.keep_alive_interval(self.keep_alive);
         t.max_concurrent_bidi_streams(self.max_bidi_streams.into());

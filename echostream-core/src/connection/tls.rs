@@ -64,9 +64,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{
-    CertificateDer, DnsName, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
-};
+use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, NamedGroup, OtherError, SignatureScheme};
 
 /// The ALPN protocol identifier of EchoStream version 1, offered by clients and required by
@@ -197,13 +195,9 @@ impl FromStr for Fingerprint {
         // A word before the first ':' that is not hex, like "sha1:", names another digest.
         if let Some((algorithm, _)) = body.split_once(':') {
             let is_hex = algorithm.chars().all(|c| c.is_ascii_hexdigit());
-            let is_word = algorithm
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+            let is_word = algorithm.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
             if !algorithm.is_empty() && !is_hex && is_word {
-                return Err(ParseFingerprintError::UnsupportedAlgorithm(
-                    algorithm.to_string(),
-                ));
+                return Err(ParseFingerprintError::UnsupportedAlgorithm(algorithm.to_string()));
             }
         }
         let mut digits = String::with_capacity(64);
@@ -223,16 +217,12 @@ impl FromStr for Fingerprint {
             return Err(ParseFingerprintError::Empty);
         }
         if digits.len() != 64 {
-            return Err(ParseFingerprintError::WrongLength {
-                digits: digits.len(),
-            });
+            return Err(ParseFingerprintError::WrongLength { digits: digits.len() });
         }
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(&digits, &mut bytes).map_err(|_| {
             // Unreachable after the checks above; report it as a length problem rather than panic.
-            ParseFingerprintError::WrongLength {
-                digits: digits.len(),
-            }
+            ParseFingerprintError::WrongLength { digits: digits.len() }
         })?;
         Ok(Self(bytes))
     }
@@ -470,15 +460,11 @@ fn checked_identity(
         });
     };
     let fingerprint = Fingerprint::of(leaf);
-    rustls::sign::CertifiedKey::from_der(
-        cert_chain.clone(),
-        private_key.clone_key(),
-        &crypto_provider(),
-    )
-    .map_err(|source| TlsError::InvalidIdentity {
-        what: what.to_string(),
-        source,
-    })?;
+    rustls::sign::CertifiedKey::from_der(cert_chain.clone(), private_key.clone_key(), &crypto_provider())
+        .map_err(|source| TlsError::InvalidIdentity {
+            what: what.to_string(),
+            source,
+        })?;
     Ok(LoadedIdentity {
         cert_chain,
         private_key,
@@ -613,9 +599,7 @@ fn stage_identity(tmp: &Path, generated: &GeneratedIdentity) -> Result<(), TlsEr
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder
-        .create(tmp)
-        .map_err(io_error("create directory", tmp))?;
+    builder.create(tmp).map_err(io_error("create directory", tmp))?;
     write_new_file(&tmp.join(IDENTITY_CERT_FILE), &generated.cert_pem, false)?;
     write_new_file(&tmp.join(IDENTITY_KEY_FILE), &generated.key_pem, true)?;
     Ok(())
@@ -656,10 +640,7 @@ struct GeneratedIdentity {
 
 /// Generates a self-signed ECDSA P-256 certificate for `localhost`, `127.0.0.1`, `::1` and
 /// `dns_name` when it is a valid DNS name.
-fn generate_self_signed(
-    label: &str,
-    dns_name: Option<&str>,
-) -> Result<GeneratedIdentity, TlsError> {
+fn generate_self_signed(label: &str, dns_name: Option<&str>) -> Result<GeneratedIdentity, TlsError> {
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 
     let key = KeyPair::generate()?;
@@ -673,8 +654,7 @@ fn generate_self_signed(
         SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
     ];
     if let Some(name) = dns_name {
-        if name != "localhost" && DnsName::try_from(name).is_ok() && name.parse::<IpAddr>().is_err()
-        {
+        if name != "localhost" && DnsName::try_from(name).is_ok() && name.parse::<IpAddr>().is_err() {
             sans.push(SanType::DnsName(name.try_into()?));
         }
     }
@@ -712,8 +692,7 @@ fn read_pem_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
     if cert_chain.is_empty() {
         return Err(TlsError::Pem {
             path: cert_path.to_path_buf(),
-            detail: "no CERTIFICATE block found (expected a PEM certificate chain, leaf first)"
-                .to_string(),
+            detail: "no CERTIFICATE block found (expected a PEM certificate chain, leaf first)".to_string(),
         });
     }
     let key_bytes = read_file(key_path, "read private key from")?;
@@ -743,10 +722,7 @@ pub fn server_crypto(identity: &LoadedIdentity) -> Result<rustls::ServerConfig, 
     let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(
-            identity.cert_chain.clone(),
-            identity.private_key.clone_key(),
-        )?;
+        .with_single_cert(identity.cert_chain.clone(), identity.private_key.clone_key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }
@@ -904,9 +880,7 @@ struct ReportState {
 impl TrustReport {
     fn lock(&self) -> MutexGuard<'_, ReportState> {
         // The state is plain data, so a panic elsewhere cannot leave it inconsistent.
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Why the most recent handshake's certificate was refused, if it was.
@@ -1017,13 +991,11 @@ fn webpki_verifier(
     }
     let mut store = rustls::RootCertStore::empty();
     for (index, root) in roots.iter().enumerate() {
-        store
-            .add(root.clone())
-            .map_err(|source| TlsError::BadCaRoot {
-                origin: origin.to_string(),
-                index,
-                source,
-            })?;
+        store.add(root.clone()).map_err(|source| TlsError::BadCaRoot {
+            origin: origin.to_string(),
+            index,
+            source,
+        })?;
     }
     Ok(WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone()).build()?)
 }
@@ -1062,9 +1034,7 @@ struct KnownHostEntry {
 
 impl KnownHostsCheck {
     fn entries(&self) -> MutexGuard<'_, Vec<KnownHostEntry>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.entries.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn mismatch(&self, presented: Fingerprint, recorded: KnownHostEntry) -> TrustFailure {
@@ -1079,11 +1049,7 @@ impl KnownHostsCheck {
 
     /// Called once the server has proved it holds the certificate's key: records a first
     /// contact, re-checking the file in case another handshake recorded the host meanwhile.
-    fn record_if_new(
-        &self,
-        presented: Fingerprint,
-        report: &TrustReport,
-    ) -> Result<(), TrustFailure> {
+    fn record_if_new(&self, presented: Fingerprint, report: &TrustReport) -> Result<(), TrustFailure> {
         let mut entries = self.entries();
         if entries.iter().any(|e| e.fingerprint == presented) {
             return Ok(());
@@ -1226,10 +1192,7 @@ const KNOWN_HOSTS_HEADER: &str = "# EchoStream known hosts: one `HOST_KEY sha256
 fn validate_host_key(host_key: &str) -> Result<(), TlsError> {
     let reason = if host_key.is_empty() {
         Some("it is empty")
-    } else if host_key
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
+    } else if host_key.chars().any(|c| c.is_whitespace() || c.is_control()) {
         Some("it contains whitespace or control characters")
     } else if host_key.starts_with('#') {
         Some("it starts with '#', which marks a comment")
@@ -1264,7 +1227,9 @@ fn parse_known_hosts(content: &str) -> Result<Vec<ParsedEntry<'_>>, (usize, Stri
         let Some(fingerprint) = fingerprint else {
             return Err((
                 line,
-                format!("missing fingerprint after host key {host:?} (expected `HOST_KEY sha256:FINGERPRINT`)"),
+                format!(
+                    "missing fingerprint after host key {host:?} (expected `HOST_KEY sha256:FINGERPRINT`)"
+                ),
             ));
         };
         if fields.next().is_some() {
@@ -1329,16 +1294,12 @@ enum AppendError {
 
 /// Appends `host sha256:fingerprint` unless the file (re-read under the lock) already has the
 /// fingerprint for the host, or has other fingerprints for it.
-fn append_known_host(
-    file: &Path,
-    host: &str,
-    fingerprint: Fingerprint,
-) -> Result<Appended, AppendError> {
+fn append_known_host(file: &Path, host: &str, fingerprint: Fingerprint) -> Result<Appended, AppendError> {
     let _guard = KNOWN_HOSTS_WRITE_LOCK
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
-    let text = read_known_hosts_text(file)
-        .map_err(|err| AppendError::File(format!("could not read it: {err}")))?;
+    let text =
+        read_known_hosts_text(file).map_err(|err| AppendError::File(format!("could not read it: {err}")))?;
     let parsed = parse_known_hosts(&text)
         .map_err(|(line, detail)| AppendError::File(format!("line {line}: {detail}")))?;
     let existing = entries_for(&parsed, host);
@@ -1361,10 +1322,7 @@ fn append_known_host(
 
     if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(|err| {
-            AppendError::File(format!(
-                "could not create directory {}: {err}",
-                parent.display()
-            ))
+            AppendError::File(format!("could not create directory {}: {err}", parent.display()))
         })?;
     }
     let mut handle = fs::OpenOptions::new()
@@ -1428,9 +1386,6 @@ mod tests {
     fn provider_prefers_hybrid_post_quantum_key_exchange() {
         let provider = crypto_provider();
         assert_eq!(provider.kx_groups[0].name(), NamedGroup::X25519MLKEM768);
-        assert!(provider
-            .kx_groups
-            .iter()
-            .any(|g| g.name() == NamedGroup::X25519));
+        assert!(provider.kx_groups.iter().any(|g| g.name() == NamedGroup::X25519));
     }
 }

@@ -48,9 +48,12 @@ fn our_hello(config: &ProtocolConfig) -> Hello {
 
 async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), HandshakeError> {
     let mut buf = BytesMut::new();
-    frame
-        .encode(&mut buf)
-        .map_err(|e| HandshakeError::local(CloseCode::INTERNAL, format!("cannot encode {}: {e}", frame.kind())))?;
+    frame.encode(&mut buf).map_err(|e| {
+        HandshakeError::local(
+            CloseCode::INTERNAL,
+            format!("cannot encode {}: {e}", frame.kind()),
+        )
+    })?;
     send.write_all(&buf).await.map_err(|e| match e {
         quinn::WriteError::ConnectionLost(c) => HandshakeError {
             close: None,

@@ -146,7 +146,10 @@ impl CallOptions {
 /// An encoded frame on its way to the writer: head bytes plus an optional
 /// uncopied payload.
 enum Outgoing {
-    Frame { head: Bytes, tail: Bytes },
+    Frame {
+        head: Bytes,
+        tail: Bytes,
+    },
     /// Write what is queued, finish the stream, wait for the peer to read it all.
     Finish(oneshot::Sender<()>, Duration),
 }
@@ -240,7 +243,8 @@ impl Peer {
             events: ev_tx,
         });
         let peer = Peer { shared };
-        let span = tracing::debug_span!("conn", id = peer.shared.id, peer = %peer.shared.remote, role = ?role);
+        let span =
+            tracing::debug_span!("conn", id = peer.shared.id, peer = %peer.shared.remote, role = ?role);
         tokio::spawn(writer_task(hs.send, out_rx, peer.clone()).instrument(span.clone()));
         tokio::spawn(reader_task(peer.clone(), hs.recv, hs.leftover).instrument(span.clone()));
         tokio::spawn(side_stream_task(peer.clone()).instrument(span.clone()));
@@ -283,6 +287,14 @@ impl Peer {
         self.shared.closed.get().map(|c| c.reason.clone())
     }
 
+    /// Waits until the connection ends and returns why (the same error
+    /// later calls would fail with).
+    pub async fn closed(&self) -> Error {
+        let e = self.shared.conn.closed().await;
+        self.mark_closed_from(&e);
+        self.closed_error()
+    }
+
     /// True once the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.get().is_some() || self.shared.conn.close_reason().is_some()
@@ -322,7 +334,16 @@ impl Peer {
             method: method.to_owned(),
             detail: format!("argument did not encode ({}): {e}", codec.name()),
         })?;
-        let (codec, bytes) = self.request_raw(method, Payload { codec, bytes: payload }, opts).await?;
+        let (codec, bytes) = self
+            .request_raw(
+                method,
+                Payload {
+                    codec,
+                    bytes: payload,
+                },
+                opts,
+            )
+            .await?;
         codec.decode::<R>(&bytes).map_err(|e| Error::BadPayload {
             method: method.to_owned(),
             detail: format!(
@@ -335,13 +356,21 @@ impl Peer {
 
     /// Calls `method` with an already encoded argument and returns the
     /// encoded result (for proxies and tools that do not know the types).
-    pub async fn request_raw(&self, method: &str, args: Payload, opts: CallOptions) -> Result<(Codec, Bytes), Error> {
+    pub async fn request_raw(
+        &self,
+        method: &str,
+        args: Payload,
+        opts: CallOptions,
+    ) -> Result<(Codec, Bytes), Error> {
         let shared = &self.shared;
         self.check_open()?;
         if shared.peer_going_away.load(Ordering::Acquire) {
             return Err(Error::ConnectionClosed {
                 code: Some(CloseCode::GOING_AWAY),
-                reason: format!("the peer at {} is shutting down and takes no new requests", shared.remote),
+                reason: format!(
+                    "the peer at {} is shutting down and takes no new requests",
+                    shared.remote
+                ),
             });
         }
         let timeout = if opts.no_timeout {
@@ -368,7 +397,9 @@ impl Peer {
             payload: args.bytes,
         });
         tracing::debug!(method, id, "request");
-        let sent = self.send_frame(&frame, || format!("request `{method}`"), true).await;
+        let sent = self
+            .send_frame(&frame, || format!("request `{method}`"), true)
+            .await;
         if let Err(e) = sent {
             guard.forget();
             return Err(e);
@@ -409,7 +440,12 @@ impl Peer {
     }
 
     /// [`Peer::emit`] with metadata or a codec.
-    pub async fn emit_with<T: Serialize>(&self, name: &str, value: T, opts: CallOptions) -> Result<(), Error> {
+    pub async fn emit_with<T: Serialize>(
+        &self,
+        name: &str,
+        value: T,
+        opts: CallOptions,
+    ) -> Result<(), Error> {
         self.check_open()?;
         let codec = opts.codec.unwrap_or(self.shared.config.default_codec);
         let payload = codec.encode(&value).map_err(|e| Error::BadPayload {
@@ -428,7 +464,9 @@ impl Peer {
 
     /// Closes the connection now with a reason; calls in flight fail.
     pub fn close(&self, reason: &str) {
-        self.shared.conn.close(CloseCode::NORMAL.0.into(), reason.as_bytes());
+        self.shared
+            .conn
+            .close(CloseCode::NORMAL.0.into(), reason.as_bytes());
         self.mark_closed(Some(CloseCode::NORMAL), format!("closed locally: {reason}"));
     }
 
@@ -534,7 +572,8 @@ impl Peer {
             h.abort();
             tracing::warn!(method, id, why, "call cancelled");
             let msg = format!("`{method}` was cancelled: {why}");
-            self.send_response(id, Err(Status::new(Code::CANCELLED, msg))).await;
+            self.send_response(id, Err(Status::new(Code::CANCELLED, msg)))
+                .await;
         }
     }
 
@@ -684,7 +723,10 @@ impl Peer {
             return Ok(());
         }
         if inflight.contains_key(&id) {
-            return Err((CloseCode::PROTOCOL_VIOLATION, format!("request id {id} reused while in flight")));
+            return Err((
+                CloseCode::PROTOCOL_VIOLATION,
+                format!("request id {id} reused while in flight"),
+            ));
         }
         let deadline = req.deadline.map(|d| Instant::now() + d);
         let method_name = method.clone();
@@ -740,10 +782,15 @@ impl Peer {
             id,
             result: result.map(|p| (p.codec, p.bytes)),
         });
-        match self.send_frame(&frame, || format!("response to request {id}"), true).await {
+        match self
+            .send_frame(&frame, || format!("response to request {id}"), true)
+            .await
+        {
             Ok(()) => {}
             Err(Error::FrameTooLarge { size, limit, .. }) => {
-                let msg = format!("the result is {size} bytes, larger than the caller's frame limit of {limit} bytes");
+                let msg = format!(
+                    "the result is {size} bytes, larger than the caller's frame limit of {limit} bytes"
+                );
                 tracing::warn!(id, size, limit, "response too large for the peer");
                 let frame = Frame::Response(ResponseFrame {
                     id,
@@ -810,7 +857,9 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 
 fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
     let id = conn.peer_identity()?;
-    let certs = id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok()?;
+    let certs = id
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
     certs.first().map(|c| Fingerprint::of(c.as_ref()))
 }
 
@@ -931,7 +980,10 @@ async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut)
                 return;
             }
             Err(e) => {
-                peer.close_with(CloseCode::PROTOCOL_VIOLATION, &format!("control stream failed: {e}"));
+                peer.close_with(
+                    CloseCode::PROTOCOL_VIOLATION,
+                    &format!("control stream failed: {e}"),
+                );
                 return;
             }
         }
@@ -980,7 +1032,10 @@ async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
         Err(quinn::ReadToEndError::TooLong) => {
             peer.close_with(
                 CloseCode::FRAME_TOO_LARGE,
-                &format!("side stream longer than the frame limit of {} bytes", peer.shared.config.max_frame_size),
+                &format!(
+                    "side stream longer than the frame limit of {} bytes",
+                    peer.shared.config.max_frame_size
+                ),
             );
             return;
         }
@@ -1008,8 +1063,14 @@ async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
                 format!("{} frame on a side stream", other.kind()),
             )),
         },
-        Ok(Some(_)) => Err((CloseCode::PROTOCOL_VIOLATION, "side stream holds more than one frame".into())),
-        Ok(None) => Err((CloseCode::PROTOCOL_VIOLATION, "side stream ends inside its frame".into())),
+        Ok(Some(_)) => Err((
+            CloseCode::PROTOCOL_VIOLATION,
+            "side stream holds more than one frame".into(),
+        )),
+        Ok(None) => Err((
+            CloseCode::PROTOCOL_VIOLATION,
+            "side stream ends inside its frame".into(),
+        )),
         Err(e) => Err((CloseCode::PROTOCOL_VIOLATION, format!("side stream: {e}"))),
     };
     if let Err((code, reason)) = result {

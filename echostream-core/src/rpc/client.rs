@@ -2,7 +2,9 @@
 
 use crate::connection::tls::{self, ClientTrust, Fingerprint};
 use crate::connection::{self, TransportOptions};
-use crate::protocol::{client_error, client_handshake, describe_close, CallOptions, Peer, ProtocolConfig, Role};
+use crate::protocol::{
+    client_error, client_handshake, describe_close, CallOptions, Peer, ProtocolConfig, Role,
+};
 use crate::rpc::{Handler, Listener, RouterBuilder};
 use crate::{Error, Result};
 use echostream_types::{CloseCode, Codec};

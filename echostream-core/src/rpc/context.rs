@@ -66,7 +66,9 @@ impl Context {
 
     /// Time left before the deadline, if there is one.
     pub fn remaining(&self) -> Option<Duration> {
-        self.inner.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        self.inner
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// A handle to the connection the call came on: call or notify the caller

@@ -19,7 +19,10 @@ pub struct Payload {
 
 impl Payload {
     /// Encodes `value` with `codec`.
-    pub fn encode<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Self, echostream_types::CodecError> {
+    pub fn encode<T: Serialize + ?Sized>(
+        codec: Codec,
+        value: &T,
+    ) -> Result<Self, echostream_types::CodecError> {
         Ok(Self {
             codec,
             bytes: codec.encode(value)?,
@@ -111,7 +114,11 @@ impl<T: Serialize + Send, E: Into<Status> + Send> HandlerResult for Result<T, E>
             Ok(v) => Payload::encode(codec, &v).map_err(|e| {
                 Status::new(
                     Code::INTERNAL,
-                    format!("result of `{}` did not encode ({}): {e}", ctx.method(), codec.name()),
+                    format!(
+                        "result of `{}` did not encode ({}): {e}",
+                        ctx.method(),
+                        codec.name()
+                    ),
                 )
             }),
             Err(e) => Err(e.into()),

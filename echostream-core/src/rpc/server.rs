@@ -141,7 +141,9 @@ impl ServerBuilder {
     /// Binds the socket and loads the identity. Must be called inside a tokio runtime.
     pub fn build(self) -> Result<RpcServer> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::Config("RpcServer::build must be called inside a tokio runtime".into()));
+            return Err(Error::Config(
+                "RpcServer::build must be called inside a tokio runtime".into(),
+            ));
         }
         let router = Arc::new(self.router.build()?);
         let addr: SocketAddr = self.bind.parse().or_else(|_| {
@@ -159,9 +161,8 @@ impl ServerBuilder {
             .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(self.transport.quinn()?);
-        let endpoint = connection::endpoint(addr, Some(server_config), &self.transport).map_err(|e| {
-            Error::Io(std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))
-        })?;
+        let endpoint = connection::endpoint(addr, Some(server_config), &self.transport)
+            .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}"))))?;
         let local_addr = endpoint.local_addr()?;
         let (shutdown_tx, _) = watch::channel(false);
         tracing::info!(%local_addr, %fingerprint, methods = ?router.methods(), "server ready");
@@ -250,6 +251,11 @@ impl RpcServer {
         lock(&self.shared.peers).values().cloned().collect()
     }
 
+    /// The method names this server answers, sorted.
+    pub fn methods(&self) -> Vec<String> {
+        self.shared.router.methods()
+    }
+
     /// Events that a listener here could not decode or that failed, since start.
     pub fn failed_events(&self) -> u64 {
         self.shared.router.bad_events()
@@ -305,7 +311,10 @@ impl RpcServer {
         while peers.iter().any(|p| p.inflight_requests() > 0) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let why = format!("the server shut down before it finished (grace period {:?})", self.grace);
+        let why = format!(
+            "the server shut down before it finished (grace period {:?})",
+            self.grace
+        );
         futures::future::join_all(peers.iter().map(|p| p.cancel_inflight(&why))).await;
         let flushes = peers
             .iter()
@@ -328,7 +337,11 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<ServerShared>) 
             return;
         }
     };
-    let hs = match tokio::time::timeout(shared.protocol.hello_timeout, server_handshake(&conn, &shared.protocol)).await
+    let hs = match tokio::time::timeout(
+        shared.protocol.hello_timeout,
+        server_handshake(&conn, &shared.protocol),
+    )
+    .await
     {
         Ok(Ok(hs)) => hs,
         Ok(Err(e)) => {
@@ -347,7 +360,13 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<ServerShared>) 
             return;
         }
     };
-    let peer = Peer::start(conn.clone(), Role::Server, hs, shared.protocol.clone(), shared.router.clone());
+    let peer = Peer::start(
+        conn.clone(),
+        Role::Server,
+        hs,
+        shared.protocol.clone(),
+        shared.router.clone(),
+    );
     let id = peer.connection_id();
     tracing::debug!(%remote, id, "client connected");
     lock(&shared.peers).insert(id, peer.clone());

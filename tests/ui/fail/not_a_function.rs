@@ -1,0 +1,4 @@
+#[echostream::handler("audio.play")]
+struct HandlePlay;
+
+fn main() {}
