@@ -31,19 +31,23 @@
 
 pub use echostream_core::connection::tls;
 pub use echostream_core::connection::tls::{ClientTrust, Fingerprint, ServerIdentity};
-pub use echostream_core::rpc::{CallOptions, Context, Handler, Listener, Peer, RpcClient, RpcServer};
-pub use echostream_core::{connection, protocol, rpc, Error, Result};
-pub use echostream_derive::handler;
+pub use echostream_core::rpc::{
+    CallOptions, ConnectionEvent, ConnectionInfo, ConnectionPolicy, Context, Handler, Listener, Peer,
+    ReconnectPolicy, RpcClient, RpcServer, ServerHandle, Subscription,
+};
+pub use echostream_core::{connection, protocol, rpc, testing, Error, Result};
+pub use echostream_derive::{handler, listener};
 pub use echostream_types as types;
 pub use echostream_types::{Code, Codec, Metadata, Status};
 
 /// The names most programs need: `use echostream::prelude::*;`.
 pub mod prelude {
-    pub use crate::handler;
     pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
+    pub use crate::{handler, listener};
     pub use crate::{
-        CallOptions, ClientTrust, Code, Codec, Context, Error, Fingerprint, Peer, Result, RpcClient,
-        RpcServer, ServerIdentity, Status,
+        CallOptions, ClientTrust, Code, Codec, ConnectionEvent, ConnectionPolicy, Context, Error,
+        Fingerprint, Peer, ReconnectPolicy, Result, RpcClient, RpcServer, ServerHandle, ServerIdentity,
+        Status, Subscription,
     };
 }
 
@@ -51,7 +55,8 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use echostream_core::rpc::{
-        decode_args, encode_reply, Context, Handler, HandlerRegistration, Payload,
+        decode_args, encode_reply, Context, Handler, HandlerRegistration, Listener, ListenerRegistration,
+        ListenerResult, Payload,
     };
     pub use echostream_types::{Codec, Status};
     pub use futures::future::BoxFuture;

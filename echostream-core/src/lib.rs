@@ -20,6 +20,7 @@ pub mod connection;
 mod error;
 pub mod protocol;
 pub mod rpc;
+pub mod testing;
 
 pub use echostream_types as types;
 pub use error::{Error, Result};

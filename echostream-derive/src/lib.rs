@@ -1,24 +1,28 @@
 //! Attribute macros for EchoStream; use them through the `echostream` crate.
 //!
 //! `#[echostream::handler("service.method")]` turns an `async fn` into a
-//! request handler. The macro is thin sugar: everything it generates can be
-//! written by hand by implementing `echostream::Handler` for a type, and the
-//! generated code reaches the runtime only through the hidden
-//! `echostream::__private` module, so user crates depend on `echostream` alone.
+//! request handler, and `#[echostream::listener("service.event")]` into a
+//! listener for one-way events. The macros are thin sugar: everything they
+//! generate can be written by hand by implementing `echostream::Handler` or
+//! `echostream::Listener` for a type, and the generated code reaches the
+//! runtime only through the hidden `echostream::__private` module, so user
+//! crates depend on `echostream` alone.
 //!
 //! # Layout
-//! - [`handler`]: the entry point.
-//! - `args`: parsing and checking the attribute's arguments (the method name
-//!   and options).
+//! - [`handler()`], [`listener()`]: the entry points.
+//! - `args`: parsing and checking the attributes' arguments (the method or
+//!   event name, and options).
 //! - `signature`: checking the function's signature and splitting its
 //!   parameters into the optional context and the decoded arguments.
 //! - `expand`: generating the handler type, its `Handler` impl and its
 //!   registration.
+//! - `listener`: the same for a listener and its `Listener` impl.
 
 use proc_macro::TokenStream;
 
 mod args;
 mod expand;
+mod listener;
 mod signature;
 
 /// Turns an `async fn` into an EchoStream request handler named by a method.
@@ -66,4 +70,56 @@ mod signature;
 #[proc_macro_attribute]
 pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::handler(attr.into(), item.into()).into()
+}
+
+/// Turns an `async fn` into an EchoStream listener for one-way events of a name.
+///
+/// ```ignore
+/// use echostream::prelude::*;
+///
+/// /// Forgets a user's session.
+/// #[echostream::listener("user.logged_out")]
+/// async fn on_logout(ctx: Context, user_id: u64) {
+///     // ...
+/// }
+///
+/// // `on_logout` is now a value implementing `Listener`, on either side:
+/// let server = RpcServer::builder().listener(on_logout);
+/// // and a peer sends the event with `emit("user.logged_out", 42u64)`.
+/// ```
+///
+/// # What it generates
+///
+/// For `async fn NAME(ctx: Context, a: A, b: B) -> Ret { body }`:
+///
+/// - a unit struct `NAME` with the function's visibility and doc comments,
+///   so `NAME` can be passed as a value (`.listener(NAME)`);
+/// - `NAME::EVENT`, the event name, and `NAME::invoke(ctx, a, b)`, the
+///   original function, callable directly (in tests, say);
+/// - an implementation of `echostream::Listener` for `NAME` that decodes the
+///   event's payload and runs `invoke`;
+/// - a registration, so `RpcServer::builder().register_all()` and
+///   `RpcClient::builder().register_all()` find it.
+///
+/// Several listeners may share one event name: they all run, in registration
+/// order.
+///
+/// # Parameters
+///
+/// As for [`handler()`]: a first parameter of type `Context` is optional; the
+/// others are the event's payload, decoded with serde: none takes `()`, one
+/// takes that type, several take a tuple `(A, B, ...)`. Argument types must be
+/// owned (`String`, not `&str`). A payload that does not decode is logged with
+/// the event name and counted (`failed_events()`); the listener does not run.
+///
+/// The function returns nothing, or `Result<(), E>` with `E: Into<Status>`
+/// (such as `echostream::Result<()>`); an error is logged and counted the same
+/// way, since nobody waits for an answer.
+///
+/// # Options
+///
+/// None for now: the attribute takes the event name alone.
+#[proc_macro_attribute]
+pub fn listener(attr: TokenStream, item: TokenStream) -> TokenStream {
+    listener::listener(attr.into(), item.into()).into()
 }

@@ -182,6 +182,8 @@ impl CloseCode {
     pub const HELLO_TIMEOUT: CloseCode = CloseCode(6);
     /// An internal failure.
     pub const INTERNAL: CloseCode = CloseCode(7);
+    /// The peer did not read what was sent to it fast enough (its queue stayed full).
+    pub const SLOW_CONSUMER: CloseCode = CloseCode(8);
 
     /// A short name, for messages.
     pub fn name(self) -> &'static str {
@@ -194,6 +196,7 @@ impl CloseCode {
             CloseCode::REJECTED => "rejected",
             CloseCode::HELLO_TIMEOUT => "hello timeout",
             CloseCode::INTERNAL => "internal error",
+            CloseCode::SLOW_CONSUMER => "slow consumer",
             _ => "unknown close code",
         }
     }

@@ -27,6 +27,10 @@ pub struct TransportOptions {
     /// caps it at `net.core.rmem_max`/`wmem_max`). The kernel default of about
     /// 208 KiB drops packets on fast loopback transfers.
     pub socket_buffer: usize,
+    /// Per-stream receive window (flow control) in bytes; `None` keeps
+    /// quinn's default (1.25 MB). Smaller values make a peer that stops
+    /// reading push back sooner.
+    pub stream_receive_window: Option<u32>,
 }
 
 impl Default for TransportOptions {
@@ -37,6 +41,7 @@ impl Default for TransportOptions {
             max_bidi_streams: 100,
             max_uni_streams: 100,
             socket_buffer: 4 * 1024 * 1024,
+            stream_receive_window: None,
         }
     }
 }
@@ -51,6 +56,9 @@ impl TransportOptions {
         t.keep_alive_interval(self.keep_alive);
         t.max_concurrent_bidi_streams(self.max_bidi_streams.into());
         t.max_concurrent_uni_streams(self.max_uni_streams.into());
+        if let Some(w) = self.stream_receive_window {
+            t.stream_receive_window(w.into());
+        }
         Ok(Arc::new(t))
     }
 }

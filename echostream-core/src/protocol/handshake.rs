@@ -156,15 +156,13 @@ pub(crate) async fn client_handshake(
     })
 }
 
-/// Server side: accept the control stream, read the hello, answer.
-///
-/// `decide` sees the hello before the welcome is sent and may refuse the
-/// connection with a reason.
-pub(crate) async fn server_handshake(
+/// Server side, first half: accept the control stream and read the hello.
+/// The caller decides whether to admit the client, then calls
+/// [`server_send_welcome`].
+pub(crate) async fn server_read_hello(
     conn: &quinn::Connection,
-    config: &ProtocolConfig,
-) -> Result<HandshakeOutcome, HandshakeError> {
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(|c| HandshakeError {
+) -> Result<(quinn::SendStream, quinn::RecvStream, BytesMut, Hello), HandshakeError> {
+    let (send, mut recv) = conn.accept_bi().await.map_err(|c| HandshakeError {
         close: None,
         reason: c.to_string(),
         conn: Some(c),
@@ -181,11 +179,22 @@ pub(crate) async fn server_handshake(
         }
     };
     check_peer(&hello, "client")?;
+    Ok((send, recv, buf, hello))
+}
+
+/// Server side, second half: answer an admitted hello.
+pub(crate) async fn server_send_welcome(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    leftover: BytesMut,
+    hello: Hello,
+    config: &ProtocolConfig,
+) -> Result<HandshakeOutcome, HandshakeError> {
     write_frame(&mut send, &Frame::Welcome(our_hello(config))).await?;
     Ok(HandshakeOutcome {
         send,
         recv,
-        leftover: buf,
+        leftover,
         peer_hello: hello,
     })
 }

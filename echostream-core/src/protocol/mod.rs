@@ -18,7 +18,9 @@
 
 mod handshake;
 
-pub(crate) use handshake::{client_error, client_handshake, server_handshake, HandshakeOutcome};
+pub(crate) use handshake::{
+    client_error, client_handshake, server_read_hello, server_send_welcome, HandshakeOutcome,
+};
 
 use crate::connection::tls::Fingerprint;
 use crate::rpc::{Context, Payload, Router};
@@ -98,6 +100,47 @@ impl Role {
             Role::Server => 1,
         }
     }
+}
+
+/// What happened to an event offered to one peer by a broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Queued for writing.
+    Queued,
+    /// The peer was already gone, or cannot accept a frame that large.
+    Skipped,
+    /// The peer's queue stayed full: it was disconnected as a slow consumer.
+    Evicted,
+}
+
+/// A snapshot of one connection (see [`Peer::info`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// Process-unique connection id.
+    pub connection_id: u64,
+    /// The peer certificate's fingerprint, when it presented one.
+    pub fingerprint: Option<Fingerprint>,
+    /// Metadata from the peer's hello.
+    pub hello_metadata: Metadata,
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// UDP payload bytes sent.
+    pub bytes_sent: u64,
+    /// UDP payload bytes received.
+    pub bytes_received: u64,
+    /// UDP datagrams sent.
+    pub packets_sent: u64,
+    /// UDP datagrams received.
+    pub packets_received: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// Our calls waiting for an answer.
+    pub calls_pending: usize,
+    /// The peer's calls running here.
+    pub requests_running: usize,
 }
 
 /// Per-call options.
@@ -182,6 +225,8 @@ struct Shared {
     /// The peer's calls running here, by request id (with the method), so a
     /// cancel can abort them.
     inflight: Mutex<HashMap<u64, (tokio::task::AbortHandle, String)>>,
+    /// The server this connection belongs to (server side only).
+    server: Option<crate::rpc::ServerHandle>,
     /// Set once the peer sent a go-away: no new calls toward it.
     peer_going_away: AtomicBool,
     /// Set once we sent a go-away: new calls from the peer are refused.
@@ -219,6 +264,7 @@ impl Peer {
         hs: HandshakeOutcome,
         config: Arc<ProtocolConfig>,
         router: Arc<Router>,
+        server: Option<crate::rpc::ServerHandle>,
     ) -> Peer {
         let (out_tx, out_rx) = mpsc::channel(config.write_queue.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
@@ -233,6 +279,7 @@ impl Peer {
             peer_max_frame: hs.peer_hello.max_frame_size,
             config,
             router,
+            server,
             out: out_tx,
             next_id: AtomicU64::new(role.first_id()),
             pending: Mutex::new(HashMap::new()),
@@ -275,6 +322,31 @@ impl Peer {
     /// The largest frame the peer accepts.
     pub fn peer_max_frame_size(&self) -> u32 {
         self.shared.peer_max_frame
+    }
+
+    /// A snapshot of the connection: identity, round-trip time, traffic
+    /// counters (from quinn's statistics) and calls in flight.
+    pub fn info(&self) -> ConnectionInfo {
+        let stats = self.shared.conn.stats();
+        ConnectionInfo {
+            remote: self.shared.remote,
+            connection_id: self.shared.id,
+            fingerprint: self.shared.fingerprint,
+            hello_metadata: self.shared.peer_hello.clone(),
+            rtt: stats.path.rtt,
+            bytes_sent: stats.udp_tx.bytes,
+            bytes_received: stats.udp_rx.bytes,
+            packets_sent: stats.udp_tx.datagrams,
+            packets_received: stats.udp_rx.datagrams,
+            lost_packets: stats.path.lost_packets,
+            calls_pending: lock(&self.shared.pending).len(),
+            requests_running: lock(&self.shared.inflight).len(),
+        }
+    }
+
+    /// The server this connection belongs to, when this is the server side.
+    pub fn server(&self) -> Option<&crate::rpc::ServerHandle> {
+        self.shared.server.as_ref()
     }
 
     /// Current round-trip time estimate.
@@ -460,6 +532,38 @@ impl Peer {
         });
         // Events stay on the control stream so that they arrive in order.
         self.send_frame(&frame, || format!("event `{name}`"), false).await
+    }
+
+    /// Queues an already encoded event, waiting at most `wait` for room in the
+    /// write queue. A peer that cannot take it in time is disconnected with
+    /// `SLOW_CONSUMER` (see `ServerHandle::broadcast`).
+    pub(crate) async fn send_prepared_event(&self, head: Bytes, tail: Bytes, wait: Duration) -> Delivery {
+        if self.is_closed() {
+            return Delivery::Skipped;
+        }
+        let size = (head.len() - LENGTH_PREFIX + tail.len()) as u64;
+        if size > u64::from(self.shared.peer_max_frame) {
+            tracing::warn!(peer = %self.shared.remote, size, limit = self.shared.peer_max_frame,
+                "broadcast event larger than the peer's frame limit; not sent to it");
+            return Delivery::Skipped;
+        }
+        match tokio::time::timeout(wait, self.shared.out.send(Outgoing::Frame { head, tail })).await {
+            Ok(Ok(())) => Delivery::Queued,
+            Ok(Err(_)) => Delivery::Skipped,
+            Err(_) => {
+                let reason =
+                    format!("it did not keep up with events: its write queue stayed full for {wait:?}");
+                tracing::warn!(peer = %self.shared.remote, reason, "disconnecting slow peer");
+                self.shared
+                    .conn
+                    .close(CloseCode::SLOW_CONSUMER.0.into(), reason.as_bytes());
+                self.mark_closed(
+                    Some(CloseCode::SLOW_CONSUMER),
+                    format!("closed locally: {reason}"),
+                );
+                Delivery::Evicted
+            }
+        }
     }
 
     /// Closes the connection now with a reason; calls in flight fail.
@@ -855,7 +959,7 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
+pub(crate) fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
     let id = conn.peer_identity()?;
     let certs = id
         .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
@@ -1078,31 +1182,35 @@ async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
     }
 }
 
-/// Runs listeners one event at a time, in arrival order.
+/// Runs listeners one event at a time, in arrival order, then offers the
+/// event to subscriptions.
 async fn event_task(mut rx: mpsc::Receiver<(EventFrame, Peer)>) {
     while let Some((ev, peer)) = rx.recv().await {
-        let listeners = peer.shared.router.listeners(&ev.name);
-        if listeners.is_empty() {
-            tracing::debug!(event = %ev.name, "event with no listener");
-            continue;
-        }
+        let router = peer.shared.router.clone();
+        let listeners = router.listeners(&ev.name);
         let args = Payload {
             codec: ev.codec,
             bytes: ev.payload,
         };
+        if listeners.is_empty() && !router.subscriptions.has(&ev.name) {
+            tracing::debug!(event = %ev.name, "event with no listener or subscription");
+            continue;
+        }
         for l in listeners {
             let ctx = Context::new(ev.name.clone(), None, ev.metadata.clone(), None, peer.clone());
             let fut = AssertUnwindSafe(l.call(ctx, args.clone())).catch_unwind();
             match fut.await {
                 Ok(Ok(())) => {}
                 Ok(Err(status)) => {
-                    peer.shared.router.count_bad_event();
-                    tracing::warn!(event = %ev.name, error = %status, "listener failed");
+                    router.count_bad_event();
+                    tracing::warn!(event = %ev.name, peer = %peer.shared.remote, error = %status, "listener failed");
                 }
                 Err(p) => {
+                    router.count_bad_event();
                     tracing::error!(event = %ev.name, panic = panic_message(&p), "listener panicked");
                 }
             }
         }
+        router.subscriptions.deliver(&ev.name, &peer, &args);
     }
 }

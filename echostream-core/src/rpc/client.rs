@@ -3,16 +3,19 @@
 use crate::connection::tls::{self, ClientTrust, Fingerprint};
 use crate::connection::{self, TransportOptions};
 use crate::protocol::{
-    client_error, client_handshake, describe_close, CallOptions, Peer, ProtocolConfig, Role,
+    client_error, client_handshake, describe_close, CallOptions, ConnectionInfo, Peer, ProtocolConfig, Role,
 };
-use crate::rpc::{Handler, Listener, RouterBuilder};
+use crate::rpc::subscribe::Subscriptions;
+use crate::rpc::{Handler, Listener, RouterBuilder, Subscription};
 use crate::{Error, Result};
 use echostream_types::{CloseCode, Codec};
 use serde::{de::DeserializeOwned, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Builds an [`RpcClient`]: trust mode, timeouts, and handlers the server may call.
 pub struct ClientBuilder {
@@ -22,6 +25,8 @@ pub struct ClientBuilder {
     transport: TransportOptions,
     protocol: ProtocolConfig,
     connect_timeout: Duration,
+    reconnect: Option<ReconnectPolicy>,
+    early_subscriptions: Subscriptions,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -42,6 +47,8 @@ impl Default for ClientBuilder {
             transport: TransportOptions::default(),
             protocol: ProtocolConfig::default(),
             connect_timeout: Duration::from_secs(10),
+            reconnect: None,
+            early_subscriptions: Subscriptions::default(),
         }
     }
 }
@@ -108,6 +115,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Events queued per connection for listeners before the connection
+    /// stops reading (default 1024); a full queue pushes back on the sender
+    /// through QUIC flow control.
+    pub fn event_queue(mut self, n: usize) -> Self {
+        self.protocol.event_queue = n;
+        self
+    }
+
     /// Adds a metadata entry to the hello (client name, credentials, ...).
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<bytes::Bytes>) -> Self {
         self.protocol.hello_metadata.insert(key, value);
@@ -145,16 +160,52 @@ impl ClientBuilder {
         self
     }
 
+    /// Re-establish a dropped connection automatically (see [`ReconnectPolicy`]).
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// A typed subscription created before connecting, so no event sent
+    /// right after the welcome is missed. See [`Subscription`].
+    pub fn subscribe<T: DeserializeOwned>(&mut self, name: &str) -> Subscription<T> {
+        // The router is built at connect time; subscriptions live in a
+        // registry shared with it.
+        self.early_subscriptions
+            .subscribe(name, crate::rpc::subscribe::DEFAULT_SUBSCRIPTION_BUFFER)
+    }
+
     /// Connects to `addr` (`"host:port"` or an IP literal), trying each
     /// resolved address in turn.
     pub async fn connect(self, addr: &str) -> Result<RpcClient> {
-        let router = Arc::new(self.router.build()?);
+        let mut router = self.router.build()?;
+        router.subscriptions = self.early_subscriptions;
+        let router = Arc::new(router);
         let protocol = Arc::new(self.protocol.clone());
         let targets = connection::resolve(addr).await?;
         let mut last = None;
         for target in targets {
-            match self.connect_one(addr, target, &router, &protocol).await {
-                Ok(c) => return Ok(c),
+            let bind: SocketAddr = if target.is_ipv6() {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            let endpoint = connection::endpoint(bind, None, &self.transport).map_err(|e| Error::Connect {
+                addr: addr.to_owned(),
+                reason: format!("cannot bind a local UDP socket: {e}"),
+            })?;
+            let params = ConnectParams {
+                addr: addr.to_owned(),
+                target,
+                trust: self.trust.clone(),
+                server_name: self.server_name.clone().unwrap_or_else(|| host_part(addr)),
+                transport: self.transport.clone(),
+                protocol: protocol.clone(),
+                connect_timeout: self.connect_timeout,
+                router: router.clone(),
+            };
+            match connect_peer(&endpoint, &params).await {
+                Ok(peer) => return Ok(RpcClient::start(peer, endpoint, params, self.reconnect.clone())),
                 // A rejected identity is a verdict about the server, not a
                 // reason to try another address of the same name.
                 Err(e @ Error::IdentityRejected { .. }) => return Err(e),
@@ -169,86 +220,115 @@ impl ClientBuilder {
             reason: "no address to try".into(),
         }))
     }
+}
 
-    async fn connect_one(
-        &self,
-        addr: &str,
-        target: SocketAddr,
-        router: &Arc<crate::rpc::Router>,
-        protocol: &Arc<ProtocolConfig>,
-    ) -> Result<RpcClient> {
-        let connect_err = |reason: String| Error::Connect {
-            addr: addr.to_owned(),
-            reason,
-        };
-        let (crypto, report) = tls::client_crypto(&self.trust, addr)?;
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-            .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
-        let mut config = quinn::ClientConfig::new(Arc::new(quic));
-        config.transport_config(self.transport.quinn()?);
-        let bind: SocketAddr = if target.is_ipv6() {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        };
-        let endpoint = connection::endpoint(bind, None, &self.transport)
-            .map_err(|e| connect_err(format!("cannot bind a local UDP socket: {e}")))?;
-        let server_name = self.server_name.clone().unwrap_or_else(|| host_part(addr));
-        let connecting = endpoint
-            .connect_with(config, target, &server_name)
-            .map_err(|e| connect_err(e.to_string()))?;
-        let conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                if let Some(f) = report.failure() {
-                    return Err(Error::IdentityRejected {
-                        addr: addr.to_owned(),
-                        reason: f.to_string(),
-                    });
-                }
-                let (code, reason) = describe_close(&e);
-                if code == Some(CloseCode::REJECTED) {
-                    return Err(Error::Rejected {
-                        addr: addr.to_owned(),
-                        reason,
-                    });
-                }
-                return Err(connect_err(reason));
-            }
-            Err(_) => {
-                return Err(connect_err(format!(
-                    "no answer from {target} within {:?} (is a server listening there?)",
-                    self.connect_timeout
-                )))
-            }
-        };
-        let hs = match tokio::time::timeout(self.connect_timeout, client_handshake(&conn, protocol)).await {
-            Ok(Ok(hs)) => hs,
-            Ok(Err(e)) => {
-                if let Some(code) = e.close {
-                    conn.close(code.0.into(), e.reason.as_bytes());
-                }
-                return Err(client_error(addr, e));
-            }
-            Err(_) => {
-                conn.close(CloseCode::HELLO_TIMEOUT.0.into(), b"no welcome in time");
-                return Err(connect_err(format!(
-                    "the server did not answer the hello within {:?}",
-                    self.connect_timeout
-                )));
-            }
-        };
-        let peer = Peer::start(conn, Role::Client, hs, protocol.clone(), router.clone());
-        tracing::debug!(%target, id = peer.connection_id(), "connected");
-        Ok(RpcClient {
-            inner: Arc::new(ClientInner {
-                peer,
-                router: router.clone(),
-                endpoint,
-                addr: addr.to_owned(),
-            }),
-        })
+/// Everything needed to (re)establish the connection.
+struct ConnectParams {
+    addr: String,
+    target: SocketAddr,
+    trust: ClientTrust,
+    server_name: String,
+    transport: TransportOptions,
+    protocol: Arc<ProtocolConfig>,
+    connect_timeout: Duration,
+    router: Arc<crate::rpc::Router>,
+}
+
+/// How a client re-establishes a dropped connection.
+///
+/// After the connection ends (for any reason other than [`RpcClient::close`]
+/// or dropping the client), a background task reconnects to the same address
+/// with the same options, waiting `initial_backoff`, then twice as long after
+/// each failure up to `max_backoff`. Handlers, listeners and subscriptions
+/// carry over: nothing is registered again by hand. Calls made while
+/// disconnected fail fast with [`Error::ConnectionClosed`], unless
+/// `wait_for_connection` is set: then they wait for the new connection, up
+/// to their own timeout. A call in flight when the connection drops fails
+/// (it may or may not have run on the server); it is never resent.
+#[derive(Clone, Debug)]
+pub struct ReconnectPolicy {
+    /// First wait before reconnecting.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+    /// Give up after this many failed attempts in a row (`None`: never).
+    pub max_attempts: Option<u32>,
+    /// Calls made while disconnected wait for the new connection (up to their timeout).
+    pub wait_for_connection: bool,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_attempts: None,
+            wait_for_connection: false,
+        }
     }
+}
+
+/// One connection attempt on an existing endpoint.
+async fn connect_peer(endpoint: &quinn::Endpoint, p: &ConnectParams) -> Result<Peer> {
+    let addr = p.addr.as_str();
+    let connect_err = |reason: String| Error::Connect {
+        addr: addr.to_owned(),
+        reason,
+    };
+    // A fresh TLS configuration per attempt, so its trust report describes
+    // this handshake only.
+    let (crypto, report) = tls::client_crypto(&p.trust, addr)?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+        .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(p.transport.quinn()?);
+    let connecting = endpoint
+        .connect_with(config, p.target, &p.server_name)
+        .map_err(|e| connect_err(e.to_string()))?;
+    let conn = match tokio::time::timeout(p.connect_timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            if let Some(f) = report.failure() {
+                return Err(Error::IdentityRejected {
+                    addr: addr.to_owned(),
+                    reason: f.to_string(),
+                });
+            }
+            let (code, reason) = describe_close(&e);
+            if code == Some(CloseCode::REJECTED) {
+                return Err(Error::Rejected {
+                    addr: addr.to_owned(),
+                    reason,
+                });
+            }
+            return Err(connect_err(reason));
+        }
+        Err(_) => {
+            return Err(connect_err(format!(
+                "no answer from {} within {:?} (is a server listening there?)",
+                p.target, p.connect_timeout
+            )))
+        }
+    };
+    let hs = match tokio::time::timeout(p.connect_timeout, client_handshake(&conn, &p.protocol)).await {
+        Ok(Ok(hs)) => hs,
+        Ok(Err(e)) => {
+            if let Some(code) = e.close {
+                conn.close(code.0.into(), e.reason.as_bytes());
+            }
+            return Err(client_error(addr, e));
+        }
+        Err(_) => {
+            conn.close(CloseCode::HELLO_TIMEOUT.0.into(), b"no welcome in time");
+            return Err(connect_err(format!(
+                "the server did not answer the hello within {:?}",
+                p.connect_timeout
+            )));
+        }
+    };
+    let peer = Peer::start(conn, Role::Client, hs, p.protocol.clone(), p.router.clone(), None);
+    tracing::debug!(target = %p.target, id = peer.connection_id(), "connected");
+    Ok(peer)
 }
 
 /// The host part of `"host:port"`, `"[v6]:port"` or a bare host.
@@ -263,17 +343,77 @@ fn host_part(addr: &str) -> String {
 }
 
 struct ClientInner {
-    peer: Peer,
-    router: Arc<crate::rpc::Router>,
+    /// The connection in use; replaced by the reconnect task.
+    current: RwLock<Peer>,
+    /// Bumped each time a new connection replaces the old one.
+    generation: watch::Sender<u64>,
     endpoint: quinn::Endpoint,
-    addr: String,
+    params: ConnectParams,
+    reconnect: Option<ReconnectPolicy>,
+    /// Set by `close()`: do not reconnect.
+    closed_by_user: AtomicBool,
+}
+
+impl ClientInner {
+    fn current(&self) -> Peer {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Drop for ClientInner {
     fn drop(&mut self) {
         // The connection's tasks keep it alive; the last client handle ends it.
-        if !self.peer.is_closed() {
-            self.peer.close("client dropped");
+        let peer = self.current();
+        if !peer.is_closed() {
+            peer.close("client dropped");
+        }
+    }
+}
+
+/// Re-establishes the connection each time it ends, until the client is
+/// dropped or closed.
+async fn supervise(inner: Weak<ClientInner>, policy: ReconnectPolicy) {
+    loop {
+        let Some(peer) = inner.upgrade().map(|i| i.current()) else {
+            return;
+        };
+        let why = peer.closed().await;
+        drop(peer);
+        let mut backoff = policy.initial_backoff;
+        let mut failures = 0u32;
+        loop {
+            let Some(client) = inner.upgrade() else {
+                return;
+            };
+            if client.closed_by_user.load(Ordering::Acquire) {
+                return;
+            }
+            tracing::info!(addr = %client.params.addr, reason = %why, ?backoff, "connection lost; reconnecting");
+            drop(client);
+            tokio::time::sleep(backoff).await;
+            let Some(client) = inner.upgrade() else {
+                return;
+            };
+            if client.closed_by_user.load(Ordering::Acquire) {
+                return;
+            }
+            match connect_peer(&client.endpoint, &client.params).await {
+                Ok(peer) => {
+                    *client.current.write().unwrap_or_else(|p| p.into_inner()) = peer;
+                    client.generation.send_modify(|g| *g += 1);
+                    tracing::info!(addr = %client.params.addr, "reconnected");
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::debug!(addr = %client.params.addr, error = %e, failures, "reconnect attempt failed");
+                    if policy.max_attempts.is_some_and(|m| failures >= m) {
+                        tracing::warn!(addr = %client.params.addr, failures, "giving up reconnecting");
+                        return;
+                    }
+                    backoff = (backoff * 2).min(policy.max_backoff);
+                }
+            }
         }
     }
 }
@@ -289,13 +429,34 @@ pub struct RpcClient {
 impl std::fmt::Debug for RpcClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpcClient")
-            .field("addr", &self.inner.addr)
-            .field("peer", &self.inner.peer)
+            .field("addr", &self.inner.params.addr)
+            .field("peer", &self.inner.current())
             .finish()
     }
 }
 
 impl RpcClient {
+    fn start(
+        peer: Peer,
+        endpoint: quinn::Endpoint,
+        params: ConnectParams,
+        reconnect: Option<ReconnectPolicy>,
+    ) -> Self {
+        let (generation, _) = watch::channel(0);
+        let inner = Arc::new(ClientInner {
+            current: RwLock::new(peer),
+            generation,
+            endpoint,
+            params,
+            reconnect: reconnect.clone(),
+            closed_by_user: AtomicBool::new(false),
+        });
+        if let Some(policy) = reconnect {
+            tokio::spawn(supervise(Arc::downgrade(&inner), policy));
+        }
+        RpcClient { inner }
+    }
+
     /// A builder for options.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
@@ -305,6 +466,33 @@ impl RpcClient {
     /// under the per-user directory), 30 s default call timeout.
     pub async fn connect(addr: &str) -> Result<Self> {
         ClientBuilder::default().connect(addr).await
+    }
+
+    /// The connection to use for a new call: the current one, or, while
+    /// disconnected with `wait_for_connection`, the next one (waiting at
+    /// most `limit`).
+    async fn peer_for_call(&self, limit: Option<Duration>) -> (Peer, bool) {
+        let peer = self.inner.current();
+        let wait = self
+            .inner
+            .reconnect
+            .as_ref()
+            .is_some_and(|p| p.wait_for_connection);
+        if !peer.is_closed() || !wait || self.inner.closed_by_user.load(Ordering::Acquire) {
+            return (peer, false);
+        }
+        let mut rx = self.inner.generation.subscribe();
+        let seen = *rx.borrow_and_update();
+        let changed = rx.wait_for(|g| *g != seen);
+        match limit {
+            Some(l) => {
+                let _ = tokio::time::timeout(l, changed).await;
+            }
+            None => {
+                let _ = changed.await;
+            }
+        }
+        (self.inner.current(), true)
     }
 
     /// Calls `method` with `args` and waits for its typed result.
@@ -317,7 +505,7 @@ impl RpcClient {
     /// # Ok(()) }
     /// ```
     pub async fn request<A: Serialize, R: DeserializeOwned>(&self, method: &str, args: A) -> Result<R> {
-        self.inner.peer.request(method, args).await
+        self.request_with(method, args, CallOptions::default()).await
     }
 
     /// Calls `method` with per-call options (timeout, metadata, codec).
@@ -325,29 +513,64 @@ impl RpcClient {
         &self,
         method: &str,
         args: A,
-        opts: CallOptions,
+        mut opts: CallOptions,
     ) -> Result<R> {
-        self.inner.peer.request_with(method, args, opts).await
+        let limit = if opts.no_timeout {
+            None
+        } else {
+            opts.timeout.or(self.inner.params.protocol.default_timeout)
+        };
+        let started = tokio::time::Instant::now();
+        let (peer, waited) = self.peer_for_call(limit).await;
+        if let (Some(l), true) = (limit, waited) {
+            // Time spent waiting for a reconnection counts against the call.
+            opts = opts.timeout(l.saturating_sub(started.elapsed()).max(Duration::from_millis(1)));
+        }
+        peer.request_with(method, args, opts).await
     }
 
     /// Sends a one-way event; see [`Peer::emit`].
     pub async fn emit<T: Serialize>(&self, name: &str, value: T) -> Result<()> {
-        self.inner.peer.emit(name, value).await
+        let limit = self.inner.params.protocol.default_timeout;
+        self.peer_for_call(limit).await.0.emit(name, value).await
     }
 
-    /// The connection handle (also what server-side handlers see as `ctx.peer()`).
-    pub fn peer(&self) -> &Peer {
-        &self.inner.peer
+    /// A typed stream of the events of `name` the server sends (see
+    /// [`Subscription`] for the slow-consumer policy). Subscriptions survive
+    /// reconnection.
+    pub fn subscribe<T: DeserializeOwned>(&self, name: &str) -> Subscription<T> {
+        self.inner
+            .params
+            .router
+            .subscriptions
+            .subscribe(name, crate::rpc::subscribe::DEFAULT_SUBSCRIPTION_BUFFER)
+    }
+
+    /// The current connection handle (also what server-side handlers see as
+    /// `ctx.peer()`). With reconnection enabled, a later call may return a
+    /// different one.
+    pub fn peer(&self) -> Peer {
+        self.inner.current()
+    }
+
+    /// A snapshot of the current connection: RTT, traffic, calls in flight.
+    pub fn info(&self) -> ConnectionInfo {
+        self.inner.current().info()
+    }
+
+    /// True while the current connection is open.
+    pub fn is_connected(&self) -> bool {
+        !self.inner.current().is_closed()
     }
 
     /// Events from the server that a listener here could not decode or that failed.
     pub fn failed_events(&self) -> u64 {
-        self.inner.router.bad_events()
+        self.inner.params.router.bad_events()
     }
 
     /// The server's address.
     pub fn remote_addr(&self) -> SocketAddr {
-        self.inner.peer.remote_addr()
+        self.inner.params.target
     }
 
     /// The local address of the client's UDP socket.
@@ -357,13 +580,15 @@ impl RpcClient {
 
     /// The server certificate's SHA-256 fingerprint.
     pub fn server_fingerprint(&self) -> Option<Fingerprint> {
-        self.inner.peer.fingerprint()
+        self.inner.current().fingerprint()
     }
 
-    /// Delivers what is queued, then closes the connection.
+    /// Delivers what is queued, then closes the connection (no reconnection
+    /// after this).
     pub async fn close(&self) {
+        self.inner.closed_by_user.store(true, Ordering::Release);
         self.inner
-            .peer
+            .current()
             .finish_and_close(CloseCode::NORMAL, "client closed", Duration::from_secs(2))
             .await;
     }

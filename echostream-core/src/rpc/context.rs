@@ -77,6 +77,12 @@ impl Context {
         &self.inner.peer
     }
 
+    /// The server this call arrived at (server side only): list peers,
+    /// broadcast, watch connections.
+    pub fn server(&self) -> Option<&crate::rpc::ServerHandle> {
+        self.inner.peer.server()
+    }
+
     /// The caller's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.inner.peer.remote_addr()

@@ -17,6 +17,46 @@ pub trait Listener: Send + Sync + 'static {
     fn call(&self, ctx: Context, payload: Payload) -> BoxFuture<'static, Result<(), Status>>;
 }
 
+/// What a listener may return: nothing, or `Result<(), E>` whose error is
+/// logged with the event name and counted.
+#[diagnostic::on_unimplemented(
+    message = "a listener must return `()` or `Result<(), E>` with `E: Into<Status>`; found `{Self}`",
+    label = "listener return type"
+)]
+pub trait ListenerResult: Send {
+    /// Converts into the listener's outcome.
+    fn into_outcome(self) -> Result<(), Status>;
+}
+
+impl ListenerResult for () {
+    fn into_outcome(self) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+impl<E: Into<Status> + Send> ListenerResult for Result<(), E> {
+    fn into_outcome(self) -> Result<(), Status> {
+        self.map_err(Into::into)
+    }
+}
+
+/// A listener registered for `register_all()`: what `#[listener]` submits
+/// to the link-time registry.
+#[derive(Debug)]
+pub struct ListenerRegistration {
+    /// Returns the listener.
+    pub make: fn() -> Arc<dyn Listener>,
+    /// Its event name, for listing.
+    pub event: &'static str,
+}
+
+inventory::collect!(ListenerRegistration);
+
+/// All listeners submitted with `#[listener]` anywhere in the binary.
+pub fn registered_listeners() -> impl Iterator<Item = &'static ListenerRegistration> {
+    inventory::iter::<ListenerRegistration>.into_iter()
+}
+
 /// A listener made from an event name and an async closure.
 pub fn listener_fn<T, F, Fut>(event: impl Into<String>, f: F) -> FnListener<T, F>
 where

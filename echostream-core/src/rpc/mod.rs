@@ -11,16 +11,23 @@ pub mod context;
 pub mod handler;
 pub mod listener;
 pub mod server;
+pub mod subscribe;
 
-pub use crate::protocol::{CallOptions, Peer};
-pub use client::{ClientBuilder, RpcClient};
+pub use crate::protocol::{CallOptions, ConnectionInfo, Peer};
+pub use client::{ClientBuilder, ReconnectPolicy, RpcClient};
 pub use context::Context;
 pub use handler::{
     decode_args, encode_reply, handler_fn, registered_handlers, FnHandler, Handler, HandlerRegistration,
     HandlerResult, Payload,
 };
-pub use listener::{listener_fn, FnListener, Listener};
-pub use server::{RpcServer, ServerBuilder, ShutdownHandle};
+pub use listener::{
+    listener_fn, registered_listeners, FnListener, Listener, ListenerRegistration, ListenerResult,
+};
+pub use server::{
+    BroadcastReport, ConnectionEvent, ConnectionEvents, ConnectionPolicy, ConnectionRequest,
+    ConnectionRequests, RpcServer, ServerBuilder, ServerHandle, ShutdownHandle,
+};
+pub use subscribe::Subscription;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +41,8 @@ pub(crate) struct Router {
     listeners: HashMap<String, Vec<Arc<dyn Listener>>>,
     /// Events a listener could not decode or that failed.
     bad_events: AtomicU64,
+    /// Typed subscriptions added at run time.
+    pub(crate) subscriptions: subscribe::Subscriptions,
 }
 
 impl Router {
@@ -118,10 +127,19 @@ impl RouterBuilder {
         for l in &self.listeners {
             listeners.entry(l.event().to_owned()).or_default().push(l.clone());
         }
+        if self.register_all {
+            for reg in registered_listeners() {
+                listeners
+                    .entry(reg.event.to_owned())
+                    .or_default()
+                    .push((reg.make)());
+            }
+        }
         Ok(Router {
             handlers,
             listeners,
             bad_events: AtomicU64::new(0),
+            subscriptions: subscribe::Subscriptions::default(),
         })
     }
 }

@@ -2,16 +2,22 @@
 
 use crate::connection::tls::{self, Fingerprint, ServerIdentity};
 use crate::connection::{self, TransportOptions};
-use crate::protocol::{server_handshake, Peer, ProtocolConfig, Role};
-use crate::rpc::{Handler, Listener, Router, RouterBuilder};
+use crate::protocol::{
+    peer_fingerprint, server_read_hello, server_send_welcome, ConnectionInfo, Delivery, Peer, ProtocolConfig,
+    Role,
+};
+use crate::rpc::{Handler, Listener, Router, RouterBuilder, Subscription};
 use crate::{Error, Result};
-use echostream_types::CloseCode;
+use bytes::BytesMut;
+use echostream_types::{CloseCode, Codec, EventFrame, Frame, Metadata};
+use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::Instrument;
 
 /// Builds an [`RpcServer`].
@@ -32,6 +38,9 @@ pub struct ServerBuilder {
     protocol: ProtocolConfig,
     handshake_timeout: Duration,
     grace: Duration,
+    policy: ConnectionPolicy,
+    max_connections: usize,
+    slow_peer_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -53,6 +62,9 @@ impl Default for ServerBuilder {
             protocol: ProtocolConfig::default(),
             handshake_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(10),
+            policy: ConnectionPolicy::approve_all(),
+            max_connections: 10_000,
+            slow_peer_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -132,6 +144,35 @@ impl ServerBuilder {
         self
     }
 
+    /// How incoming connections are admitted (default: approve all). See
+    /// [`ConnectionPolicy::approve_via_event`].
+    pub fn connection_policy(mut self, policy: ConnectionPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Most connections held at once (default 10,000); the one over the
+    /// limit is closed with `REJECTED` and a reason naming the limit.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// How long [`ServerHandle::broadcast`] waits for a peer whose write
+    /// queue is full before disconnecting it as a slow consumer (default 2 s).
+    pub fn slow_peer_timeout(mut self, d: Duration) -> Self {
+        self.slow_peer_timeout = d;
+        self
+    }
+
+    /// Events queued per connection for listeners before the connection
+    /// stops reading (default 1024); a full queue pushes back on the sender
+    /// through QUIC flow control.
+    pub fn event_queue(mut self, n: usize) -> Self {
+        self.protocol.event_queue = n;
+        self
+    }
+
     /// Adds a metadata entry to the server's welcome.
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<bytes::Bytes>) -> Self {
         self.protocol.hello_metadata.insert(key, value);
@@ -165,19 +206,27 @@ impl ServerBuilder {
             .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}"))))?;
         let local_addr = endpoint.local_addr()?;
         let (shutdown_tx, _) = watch::channel(false);
+        let (events, _) = broadcast::channel(1024);
         tracing::info!(%local_addr, %fingerprint, methods = ?router.methods(), "server ready");
         Ok(RpcServer {
             endpoint,
-            local_addr,
-            fingerprint,
-            shared: Arc::new(ServerShared {
-                router,
-                protocol: Arc::new(self.protocol),
-                peers: Mutex::new(HashMap::new()),
-                handshake_timeout: self.handshake_timeout,
-            }),
-            shutdown: ShutdownHandle {
-                tx: Arc::new(shutdown_tx),
+            handle: ServerHandle {
+                shared: Arc::new(ServerShared {
+                    router,
+                    protocol: Arc::new(self.protocol),
+                    peers: Mutex::new(HashMap::new()),
+                    handshake_timeout: self.handshake_timeout,
+                    shutdown: ShutdownHandle {
+                        tx: Arc::new(shutdown_tx),
+                    },
+                    events,
+                    policy: self.policy,
+                    max_connections: self.max_connections,
+                    connecting: AtomicUsize::new(0),
+                    slow_peer_timeout: self.slow_peer_timeout,
+                    local_addr,
+                    fingerprint,
+                }),
             },
             grace: self.grace,
         })
@@ -190,6 +239,16 @@ struct ServerShared {
     /// Live connections by connection id.
     peers: Mutex<HashMap<u64, Peer>>,
     handshake_timeout: Duration,
+    shutdown: ShutdownHandle,
+    /// Connected/disconnected notifications; lagging receivers miss the oldest.
+    events: broadcast::Sender<ConnectionEvent>,
+    policy: ConnectionPolicy,
+    max_connections: usize,
+    /// Connections past the TLS handshake but not yet admitted.
+    connecting: AtomicUsize,
+    slow_peer_timeout: Duration,
+    local_addr: SocketAddr,
+    fingerprint: Fingerprint,
 }
 
 /// Triggers a graceful shutdown of a running [`RpcServer`]. Cheap to clone.
@@ -206,49 +265,181 @@ impl ShutdownHandle {
     }
 }
 
-/// A bound server. Call [`RpcServer::run`] (or [`RpcServer::run_until`]) to serve.
-pub struct RpcServer {
-    endpoint: quinn::Endpoint,
-    local_addr: SocketAddr,
-    fingerprint: Fingerprint,
-    shared: Arc<ServerShared>,
-    shutdown: ShutdownHandle,
-    grace: Duration,
+/// How incoming connections are admitted.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionPolicy {
+    decide: Option<mpsc::Sender<ConnectionRequest>>,
 }
 
-impl std::fmt::Debug for RpcServer {
+impl ConnectionPolicy {
+    /// Admit every connection that completes the TLS handshake and the hello.
+    pub fn approve_all() -> Self {
+        Self { decide: None }
+    }
+
+    /// Hand each incoming connection to the application, which approves or
+    /// rejects it with a reason (the client's `connect` fails with
+    /// [`Error::Rejected`] carrying that reason). At most `queue` requests
+    /// wait for a decision; beyond that, and for requests not answered within
+    /// the handshake timeout, connections are rejected with a reason that says so.
+    pub fn approve_via_event(queue: usize) -> (Self, ConnectionRequests) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        (Self { decide: Some(tx) }, ConnectionRequests { rx })
+    }
+}
+
+/// The stream of connections waiting for a decision (see
+/// [`ConnectionPolicy::approve_via_event`]).
+#[derive(Debug)]
+pub struct ConnectionRequests {
+    rx: mpsc::Receiver<ConnectionRequest>,
+}
+
+impl ConnectionRequests {
+    /// The next connection to decide on; `None` once the server is gone.
+    pub async fn recv(&mut self) -> Option<ConnectionRequest> {
+        self.rx.recv().await
+    }
+}
+
+impl futures::Stream for ConnectionRequests {
+    type Item = ConnectionRequest;
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ConnectionRequest>> {
+        self.get_mut().rx.poll_recv(cx)
+    }
+}
+
+/// One incoming connection waiting for the application's decision. Dropping
+/// it without answering rejects the connection.
+#[derive(Debug)]
+pub struct ConnectionRequest {
+    remote: SocketAddr,
+    fingerprint: Option<Fingerprint>,
+    metadata: Metadata,
+    responder: oneshot::Sender<std::result::Result<(), String>>,
+}
+
+impl ConnectionRequest {
+    /// The client's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// The client certificate's fingerprint, if it presented one.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.fingerprint
+    }
+
+    /// Metadata from the client's hello (name, credentials, ...).
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Admits the connection.
+    pub fn approve(self) {
+        let _ = self.responder.send(Ok(()));
+    }
+
+    /// Refuses the connection; the client's `connect` fails with this reason.
+    pub fn reject(self, reason: impl Into<String>) {
+        let _ = self.responder.send(Err(reason.into()));
+    }
+}
+
+/// A connection came or went (see [`ServerHandle::connection_events`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// A client completed the handshake and was admitted.
+    Connected(ConnectionInfo),
+    /// A connection ended.
+    Disconnected {
+        /// The connection as it was when it ended (traffic counters included).
+        info: ConnectionInfo,
+        /// Why it ended.
+        reason: String,
+    },
+}
+
+/// Connected/disconnected notifications. Buffers 1024; a receiver that falls
+/// further behind skips the oldest and counts them in [`ConnectionEvents::missed`].
+#[derive(Debug)]
+pub struct ConnectionEvents {
+    rx: broadcast::Receiver<ConnectionEvent>,
+    missed: u64,
+}
+
+impl ConnectionEvents {
+    /// The next event; `None` once the server is gone.
+    pub async fn recv(&mut self) -> Option<ConnectionEvent> {
+        loop {
+            match self.rx.recv().await {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::RecvError::Lagged(n)) => self.missed += n,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Events skipped because this receiver fell behind.
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+}
+
+/// What a broadcast did.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct BroadcastReport {
+    /// Peers the event was queued for.
+    pub delivered: usize,
+    /// Peers disconnected as slow consumers (their write queue stayed full
+    /// for the slow-peer timeout).
+    pub disconnected: Vec<SocketAddr>,
+}
+
+/// A cheap, cloneable handle to a server: usable after [`RpcServer::run`]
+/// took the server, and from handlers (`ctx.server()`).
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<ServerShared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RpcServer")
-            .field("local_addr", &self.local_addr)
-            .field("fingerprint", &self.fingerprint)
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.shared.local_addr)
             .finish_non_exhaustive()
     }
 }
 
-impl RpcServer {
-    /// A builder with defaults.
-    pub fn builder() -> ServerBuilder {
-        ServerBuilder::default()
-    }
-
-    /// The bound address (with the real port when bound to port 0).
+impl ServerHandle {
+    /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.shared.local_addr
     }
 
-    /// SHA-256 fingerprint of the server certificate, for clients to pin.
+    /// SHA-256 fingerprint of the server certificate.
     pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
-    }
-
-    /// A handle that triggers a graceful shutdown.
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        self.shutdown.clone()
+        self.shared.fingerprint
     }
 
     /// Handles to every connected peer.
     pub fn peers(&self) -> Vec<Peer> {
         lock(&self.shared.peers).values().cloned().collect()
+    }
+
+    /// The peer with this connection id, if it is still connected.
+    pub fn peer(&self, connection_id: u64) -> Option<Peer> {
+        lock(&self.shared.peers).get(&connection_id).cloned()
+    }
+
+    /// Number of connected peers.
+    pub fn connection_count(&self) -> usize {
+        lock(&self.shared.peers).len()
     }
 
     /// The method names this server answers, sorted.
@@ -261,14 +452,146 @@ impl RpcServer {
         self.shared.router.bad_events()
     }
 
+    /// Starts a graceful shutdown.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.shutdown();
+    }
+
+    /// Connected/disconnected notifications from now on.
+    pub fn connection_events(&self) -> ConnectionEvents {
+        ConnectionEvents {
+            rx: self.shared.events.subscribe(),
+            missed: 0,
+        }
+    }
+
+    /// A typed stream of the events of `name` from every client (see
+    /// [`Subscription`] for the slow-consumer policy).
+    pub fn subscribe<T: DeserializeOwned>(&self, name: &str) -> Subscription<T> {
+        self.shared
+            .router
+            .subscriptions
+            .subscribe(name, crate::rpc::subscribe::DEFAULT_SUBSCRIPTION_BUFFER)
+    }
+
+    /// Sends an event to every connected peer.
+    ///
+    /// The event is encoded once and queued on each connection concurrently,
+    /// so one slow peer does not hold up the others. A peer whose write queue
+    /// stays full for the slow-peer timeout (it is not reading) is
+    /// disconnected with close code `SLOW_CONSUMER` and a reason, rather than
+    /// silently missing events; the report lists it. Returns when every peer
+    /// has the event queued or has been disconnected.
+    pub async fn broadcast<T: Serialize>(&self, name: &str, value: T) -> Result<BroadcastReport> {
+        let codec = self.shared.protocol.default_codec;
+        let payload = codec.encode(&value).map_err(|e| Error::BadPayload {
+            method: name.to_owned(),
+            detail: format!("event did not encode ({}): {e}", codec.name()),
+        })?;
+        self.broadcast_encoded(name, codec, payload).await
+    }
+
+    async fn broadcast_encoded(
+        &self,
+        name: &str,
+        codec: Codec,
+        payload: bytes::Bytes,
+    ) -> Result<BroadcastReport> {
+        let frame = Frame::Event(EventFrame {
+            name: name.to_owned(),
+            codec,
+            metadata: Metadata::new(),
+            payload,
+        });
+        let mut head = BytesMut::new();
+        let tail = frame
+            .encode_split(&mut head)
+            .map_err(|e| Error::Config(format!("event `{name}`: {e}")))?;
+        let head = head.freeze();
+        let wait = self.shared.slow_peer_timeout;
+        let peers = self.peers();
+        let sends = peers
+            .iter()
+            .map(|p| p.send_prepared_event(head.clone(), tail.clone(), wait));
+        let results = futures::future::join_all(sends).await;
+        let mut report = BroadcastReport::default();
+        for (p, outcome) in peers.iter().zip(results) {
+            match outcome {
+                Delivery::Queued => report.delivered += 1,
+                Delivery::Evicted => report.disconnected.push(p.remote_addr()),
+                Delivery::Skipped => {}
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// A bound server. Call [`RpcServer::run`] (or [`RpcServer::run_until`]) to
+/// serve; take a [`RpcServer::handle`] first to reach it afterwards.
+pub struct RpcServer {
+    endpoint: quinn::Endpoint,
+    handle: ServerHandle,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for RpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcServer")
+            .field("local_addr", &self.handle.local_addr())
+            .field("fingerprint", &self.handle.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RpcServer {
+    /// A builder with defaults.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// A cheap handle for after `run` took the server.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// The bound address (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr()
+    }
+
+    /// SHA-256 fingerprint of the server certificate, for clients to pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.handle.fingerprint()
+    }
+
+    /// A handle that triggers a graceful shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.shared.shutdown.clone()
+    }
+
+    /// Handles to every connected peer.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.handle.peers()
+    }
+
+    /// The method names this server answers, sorted.
+    pub fn methods(&self) -> Vec<String> {
+        self.handle.methods()
+    }
+
+    /// Events that a listener here could not decode or that failed, since start.
+    pub fn failed_events(&self) -> u64 {
+        self.handle.failed_events()
+    }
+
     /// Number of connected peers.
     pub fn connection_count(&self) -> usize {
-        lock(&self.shared.peers).len()
+        self.handle.connection_count()
     }
 
     /// Serves until the shutdown handle is triggered.
     pub async fn run(self) -> Result<()> {
-        let mut rx = self.shutdown.tx.subscribe();
+        let mut rx = self.handle.shared.shutdown.tx.subscribe();
         self.run_until(async move {
             let _ = rx.wait_for(|v| *v).await;
         })
@@ -278,7 +601,7 @@ impl RpcServer {
     /// Serves until `signal` completes (or the shutdown handle is
     /// triggered), then shuts down gracefully.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<()> {
-        let mut rx = self.shutdown.tx.subscribe();
+        let mut rx = self.handle.shared.shutdown.tx.subscribe();
         tokio::pin!(signal);
         loop {
             tokio::select! {
@@ -286,9 +609,9 @@ impl RpcServer {
                 _ = rx.wait_for(|v| *v) => break,
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        let shared = self.shared.clone();
+                        let handle = self.handle.clone();
                         let remote = incoming.remote_address();
-                        tokio::spawn(serve_connection(incoming, shared)
+                        tokio::spawn(serve_connection(incoming, handle)
                             .instrument(tracing::debug_span!("accept", peer = %remote)));
                     }
                     None => break,
@@ -300,7 +623,7 @@ impl RpcServer {
     }
 
     async fn graceful_shutdown(&self) {
-        tracing::info!(addr = %self.local_addr, "shutting down");
+        tracing::info!(addr = %self.local_addr(), "shutting down");
         // Refuse new connections from now on.
         self.endpoint.set_server_config(None);
         let peers = self.peers();
@@ -324,7 +647,17 @@ impl RpcServer {
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, shared: Arc<ServerShared>) {
+/// Decrements the count of connections being admitted when dropped.
+struct Admitting<'a>(&'a AtomicUsize);
+
+impl Drop for Admitting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, handle: ServerHandle) {
+    let shared = &handle.shared;
     let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(shared.handshake_timeout, incoming).await {
         Ok(Ok(c)) => c,
@@ -337,24 +670,34 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<ServerShared>) 
             return;
         }
     };
-    let hs = match tokio::time::timeout(
-        shared.protocol.hello_timeout,
-        server_handshake(&conn, &shared.protocol),
-    )
-    .await
-    {
+    let admitting = shared.connecting.fetch_add(1, Ordering::AcqRel);
+    let guard = Admitting(&shared.connecting);
+    if handle.connection_count() + admitting >= shared.max_connections {
+        let reason = format!(
+            "the server is at its connection limit ({})",
+            shared.max_connections
+        );
+        tracing::warn!(%remote, reason, "connection rejected");
+        conn.close(CloseCode::REJECTED.0.into(), reason.as_bytes());
+        return;
+    }
+    let admitted = tokio::time::timeout(shared.protocol.hello_timeout, admit(&conn, shared)).await;
+    let hs = match admitted {
         Ok(Ok(hs)) => hs,
-        Ok(Err(e)) => {
-            if let Some(code) = e.close {
-                tracing::warn!(%remote, %code, reason = %e.reason, "handshake refused");
-                conn.close(code.0.into(), e.reason.as_bytes());
+        Ok(Err((code, reason))) => {
+            if let Some(code) = code {
+                tracing::warn!(%remote, %code, reason, "connection refused");
+                conn.close(code.0.into(), reason.as_bytes());
             } else {
-                tracing::debug!(%remote, reason = %e.reason, "connection lost during the hello");
+                tracing::debug!(%remote, reason, "connection lost during the hello");
             }
             return;
         }
         Err(_) => {
-            let reason = format!("no hello within {:?}", shared.protocol.hello_timeout);
+            let reason = format!(
+                "no hello (or no decision) within {:?}",
+                shared.protocol.hello_timeout
+            );
             tracing::warn!(%remote, reason, "closing connection");
             conn.close(CloseCode::HELLO_TIMEOUT.0.into(), reason.as_bytes());
             return;
@@ -366,13 +709,56 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<ServerShared>) 
         hs,
         shared.protocol.clone(),
         shared.router.clone(),
+        Some(handle.clone()),
     );
     let id = peer.connection_id();
-    tracing::debug!(%remote, id, "client connected");
     lock(&shared.peers).insert(id, peer.clone());
-    let reason = conn.closed().await;
+    drop(guard);
+    tracing::debug!(%remote, id, "client connected");
+    let _ = shared.events.send(ConnectionEvent::Connected(peer.info()));
+    let reason = peer.closed().await.to_string();
     lock(&shared.peers).remove(&id);
-    tracing::debug!(%remote, id, reason = %reason, "client disconnected");
+    tracing::debug!(%remote, id, reason, "client disconnected");
+    let _ = shared.events.send(ConnectionEvent::Disconnected {
+        info: peer.info(),
+        reason,
+    });
+}
+
+/// Reads the hello, applies the connection policy, answers.
+async fn admit(
+    conn: &quinn::Connection,
+    shared: &ServerShared,
+) -> std::result::Result<crate::protocol::HandshakeOutcome, (Option<CloseCode>, String)> {
+    let (send, recv, leftover, hello) = server_read_hello(conn).await.map_err(|e| (e.close, e.reason))?;
+    if let Some(decide) = &shared.policy.decide {
+        let (tx, rx) = oneshot::channel();
+        let request = ConnectionRequest {
+            remote: conn.remote_address(),
+            fingerprint: peer_fingerprint(conn),
+            metadata: hello.metadata.clone(),
+            responder: tx,
+        };
+        if decide.try_send(request).is_err() {
+            return Err((
+                Some(CloseCode::REJECTED),
+                "the server is busy deciding on other connections; try again".into(),
+            ));
+        }
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err((Some(CloseCode::REJECTED), reason)),
+            Err(_) => {
+                return Err((
+                    Some(CloseCode::REJECTED),
+                    "the server application did not approve the connection".into(),
+                ))
+            }
+        }
+    }
+    server_send_welcome(send, recv, leftover, hello, &shared.protocol)
+        .await
+        .map_err(|e| (e.close, e.reason))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

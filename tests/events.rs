@@ -1,0 +1,327 @@
+//! Events, subscriptions, calls from the server to the client, broadcast.
+
+mod common;
+
+use common::*;
+use echostream::prelude::*;
+use echostream::rpc::ServerBuilder;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "not reached in time: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn ten_thousand_events_arrive_in_order() {
+    init_tracing();
+    let seen = Arc::new(Mutex::new(Vec::with_capacity(10_000)));
+    let s2 = seen.clone();
+    let s = serve(
+        RpcServer::builder().listener(listener_fn("seq", move |_c: Context, n: u64| {
+            s2.lock().unwrap().push(n);
+            async {}
+        })),
+    );
+    let c = connect(&s).await;
+    for i in 0..10_000u64 {
+        c.emit("seq", i).await.unwrap();
+    }
+    wait_until("all events", || seen.lock().unwrap().len() == 10_000).await;
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().copied().eq(0..10_000u64),
+        "events out of order or missing"
+    );
+}
+
+#[tokio::test]
+async fn several_listeners_all_run_and_a_bad_payload_is_counted_without_disturbing_others() {
+    let a = Arc::new(AtomicU64::new(0));
+    let b = Arc::new(AtomicU64::new(0));
+    let (a2, b2) = (a.clone(), b.clone());
+    let s = serve(
+        RpcServer::builder()
+            .listener(listener_fn("n", move |_c: Context, n: u64| {
+                a2.fetch_add(n, Ordering::SeqCst);
+                async {}
+            }))
+            .listener(listener_fn("n", move |_c: Context, n: u64| {
+                b2.fetch_add(n, Ordering::SeqCst);
+                async {}
+            }))
+            .listener(listener_fn("boom", |_c: Context, _: ()| async {
+                panic!("listener panic")
+            })),
+    );
+    let handle_failed = {
+        let c = connect(&s).await;
+        c.emit("n", 5u64).await.unwrap();
+        c.emit("n", "not a number").await.unwrap();
+        c.emit("boom", ()).await.unwrap();
+        c.emit("n", 7u64).await.unwrap();
+        wait_until("both listeners saw 5 and 7", || {
+            a.load(Ordering::SeqCst) == 12 && b.load(Ordering::SeqCst) == 12
+        })
+        .await;
+        // The connection survived the undecodable event and the panic.
+        c.emit("n", 1u64).await.unwrap();
+        wait_until("one more", || a.load(Ordering::SeqCst) == 13).await;
+        c
+    };
+    drop(handle_failed);
+    let _ = s;
+}
+
+#[tokio::test]
+async fn undecodable_events_are_counted_by_the_server() {
+    let s_builder = RpcServer::builder().listener(listener_fn("n", |_c: Context, _n: u64| async {}));
+    let server = s_builder
+        .bind("127.0.0.1:0")
+        .identity(ServerIdentity::Ephemeral)
+        .build()
+        .unwrap();
+    let handle = server.handle();
+    tokio::spawn(server.run());
+    let c = RpcClient::builder()
+        .pin(handle.fingerprint())
+        .connect(&handle.local_addr().to_string())
+        .await
+        .unwrap();
+    c.emit("n", "text").await.unwrap();
+    c.emit("n", vec![1u8, 2, 3]).await.unwrap();
+    wait_until("two failures counted", || handle.failed_events() == 2).await;
+}
+
+#[tokio::test]
+async fn subscription_yields_events_and_counts_drops_when_full() {
+    let server = RpcServer::builder()
+        .bind("127.0.0.1:0")
+        .identity(ServerIdentity::Ephemeral)
+        .listener(listener_fn("tick", |_c: Context, _n: u64| async {}))
+        .build()
+        .unwrap();
+    let handle = server.handle();
+    let mut sub = handle.subscribe::<u64>("tick");
+    let processed = Arc::new(AtomicU64::new(0));
+    let p2 = processed.clone();
+    // A second listener tells us when the server has seen every event.
+    let server = server;
+    let addr = handle.local_addr().to_string();
+    tokio::spawn(server.run());
+    let c = RpcClient::builder()
+        .pin(handle.fingerprint())
+        .connect(&addr)
+        .await
+        .unwrap();
+    let mut live = handle.subscribe::<u64>("tick");
+    tokio::spawn(async move {
+        while live.recv().await.is_some() {
+            p2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    for i in 0..1500u64 {
+        c.emit("tick", i).await.unwrap();
+    }
+    wait_until("all events offered", || processed.load(Ordering::SeqCst) == 1500).await;
+    // The unread subscription kept its first 1024 and counted the rest.
+    let mut got = vec![];
+    while got.len() < 1024 {
+        got.push(tokio::time::timeout(WAIT, sub.recv()).await.unwrap().unwrap());
+    }
+    assert!(got.iter().copied().eq(0..1024u64));
+    assert_eq!(sub.dropped(), 476);
+}
+
+#[tokio::test]
+async fn client_subscription_receives_server_events() {
+    let s = serve(
+        RpcServer::builder().handler(handler_fn("notify_me", |ctx: Context, n: u32| async move {
+            for i in 0..n {
+                ctx.peer().emit("note", format!("note {i}")).await?;
+            }
+            Ok::<_, Error>(())
+        })),
+    );
+    let c = connect(&s).await;
+    let mut sub = c.subscribe::<String>("note");
+    let () = c.request("notify_me", 3u32).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            tokio::time::timeout(WAIT, sub.recv()).await.unwrap().unwrap(),
+            format!("note {i}")
+        );
+    }
+}
+
+#[tokio::test]
+async fn server_keeps_a_peer_handle_and_calls_the_client_after_the_handler_returned() {
+    let kept: Arc<Mutex<Option<Peer>>> = Arc::default();
+    let k2 = kept.clone();
+    let s = serve(
+        RpcServer::builder().handler(handler_fn("register", move |ctx: Context, _: ()| {
+            *k2.lock().unwrap() = Some(ctx.peer().clone());
+            async { Ok::<_, Error>(()) }
+        })),
+    );
+    let got = Arc::new(Mutex::new(Vec::<String>::new()));
+    let g2 = got.clone();
+    let c = client_for(&s)
+        .handler(handler_fn("client.double", |_c: Context, n: i32| async move {
+            Ok::<_, Error>(n * 2)
+        }))
+        .listener(listener_fn("client.news", move |_c: Context, s: String| {
+            g2.lock().unwrap().push(s);
+            async {}
+        }))
+        .connect(&s.addr)
+        .await
+        .unwrap();
+    let () = c.request("register", ()).await.unwrap();
+    let peer = kept.lock().unwrap().clone().unwrap();
+    let doubled: i32 = peer.request("client.double", 21).await.unwrap();
+    assert_eq!(doubled, 42);
+    peer.emit("client.news", "hello from the server").await.unwrap();
+    wait_until("client got the event", || got.lock().unwrap().len() == 1).await;
+    // Once the client is gone, the kept handle fails with connection closed.
+    c.close().await;
+    drop(c);
+    let err = tokio::time::timeout(WAIT, peer.request::<_, i32>("client.double", 1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::ConnectionClosed { .. }), "{err:?}");
+}
+
+fn broadcast_server() -> ServerBuilder {
+    RpcServer::builder().slow_peer_timeout(Duration::from_millis(500))
+}
+
+#[tokio::test]
+async fn broadcast_reaches_49_readers_while_one_client_that_does_not_read_is_disconnected() {
+    const EVENTS: u64 = 2000;
+    let server = broadcast_server()
+        .bind("127.0.0.1:0")
+        .identity(ServerIdentity::Ephemeral)
+        .build()
+        .unwrap();
+    let handle = server.handle();
+    let addr = handle.local_addr().to_string();
+    tokio::spawn(server.run());
+    let mut counters = vec![];
+    let mut clients = vec![];
+    for _ in 0..49 {
+        let n = Arc::new(AtomicU64::new(0));
+        let n2 = n.clone();
+        let next = Arc::new(AtomicU64::new(0));
+        let c = RpcClient::builder()
+            .pin(handle.fingerprint())
+            .listener(listener_fn(
+                "chat",
+                move |_c: Context, (i, _text): (u64, String)| {
+                    // Every event, in order.
+                    assert_eq!(next.fetch_add(1, Ordering::SeqCst), i);
+                    n2.fetch_add(1, Ordering::SeqCst);
+                    async {}
+                },
+            ))
+            .connect(&addr)
+            .await
+            .unwrap();
+        counters.push(n);
+        clients.push(c);
+    }
+    // The slow client's listener never returns, and it reads little.
+    let slow = RpcClient::builder()
+        .pin(handle.fingerprint())
+        .event_queue(16)
+        .transport(echostream::connection::TransportOptions {
+            stream_receive_window: Some(16 * 1024),
+            ..Default::default()
+        })
+        .listener(listener_fn("chat", |_c: Context, _m: (u64, String)| {
+            std::future::pending::<()>()
+        }))
+        .connect(&addr)
+        .await
+        .unwrap();
+    wait_until("50 connected", || handle.connection_count() == 50).await;
+    let mut evicted = vec![];
+    let text = "x".repeat(200);
+    for i in 0..EVENTS {
+        let report = handle.broadcast("chat", (i, &text)).await.unwrap();
+        evicted.extend(report.disconnected);
+    }
+    wait_until("49 readers got every event", || {
+        counters.iter().all(|n| n.load(Ordering::SeqCst) == EVENTS)
+    })
+    .await;
+    assert_eq!(
+        evicted,
+        vec![slow
+            .local_addr()
+            .map(|a| a.port())
+            .map(|p| { std::net::SocketAddr::from(([127, 0, 0, 1], p)) })
+            .unwrap()]
+    );
+    let err = slow.peer().closed().await;
+    match err {
+        Error::ConnectionClosed { code, reason } => {
+            assert_eq!(code, Some(echostream::types::CloseCode::SLOW_CONSUMER));
+            assert!(reason.contains("did not keep up"), "{reason}");
+        }
+        other => panic!("expected the slow client to be disconnected, got {other:?}"),
+    }
+    assert_eq!(handle.connection_count(), 49);
+}
+
+#[tokio::test]
+async fn emit_waits_instead_of_queueing_without_bound() {
+    // A server whose only listener blocks: the client's emits must stop
+    // completing once the queues and flow-control windows are full.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g2 = gate.clone();
+    let done = Arc::new(AtomicUsize::new(0));
+    let d2 = done.clone();
+    let s = serve(RpcServer::builder().event_queue(8).listener(listener_fn(
+        "blocked",
+        move |_c: Context, _b: Vec<u8>| {
+            let g = g2.clone();
+            let d = d2.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    )));
+    let c = connect(&s).await;
+    let emitted = Arc::new(AtomicUsize::new(0));
+    let e2 = emitted.clone();
+    let c2 = c.clone();
+    let emitter = tokio::spawn(async move {
+        for _ in 0..20_000 {
+            c2.emit("blocked", vec![0u8; 1024]).await.unwrap();
+            e2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    // Wait until emitting stalls.
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = emitted.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(last < 20_000, "emit never applied backpressure");
+    // Releasing the listener lets everything through, nothing lost.
+    gate.add_permits(1_000_000);
+    tokio::time::timeout(WAIT * 3, emitter).await.unwrap().unwrap();
+    wait_until("all delivered", || done.load(Ordering::SeqCst) == 20_000).await;
+}

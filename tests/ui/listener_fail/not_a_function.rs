@@ -1,0 +1,4 @@
+#[echostream::listener("user.logged_out")]
+struct OnLogout;
+
+fn main() {}
