@@ -35,23 +35,23 @@ pub(crate) fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-fn with_item(error: Error, item: TokenStream) -> TokenStream {
+pub(crate) fn with_item(error: Error, item: TokenStream) -> TokenStream {
     let error = error.into_compile_error();
     quote! { #error #item }
 }
 
 /// The attributes of the function, sorted by the generated item they go on.
-struct SortedAttrs<'a> {
-    /// `#[cfg(...)]`: on every generated item, so the handler comes and goes as a whole.
-    cfg: Vec<&'a Attribute>,
+pub(crate) struct SortedAttrs<'a> {
+    /// `#[cfg(...)]`: on every generated item, so the handler or listener comes and goes as a whole.
+    pub(crate) cfg: Vec<&'a Attribute>,
     /// Doc comments: on the struct, which is what users see and name.
-    doc: Vec<&'a Attribute>,
+    pub(crate) doc: Vec<&'a Attribute>,
     /// Everything else (`#[allow]`, `#[tracing::instrument]`, ...): on `invoke`,
     /// which holds the body.
-    other: Vec<&'a Attribute>,
+    pub(crate) other: Vec<&'a Attribute>,
 }
 
-fn sort_attrs(attrs: &[Attribute]) -> SortedAttrs<'_> {
+pub(crate) fn sort_attrs(attrs: &[Attribute]) -> SortedAttrs<'_> {
     let mut sorted = SortedAttrs {
         cfg: Vec::new(),
         doc: Vec::new(),

@@ -6,11 +6,12 @@
 //! encoded since nobody waits for an answer.
 
 use crate::args::ListenerArgs;
+use crate::expand::{sort_attrs, with_item, SortedAttrs};
 use crate::signature::{self, ListenerSig};
 use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Attribute, Error, Ident, ItemFn};
+use syn::{Error, Ident, ItemFn};
 
 /// Expands `#[listener(attr)] item`.
 ///
@@ -38,41 +39,6 @@ pub(crate) fn listener(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
         (Err(error), Ok(_)) | (Ok(_), Err(error)) => with_item(error, item),
     }
-}
-
-fn with_item(error: Error, item: TokenStream) -> TokenStream {
-    let error = error.into_compile_error();
-    quote! { #error #item }
-}
-
-/// The attributes of the function, sorted by the generated item they go on
-/// (as for handlers).
-struct SortedAttrs<'a> {
-    /// `#[cfg(...)]`: on every generated item, so the listener comes and goes as a whole.
-    cfg: Vec<&'a Attribute>,
-    /// Doc comments: on the struct, which is what users see and name.
-    doc: Vec<&'a Attribute>,
-    /// Everything else (`#[allow]`, `#[tracing::instrument]`, ...): on `invoke`,
-    /// which holds the body.
-    other: Vec<&'a Attribute>,
-}
-
-fn sort_attrs(attrs: &[Attribute]) -> SortedAttrs<'_> {
-    let mut sorted = SortedAttrs {
-        cfg: Vec::new(),
-        doc: Vec::new(),
-        other: Vec::new(),
-    };
-    for attr in attrs {
-        if attr.path().is_ident("cfg") {
-            sorted.cfg.push(attr);
-        } else if attr.path().is_ident("doc") {
-            sorted.doc.push(attr);
-        } else {
-            sorted.other.push(attr);
-        }
-    }
-    sorted
 }
 
 fn generate(args: &ListenerArgs, item: &ItemFn, sig: &ListenerSig<'_>) -> TokenStream {

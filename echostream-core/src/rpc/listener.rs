@@ -15,6 +15,12 @@ pub trait Listener: Send + Sync + 'static {
     /// Handles one encoded event. An error (for example a payload that does
     /// not decode) is logged with the event name and counted.
     fn call(&self, ctx: Context, payload: Payload) -> BoxFuture<'static, Result<(), Status>>;
+
+    /// Identifies the listener's type, so `register_all()` does not add a
+    /// listener that was also registered explicitly.
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
 }
 
 /// What a listener may return: nothing, or `Result<(), E>` whose error is

@@ -129,10 +129,12 @@ impl RouterBuilder {
         }
         if self.register_all {
             for reg in registered_listeners() {
-                listeners
-                    .entry(reg.event.to_owned())
-                    .or_default()
-                    .push((reg.make)());
+                let l = (reg.make)();
+                let list = listeners.entry(reg.event.to_owned()).or_default();
+                // Already registered explicitly: do not run it twice.
+                if !list.iter().any(|x| x.type_name() == l.type_name()) {
+                    list.push(l);
+                }
             }
         }
         Ok(Router {
