@@ -61,8 +61,17 @@ usage:
 
 const CLIENT_HELP: &str = "type a line to send it; /who lists the members; /quit leaves";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// What the command line asks for.
+#[derive(Debug)]
+enum Mode<'a> {
+    Demo,
+    /// `server [ADDR]`
+    Server(&'a str),
+    /// `client NAME [ADDR]`
+    Client(&'a str, &'a str),
+}
+
+fn main() -> ExitCode {
     // Warnings only, unless RUST_LOG says otherwise (e.g. RUST_LOG=debug).
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -73,17 +82,35 @@ async fn main() -> ExitCode {
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let outcome = match args.as_slice() {
-        [] | ["demo"] => demo().await,
-        ["server"] => server(DEFAULT_ADDR).await,
-        ["server", addr] => server(addr).await,
-        ["client", name] => client(name, DEFAULT_ADDR).await,
-        ["client", name, addr] => client(name, addr).await,
+    let mode = match args.as_slice() {
+        [] | ["demo"] => Mode::Demo,
+        ["server"] => Mode::Server(DEFAULT_ADDR),
+        ["server", addr] => Mode::Server(addr),
+        ["client", name] => Mode::Client(name, DEFAULT_ADDR),
+        ["client", name, addr] => Mode::Client(name, addr),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match mode {
+            Mode::Demo => demo().await,
+            Mode::Server(addr) => server(addr).await,
+            Mode::Client(name, addr) => client(name, addr).await,
+        }
+    });
+    // Not `#[tokio::main]`: tokio reads stdin with a blocking read on a
+    // thread of its own, and dropping the runtime would wait for that read,
+    // so a client the server disconnected would hang until Enter.
+    runtime.shutdown_background();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -190,8 +217,14 @@ async fn announce_members(server: ServerHandle, mut events: ConnectionEvents) {
 /// the round trip measured here, and QUIC's own estimate (`peer.info().rtt`).
 async fn ping_members(server: &ServerHandle) -> Vec<String> {
     static NEXT_NONCE: AtomicU64 = AtomicU64::new(1);
-    let pings = server.peers().into_iter().map(|peer| async move {
-        let name = member_name(peer.hello_metadata());
+    // `peers()` comes in no particular order; number the pings by name.
+    let mut peers: Vec<(String, Peer)> = server
+        .peers()
+        .into_iter()
+        .map(|peer| (member_name(peer.hello_metadata()), peer))
+        .collect();
+    peers.sort_by(|a, b| a.0.cmp(&b.0));
+    let pings = peers.into_iter().map(|(name, peer)| async move {
         let nonce = NEXT_NONCE.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         // A request from the server to the client: the same call a client
@@ -201,19 +234,16 @@ async fn ping_members(server: &ServerHandle) -> Vec<String> {
             .request_with::<_, u64>("client.ping", nonce, CallOptions::new().timeout(PING_TIMEOUT))
             .await;
         let took = started.elapsed();
-        let line = match answer {
+        match answer {
             Ok(n) if n == nonce => format!(
                 "{name} answered ping {nonce} in {took:.2?} (QUIC's RTT estimate: {:.2?})",
                 peer.info().rtt
             ),
             Ok(n) => format!("{name} answered ping {nonce} with {n}?"),
             Err(e) => format!("{name} did not answer ping {nonce}: {e}"),
-        };
-        (name, line)
+        }
     });
-    let mut answers = futures::future::join_all(pings).await;
-    answers.sort();
-    answers.into_iter().map(|(_, line)| line).collect()
+    futures::future::join_all(pings).await
 }
 
 /// `chat server [ADDR]`: serves until Ctrl-C, pinging the members now and then.
@@ -373,12 +403,14 @@ async fn typed(client: &RpcClient, screen: &Screen, line: &str) -> Result<Typed>
 /// `chat client NAME [ADDR]`: lines from stdin go to the room until `/quit`,
 /// the end of input, or the server going away.
 async fn client(name: &str, addr: &str) -> std::result::Result<(), AnyError> {
+    println!("joining {addr} as {name} ...");
     // The default trust: trust on first use, with the known-hosts file.
     let client = join(name, addr, ClientTrust::default(), Screen::Terminal).await?;
+    // (The notice of our own arrival may already be on screen.)
     let fingerprint = client
         .server_fingerprint()
         .map_or_else(|| "(none)".to_owned(), |f| format!("sha256:{f}"));
-    println!("joined {addr} as {name}; server certificate {fingerprint}");
+    println!("connected; server certificate {fingerprint}");
     println!("{CLIENT_HELP}");
 
     let mut input = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -404,6 +436,10 @@ async fn client(name: &str, addr: &str) -> std::result::Result<(), AnyError> {
         }
     }
     client.close().await;
+    // `close` returns once the close is queued, not once it is sent: give
+    // QUIC a moment to put it on the wire before the process exits, or the
+    // server only learns that we left at its idle timeout (30 s).
+    tokio::time::sleep(Duration::from_millis(100)).await;
     println!("left the chat");
     Ok(())
 }

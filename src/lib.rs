@@ -32,22 +32,28 @@
 pub use echostream_core::connection::tls;
 pub use echostream_core::connection::tls::{ClientTrust, Fingerprint, ServerIdentity};
 pub use echostream_core::rpc::{
-    CallOptions, ConnectionEvent, ConnectionInfo, ConnectionPolicy, Context, Handler, Listener, Peer,
-    ReconnectPolicy, RpcClient, RpcServer, ServerHandle, Subscription,
+    CallOptions, ConnectionEvent, ConnectionEvents, ConnectionInfo, ConnectionPolicy, Context, Handler,
+    Listener, Peer, ReconnectPolicy, RpcClient, RpcServer, ServerHandle, Subscription,
 };
 pub use echostream_core::{connection, protocol, rpc, testing, Error, Result};
 pub use echostream_derive::{handler, listener};
 pub use echostream_types as types;
 pub use echostream_types::{Code, Codec, Metadata, Status};
 
+/// Clock synchronisation: clocks, timestamps, the synced clock of a connection.
+pub mod timesync {
+    pub use echostream_core::protocol::timesync::*;
+    pub use echostream_core::protocol::SyncedClock;
+}
+
 /// The names most programs need: `use echostream::prelude::*;`.
 pub mod prelude {
     pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
     pub use crate::{handler, listener};
     pub use crate::{
-        CallOptions, ClientTrust, Code, Codec, ConnectionEvent, ConnectionPolicy, Context, Error,
-        Fingerprint, Peer, ReconnectPolicy, Result, RpcClient, RpcServer, ServerHandle, ServerIdentity,
-        Status, Subscription,
+        CallOptions, ClientTrust, Code, Codec, ConnectionEvent, ConnectionEvents, ConnectionPolicy, Context,
+        Error, Fingerprint, Metadata, Peer, ReconnectPolicy, Result, RpcClient, RpcServer, ServerHandle,
+        ServerIdentity, Status, Subscription,
     };
 }
 

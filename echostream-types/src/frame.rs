@@ -22,6 +22,8 @@ mod ty {
     pub(super) const PING: u8 = 0x08;
     pub(super) const PONG: u8 = 0x09;
     pub(super) const GOAWAY: u8 = 0x0A;
+    pub(super) const TIME_REQUEST: u8 = 0x0B;
+    pub(super) const TIME_RESPONSE: u8 = 0x0C;
 }
 
 /// Flag bits in request and event frames.
@@ -104,6 +106,22 @@ pub enum Frame {
     Ping(u64),
     /// Answer to a ping.
     Pong(u64),
+    /// Clock-sync probe: `t1` is the sender's clock when it was written
+    /// (nanoseconds since the UNIX epoch, sender's clock).
+    TimeRequest {
+        /// Send time on the requester's clock.
+        t1: u64,
+    },
+    /// Answer to a clock-sync probe: the request's `t1`, the responder's
+    /// receive time `t2` and transmit time `t3` (responder's clock, same unit).
+    TimeResponse {
+        /// Echoed send time of the request.
+        t1: u64,
+        /// When the responder received the request.
+        t2: u64,
+        /// When the responder sent this answer.
+        t3: u64,
+    },
     /// The sender takes no new requests; requests in flight still complete.
     GoAway {
         /// Why (a [`CloseCode`]).
@@ -125,6 +143,8 @@ impl Frame {
             Frame::Cancel { .. } => "cancel",
             Frame::Ping(_) => "ping",
             Frame::Pong(_) => "pong",
+            Frame::TimeRequest { .. } => "time request",
+            Frame::TimeResponse { .. } => "time response",
             Frame::GoAway { .. } => "go-away",
         }
     }
@@ -215,6 +235,18 @@ impl Frame {
             Frame::Pong(n) => {
                 dst.put_u8(ty::PONG);
                 dst.put_u64(*n);
+                Bytes::new()
+            }
+            Frame::TimeRequest { t1 } => {
+                dst.put_u8(ty::TIME_REQUEST);
+                dst.put_u64(*t1);
+                Bytes::new()
+            }
+            Frame::TimeResponse { t1, t2, t3 } => {
+                dst.put_u8(ty::TIME_RESPONSE);
+                dst.put_u64(*t1);
+                dst.put_u64(*t2);
+                dst.put_u64(*t3);
                 Bytes::new()
             }
             Frame::GoAway { code, reason } => {
@@ -334,6 +366,18 @@ impl Frame {
                     ty::PING => Frame::Ping(n),
                     _ => Frame::Pong(n),
                 }
+            }
+            ty::TIME_REQUEST => {
+                let t1 = get_u64(&mut body, "t1")?;
+                expect_end(&body, "time request")?;
+                Frame::TimeRequest { t1 }
+            }
+            ty::TIME_RESPONSE => {
+                let t1 = get_u64(&mut body, "t1")?;
+                let t2 = get_u64(&mut body, "t2")?;
+                let t3 = get_u64(&mut body, "t3")?;
+                expect_end(&body, "time response")?;
+                Frame::TimeResponse { t1, t2, t3 }
             }
             ty::GOAWAY => {
                 let code = CloseCode(get_u32(&mut body, "go-away code")?);
@@ -601,6 +645,14 @@ mod tests {
             Frame::Cancel { id: u64::MAX },
             Frame::Ping(1),
             Frame::Pong(2),
+            Frame::TimeRequest {
+                t1: 1_700_000_000_000_000_000,
+            },
+            Frame::TimeResponse {
+                t1: 1,
+                t2: 2,
+                t3: u64::MAX,
+            },
             Frame::GoAway {
                 code: CloseCode::GOING_AWAY,
                 reason: "server shutting down".into(),
@@ -798,6 +850,12 @@ mod tests {
             any::<u64>().prop_map(|id| Frame::Cancel { id }),
             any::<u64>().prop_map(Frame::Ping),
             any::<u64>().prop_map(Frame::Pong),
+            any::<u64>().prop_map(|t1| Frame::TimeRequest { t1 }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(t1, t2, t3)| Frame::TimeResponse {
+                t1,
+                t2,
+                t3
+            }),
             (any::<u32>(), ".{0,16}").prop_map(|(c, reason)| Frame::GoAway {
                 code: CloseCode(c),
                 reason

@@ -17,6 +17,7 @@
 //! and hand the bytes to the writer.
 
 mod handshake;
+pub mod timesync;
 
 pub(crate) use handshake::{
     client_error, client_handshake, server_read_hello, server_send_welcome, HandshakeOutcome,
@@ -39,6 +40,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use timesync::{Clock, ClockFilter, Sample, SystemClock, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -46,7 +48,7 @@ use tracing::Instrument;
 pub(crate) const UNI_FRAME: u8 = 0x01;
 
 /// Settings of the protocol layer for one side of a connection.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct ProtocolConfig {
     /// Largest frame this side accepts (announced in the hello).
     pub(crate) max_frame_size: u32,
@@ -66,6 +68,19 @@ pub(crate) struct ProtocolConfig {
     pub(crate) default_codec: Codec,
     /// Metadata sent in this side's hello.
     pub(crate) hello_metadata: Metadata,
+    /// The clock every timestamp is read from.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Time between clock-sync bursts once a connection's clock is in use.
+    pub(crate) time_sync_interval: Duration,
+}
+
+impl std::fmt::Debug for ProtocolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtocolConfig")
+            .field("max_frame_size", &self.max_frame_size)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ProtocolConfig {
@@ -80,6 +95,8 @@ impl Default for ProtocolConfig {
             default_timeout: Some(Duration::from_secs(30)),
             default_codec: Codec::Bincode,
             hello_metadata: Metadata::new(),
+            clock: SystemClock::shared(),
+            time_sync_interval: Duration::from_secs(1),
         }
     }
 }
@@ -195,6 +212,13 @@ enum Outgoing {
     },
     /// Write what is queued, finish the stream, wait for the peer to read it all.
     Finish(oneshot::Sender<()>, Duration),
+    /// A clock-sync probe; the writer stamps `t1` as it writes it.
+    TimeProbe,
+    /// The answer to a probe; the writer stamps `t3` as it writes it.
+    TimeReply {
+        t1: u64,
+        t2: u64,
+    },
 }
 
 type ReplySender = oneshot::Sender<Result<(Codec, Bytes), Error>>;
@@ -234,6 +258,8 @@ struct Shared {
     /// Why the connection ended, once it has.
     closed: OnceLock<Closed>,
     events: mpsc::Sender<(EventFrame, Peer)>,
+    /// Clock synchronisation with the peer, started on first use.
+    clock_sync: OnceLock<Arc<ClockSync>>,
 }
 
 /// A handle to one connection, usable from either side: send requests and
@@ -288,6 +314,7 @@ impl Peer {
             going_away: AtomicBool::new(false),
             closed: OnceLock::new(),
             events: ev_tx,
+            clock_sync: OnceLock::new(),
         });
         let peer = Peer { shared };
         let span =
@@ -342,6 +369,23 @@ impl Peer {
             calls_pending: lock(&self.shared.pending).len(),
             requests_running: lock(&self.shared.inflight).len(),
         }
+    }
+
+    /// The peer's clock, as estimated by the clock-sync exchange on this
+    /// connection. The first call starts the exchange (a burst of probes
+    /// every `time_sync_interval`, default 1 s) for the connection's lifetime.
+    pub fn clock(&self) -> SyncedClock {
+        let sync = self.shared.clock_sync.get_or_init(|| {
+            let sync = Arc::new(ClockSync {
+                local: self.shared.config.clock.clone(),
+                filter: Mutex::new(ClockFilter::new(512)),
+                updates: tokio::sync::watch::channel(0).0,
+                kick: tokio::sync::Notify::new(),
+            });
+            tokio::spawn(clock_sync_task(Arc::downgrade(&self.shared), sync.clone()));
+            sync
+        });
+        SyncedClock { sync: sync.clone() }
     }
 
     /// The server this connection belongs to, when this is the server side.
@@ -568,10 +612,10 @@ impl Peer {
 
     /// Closes the connection now with a reason; calls in flight fail.
     pub fn close(&self, reason: &str) {
+        self.mark_closed(Some(CloseCode::NORMAL), format!("closed locally: {reason}"));
         self.shared
             .conn
             .close(CloseCode::NORMAL.0.into(), reason.as_bytes());
-        self.mark_closed(Some(CloseCode::NORMAL), format!("closed locally: {reason}"));
     }
 
     /// Delivers every queued frame (waiting up to `wait` for the peer to read
@@ -581,8 +625,10 @@ impl Peer {
         if self.shared.out.send(Outgoing::Finish(tx, wait)).await.is_ok() {
             let _ = tokio::time::timeout(wait, rx).await;
         }
-        self.shared.conn.close(code.0.into(), reason.as_bytes());
+        // Record the reason first: the tasks that notice the close would
+        // otherwise record a vaguer "closed locally".
         self.mark_closed(Some(code), format!("closed locally: {reason}"));
+        self.shared.conn.close(code.0.into(), reason.as_bytes());
     }
 
     /// Tells the peer we take no new requests (go-away); calls already
@@ -599,13 +645,13 @@ impl Peer {
     /// Closes with a code after a protocol failure, logging it.
     pub(crate) fn close_with(&self, code: CloseCode, reason: &str) {
         tracing::warn!(peer = %self.shared.remote, code = %code, reason, "closing connection");
-        self.shared.conn.close(code.0.into(), reason.as_bytes());
         let peer_violation = matches!(code, CloseCode::PROTOCOL_VIOLATION | CloseCode::FRAME_TOO_LARGE);
         self.record_close(Closed {
             code: Some(code),
             reason: format!("{} broke the protocol ({code}): {reason}", self.shared.remote),
             peer_violation,
         });
+        self.shared.conn.close(code.0.into(), reason.as_bytes());
     }
 
     fn check_open(&self) -> Result<(), Error> {
@@ -1016,6 +1062,14 @@ async fn writer_task(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoin
                     finish = Some((done, wait));
                     break;
                 }
+                Outgoing::TimeProbe => {
+                    let t1 = peer.shared.config.clock.now().0;
+                    let _ = Frame::TimeRequest { t1 }.encode(&mut buf);
+                }
+                Outgoing::TimeReply { t1, t2 } => {
+                    let t3 = peer.shared.config.clock.now().0;
+                    let _ = Frame::TimeResponse { t1, t2, t3 }.encode(&mut buf);
+                }
             }
             if batched < BATCH_BYTES {
                 next = rx.try_recv().ok();
@@ -1044,9 +1098,29 @@ async fn writer_task(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoin
 
 async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut) {
     let decoder = FrameDecoder::new(peer.shared.config.max_frame_size);
+    // When the bytes now in `buf` arrived: the receive time of clock-sync frames.
+    let mut received_at = peer.shared.config.clock.now().0;
     loop {
         loop {
             match decoder.decode(&mut buf) {
+                Ok(Some(Frame::TimeRequest { t1 })) => {
+                    // A probe answer is only useful if prompt: drop it rather than wait.
+                    let _ = peer
+                        .shared
+                        .out
+                        .try_send(Outgoing::TimeReply { t1, t2: received_at });
+                }
+                Ok(Some(Frame::TimeResponse { t1, t2, t3 })) => {
+                    if let Some(sync) = peer.shared.clock_sync.get() {
+                        tracing::trace!(
+                            forward = t2 as i128 - t1 as i128,
+                            turnaround = t3 as i128 - t2 as i128,
+                            back = received_at as i128 - t3 as i128,
+                            "clock sample"
+                        );
+                        sync.add(Sample::from_timestamps(t1, t2, t3, received_at));
+                    }
+                }
                 Ok(Some(Frame::Event(ev))) => {
                     // Waits while the listener queue is full: the peer's emits
                     // then wait on QUIC flow control instead of piling up here.
@@ -1072,7 +1146,10 @@ async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut)
             }
         }
         match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                received_at = peer.shared.config.clock.now().0;
+                buf.extend_from_slice(&chunk.bytes)
+            }
             Ok(None) => {
                 // The peer finished its control stream: it will send nothing more.
                 let e = peer.shared.conn.closed().await;
@@ -1212,5 +1289,147 @@ async fn event_task(mut rx: mpsc::Receiver<(EventFrame, Peer)>) {
             }
         }
         router.subscriptions.deliver(&ev.name, &peer, &args);
+    }
+}
+
+/// Clock-sync state of one connection.
+struct ClockSync {
+    local: Arc<dyn Clock>,
+    filter: Mutex<ClockFilter>,
+    /// Number of samples taken so far, for waiters.
+    updates: tokio::sync::watch::Sender<u64>,
+    /// Asks the driver for a burst now.
+    kick: tokio::sync::Notify,
+}
+
+impl ClockSync {
+    fn add(&self, s: Sample) {
+        lock(&self.filter).add(s);
+        self.updates.send_modify(|n| *n += 1);
+    }
+}
+
+/// Sends a burst of probes now and then, while the connection lives.
+async fn clock_sync_task(shared: std::sync::Weak<Shared>, sync: Arc<ClockSync>) {
+    const BURST: usize = 8;
+    loop {
+        let Some(s) = shared.upgrade() else {
+            return;
+        };
+        if s.closed.get().is_some() {
+            return;
+        }
+        let interval = s.config.time_sync_interval;
+        let out = s.out.clone();
+        drop(s);
+        // Pairs of probes: the first of a pair finds an idle path (the
+        // drivers asleep) and travels slower one way than its answer; the
+        // second, right behind it, travels a warm path both ways. Pairs are
+        // ~1 ms apart so that on a jittery link they are independent
+        // packets. The filter keeps the low-delay, symmetric samples.
+        for _ in 0..BURST / 2 {
+            for _ in 0..2 {
+                if out.send(Outgoing::TimeProbe).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = sync.kick.notified() => {}
+        }
+    }
+}
+
+/// A connection's view of the peer's clock (see [`Peer::clock`]). Cheap to clone.
+///
+/// All methods that need an estimate return `None` until the first probe
+/// has been answered (use [`SyncedClock::synced`] to wait for it).
+#[derive(Clone)]
+pub struct SyncedClock {
+    sync: Arc<ClockSync>,
+}
+
+impl std::fmt::Debug for SyncedClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncedClock")
+            .field("estimate", &lock(&self.sync.filter).estimate())
+            .finish()
+    }
+}
+
+impl SyncedClock {
+    fn estimate(&self) -> Option<timesync::Estimate> {
+        lock(&self.sync.filter).estimate()
+    }
+
+    /// Waits until at least `samples` probes have been answered (or `timeout`).
+    pub async fn synced(&self, samples: u64, timeout: Duration) -> Result<(), Error> {
+        let mut rx = self.sync.updates.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n >= samples))
+            .await
+            .map_err(|_| Error::Timeout {
+                method: "clock sync".into(),
+                after: timeout,
+            })?
+            .map_err(|_| Error::ConnectionClosed {
+                code: None,
+                reason: "connection ended during clock sync".into(),
+            })?;
+        Ok(())
+    }
+
+    /// Asks for a burst of probes now (on demand refresh).
+    pub fn refresh(&self) {
+        self.sync.kick.notify_one();
+    }
+
+    /// This host's clock now.
+    pub fn local_now(&self) -> Timestamp {
+        self.sync.local.now()
+    }
+
+    /// The peer's clock now, as estimated.
+    pub fn now(&self) -> Option<Timestamp> {
+        self.to_peer(self.local_now())
+    }
+
+    /// Peer clock minus local clock now, in nanoseconds.
+    pub fn offset_nanos(&self) -> Option<i64> {
+        let now = self.local_now().0;
+        self.estimate().map(|e| e.offset_at(now).round() as i64)
+    }
+
+    /// How fast the peer's clock runs relative to ours, in parts per million.
+    pub fn drift_ppm(&self) -> Option<f64> {
+        self.estimate().map(|e| e.drift * 1e6)
+    }
+
+    /// The smallest round-trip delay among the trusted samples.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.estimate().map(|e| Duration::from_nanos(e.delay as u64))
+    }
+
+    /// A bound on the offset's error: half the best round trip plus the spread of the fit.
+    pub fn error_bound(&self) -> Option<Duration> {
+        self.estimate().map(|e| Duration::from_nanos(e.error as u64))
+    }
+
+    /// A local time expressed on the peer's clock.
+    pub fn to_peer(&self, local: Timestamp) -> Option<Timestamp> {
+        self.estimate()
+            .map(|e| local.offset_by(e.offset_at(local.0).round() as i64))
+    }
+
+    /// A peer time expressed on the local clock.
+    pub fn to_local(&self, peer: Timestamp) -> Option<Timestamp> {
+        // The offset changes by about drift·offset over the offset itself:
+        // evaluate it at the local time first guessed.
+        self.estimate().map(|e| {
+            let guess = peer.offset_by(-(e.offset_at(peer.0).round() as i64));
+            peer.offset_by(-(e.offset_at(guess.0).round() as i64))
+        })
     }
 }

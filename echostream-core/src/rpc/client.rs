@@ -115,6 +115,19 @@ impl ClientBuilder {
         self
     }
 
+    /// The clock timestamps are read from (default: the system clock).
+    /// Tests inject an offset, drift or step with `timesync::SkewedClock`.
+    pub fn clock(mut self, clock: std::sync::Arc<dyn crate::protocol::timesync::Clock>) -> Self {
+        self.protocol.clock = clock;
+        self
+    }
+
+    /// Time between clock-sync bursts on connections whose clock is in use (default 1 s).
+    pub fn time_sync_interval(mut self, d: Duration) -> Self {
+        self.protocol.time_sync_interval = d;
+        self
+    }
+
     /// Events queued per connection for listeners before the connection
     /// stops reading (default 1024); a full queue pushes back on the sender
     /// through QUIC flow control.
@@ -553,6 +566,12 @@ impl RpcClient {
         self.inner.current()
     }
 
+    /// The server's clock as estimated over the current connection (see
+    /// [`crate::protocol::SyncedClock`]); the first call starts the exchange.
+    pub fn clock(&self) -> crate::protocol::SyncedClock {
+        self.inner.current().clock()
+    }
+
     /// A snapshot of the current connection: RTT, traffic, calls in flight.
     pub fn info(&self) -> ConnectionInfo {
         self.inner.current().info()
@@ -591,5 +610,7 @@ impl RpcClient {
             .current()
             .finish_and_close(CloseCode::NORMAL, "client closed", Duration::from_secs(2))
             .await;
+        // Let the endpoint send the close before the caller (maybe) exits.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
 }

@@ -165,6 +165,26 @@ impl ServerBuilder {
         self
     }
 
+    /// Default timeout of calls this server makes to its clients
+    /// (`ctx.peer().request(..)`, default 30 s).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.protocol.default_timeout = Some(d);
+        self
+    }
+
+    /// The clock timestamps are read from (default: the system clock).
+    /// Tests inject an offset, drift or step with `timesync::SkewedClock`.
+    pub fn clock(mut self, clock: std::sync::Arc<dyn crate::protocol::timesync::Clock>) -> Self {
+        self.protocol.clock = clock;
+        self
+    }
+
+    /// Time between clock-sync bursts on connections whose clock is in use (default 1 s).
+    pub fn time_sync_interval(mut self, d: Duration) -> Self {
+        self.protocol.time_sync_interval = d;
+        self
+    }
+
     /// Events queued per connection for listeners before the connection
     /// stops reading (default 1024); a full queue pushes back on the sender
     /// through QUIC flow control.
@@ -226,6 +246,7 @@ impl ServerBuilder {
                     slow_peer_timeout: self.slow_peer_timeout,
                     local_addr,
                     fingerprint,
+                    stopped: watch::channel(false).0,
                 }),
             },
             grace: self.grace,
@@ -249,6 +270,8 @@ struct ServerShared {
     slow_peer_timeout: Duration,
     local_addr: SocketAddr,
     fingerprint: Fingerprint,
+    /// Set once the graceful shutdown has finished.
+    stopped: watch::Sender<bool>,
 }
 
 /// Triggers a graceful shutdown of a running [`RpcServer`]. Cheap to clone.
@@ -370,13 +393,25 @@ pub enum ConnectionEvent {
 pub struct ConnectionEvents {
     rx: broadcast::Receiver<ConnectionEvent>,
     missed: u64,
+    stopped: watch::Receiver<bool>,
 }
 
 impl ConnectionEvents {
     /// The next event; `None` once the server is gone.
     pub async fn recv(&mut self) -> Option<ConnectionEvent> {
         loop {
-            match self.rx.recv().await {
+            let next = tokio::select! {
+                biased;
+                e = self.rx.recv() => e,
+                _ = self.stopped.wait_for(|s| *s) => {
+                    // Deliver what is still buffered, then end.
+                    match self.rx.try_recv() {
+                        Ok(e) => return Some(e),
+                        Err(_) => return None,
+                    }
+                }
+            };
+            match next {
                 Ok(e) => return Some(e),
                 Err(broadcast::error::RecvError::Lagged(n)) => self.missed += n,
                 Err(broadcast::error::RecvError::Closed) => return None,
@@ -427,7 +462,7 @@ impl ServerHandle {
         self.shared.fingerprint
     }
 
-    /// Handles to every connected peer.
+    /// Handles to every connected peer, in no particular order.
     pub fn peers(&self) -> Vec<Peer> {
         lock(&self.shared.peers).values().cloned().collect()
     }
@@ -457,11 +492,18 @@ impl ServerHandle {
         self.shared.shutdown.shutdown();
     }
 
+    /// Waits until the server has shut down (its `run` is about to return).
+    pub async fn stopped(&self) {
+        let mut rx = self.shared.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
     /// Connected/disconnected notifications from now on.
     pub fn connection_events(&self) -> ConnectionEvents {
         ConnectionEvents {
             rx: self.shared.events.subscribe(),
             missed: 0,
+            stopped: self.shared.stopped.subscribe(),
         }
     }
 
@@ -644,6 +686,7 @@ impl RpcServer {
             .map(|p| p.finish_and_close(CloseCode::GOING_AWAY, "server shut down", Duration::from_secs(2)));
         futures::future::join_all(flushes).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.handle.shared.stopped.send_replace(true);
     }
 }
 

@@ -43,6 +43,8 @@ impl Impairment {
 
 struct Shared {
     upstream: SocketAddr,
+    /// Datagrams waiting for their release time, served by the scheduler thread.
+    delayed: Mutex<std::sync::mpsc::Sender<Delayed>>,
     impairment: Mutex<Impairment>,
     /// While set, every datagram is dropped in both directions.
     cut: AtomicBool,
@@ -101,7 +103,15 @@ impl Relay {
     pub async fn start(upstream: SocketAddr, impairment: Impairment, seed: u64) -> std::io::Result<Relay> {
         let front = Arc::new(UdpSocket::bind((upstream.ip(), 0)).await?);
         let local = front.local_addr()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // tokio's timers have 1 ms granularity, too coarse to emulate a
+        // 5 ms ± 2 ms link: delayed datagrams are released by a thread that
+        // waits with the OS's high-resolution timers.
+        std::thread::Builder::new()
+            .name("echostream-relay".into())
+            .spawn(move || scheduler(rx))?;
         let shared = Arc::new(Shared {
+            delayed: Mutex::new(tx),
             upstream,
             impairment: Mutex::new(impairment),
             cut: AtomicBool::new(false),
@@ -201,10 +211,67 @@ fn forward(shared: &Arc<Shared>, via: Arc<UdpSocket>, to: SocketAddr, data: Vec<
         }
         Some(d) => {
             shared.forwarded.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                tokio::time::sleep(d).await;
-                let _ = via.send_to(&data, to).await;
-            });
+            let item = Delayed {
+                due: std::time::Instant::now() + d,
+                via,
+                to,
+                data,
+            };
+            let _ = shared
+                .delayed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(item);
+        }
+    }
+}
+
+/// A datagram held back until `due`.
+struct Delayed {
+    due: std::time::Instant,
+    via: Arc<UdpSocket>,
+    to: SocketAddr,
+    data: Vec<u8>,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        self.due == other.due
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Earliest first in a max-heap.
+        other.due.cmp(&self.due)
+    }
+}
+
+/// Releases delayed datagrams at their due time; ends when the relay is dropped.
+fn scheduler(rx: std::sync::mpsc::Receiver<Delayed>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut heap = std::collections::BinaryHeap::new();
+    loop {
+        let now = std::time::Instant::now();
+        while heap.peek().is_some_and(|d: &Delayed| d.due <= now) {
+            if let Some(d) = heap.pop() {
+                // A non-blocking send on the tokio socket works from any thread.
+                let _ = d.via.try_send_to(&d.data, d.to);
+            }
+        }
+        let next = match heap.peek() {
+            Some(d) => rx.recv_timeout(d.due.saturating_duration_since(now)),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(d) => heap.push(d),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
