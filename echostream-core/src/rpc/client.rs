@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Builds an [`RpcClient`]: trust mode, timeouts, and handlers the server may call.
+#[derive(Clone)]
 pub struct ClientBuilder {
     trust: ClientTrust,
     server_name: Option<String>,

@@ -5,9 +5,11 @@
 //! - [`listener`]: the [`Listener`] trait for one-way events.
 //! - [`context`]: [`Context`], what a handler knows about its call.
 //! - [`server`] / [`client`]: [`RpcServer`] and [`RpcClient`] with their builders.
+//! - [`discovery`]: `enable_discovery`, `RpcClient::discover` (feature `discovery`).
 
 pub mod client;
 pub mod context;
+pub mod discovery;
 pub mod handler;
 pub mod listener;
 pub mod server;
@@ -15,6 +17,8 @@ pub mod server;
 pub use crate::protocol::{CallOptions, Peer};
 pub use client::{ClientBuilder, RpcClient};
 pub use context::Context;
+#[cfg(feature = "discovery")]
+pub use discovery::DiscoverOptions;
 pub use handler::{
     decode_args, encode_reply, handler_fn, registered_handlers, FnHandler, Handler, HandlerRegistration,
     HandlerResult, Payload,
@@ -61,7 +65,7 @@ impl Router {
 }
 
 /// Collects registrations for a builder; duplicates are reported at build time.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct RouterBuilder {
     handlers: Vec<Arc<dyn Handler>>,
     listeners: Vec<Arc<dyn Listener>>,

@@ -32,6 +32,7 @@ pub struct ServerBuilder {
     protocol: ProtocolConfig,
     handshake_timeout: Duration,
     grace: Duration,
+    pub(super) discovery: super::discovery::ServerDiscovery,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -53,6 +54,7 @@ impl Default for ServerBuilder {
             protocol: ProtocolConfig::default(),
             handshake_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(10),
+            discovery: Default::default(),
         }
     }
 }
@@ -180,6 +182,7 @@ impl ServerBuilder {
                 tx: Arc::new(shutdown_tx),
             },
             grace: self.grace,
+            discovery: self.discovery.start(local_addr, fingerprint)?,
         })
     }
 }
@@ -214,6 +217,7 @@ pub struct RpcServer {
     shared: Arc<ServerShared>,
     shutdown: ShutdownHandle,
     grace: Duration,
+    pub(super) discovery: super::discovery::ServerAnnouncement,
 }
 
 impl std::fmt::Debug for RpcServer {
@@ -301,6 +305,7 @@ impl RpcServer {
 
     async fn graceful_shutdown(&self) {
         tracing::info!(addr = %self.local_addr, "shutting down");
+        self.discovery.goodbye();
         // Refuse new connections from now on.
         self.endpoint.set_server_config(None);
         let peers = self.peers();

@@ -289,6 +289,28 @@ impl Link {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "link", "set", VETH, "up"])?;
         }
+        // Like a LAN whose links have been up a while: wait until IPv6
+        // duplicate address detection is over (a tentative link-local address
+        // makes mdns-sd drop the interface until its next address check, 5 s).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for ns in &link.ns {
+            loop {
+                let o = Command::new("ip")
+                    .args(["-n", ns, "-6", "addr", "show", "dev", VETH])
+                    .output()
+                    .map_err(|e| format!("ip -6 addr: {e}"))?;
+                let text = String::from_utf8_lossy(&o.stdout);
+                if text.contains("fe80") && !text.contains("tentative") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "IPv6 link-local address of {VETH} in {ns} not ready: {text}"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         Ok(link)
     }
 }
