@@ -462,7 +462,8 @@ fn discovery_and_connection_cross_a_veth_link_between_two_namespaces() {
     runtime().block_on(async {
         match host {
             netns::Host::A => {
-                let (stop, _, _, task) = start(announced_server("Veth Speaker", "0.0.0.0:0", veth));
+                // Dual stack: announces the IPv4 and the link-local IPv6 address of es0.
+                let (stop, _, _, task) = start(announced_server("Veth Speaker", "[::]:0", veth));
                 tokio::task::spawn_blocking(netns::wait_for_host_b).await.unwrap();
                 stop.shutdown();
                 task.await.unwrap().unwrap();
@@ -472,18 +473,57 @@ fn discovery_and_connection_cross_a_veth_link_between_two_namespaces() {
                 let client = RpcClient::builder()
                     .discover(
                         DiscoverOptions::new("Veth Speaker")
-                            .interfaces(veth)
+                            .interfaces(veth.clone())
                             .timeout(WAIT),
                     )
                     .await
                     .expect("discovered across the link");
                 println!("discovered across the veth link in {:?}", t0.elapsed());
+                // IPv4 is tried first.
                 assert_eq!(client.remote_addr().ip(), std::net::IpAddr::V4(netns::ADDR_A));
                 let answer: String = client.request("whoami", ()).await.unwrap();
-                assert_eq!(
-                    answer,
-                    format!("{}:{}", netns::ADDR_B, client.local_addr().unwrap().port())
-                );
+                let seen: std::net::SocketAddr = answer.parse().unwrap();
+                assert_eq!(seen.ip().to_canonical(), std::net::IpAddr::V4(netns::ADDR_B));
+                assert_eq!(seen.port(), client.local_addr().unwrap().port());
+
+                // The link-local IPv6 address comes with the scope id of es0,
+                // and a connection to it crosses the link too.
+                let discovery = Discovery::shared(veth).unwrap();
+                let mut browser = discovery.browse("Veth Speaker").unwrap();
+                let deadline = Instant::now() + WAIT;
+                let (inst, v6) = loop {
+                    // A and AAAA records may resolve separately: wait for both.
+                    let found = browser.instances().into_iter().find_map(|i| {
+                        let v6 = i.addrs().iter().copied().find(|a| a.is_ipv6())?;
+                        i.addrs().iter().any(|a| a.is_ipv4()).then_some((i, v6))
+                    });
+                    if let Some(f) = found {
+                        break f;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "no IPv6 address announced: {:?}",
+                        browser.instances()
+                    );
+                    let _ = tokio::time::timeout(Duration::from_millis(200), browser.next()).await;
+                };
+                println!("announced addresses: {:?}", inst.addrs());
+                assert!(inst.addrs()[0].is_ipv4(), "IPv4 first: {:?}", inst.addrs());
+                match v6 {
+                    std::net::SocketAddr::V6(a) => {
+                        assert_eq!(a.ip().segments()[0], 0xfe80, "{a}");
+                        assert_ne!(a.scope_id(), 0, "link-local without a scope id: {a}");
+                    }
+                    other => panic!("not IPv6: {other}"),
+                }
+                let fp: Fingerprint = inst.fingerprint().unwrap().parse().unwrap();
+                let over_v6 = RpcClient::builder()
+                    .pin(fp)
+                    .connect(&v6.to_string())
+                    .await
+                    .expect("IPv6 link-local");
+                let answer: String = over_v6.request("whoami", ()).await.unwrap();
+                assert!(answer.starts_with("[fe80::"), "{answer}");
             }
         }
     });

@@ -7,7 +7,9 @@
 //! counter. Each [`Browser`] keeps its own view and, when woken, diffs it
 //! against the table. Nothing queues per browser: a browser that is not
 //! polled costs nothing and later sees the current state (changes between
-//! two polls coalesce).
+//! two polls coalesce). Successive resolves of one instance (same host and port)
+//! accumulate addresses: mdns-sd reports A and AAAA records as they arrive,
+//! and a later resolve may carry only some of them.
 
 use crate::{instance::instance_label, Instance, Interfaces, SERVICE_TYPE};
 use mdns_sd::{Receiver, ServiceEvent};
@@ -72,16 +74,19 @@ impl Shared {
                 return;
             }
             ServiceEvent::ServiceResolved(r) => {
-                let inst = Instance::from_resolved(&r);
+                let mut inst = Instance::from_resolved(&r);
                 t.seen.insert(inst.name().to_owned());
+                let key = r.get_fullname().to_ascii_lowercase();
+                if let Some((_, old)) = t.instances.get(&key) {
+                    inst.keep_addrs_of(old);
+                    // A repeated resolve with nothing new is not a change.
+                    if *old == inst {
+                        return;
+                    }
+                }
                 t.version += 1;
                 let v = t.version;
-                let key = r.get_fullname().to_ascii_lowercase();
-                match t.instances.get(&key) {
-                    // A repeated resolve with nothing new is not a change.
-                    Some((_, old)) if *old == inst => return,
-                    _ => t.instances.insert(key, (v, inst)),
-                };
+                t.instances.insert(key, (v, inst));
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
                 if t.instances.remove(&fullname.to_ascii_lowercase()).is_none() {

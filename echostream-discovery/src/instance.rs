@@ -43,6 +43,20 @@ impl Instance {
         }
     }
 
+    /// Keeps the addresses of an earlier resolve of the same instance (same
+    /// host and port): mdns-sd reports A and AAAA records as they arrive, and a
+    /// later resolve can carry only some of them.
+    pub(crate) fn keep_addrs_of(&mut self, earlier: &Instance) {
+        if earlier.host.eq_ignore_ascii_case(&self.host) && earlier.port == self.port {
+            for a in &earlier.addrs {
+                if !self.addrs.contains(a) {
+                    self.addrs.push(*a);
+                }
+            }
+            sort_addrs(&mut self.addrs);
+        }
+    }
+
     /// The instance name as announced, for example `"AudioService"`, or
     /// `"AudioService (2)"` after mDNS resolved a name conflict.
     pub fn name(&self) -> &str {

@@ -11,8 +11,10 @@
 //!
 //! **Policy with several instances**: connection attempts start as instances
 //! resolve (in arrival order, each trying its addresses in
-//! [`echostream_discovery::Instance::addrs`] order); the first attempt to
-//! complete wins. An instance whose connection fails is skipped, and the
+//! [`echostream_discovery::Instance::addrs`] order: IPv4 first); the first
+//! attempt to complete wins. An instance known only by IPv6 addresses so far
+//! waits 250 ms before its attempt starts, so that its IPv4 address, which
+//! usually resolves a few milliseconds after the AAAA record, goes first. An instance whose connection fails is skipped, and the
 //! search goes on until the timeout. An instance that resolves again with new
 //! addresses or a new fingerprint is tried again with those.
 //!
@@ -68,6 +70,12 @@ mod enabled {
 
     /// Default time [`RpcClient::discover`] waits for a usable instance.
     pub const DEFAULT_DISCOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// How long an attempt on an instance known only by IPv6 addresses waits
+    /// before it starts. mdns-sd resolves A and AAAA records as they arrive,
+    /// often AAAA first; the wait lets the IPv4 address (usually a few
+    /// milliseconds behind) go first, like RFC 8305's resolution delay.
+    const IPV6_ONLY_DELAY: Duration = Duration::from_millis(250);
 
     fn discovery_error(e: DiscoveryError) -> Error {
         Error::Discovery(e.to_string())
@@ -381,13 +389,19 @@ mod enabled {
                             if fresh.is_empty() {
                                 continue;
                             }
+                            let delay = if fresh.iter().any(SocketAddr::is_ipv4) {
+                                Duration::ZERO
+                            } else {
+                                IPV6_ONLY_DELAY
+                            };
                             match trust_for(&inst, &opts) {
-                                Ok(trust) => attempts.push(connect_instance(
-                                    self.clone(),
-                                    trust,
-                                    describe(&inst),
-                                    fresh,
-                                )),
+                                Ok(trust) => {
+                                    let attempt = connect_instance(self.clone(), trust, describe(&inst), fresh);
+                                    attempts.push(async move {
+                                        tokio::time::sleep(delay).await;
+                                        attempt.await
+                                    });
+                                }
                                 Err(why) => failures.push(format!("{}: {why}", describe(&inst))),
                             }
                         }
