@@ -141,7 +141,7 @@ fn two_servers_of_one_name_are_both_listed_and_both_answer() {
         assert_eq!(listed[1].0, "AudioService (2)");
 
         let clients = RpcClient::builder()
-            .discover_all(loopback("AudioService").timeout(Duration::from_secs(2)))
+            .discover_all(loopback("AudioService").timeout(Duration::from_secs(3)))
             .await
             .expect("both connect");
         let mut answered: Vec<u16> = clients.iter().map(|c| c.remote_addr().port()).collect();
@@ -279,7 +279,7 @@ fn an_instance_that_fails_to_connect_is_skipped_for_the_next() {
 
         // Only the stale one exists: the error lists why it was unusable.
         let err = RpcClient::builder()
-            .discover(loopback("Printer").timeout(Duration::from_secs(2)))
+            .discover(loopback("Printer").timeout(Duration::from_secs(4)))
             .await
             .unwrap_err();
         let msg = err.to_string();

@@ -257,6 +257,32 @@ mod tests {
         assert_eq!(instance_label("Küche 2._echostream._udp.local."), "Küche 2");
     }
 
+    fn inst(host: &str, port: u16, addrs: &[&str]) -> Instance {
+        Instance {
+            name: "A".into(),
+            fullname: "A._echostream._udp.local.".into(),
+            host: host.into(),
+            port,
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            txt: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_later_resolve_keeps_earlier_addresses_of_the_same_host_and_port() {
+        let earlier = inst("a.local.", 5000, &["[fe80::1%2]:5000"]);
+        let mut later = inst("a.local.", 5000, &["10.0.0.1:5000"]);
+        later.keep_addrs_of(&earlier);
+        assert_eq!(
+            later.addrs(),
+            inst("", 0, &["10.0.0.1:5000", "[fe80::1%2]:5000"]).addrs()
+        );
+        // A new port or host is a new endpoint: old addresses are dropped.
+        let mut moved = inst("a.local.", 5001, &["10.0.0.1:5001"]);
+        moved.keep_addrs_of(&later);
+        assert_eq!(moved.addrs().len(), 1);
+    }
+
     #[test]
     fn addresses_sort_ipv4_first_and_link_local_last() {
         let mut v: Vec<SocketAddr> = vec![
