@@ -25,6 +25,9 @@
 //! - [`prelude`]: what most programs import.
 //! - [`rpc`], [`tls`], [`protocol`]: the runtime (from `echostream-core`).
 //! - [`types`]: wire frames, codecs and status codes (from `echostream-types`).
+//! - `discovery` (feature `discovery`, on by default): LAN discovery over mDNS
+//!   (`echostream-discovery`): `RpcServer::builder().enable_discovery(name)`,
+//!   `RpcClient::discover(name)`, and `discovery::Discovery` to browse.
 //! - `#[handler]`: the attribute that turns an `async fn` into a [`rpc::Handler`].
 //!
 //! The architecture and the wire protocol are described in `ARCHITECTURE.md`.
@@ -45,10 +48,17 @@ pub mod timesync {
     pub use echostream_core::protocol::timesync::*;
     pub use echostream_core::protocol::SyncedClock;
 }
+#[cfg(feature = "discovery")]
+pub use echostream_core::rpc::DiscoverOptions;
+/// LAN discovery over mDNS: announce, browse, find (the `echostream-discovery` crate).
+#[cfg(feature = "discovery")]
+pub use echostream_discovery as discovery;
 
 /// The names most programs need: `use echostream::prelude::*;`.
 pub mod prelude {
     pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
+    #[cfg(feature = "discovery")]
+    pub use crate::DiscoverOptions;
     pub use crate::{handler, listener};
     pub use crate::{
         CallOptions, ClientTrust, Code, Codec, ConnectionEvent, ConnectionEvents, ConnectionPolicy, Context,

@@ -106,6 +106,54 @@ pub enum Error {
     /// A local I/O error (binding a socket, ...).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// Discovery found no usable instance of a service in time.
+    #[error("{}", discovery_timeout_message(.name, .interfaces, .waited, .other_names, .failures))]
+    DiscoveryTimeout {
+        /// The service name looked for.
+        name: String,
+        /// The interfaces browsed, in words.
+        interfaces: String,
+        /// How long discovery waited.
+        waited: Duration,
+        /// Instance names of other services seen meanwhile.
+        other_names: Vec<String>,
+        /// Instances of this name that were found but not usable, each with why
+        /// (connection failed, identity rejected, no fingerprint announced).
+        failures: Vec<String>,
+    },
+    /// Discovery could not run: mDNS daemon failure, invalid service name or TXT entry.
+    #[error("discovery failed: {0}")]
+    Discovery(String),
+}
+
+fn discovery_timeout_message(
+    name: &str,
+    interfaces: &str,
+    waited: &Duration,
+    other_names: &[String],
+    failures: &[String],
+) -> String {
+    let mut m = format!(
+        "no usable instance of `{name}` discovered on {interfaces} within {waited:?}; \
+         {} instance(s) of other names seen",
+        other_names.len()
+    );
+    if !other_names.is_empty() {
+        let shown: Vec<String> = other_names.iter().take(5).map(|n| format!("`{n}`")).collect();
+        m.push_str(&format!(
+            " ({}{})",
+            shown.join(", "),
+            if other_names.len() > 5 { ", ..." } else { "" }
+        ));
+    }
+    if !failures.is_empty() {
+        m.push_str(&format!(
+            "; {} instance(s) of `{name}` found but unusable: {}",
+            failures.len(),
+            failures.join("; ")
+        ));
+    }
+    m
 }
 
 impl Error {
@@ -162,7 +210,7 @@ impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {
         use std::io::ErrorKind;
         let kind = match &e {
-            Error::Timeout { .. } => ErrorKind::TimedOut,
+            Error::Timeout { .. } | Error::DiscoveryTimeout { .. } => ErrorKind::TimedOut,
             Error::ConnectionClosed { .. } => ErrorKind::ConnectionAborted,
             Error::Connect { .. } => ErrorKind::ConnectionRefused,
             Error::Io(io) => io.kind(),

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Builds an [`RpcClient`]: trust mode, timeouts, and handlers the server may call.
+#[derive(Clone)]
 pub struct ClientBuilder {
     trust: ClientTrust,
     server_name: Option<String>,
@@ -26,7 +27,8 @@ pub struct ClientBuilder {
     protocol: ProtocolConfig,
     connect_timeout: Duration,
     reconnect: Option<ReconnectPolicy>,
-    early_subscriptions: Subscriptions,
+    /// Shared by clones of the builder (discovery tries several instances).
+    early_subscriptions: Arc<Subscriptions>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -48,7 +50,7 @@ impl Default for ClientBuilder {
             protocol: ProtocolConfig::default(),
             connect_timeout: Duration::from_secs(10),
             reconnect: None,
-            early_subscriptions: Subscriptions::default(),
+            early_subscriptions: Arc::default(),
         }
     }
 }

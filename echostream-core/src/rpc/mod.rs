@@ -5,9 +5,11 @@
 //! - [`listener`]: the [`Listener`] trait for one-way events.
 //! - [`context`]: [`Context`], what a handler knows about its call.
 //! - [`server`] / [`client`]: [`RpcServer`] and [`RpcClient`] with their builders.
+//! - [`discovery`]: `enable_discovery`, `RpcClient::discover` (feature `discovery`).
 
 pub mod client;
 pub mod context;
+pub mod discovery;
 pub mod handler;
 pub mod listener;
 pub mod server;
@@ -16,6 +18,8 @@ pub mod subscribe;
 pub use crate::protocol::{CallOptions, ConnectionInfo, Peer};
 pub use client::{ClientBuilder, ReconnectPolicy, RpcClient};
 pub use context::Context;
+#[cfg(feature = "discovery")]
+pub use discovery::DiscoverOptions;
 pub use handler::{
     decode_args, encode_reply, handler_fn, registered_handlers, FnHandler, Handler, HandlerRegistration,
     HandlerResult, Payload,
@@ -42,7 +46,7 @@ pub(crate) struct Router {
     /// Events a listener could not decode or that failed.
     bad_events: AtomicU64,
     /// Typed subscriptions added at run time.
-    pub(crate) subscriptions: subscribe::Subscriptions,
+    pub(crate) subscriptions: Arc<subscribe::Subscriptions>,
 }
 
 impl Router {
@@ -70,7 +74,7 @@ impl Router {
 }
 
 /// Collects registrations for a builder; duplicates are reported at build time.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct RouterBuilder {
     handlers: Vec<Arc<dyn Handler>>,
     listeners: Vec<Arc<dyn Listener>>,
@@ -141,7 +145,7 @@ impl RouterBuilder {
             handlers,
             listeners,
             bad_events: AtomicU64::new(0),
-            subscriptions: subscribe::Subscriptions::default(),
+            subscriptions: Arc::default(),
         })
     }
 }

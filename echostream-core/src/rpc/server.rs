@@ -41,6 +41,7 @@ pub struct ServerBuilder {
     policy: ConnectionPolicy,
     max_connections: usize,
     slow_peer_timeout: Duration,
+    pub(super) discovery: super::discovery::ServerDiscovery,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -65,6 +66,7 @@ impl Default for ServerBuilder {
             policy: ConnectionPolicy::approve_all(),
             max_connections: 10_000,
             slow_peer_timeout: Duration::from_secs(2),
+            discovery: Default::default(),
         }
     }
 }
@@ -250,6 +252,7 @@ impl ServerBuilder {
                 }),
             },
             grace: self.grace,
+            discovery: self.discovery.start(local_addr, fingerprint)?,
         })
     }
 }
@@ -574,6 +577,8 @@ pub struct RpcServer {
     endpoint: quinn::Endpoint,
     handle: ServerHandle,
     grace: Duration,
+    /// The mDNS announcement, if discovery is enabled; says goodbye at shutdown.
+    pub(super) discovery: super::discovery::ServerAnnouncement,
 }
 
 impl std::fmt::Debug for RpcServer {
@@ -666,6 +671,7 @@ impl RpcServer {
 
     async fn graceful_shutdown(&self) {
         tracing::info!(addr = %self.local_addr(), "shutting down");
+        self.discovery.goodbye();
         // Refuse new connections from now on.
         self.endpoint.set_server_config(None);
         let peers = self.peers();
