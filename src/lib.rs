@@ -29,6 +29,9 @@
 //!
 //! The architecture and the wire protocol are described in `ARCHITECTURE.md`.
 
+pub use echostream_core::connection::client_auth::{
+    ClientAuth, ClientCertTrust, ClientIdentity, KeyLog, PeerCertificate,
+};
 pub use echostream_core::connection::tls;
 pub use echostream_core::connection::tls::{ClientTrust, Fingerprint, ServerIdentity};
 pub use echostream_core::rpc::{
@@ -42,6 +45,10 @@ pub use echostream_types::{Code, Codec, Metadata, Status};
 
 /// The names most programs need: `use echostream::prelude::*;`.
 pub mod prelude {
+    pub use crate::rpc::{
+        authenticator_fn, interceptor_fn, require_authenticated, require_role, AuthRequest, CallKind,
+        HandlerExt, Interceptor, PeerIdentity, RateLimit, StaticTokens,
+    };
     pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
     pub use crate::{handler, listener};
     pub use crate::{
@@ -49,6 +56,7 @@ pub mod prelude {
         Fingerprint, Peer, ReconnectPolicy, Result, RpcClient, RpcServer, ServerHandle, ServerIdentity,
         Status, Subscription,
     };
+    pub use crate::{ClientAuth, ClientCertTrust, ClientIdentity, KeyLog};
 }
 
 /// Runtime items used by the code `#[handler]` generates. Not a public API.

@@ -1,9 +1,11 @@
 //! Transport layer: QUIC endpoints, transport settings and TLS.
 //!
 //! - [`tls`]: identities, trust modes, fingerprints, rustls configurations.
+//! - [`client_auth`]: client certificates (mutual TLS), the TLS key log, peer certificates.
 //! - this module: UDP sockets with enlarged buffers, quinn endpoints and the
 //!   transport settings EchoStream applies to every connection.
 
+pub mod client_auth;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -66,6 +66,8 @@ pub(crate) struct ProtocolConfig {
     pub(crate) default_codec: Codec,
     /// Metadata sent in this side's hello.
     pub(crate) hello_metadata: Metadata,
+    /// Interceptors, rate limits and the default handler timeout (see `rpc::security`).
+    pub(crate) security: Arc<crate::rpc::security::SecurityPolicy>,
 }
 
 impl Default for ProtocolConfig {
@@ -80,6 +82,7 @@ impl Default for ProtocolConfig {
             default_timeout: Some(Duration::from_secs(30)),
             default_codec: Codec::Bincode,
             hello_metadata: Metadata::new(),
+            security: Arc::default(),
         }
     }
 }
@@ -234,6 +237,8 @@ struct Shared {
     /// Why the connection ended, once it has.
     closed: OnceLock<Closed>,
     events: mpsc::Sender<(EventFrame, Peer)>,
+    /// Identity, rate-limit buckets and the reply backlog bound (see `rpc::security`).
+    guard: crate::rpc::security::ConnGuard,
 }
 
 /// A handle to one connection, usable from either side: send requests and
@@ -269,7 +274,14 @@ impl Peer {
         let (out_tx, out_rx) = mpsc::channel(config.write_queue.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
         let fingerprint = peer_fingerprint(&conn);
+        let guard = crate::rpc::security::ConnGuard::new(
+            &conn,
+            config.security.clone(),
+            hs.auth,
+            config.max_concurrent_requests,
+        );
         let shared = Arc::new(Shared {
+            guard,
             remote: conn.remote_address(),
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             conn,
@@ -297,6 +309,10 @@ impl Peer {
         tokio::spawn(side_stream_task(peer.clone()).instrument(span.clone()));
         tokio::spawn(event_task(ev_rx).instrument(span));
         peer
+    }
+
+    pub(crate) fn guard(&self) -> &crate::rpc::security::ConnGuard {
+        &self.shared.guard
     }
 
     /// The peer's address.
@@ -810,6 +826,10 @@ impl Peer {
             self.respond_later(id, Err(Status::new(Code::UNAVAILABLE, "server is shutting down")));
             return Ok(());
         }
+        if let Err(status) = shared.guard.check_rate(&method) {
+            self.respond_later(id, Err(status));
+            return Ok(());
+        }
         let Some(handler) = shared.router.handler(&method) else {
             tracing::debug!(method, id, "unknown method");
             let msg = format!("no handler for method `{method}`");
@@ -832,7 +852,10 @@ impl Peer {
                 format!("request id {id} reused while in flight"),
             ));
         }
-        let deadline = req.deadline.map(|d| Instant::now() + d);
+        let deadline = shared
+            .guard
+            .handler_deadline(req.deadline)
+            .map(|d| Instant::now() + d);
         let method_name = method.clone();
         let ctx = Context::new(method.clone(), Some(id), req.metadata, deadline, self.clone());
         let args = Payload {
@@ -845,7 +868,8 @@ impl Peer {
         // before it is inserted.
         let task = tokio::spawn(
             async move {
-                let fut = AssertUnwindSafe(handler.call(ctx, args)).catch_unwind();
+                let call = crate::rpc::security::guarded_call(&peer, handler, ctx, args);
+                let fut = AssertUnwindSafe(call).catch_unwind();
                 let result = match deadline {
                     Some(d) => match tokio::time::timeout_at(d.into(), fut).await {
                         Ok(r) => r,
@@ -867,8 +891,10 @@ impl Peer {
                 if let Err(s) = &result {
                     tracing::debug!(method, code = %s.code(), "handler returned an error");
                 }
-                lock(&peer.shared.inflight).remove(&id);
+                // Still counted as in flight while waiting for room in the write queue, so a
+                // peer that does not read its answers cannot grow the number of tasks.
                 peer.send_response(id, result).await;
+                lock(&peer.shared.inflight).remove(&id);
             }
             .instrument(span),
         );
@@ -876,9 +902,15 @@ impl Peer {
         Ok(())
     }
 
+    /// Answers from a short task; bounded by the guard's reply permits (the reader waits for
+    /// one before reading more).
     fn respond_later(&self, id: u64, result: Result<Payload, Status>) {
         let peer = self.clone();
-        tokio::spawn(async move { peer.send_response(id, result).await });
+        let permit = self.shared.guard.reply_permit();
+        tokio::spawn(async move {
+            let _permit = permit;
+            peer.send_response(id, result).await
+        });
     }
 
     async fn send_response(&self, id: u64, result: Result<Payload, Status>) {
@@ -1059,6 +1091,7 @@ async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut)
                         peer.close_with(code, &reason);
                         return;
                     }
+                    peer.shared.guard.wait_for_reply_room().await;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -1194,6 +1227,11 @@ async fn event_task(mut rx: mpsc::Receiver<(EventFrame, Peer)>) {
         };
         if listeners.is_empty() && !router.subscriptions.has(&ev.name) {
             tracing::debug!(event = %ev.name, "event with no listener or subscription");
+            continue;
+        }
+        if let Err(status) = crate::rpc::security::check_event(&peer, &ev.name, &ev.metadata).await {
+            router.count_bad_event();
+            tracing::warn!(event = %ev.name, peer = %peer.shared.remote, error = %status, "event refused");
             continue;
         }
         for l in listeners {
