@@ -720,3 +720,48 @@ mod key_exchange {
         );
     }
 }
+
+#[tokio::test]
+async fn request_payload_bytes_in_flight_are_bounded_per_connection() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let s = serve(
+        RpcServer::builder()
+            .max_frame_size(1024 * 1024)
+            .max_request_bytes_in_flight(1536 * 1024)
+            .handler(handler_fn("hold", move |_c: Context, b: Vec<u8>| {
+                let g = g.clone();
+                async move {
+                    g.notified().await;
+                    Ok::<_, Error>(b.len())
+                }
+            })),
+    );
+    let c = connect(&s).await;
+    let first = tokio::spawn({
+        let c = c.clone();
+        async move { c.request::<_, usize>("hold", vec![0u8; 900_000]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match c
+        .request::<_, usize>("hold", vec![0u8; 900_000])
+        .await
+        .unwrap_err()
+    {
+        Error::Remote { status, .. } => {
+            assert_eq!(status.code(), Code::RESOURCE_EXHAUSTED);
+            assert!(status.message().contains("1572864 bytes"), "{}", status.message());
+        }
+        other => panic!("expected resource exhausted, got {other:?}"),
+    }
+    gate.notify_waiters();
+    assert_eq!(first.await.unwrap().unwrap(), 900_000);
+    // The budget is back once the call ended.
+    let second = tokio::spawn({
+        let c = c.clone();
+        async move { c.request::<_, usize>("hold", vec![0u8; 900_000]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.notify_waiters();
+    assert_eq!(second.await.unwrap().unwrap(), 900_000);
+}

@@ -274,12 +274,7 @@ impl Peer {
         let (out_tx, out_rx) = mpsc::channel(config.write_queue.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
         let fingerprint = peer_fingerprint(&conn);
-        let guard = crate::rpc::security::ConnGuard::new(
-            &conn,
-            config.security.clone(),
-            hs.auth,
-            config.max_concurrent_requests,
-        );
+        let guard = crate::rpc::security::ConnGuard::new(&conn, &config, hs.auth);
         let shared = Arc::new(Shared {
             guard,
             remote: conn.remote_address(),
@@ -852,6 +847,14 @@ impl Peer {
                 format!("request id {id} reused while in flight"),
             ));
         }
+        let reservation = match shared.guard.reserve_request_bytes(&method, req.payload.len()) {
+            Ok(r) => r,
+            Err(status) => {
+                drop(inflight);
+                self.respond_later(id, Err(status));
+                return Ok(());
+            }
+        };
         let deadline = shared
             .guard
             .handler_deadline(req.deadline)
@@ -868,7 +871,7 @@ impl Peer {
         // before it is inserted.
         let task = tokio::spawn(
             async move {
-                let call = crate::rpc::security::guarded_call(&peer, handler, ctx, args);
+                let call = crate::rpc::security::guarded_call(&peer, handler, ctx, args, reservation);
                 let fut = AssertUnwindSafe(call).catch_unwind();
                 let result = match deadline {
                     Some(d) => match tokio::time::timeout_at(d.into(), fut).await {
@@ -1080,6 +1083,7 @@ async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut)
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(Frame::Event(ev))) => {
+                    peer.shared.guard.reserve_event_bytes(ev.payload.len()).await;
                     // Waits while the listener queue is full: the peer's emits
                     // then wait on QUIC flow control instead of piling up here.
                     if peer.shared.events.send((ev, peer.clone())).await.is_err() {
@@ -1163,6 +1167,8 @@ async fn side_stream_task(peer: Peer) {
 const STREAM_REFUSED: u32 = 1;
 
 async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
+    // Bounds the large frames being reassembled per connection; other streams wait unread.
+    let _slot = peer.shared.guard.side_frame_slot().await;
     let limit = peer.shared.config.max_frame_size as usize + LENGTH_PREFIX + 1;
     let data = match recv.read_to_end(limit).await {
         Ok(d) => d,
@@ -1219,6 +1225,7 @@ async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
 /// event to subscriptions.
 async fn event_task(mut rx: mpsc::Receiver<(EventFrame, Peer)>) {
     while let Some((ev, peer)) = rx.recv().await {
+        let _bytes = peer.guard().release_event_bytes_on_drop(ev.payload.len());
         let router = peer.shared.router.clone();
         let listeners = router.listeners(&ev.name);
         let args = Payload {

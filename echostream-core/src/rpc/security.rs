@@ -29,6 +29,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Default deadline of a handler whose request carries none (`CallOptions::no_timeout`).
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Default most payload bytes of running requests per connection (at least the frame limit).
+pub const DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
+/// Payload bytes of events queued for listeners per connection (at least the frame limit).
+const DEFAULT_EVENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Large frames (side streams) reassembled at once per connection.
+const SIDE_FRAME_SLOTS: usize = 2;
+
 /// Default most connections from one source IP address.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1000;
 
@@ -42,6 +51,8 @@ pub(crate) struct SecurityPolicy {
     method_rates: Vec<(Pattern, RateLimit)>,
     /// Deadline for handlers whose request has none.
     handler_timeout: Option<Duration>,
+    /// Payload bytes of the peer's requests running at once on one connection.
+    request_bytes: usize,
 }
 
 impl Default for SecurityPolicy {
@@ -51,6 +62,7 @@ impl Default for SecurityPolicy {
             connection_rate: None,
             method_rates: Vec::new(),
             handler_timeout: Some(DEFAULT_HANDLER_TIMEOUT),
+            request_bytes: DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
         }
     }
 }
@@ -77,6 +89,14 @@ pub(crate) struct ConnGuard {
     /// full; the reader stops reading while none is left, so a peer that sends requests without
     /// reading the answers cannot make them pile up.
     replies: Arc<Semaphore>,
+    /// One permit per payload byte of running requests.
+    request_bytes: Arc<Semaphore>,
+    request_bytes_limit: usize,
+    /// Large frames being reassembled from side streams.
+    side_frames: Semaphore,
+    /// One permit per payload byte of events queued for listeners (released when the event
+    /// has been processed); the reader waits for permits, pushing back on the sender.
+    event_bytes: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for ConnGuard {
@@ -90,10 +110,13 @@ impl std::fmt::Debug for ConnGuard {
 impl ConnGuard {
     pub(crate) fn new(
         conn: &quinn::Connection,
-        policy: Arc<SecurityPolicy>,
+        config: &crate::protocol::ProtocolConfig,
         mut auth: PeerAuth,
-        reply_backlog: usize,
     ) -> Self {
+        let policy = config.security.clone();
+        let reply_backlog = config.max_concurrent_requests;
+        // A request as large as the frame limit must always be able to run alone.
+        let request_bytes_limit = policy.request_bytes.max(config.max_frame_size as usize);
         if auth.certificate.is_none() {
             auth.certificate = PeerCertificate::of_connection(conn).map(Arc::new);
         }
@@ -110,7 +133,63 @@ impl ConnGuard {
                 .collect(),
             policy,
             replies: Arc::new(Semaphore::new(reply_backlog.max(1))),
+            request_bytes: Arc::new(Semaphore::new(request_bytes_limit)),
+            request_bytes_limit,
+            side_frames: Semaphore::new(SIDE_FRAME_SLOTS),
+            event_bytes: Arc::new(Semaphore::new(
+                DEFAULT_EVENT_BYTES.max(config.max_frame_size as usize),
+            )),
         }
+    }
+
+    /// Waits until `len` bytes of queued events fit in the budget, then takes them; they come
+    /// back through [`ConnGuard::release_event_bytes_on_drop`].
+    pub(crate) async fn reserve_event_bytes(&self, len: usize) {
+        let n = u32::try_from(len).unwrap_or(u32::MAX);
+        if let Ok(permit) = self.event_bytes.acquire_many(n).await {
+            permit.forget();
+        }
+    }
+
+    /// Gives `len` event bytes back to the budget when the returned value drops.
+    pub(crate) fn release_event_bytes_on_drop(&self, len: usize) -> EventBytes {
+        EventBytes {
+            budget: self.event_bytes.clone(),
+            len: u32::try_from(len).unwrap_or(u32::MAX) as usize,
+        }
+    }
+
+    /// Reserves `len` payload bytes for a request of `method` until the returned permit drops,
+    /// or refuses it with `RESOURCE_EXHAUSTED` naming the limit.
+    pub(crate) fn reserve_request_bytes(
+        &self,
+        method: &str,
+        len: usize,
+    ) -> Result<Option<OwnedSemaphorePermit>, Status> {
+        if len == 0 {
+            return Ok(None);
+        }
+        let refused = || {
+            Status::new(
+                echostream_types::Code::RESOURCE_EXHAUSTED,
+                format!(
+                    "`{method}` refused: its {len}-byte argument would take the payload bytes of \
+                     requests running on this connection over the limit of {} bytes; retry later",
+                    self.request_bytes_limit
+                ),
+            )
+        };
+        let n = u32::try_from(len).map_err(|_| refused())?;
+        self.request_bytes
+            .clone()
+            .try_acquire_many_owned(n)
+            .map(Some)
+            .map_err(|_| refused())
+    }
+
+    /// Waits for one of the connection's large-frame reassembly slots.
+    pub(crate) async fn side_frame_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.side_frames.acquire().await.ok()
     }
 
     /// Takes a token from the connection's bucket and from the bucket of every per-method rule
@@ -165,6 +244,18 @@ impl ConnGuard {
     }
 }
 
+/// Event bytes held while an event is processed (see [`ConnGuard::release_event_bytes_on_drop`]).
+pub(crate) struct EventBytes {
+    budget: Arc<Semaphore>,
+    len: usize,
+}
+
+impl Drop for EventBytes {
+    fn drop(&mut self) {
+        self.budget.add_permits(self.len);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -175,13 +266,15 @@ pub(crate) fn guarded_call(
     handler: Arc<dyn Handler>,
     ctx: Context,
     args: Payload,
+    reservation: Option<OwnedSemaphorePermit>,
 ) -> BoxFuture<'static, Result<Payload, Status>> {
-    if !peer.guard().has_chain() {
-        return handler.call(ctx, args);
-    }
     let peer = peer.clone();
     Box::pin(async move {
-        peer.guard().check_chain(&ctx, CallKind::Request).await?;
+        // Holds the argument's bytes against the connection's budget until the call ends.
+        let _reservation = reservation;
+        if peer.guard().has_chain() {
+            peer.guard().check_chain(&ctx, CallKind::Request).await?;
+        }
         handler.call(ctx, args).await
     })
 }
@@ -357,6 +450,14 @@ impl ServerBuilder {
             .policy
             .method_rates
             .push((Pattern::parse(pattern), limit));
+        self
+    }
+
+    /// Payload bytes of one connection's requests that may be running at once (default
+    /// 64 MiB, never less than the frame limit). A request over it is refused with
+    /// `RESOURCE_EXHAUSTED`; this bounds what a peer can make the server hold in memory.
+    pub fn max_request_bytes_in_flight(mut self, bytes: usize) -> Self {
+        self.security.policy.request_bytes = bytes;
         self
     }
 
