@@ -765,3 +765,56 @@ async fn request_payload_bytes_in_flight_are_bounded_per_connection() {
     gate.notify_waiters();
     assert_eq!(second.await.unwrap().unwrap(), 900_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_from_one_host_is_refused_before_tls_while_others_are_served() {
+    let server = RpcServer::builder()
+        .bind("127.0.0.1:0")
+        .identity(ServerIdentity::Ephemeral)
+        .max_connections_per_address(10)
+        .handshake_timeout(Duration::from_secs(2))
+        .handler(whoami())
+        .build()
+        .unwrap();
+    let handle = server.handle();
+    tokio::spawn(server.run());
+    let good = RpcClient::builder()
+        .pin(handle.fingerprint())
+        .connect(&handle.local_addr().to_string())
+        .await
+        .unwrap();
+    // The flood comes from another loopback address, through one raw quinn endpoint.
+    let (crypto, _) =
+        echostream::tls::client_crypto(&ClientTrust::dangerous_accept_any_certificate(), "flood").unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let attempts = (0..500).map(|_| {
+        let connecting = ep.connect(handle.local_addr(), "localhost").unwrap();
+        async move { tokio::time::timeout(Duration::from_secs(10), connecting).await }
+    });
+    let flood = tokio::spawn(futures::future::join_all(attempts));
+    for _ in 0..20 {
+        assert_eq!(
+            good.request::<_, String>("whoami", ()).await.unwrap(),
+            "anonymous"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outcomes = flood.await.unwrap();
+    let connected = outcomes.iter().filter(|o| matches!(o, Ok(Ok(_)))).count();
+    let stats = handle.admission_stats();
+    eprintln!("flood of 500: {connected} got a TLS connection; {stats:?}");
+    assert!(
+        connected <= 10,
+        "{connected} connections got through the per-address limit"
+    );
+    assert!(stats.refused >= 490, "{stats:?}");
+    drop(outcomes);
+    // The flood's half-open connections time out (no hello); only the good client remains.
+    wait_until("the flood is gone", || handle.admission_tracked() == (1, 1, 0)).await;
+    assert_eq!(
+        good.request::<_, String>("whoami", ()).await.unwrap(),
+        "anonymous"
+    );
+}

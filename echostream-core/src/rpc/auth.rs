@@ -259,9 +259,14 @@ pub(crate) async fn authenticate(
                 certificate: certificate.clone(),
                 metadata: metadata.clone(),
             };
-            auth.authenticate(request)
-                .await
-                .map_err(|reason| format!("authentication failed: {reason}"))?
+            let outcome = std::panic::AssertUnwindSafe(auth.authenticate(request));
+            match futures::FutureExt::catch_unwind(outcome).await {
+                Ok(result) => result.map_err(|reason| format!("authentication failed: {reason}"))?,
+                Err(_) => {
+                    tracing::error!(remote = %conn.remote_address(), "the authenticator panicked");
+                    return Err("authentication failed: internal error in the server".to_string());
+                }
+            }
         }
         None => certificate.as_ref().map(PeerIdentity::from_certificate),
     };

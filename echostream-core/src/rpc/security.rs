@@ -285,9 +285,27 @@ pub(crate) async fn check_event(peer: &Peer, name: &str, metadata: &Metadata) ->
     guard.check_rate(name)?;
     if guard.has_chain() {
         let ctx = Context::new(name.to_owned(), None, metadata.clone(), None, peer.clone());
-        guard.check_chain(&ctx, CallKind::Event).await?;
+        catching_panics(name, guard.check_chain(&ctx, CallKind::Event)).await?;
     }
     Ok(())
+}
+
+/// Runs an interceptor check, turning a panic into an `INTERNAL` denial.
+async fn catching_panics(
+    name: &str,
+    check: impl std::future::Future<Output = Result<(), Status>>,
+) -> Result<(), Status> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(check).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!(name, "an interceptor panicked");
+            Err(Status::new(
+                echostream_types::Code::INTERNAL,
+                format!("an interceptor panicked while checking `{name}`"),
+            ))
+        }
+    }
 }
 
 /// Applies this side's rate limits and interceptors to a stream the peer wants to open.
@@ -300,7 +318,7 @@ pub async fn check_stream_open(peer: &Peer, name: &str, metadata: &Metadata) -> 
     let guard = peer.guard();
     guard.check_rate(name)?;
     let ctx = Context::new(name.to_owned(), None, metadata.clone(), None, peer.clone());
-    guard.check_chain(&ctx, CallKind::StreamOpen).await?;
+    catching_panics(name, guard.check_chain(&ctx, CallKind::StreamOpen)).await?;
     Ok(ctx)
 }
 
