@@ -1,8 +1,8 @@
 //! Security settings of servers and clients, and the per-connection guard that applies them.
 //!
-//! - [`SecurityPolicy`] (one per side, shared by its connections): the interceptor chain, rate
+//! - `SecurityPolicy` (one per side, shared by its connections): the interceptor chain, rate
 //!   limits, the default handler timeout.
-//! - [`ConnGuard`] (one per connection): who the peer is, its token buckets, and the bound on
+//! - `ConnGuard` (one per connection): who the peer is, its token buckets, and the bound on
 //!   answers waiting for the write queue.
 //! - the builder methods for authentication, access control, limits and TLS options
 //!   (`RpcServer::builder().authenticator(..).protect(..).rate_limit(..)`,
