@@ -818,3 +818,50 @@ async fn a_flood_of_connections_from_one_host_is_refused_before_tls_while_others
         "anonymous"
     );
 }
+
+#[tokio::test]
+async fn the_stream_open_hook_applies_rate_limits_and_interceptors_with_call_kind_stream_open() {
+    // What the stream manager will call before accepting a stream; driven here from a handler.
+    let s = serve(
+        RpcServer::builder()
+            .authenticator(tokens())
+            .method_rate_limit("audio.*", RateLimit::per_minute(2))
+            .protect(
+                "audio.*",
+                interceptor_fn(|ctx: &Context, kind: CallKind| {
+                    if kind == CallKind::StreamOpen && !ctx.is_authenticated() {
+                        return Err(Status::new(Code::UNAUTHENTICATED, "streams need a login"));
+                    }
+                    Ok(())
+                }),
+            )
+            .handler(handler_fn("probe", |ctx: Context, name: String| async move {
+                let meta = echostream::types::Metadata::new();
+                Ok::<_, Error>(
+                    match echostream::rpc::security::check_stream_open(ctx.peer(), &name, &meta).await {
+                        Ok(stream_ctx) => Ok(stream_ctx.identity().map(|i| i.name().to_string())),
+                        Err(status) => Err((status.code().0, status.message().to_string())),
+                    },
+                )
+            })),
+    );
+    type Outcome = Result<Option<String>, (u32, String)>;
+    let anonymous = connect(&s).await;
+    let denied: Outcome = anonymous.request("probe", "audio.stream").await.unwrap();
+    assert_eq!(denied, Err((10, "streams need a login".to_string())));
+    let alice = client_for(&s)
+        .token("alice-token")
+        .connect(&s.addr)
+        .await
+        .unwrap();
+    let ok: Outcome = alice.request("probe", "audio.stream").await.unwrap();
+    assert_eq!(ok, Ok(Some("alice".to_string())));
+    let ok: Outcome = alice.request("probe", "audio.stream").await.unwrap();
+    assert!(ok.is_ok());
+    // The third open within the minute hits the per-method rule.
+    let limited: Outcome = alice.request("probe", "audio.stream").await.unwrap();
+    assert!(
+        matches!(&limited, Err((11, m)) if m.contains("retry after")),
+        "{limited:?}"
+    );
+}
