@@ -32,6 +32,9 @@
 //!
 //! The architecture and the wire protocol are described in `ARCHITECTURE.md`.
 
+pub use echostream_core::connection::client_auth::{
+    ClientAuth, ClientCertTrust, ClientIdentity, KeyLog, PeerCertificate,
+};
 pub use echostream_core::connection::tls;
 pub use echostream_core::connection::tls::{ClientTrust, Fingerprint, ServerIdentity};
 pub use echostream_core::rpc::{
@@ -56,6 +59,10 @@ pub use echostream_discovery as discovery;
 
 /// The names most programs need: `use echostream::prelude::*;`.
 pub mod prelude {
+    pub use crate::rpc::{
+        authenticator_fn, interceptor_fn, require_authenticated, require_role, AuthRequest, CallKind,
+        HandlerExt, Interceptor, PeerIdentity, RateLimit, StaticTokens,
+    };
     pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
     #[cfg(feature = "discovery")]
     pub use crate::DiscoverOptions;
@@ -65,6 +72,7 @@ pub mod prelude {
         Error, Fingerprint, Metadata, Peer, ReconnectPolicy, Result, RpcClient, RpcServer, ServerHandle,
         ServerIdentity, Status, Subscription,
     };
+    pub use crate::{ClientAuth, ClientCertTrust, ClientIdentity, KeyLog};
 }
 
 /// Runtime items used by the code `#[handler]` generates. Not a public API.

@@ -265,3 +265,119 @@ async fn client_closes_a_server_that_sends_garbage_and_fails_pending_calls_with_
         other => panic!("expected a protocol error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn ten_thousand_abandoned_bidirectional_streams_are_refused_without_growing_memory() {
+    let s = server();
+    let good = connect(&s).await;
+    let (conn, _send, _recv) = raw_session(&s.addr).await;
+    let before = rss_kib();
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    for i in 0..10_000u32 {
+        let (mut send, _recv) = tokio::time::timeout(WAIT, conn.open_bi()).await.unwrap().unwrap();
+        // Send one byte so the stream exists on the wire, then abandon it.
+        if send.write_all(&[0]).await.is_err() {
+            refused += 1;
+        }
+        if i % 2500 == 0 {
+            assert_serves(&good).await;
+        }
+    }
+    assert_serves(&good).await;
+    let after = rss_kib();
+    eprintln!(
+        "10,000 abandoned streams in {:?}; RSS {before} KiB -> {after} KiB; {refused} writes saw the refusal",
+        started.elapsed()
+    );
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    // The offender is not closed: its streams are refused (reset code 1) and its control
+    // stream still works.
+    assert!(conn.close_reason().is_none());
+}
+
+#[tokio::test]
+async fn garbage_event_payloads_are_counted_and_the_connection_stays_up() {
+    let server = RpcServer::builder()
+        .bind("127.0.0.1:0")
+        .identity(ServerIdentity::Ephemeral)
+        .listener(listener_fn("tick", |_c: Context, _n: u64| async {}))
+        .handler(handler_fn("echo", |_c: Context, s: String| async move {
+            Ok::<_, Error>(s)
+        }))
+        .build()
+        .unwrap();
+    let handle = server.handle();
+    let addr = handle.local_addr().to_string();
+    tokio::spawn(server.run());
+    let (conn, mut send, _recv) = raw_session(&addr).await;
+    let mut b = BytesMut::new();
+    for codec in [Codec::Bincode, Codec::Json, Codec::Unknown(9)] {
+        Frame::Event(echostream::types::EventFrame {
+            name: "tick".into(),
+            codec,
+            metadata: Metadata::new(),
+            payload: bytes::Bytes::from_static(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]),
+        })
+        .encode(&mut b)
+        .unwrap();
+    }
+    send.write_all(&b).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while handle.failed_events() < 3 {
+        assert!(std::time::Instant::now() < deadline, "events not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(conn.close_reason().is_none());
+    let good = RpcClient::builder()
+        .pin(handle.fingerprint())
+        .connect(&addr)
+        .await
+        .unwrap();
+    assert_serves(&good).await;
+}
+
+#[tokio::test]
+async fn a_peer_that_sends_requests_but_never_reads_answers_is_held_back_not_buffered() {
+    let s = server();
+    let good = connect(&s).await;
+    let (conn, mut send, _recv_never_read) = raw_session(&s.addr).await;
+    let before = rss_kib();
+    // Requests for an unknown method: each is answered with an error the peer never reads.
+    let mut batch = BytesMut::new();
+    for i in 0..1000u64 {
+        Frame::Request(RequestFrame {
+            id: i * 2,
+            method: "no.such.method".into(),
+            codec: Codec::Bincode,
+            deadline: None,
+            metadata: Metadata::new(),
+            payload: bytes::Bytes::new(),
+        })
+        .encode(&mut batch)
+        .unwrap();
+    }
+    // Ids repeat across batches, which is fine for refused calls (they never run).
+    let batch = batch.freeze();
+    let mut sent = 0u64;
+    let writing = async {
+        loop {
+            send.write_all(&batch).await.unwrap();
+            sent += 1000;
+        }
+    };
+    // The server stops reading once its answers back up: the writes stall.
+    let _ = tokio::time::timeout(Duration::from_secs(3), writing).await;
+    assert_serves(&good).await;
+    let after = rss_kib();
+    eprintln!("requests sent before back-pressure: {sent}; RSS {before} KiB -> {after} KiB");
+    assert!(sent < 5_000_000, "the server kept reading: {sent} requests");
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    assert!(conn.close_reason().is_none());
+}

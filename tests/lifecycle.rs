@@ -148,7 +148,8 @@ async fn the_connection_over_the_limit_is_rejected_with_a_reason() {
     let _b = connect(&s).await;
     let err = client_for(&s).connect(&s.addr).await.unwrap_err();
     match &err {
-        Error::Rejected { reason, .. } => assert!(reason.contains("connection limit (2)"), "{reason}"),
+        // Refused before the TLS handshake (no TLS work for a server at its limit).
+        Error::Rejected { reason, .. } => assert!(reason.contains("connection limit"), "{reason}"),
         other => panic!("expected a rejection, got {other:?}"),
     }
     drop(_a);

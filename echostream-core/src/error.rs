@@ -64,6 +64,32 @@ pub enum Error {
         /// What failed to decode, and why.
         detail: String,
     },
+    /// The peer's rate limit refused the call; the connection stays usable.
+    #[error("`{method}` was rate limited by the peer: {message}")]
+    RateLimited {
+        /// The method called.
+        method: String,
+        /// When to try again, as the peer said (`None` if it did not say).
+        retry_after: Option<Duration>,
+        /// The peer's message, naming the limit.
+        message: String,
+    },
+    /// The peer's access control refused the call: the caller is known but not allowed.
+    #[error("`{method}` was denied by the peer: {reason}")]
+    PermissionDenied {
+        /// The method called.
+        method: String,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// The peer's access control refused the call: the caller did not authenticate.
+    #[error("`{method}` requires authentication: {reason}")]
+    Unauthenticated {
+        /// The method called.
+        method: String,
+        /// The peer's reason.
+        reason: String,
+    },
     /// The remote handler returned an error.
     #[error("`{method}` failed on the peer: {status}")]
     Remote {
@@ -182,6 +208,19 @@ impl Error {
                 detail: format!("the peer could not decode the argument: {}", status.message()),
             },
             Code::CANCELLED => Error::Cancelled { method },
+            Code::RATE_LIMITED => Error::RateLimited {
+                method,
+                retry_after: crate::rpc::retry_after(&status),
+                message: status.message().to_owned(),
+            },
+            Code::PERMISSION_DENIED => Error::PermissionDenied {
+                method,
+                reason: status.message().to_owned(),
+            },
+            Code::UNAUTHENTICATED => Error::Unauthenticated {
+                method,
+                reason: status.message().to_owned(),
+            },
             _ => Error::Remote { method, status },
         }
     }
@@ -201,6 +240,14 @@ impl From<Error> for Status {
             // Propagate a downstream failure's code and message unchanged.
             Error::Remote { status, .. } => status,
             Error::Timeout { .. } => Status::new(Code::DEADLINE_EXCEEDED, e.to_string()),
+            Error::RateLimited {
+                retry_after, message, ..
+            } => {
+                let ms = retry_after.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                Status::new(Code::RATE_LIMITED, message).with_details(ms.to_be_bytes().to_vec())
+            }
+            Error::PermissionDenied { reason, .. } => Status::new(Code::PERMISSION_DENIED, reason),
+            Error::Unauthenticated { reason, .. } => Status::new(Code::UNAUTHENTICATED, reason),
             other => Status::new(Code::INTERNAL, other.to_string()),
         }
     }

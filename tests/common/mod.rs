@@ -85,3 +85,28 @@ pub fn raw_server() -> (quinn::Endpoint, String, Fingerprint) {
     let addr = ep.local_addr().unwrap().to_string();
     (ep, addr, id.fingerprint)
 }
+
+/// Resident memory of this process in KiB, from /proc/self/status (Linux); 0 elsewhere.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until `f` holds, failing the test after [`WAIT`].
+pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reached in time: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

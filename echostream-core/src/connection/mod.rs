@@ -1,14 +1,20 @@
 //! Transport layer: QUIC endpoints, transport settings and TLS.
 //!
 //! - [`tls`]: identities, trust modes, fingerprints, rustls configurations.
+//! - [`client_auth`]: client certificates (mutual TLS), the TLS key log, peer certificates.
 //! - this module: UDP sockets with enlarged buffers, quinn endpoints and the
 //!   transport settings EchoStream applies to every connection.
 
+pub mod client_auth;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Default connection-wide receive window (16 MiB): room for about a dozen
+/// streams at quinn's default per-stream window.
+pub const DEFAULT_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// QUIC transport settings shared by servers and clients.
 #[derive(Clone, Debug)]
@@ -31,6 +37,11 @@ pub struct TransportOptions {
     /// quinn's default (1.25 MB). Smaller values make a peer that stops
     /// reading push back sooner.
     pub stream_receive_window: Option<u32>,
+    /// Connection-wide receive window in bytes: the most data the peer may send
+    /// that this side has not read yet, all streams together (quinn's default is
+    /// unlimited). It bounds what quinn buffers per connection whatever the peer
+    /// does. `None` keeps quinn's default.
+    pub receive_window: Option<u32>,
 }
 
 impl Default for TransportOptions {
@@ -42,6 +53,7 @@ impl Default for TransportOptions {
             max_uni_streams: 100,
             socket_buffer: 4 * 1024 * 1024,
             stream_receive_window: None,
+            receive_window: Some(DEFAULT_RECEIVE_WINDOW),
         }
     }
 }
@@ -58,6 +70,9 @@ impl TransportOptions {
         t.max_concurrent_uni_streams(self.max_uni_streams.into());
         if let Some(w) = self.stream_receive_window {
             t.stream_receive_window(w.into());
+        }
+        if let Some(w) = self.receive_window {
+            t.receive_window(w.into());
         }
         Ok(Arc::new(t))
     }

@@ -677,7 +677,7 @@ fn read_file(path: &Path, action: &'static str) -> Result<Vec<u8>, TlsError> {
     fs::read(path).map_err(io_error(action, path))
 }
 
-fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read_file(path, "read certificates from")?;
     CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -926,6 +926,15 @@ pub fn client_crypto(
     trust: &ClientTrust,
     host_key: &str,
 ) -> Result<(rustls::ClientConfig, TrustReport), TlsError> {
+    client_crypto_with_cert(trust, host_key, None)
+}
+
+/// [`client_crypto`] presenting a client certificate (mutual TLS) when `identity` is set.
+pub fn client_crypto_with_cert(
+    trust: &ClientTrust,
+    host_key: &str,
+    identity: Option<&LoadedIdentity>,
+) -> Result<(rustls::ClientConfig, TrustReport), TlsError> {
     let provider = crypto_provider();
     let check = match trust {
         ClientTrust::KnownHosts { path } => {
@@ -970,11 +979,14 @@ pub fn client_crypto(
         provider: provider.clone(),
         report: report.clone(),
     };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match identity {
+        Some(id) => config.with_client_auth_cert(id.cert_chain.clone(), id.private_key.clone_key())?,
+        None => config.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok((config, report))
 }

@@ -68,6 +68,8 @@ pub(crate) struct ProtocolConfig {
     pub(crate) default_codec: Codec,
     /// Metadata sent in this side's hello.
     pub(crate) hello_metadata: Metadata,
+    /// Interceptors, rate limits and the default handler timeout (see `rpc::security`).
+    pub(crate) security: Arc<crate::rpc::security::SecurityPolicy>,
     /// The clock every timestamp is read from.
     pub(crate) clock: Arc<dyn Clock>,
     /// Time between clock-sync bursts once a connection's clock is in use.
@@ -97,6 +99,7 @@ impl Default for ProtocolConfig {
             hello_metadata: Metadata::new(),
             clock: SystemClock::shared(),
             time_sync_interval: Duration::from_secs(1),
+            security: Arc::default(),
         }
     }
 }
@@ -260,6 +263,8 @@ struct Shared {
     events: mpsc::Sender<(EventFrame, Peer)>,
     /// Clock synchronisation with the peer, started on first use.
     clock_sync: OnceLock<Arc<ClockSync>>,
+    /// Identity, rate-limit buckets and the reply backlog bound (see `rpc::security`).
+    guard: crate::rpc::security::ConnGuard,
 }
 
 /// A handle to one connection, usable from either side: send requests and
@@ -295,7 +300,9 @@ impl Peer {
         let (out_tx, out_rx) = mpsc::channel(config.write_queue.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
         let fingerprint = peer_fingerprint(&conn);
+        let guard = crate::rpc::security::ConnGuard::new(&conn, &config, hs.auth);
         let shared = Arc::new(Shared {
+            guard,
             remote: conn.remote_address(),
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             conn,
@@ -324,6 +331,10 @@ impl Peer {
         tokio::spawn(side_stream_task(peer.clone()).instrument(span.clone()));
         tokio::spawn(event_task(ev_rx).instrument(span));
         peer
+    }
+
+    pub(crate) fn guard(&self) -> &crate::rpc::security::ConnGuard {
+        &self.shared.guard
     }
 
     /// The peer's address.
@@ -856,6 +867,10 @@ impl Peer {
             self.respond_later(id, Err(Status::new(Code::UNAVAILABLE, "server is shutting down")));
             return Ok(());
         }
+        if let Err(status) = shared.guard.check_rate(&method) {
+            self.respond_later(id, Err(status));
+            return Ok(());
+        }
         let Some(handler) = shared.router.handler(&method) else {
             tracing::debug!(method, id, "unknown method");
             let msg = format!("no handler for method `{method}`");
@@ -878,7 +893,18 @@ impl Peer {
                 format!("request id {id} reused while in flight"),
             ));
         }
-        let deadline = req.deadline.map(|d| Instant::now() + d);
+        let reservation = match shared.guard.reserve_request_bytes(&method, req.payload.len()) {
+            Ok(r) => r,
+            Err(status) => {
+                drop(inflight);
+                self.respond_later(id, Err(status));
+                return Ok(());
+            }
+        };
+        let deadline = shared
+            .guard
+            .handler_deadline(req.deadline)
+            .map(|d| Instant::now() + d);
         let method_name = method.clone();
         let ctx = Context::new(method.clone(), Some(id), req.metadata, deadline, self.clone());
         let args = Payload {
@@ -891,7 +917,8 @@ impl Peer {
         // before it is inserted.
         let task = tokio::spawn(
             async move {
-                let fut = AssertUnwindSafe(handler.call(ctx, args)).catch_unwind();
+                let call = crate::rpc::security::guarded_call(&peer, handler, ctx, args, reservation);
+                let fut = AssertUnwindSafe(call).catch_unwind();
                 let result = match deadline {
                     Some(d) => match tokio::time::timeout_at(d.into(), fut).await {
                         Ok(r) => r,
@@ -913,8 +940,10 @@ impl Peer {
                 if let Err(s) = &result {
                     tracing::debug!(method, code = %s.code(), "handler returned an error");
                 }
-                lock(&peer.shared.inflight).remove(&id);
+                // Still counted as in flight while waiting for room in the write queue, so a
+                // peer that does not read its answers cannot grow the number of tasks.
                 peer.send_response(id, result).await;
+                lock(&peer.shared.inflight).remove(&id);
             }
             .instrument(span),
         );
@@ -922,9 +951,15 @@ impl Peer {
         Ok(())
     }
 
+    /// Answers from a short task; bounded by the guard's reply permits (the reader waits for
+    /// one before reading more).
     fn respond_later(&self, id: u64, result: Result<Payload, Status>) {
         let peer = self.clone();
-        tokio::spawn(async move { peer.send_response(id, result).await });
+        let permit = self.shared.guard.reply_permit();
+        tokio::spawn(async move {
+            let _permit = permit;
+            peer.send_response(id, result).await
+        });
     }
 
     async fn send_response(&self, id: u64, result: Result<Payload, Status>) {
@@ -1122,6 +1157,7 @@ async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut)
                     }
                 }
                 Ok(Some(Frame::Event(ev))) => {
+                    peer.shared.guard.reserve_event_bytes(ev.payload.len()).await;
                     // Waits while the listener queue is full: the peer's emits
                     // then wait on QUIC flow control instead of piling up here.
                     if peer.shared.events.send((ev, peer.clone())).await.is_err() {
@@ -1133,6 +1169,7 @@ async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut)
                         peer.close_with(code, &reason);
                         return;
                     }
+                    peer.shared.guard.wait_for_reply_room().await;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -1207,6 +1244,8 @@ async fn side_stream_task(peer: Peer) {
 const STREAM_REFUSED: u32 = 1;
 
 async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
+    // Bounds the large frames being reassembled per connection; other streams wait unread.
+    let _slot = peer.shared.guard.side_frame_slot().await;
     let limit = peer.shared.config.max_frame_size as usize + LENGTH_PREFIX + 1;
     let data = match recv.read_to_end(limit).await {
         Ok(d) => d,
@@ -1263,6 +1302,7 @@ async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
 /// event to subscriptions.
 async fn event_task(mut rx: mpsc::Receiver<(EventFrame, Peer)>) {
     while let Some((ev, peer)) = rx.recv().await {
+        let _bytes = peer.guard().release_event_bytes_on_drop(ev.payload.len());
         let router = peer.shared.router.clone();
         let listeners = router.listeners(&ev.name);
         let args = Payload {
@@ -1271,6 +1311,11 @@ async fn event_task(mut rx: mpsc::Receiver<(EventFrame, Peer)>) {
         };
         if listeners.is_empty() && !router.subscriptions.has(&ev.name) {
             tracing::debug!(event = %ev.name, "event with no listener or subscription");
+            continue;
+        }
+        if let Err(status) = crate::rpc::security::check_event(&peer, &ev.name, &ev.metadata).await {
+            router.count_bad_event();
+            tracing::warn!(event = %ev.name, peer = %peer.shared.remote, error = %status, "event refused");
             continue;
         }
         for l in listeners {

@@ -1,6 +1,6 @@
 //! The client: connects to a server and calls it.
 
-use crate::connection::tls::{self, ClientTrust, Fingerprint};
+use crate::connection::tls::{ClientTrust, Fingerprint};
 use crate::connection::{self, TransportOptions};
 use crate::protocol::{
     client_error, client_handshake, describe_close, CallOptions, ConnectionInfo, Peer, ProtocolConfig, Role,
@@ -29,6 +29,8 @@ pub struct ClientBuilder {
     reconnect: Option<ReconnectPolicy>,
     /// Shared by clones of the builder (discovery tries several instances).
     early_subscriptions: Arc<Subscriptions>,
+    /// Client certificate and key log (see `rpc::security`).
+    pub(crate) security: crate::rpc::security::ClientSecurity,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -51,6 +53,7 @@ impl Default for ClientBuilder {
             connect_timeout: Duration::from_secs(10),
             reconnect: None,
             early_subscriptions: Arc::default(),
+            security: Default::default(),
         }
     }
 }
@@ -197,6 +200,7 @@ impl ClientBuilder {
         router.subscriptions = self.early_subscriptions;
         let router = Arc::new(router);
         let protocol = Arc::new(self.protocol.clone());
+        let security = Arc::new(self.security.load()?);
         let targets = connection::resolve(addr).await?;
         let mut last = None;
         for target in targets {
@@ -218,6 +222,7 @@ impl ClientBuilder {
                 protocol: protocol.clone(),
                 connect_timeout: self.connect_timeout,
                 router: router.clone(),
+                security: security.clone(),
             };
             match connect_peer(&endpoint, &params).await {
                 Ok(peer) => return Ok(RpcClient::start(peer, endpoint, params, self.reconnect.clone())),
@@ -247,6 +252,7 @@ struct ConnectParams {
     protocol: Arc<ProtocolConfig>,
     connect_timeout: Duration,
     router: Arc<crate::rpc::Router>,
+    security: Arc<crate::rpc::security::LoadedClientSecurity>,
 }
 
 /// How a client re-establishes a dropped connection.
@@ -292,7 +298,7 @@ async fn connect_peer(endpoint: &quinn::Endpoint, p: &ConnectParams) -> Result<P
     };
     // A fresh TLS configuration per attempt, so its trust report describes
     // this handshake only.
-    let (crypto, report) = tls::client_crypto(&p.trust, addr)?;
+    let (crypto, report) = p.security.client_crypto(&p.trust, addr)?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
         .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
@@ -307,6 +313,12 @@ async fn connect_peer(endpoint: &quinn::Endpoint, p: &ConnectParams) -> Result<P
                 return Err(Error::IdentityRejected {
                     addr: addr.to_owned(),
                     reason: f.to_string(),
+                });
+            }
+            if let Some(reason) = crate::rpc::security::refused_before_tls(&e) {
+                return Err(Error::Rejected {
+                    addr: addr.to_owned(),
+                    reason,
                 });
             }
             let (code, reason) = describe_close(&e);

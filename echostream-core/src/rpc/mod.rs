@@ -7,11 +7,15 @@
 //! - [`server`] / [`client`]: [`RpcServer`] and [`RpcClient`] with their builders.
 //! - [`discovery`]: `enable_discovery`, `RpcClient::discover` (feature `discovery`).
 
+pub mod auth;
 pub mod client;
 pub mod context;
 pub mod discovery;
 pub mod handler;
+pub mod interceptor;
+pub mod limits;
 pub mod listener;
+pub mod security;
 pub mod server;
 pub mod subscribe;
 
@@ -32,6 +36,12 @@ pub use server::{
     ConnectionRequests, RpcServer, ServerBuilder, ServerHandle, ShutdownHandle,
 };
 pub use subscribe::Subscription;
+
+pub use auth::{authenticator_fn, AuthRequest, AuthResult, Authenticator, PeerIdentity, StaticTokens};
+pub use interceptor::{
+    interceptor_fn, require_authenticated, require_role, CallKind, Guarded, HandlerExt, Interceptor,
+};
+pub use limits::{retry_after, AddressValidation, AdmissionStats, RateLimit};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 //! The server: accepts connections and serves handlers on them.
 
-use crate::connection::tls::{self, Fingerprint, ServerIdentity};
+use crate::connection::tls::{Fingerprint, ServerIdentity};
 use crate::connection::{self, TransportOptions};
 use crate::protocol::{
     peer_fingerprint, server_read_hello, server_send_welcome, ConnectionInfo, Delivery, Peer, ProtocolConfig,
@@ -42,6 +42,8 @@ pub struct ServerBuilder {
     max_connections: usize,
     slow_peer_timeout: Duration,
     pub(super) discovery: super::discovery::ServerDiscovery,
+    /// Authentication, access control, rate limits, admission (see `rpc::security`).
+    pub(crate) security: crate::rpc::security::ServerSecurity,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -67,6 +69,7 @@ impl Default for ServerBuilder {
             max_connections: 10_000,
             slow_peer_timeout: Duration::from_secs(2),
             discovery: Default::default(),
+            security: Default::default(),
         }
     }
 }
@@ -219,7 +222,7 @@ impl ServerBuilder {
         })?;
         let identity = self.identity.load()?;
         let fingerprint = identity.fingerprint;
-        let crypto = tls::server_crypto(&identity)?;
+        let crypto = crate::connection::client_auth::server_crypto(&identity, &self.security.tls)?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
             .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -229,13 +232,15 @@ impl ServerBuilder {
         let local_addr = endpoint.local_addr()?;
         let (shutdown_tx, _) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
+        let (protocol, guard) = self.security.finish(self.protocol, self.max_connections);
         tracing::info!(%local_addr, %fingerprint, methods = ?router.methods(), "server ready");
         Ok(RpcServer {
             endpoint,
             handle: ServerHandle {
                 shared: Arc::new(ServerShared {
                     router,
-                    protocol: Arc::new(self.protocol),
+                    protocol: Arc::new(protocol),
+                    guard,
                     peers: Mutex::new(HashMap::new()),
                     handshake_timeout: self.handshake_timeout,
                     shutdown: ShutdownHandle {
@@ -275,6 +280,8 @@ struct ServerShared {
     fingerprint: Fingerprint,
     /// Set once the graceful shutdown has finished.
     stopped: watch::Sender<bool>,
+    /// Authenticator and admission control (see `rpc::security`).
+    guard: Arc<crate::rpc::security::ServerGuard>,
 }
 
 /// Triggers a graceful shutdown of a running [`RpcServer`]. Cheap to clone.
@@ -455,6 +462,10 @@ impl std::fmt::Debug for ServerHandle {
 }
 
 impl ServerHandle {
+    pub(crate) fn security_guard(&self) -> &crate::rpc::security::ServerGuard {
+        &self.shared.guard
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
@@ -656,9 +667,13 @@ impl RpcServer {
                 _ = rx.wait_for(|v| *v) => break,
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
+                        // Connection limits and address validation, before any TLS work.
+                        let Some((incoming, slot)) = self.handle.shared.guard.screen(incoming) else {
+                            continue;
+                        };
                         let handle = self.handle.clone();
                         let remote = incoming.remote_address();
-                        tokio::spawn(serve_connection(incoming, handle)
+                        tokio::spawn(serve_connection(incoming, handle, slot)
                             .instrument(tracing::debug_span!("accept", peer = %remote)));
                     }
                     None => break,
@@ -705,7 +720,11 @@ impl Drop for Admitting<'_> {
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, handle: ServerHandle) {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    handle: ServerHandle,
+    mut slot: crate::rpc::limits::Slot,
+) {
     let shared = &handle.shared;
     let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(shared.handshake_timeout, incoming).await {
@@ -763,6 +782,7 @@ async fn serve_connection(incoming: quinn::Incoming, handle: ServerHandle) {
     let id = peer.connection_id();
     lock(&shared.peers).insert(id, peer.clone());
     drop(guard);
+    slot.handshake_done();
     tracing::debug!(%remote, id, "client connected");
     let _ = shared.events.send(ConnectionEvent::Connected(peer.info()));
     let reason = peer.closed().await.to_string();
@@ -780,6 +800,11 @@ async fn admit(
     shared: &ServerShared,
 ) -> std::result::Result<crate::protocol::HandshakeOutcome, (Option<CloseCode>, String)> {
     let (send, recv, leftover, hello) = server_read_hello(conn).await.map_err(|e| (e.close, e.reason))?;
+    let auth = shared
+        .guard
+        .authenticate(conn, &hello.metadata)
+        .await
+        .map_err(|reason| (Some(CloseCode::REJECTED), reason))?;
     if let Some(decide) = &shared.policy.decide {
         let (tx, rx) = oneshot::channel();
         let request = ConnectionRequest {
@@ -805,9 +830,11 @@ async fn admit(
             }
         }
     }
-    server_send_welcome(send, recv, leftover, hello, &shared.protocol)
+    let mut hs = server_send_welcome(send, recv, leftover, hello, &shared.protocol)
         .await
-        .map_err(|e| (e.close, e.reason))
+        .map_err(|e| (e.close, e.reason))?;
+    hs.auth = auth;
+    Ok(hs)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

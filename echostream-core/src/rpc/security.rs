@@ -1,0 +1,632 @@
+//! Security settings of servers and clients, and the per-connection guard that applies them.
+//!
+//! - `SecurityPolicy` (one per side, shared by its connections): the interceptor chain, rate
+//!   limits, the default handler timeout.
+//! - `ConnGuard` (one per connection): who the peer is, its token buckets, and the bound on
+//!   answers waiting for the write queue.
+//! - the builder methods for authentication, access control, limits and TLS options
+//!   (`RpcServer::builder().authenticator(..).protect(..).rate_limit(..)`,
+//!   `RpcClient::builder().token(..).client_identity(..)`).
+//! - [`check_stream_open`]: the function the stream manager calls before accepting a stream, so
+//!   stream opens pass the same rate limits and interceptors as requests.
+
+use crate::connection::client_auth::{ClientAuth, ClientIdentity, KeyLog, PeerCertificate, ServerTls};
+use crate::connection::tls::LoadedIdentity;
+use crate::protocol::Peer;
+use crate::rpc::auth::{Authenticator, PeerAuth, PeerIdentity, AUTH_METADATA_KEY};
+use crate::rpc::interceptor::{CallKind, Interceptor};
+use crate::rpc::limits::{
+    rate_limited, AddressValidation, Admission, AdmissionStats, Pattern, RateLimit, Slot, TokenBucket,
+    Verdict,
+};
+use crate::rpc::{ClientBuilder, Context, Handler, Payload, ServerBuilder, ServerHandle};
+use echostream_types::{Metadata, Status};
+use futures::future::BoxFuture;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Default deadline of a handler whose request carries none (`CallOptions::no_timeout`).
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Default most payload bytes of running requests per connection (at least the frame limit).
+pub const DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
+/// Payload bytes of events queued for listeners per connection (at least the frame limit).
+const DEFAULT_EVENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Large frames (side streams) reassembled at once per connection.
+const SIDE_FRAME_SLOTS: usize = 2;
+
+/// Default most connections from one source IP address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1000;
+
+/// Per-side settings applied to every call a peer makes on this side.
+#[derive(Clone)]
+pub(crate) struct SecurityPolicy {
+    /// Interceptors in registration order, each for the names its pattern matches.
+    chain: Vec<(Pattern, Arc<dyn Interceptor>)>,
+    connection_rate: Option<RateLimit>,
+    /// Per-method rules: each rule has one bucket per connection, shared by the names it matches.
+    method_rates: Vec<(Pattern, RateLimit)>,
+    /// Deadline for handlers whose request has none.
+    handler_timeout: Option<Duration>,
+    /// Payload bytes of the peer's requests running at once on one connection.
+    request_bytes: usize,
+}
+
+impl Default for SecurityPolicy {
+    fn default() -> Self {
+        Self {
+            chain: Vec::new(),
+            connection_rate: None,
+            method_rates: Vec::new(),
+            handler_timeout: Some(DEFAULT_HANDLER_TIMEOUT),
+            request_bytes: DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
+        }
+    }
+}
+
+impl std::fmt::Debug for SecurityPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityPolicy")
+            .field("interceptors", &self.chain.len())
+            .field("connection_rate", &self.connection_rate)
+            .field("method_rates", &self.method_rates)
+            .field("handler_timeout", &self.handler_timeout)
+            .finish()
+    }
+}
+
+/// Security state of one connection.
+pub(crate) struct ConnGuard {
+    pub(crate) auth: PeerAuth,
+    policy: Arc<SecurityPolicy>,
+    connection_bucket: Option<Mutex<TokenBucket>>,
+    /// One bucket per `policy.method_rates` rule, same order.
+    method_buckets: Vec<Mutex<TokenBucket>>,
+    /// Permits for answers sent from short tasks (refusals, errors) while the write queue is
+    /// full; the reader stops reading while none is left, so a peer that sends requests without
+    /// reading the answers cannot make them pile up.
+    replies: Arc<Semaphore>,
+    /// One permit per payload byte of running requests.
+    request_bytes: Arc<Semaphore>,
+    request_bytes_limit: usize,
+    /// Large frames being reassembled from side streams.
+    side_frames: Semaphore,
+    /// One permit per payload byte of events queued for listeners (released when the event
+    /// has been processed); the reader waits for permits, pushing back on the sender.
+    event_bytes: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for ConnGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnGuard")
+            .field("identity", &self.auth.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnGuard {
+    pub(crate) fn new(
+        conn: &quinn::Connection,
+        config: &crate::protocol::ProtocolConfig,
+        mut auth: PeerAuth,
+    ) -> Self {
+        let policy = config.security.clone();
+        let reply_backlog = config.max_concurrent_requests;
+        // A request as large as the frame limit must always be able to run alone.
+        let request_bytes_limit = policy.request_bytes.max(config.max_frame_size as usize);
+        if auth.certificate.is_none() {
+            auth.certificate = PeerCertificate::of_connection(conn).map(Arc::new);
+        }
+        let now = Instant::now();
+        Self {
+            auth,
+            connection_bucket: policy
+                .connection_rate
+                .map(|r| Mutex::new(TokenBucket::new(r, now))),
+            method_buckets: policy
+                .method_rates
+                .iter()
+                .map(|(_, r)| Mutex::new(TokenBucket::new(*r, now)))
+                .collect(),
+            policy,
+            replies: Arc::new(Semaphore::new(reply_backlog.max(1))),
+            request_bytes: Arc::new(Semaphore::new(request_bytes_limit)),
+            request_bytes_limit,
+            side_frames: Semaphore::new(SIDE_FRAME_SLOTS),
+            event_bytes: Arc::new(Semaphore::new(
+                DEFAULT_EVENT_BYTES.max(config.max_frame_size as usize),
+            )),
+        }
+    }
+
+    /// Waits until `len` bytes of queued events fit in the budget, then takes them; they come
+    /// back through [`ConnGuard::release_event_bytes_on_drop`].
+    pub(crate) async fn reserve_event_bytes(&self, len: usize) {
+        let n = u32::try_from(len).unwrap_or(u32::MAX);
+        if let Ok(permit) = self.event_bytes.acquire_many(n).await {
+            permit.forget();
+        }
+    }
+
+    /// Gives `len` event bytes back to the budget when the returned value drops.
+    pub(crate) fn release_event_bytes_on_drop(&self, len: usize) -> EventBytes {
+        EventBytes {
+            budget: self.event_bytes.clone(),
+            len: u32::try_from(len).unwrap_or(u32::MAX) as usize,
+        }
+    }
+
+    /// Reserves `len` payload bytes for a request of `method` until the returned permit drops,
+    /// or refuses it with `RESOURCE_EXHAUSTED` naming the limit.
+    pub(crate) fn reserve_request_bytes(
+        &self,
+        method: &str,
+        len: usize,
+    ) -> Result<Option<OwnedSemaphorePermit>, Status> {
+        if len == 0 {
+            return Ok(None);
+        }
+        let refused = || {
+            Status::new(
+                echostream_types::Code::RESOURCE_EXHAUSTED,
+                format!(
+                    "`{method}` refused: its {len}-byte argument would take the payload bytes of \
+                     requests running on this connection over the limit of {} bytes; retry later",
+                    self.request_bytes_limit
+                ),
+            )
+        };
+        let n = u32::try_from(len).map_err(|_| refused())?;
+        self.request_bytes
+            .clone()
+            .try_acquire_many_owned(n)
+            .map(Some)
+            .map_err(|_| refused())
+    }
+
+    /// Waits for one of the connection's large-frame reassembly slots.
+    pub(crate) async fn side_frame_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.side_frames.acquire().await.ok()
+    }
+
+    /// Takes a token from the connection's bucket and from the bucket of every per-method rule
+    /// matching `name`; the first empty one refuses the call with `RATE_LIMITED`.
+    pub(crate) fn check_rate(&self, name: &str) -> Result<(), Status> {
+        let now = Instant::now();
+        if let (Some(bucket), Some(limit)) = (&self.connection_bucket, self.policy.connection_rate) {
+            lock(bucket)
+                .take(now)
+                .map_err(|wait| rate_limited(name, "per connection", limit, wait))?;
+        }
+        for ((pattern, limit), bucket) in self.policy.method_rates.iter().zip(&self.method_buckets) {
+            if pattern.matches(name) {
+                lock(bucket).take(now).map_err(|wait| {
+                    rate_limited(name, &format!("for `{pattern}` per connection"), *limit, wait)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn has_chain(&self) -> bool {
+        !self.policy.chain.is_empty()
+    }
+
+    /// Runs the interceptors that match the call's name, in order.
+    pub(crate) async fn check_chain(&self, ctx: &Context, kind: CallKind) -> Result<(), Status> {
+        for (pattern, interceptor) in &self.policy.chain {
+            if pattern.matches(ctx.method()) {
+                interceptor.intercept(ctx, kind).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The deadline a handler runs with: the caller's, else the default handler timeout.
+    pub(crate) fn handler_deadline(&self, requested: Option<Duration>) -> Option<Duration> {
+        requested.or(self.policy.handler_timeout)
+    }
+
+    /// A permit for one answer sent from its own task; `None` when the backlog is full (the
+    /// reader then waits in [`ConnGuard::wait_for_reply_room`] before reading more).
+    pub(crate) fn reply_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.replies.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits until an answer permit is free.
+    pub(crate) async fn wait_for_reply_room(&self) {
+        if self.replies.available_permits() == 0 {
+            let _ = self.replies.acquire().await;
+        }
+    }
+}
+
+/// Event bytes held while an event is processed (see [`ConnGuard::release_event_bytes_on_drop`]).
+pub(crate) struct EventBytes {
+    budget: Arc<Semaphore>,
+    len: usize,
+}
+
+impl Drop for EventBytes {
+    fn drop(&mut self) {
+        self.budget.add_permits(self.len);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Wraps a handler call with the interceptor chain (the rate limits were checked by the reader).
+pub(crate) fn guarded_call(
+    peer: &Peer,
+    handler: Arc<dyn Handler>,
+    ctx: Context,
+    args: Payload,
+    reservation: Option<OwnedSemaphorePermit>,
+) -> BoxFuture<'static, Result<Payload, Status>> {
+    let peer = peer.clone();
+    Box::pin(async move {
+        // Holds the argument's bytes against the connection's budget until the call ends.
+        let _reservation = reservation;
+        if peer.guard().has_chain() {
+            peer.guard().check_chain(&ctx, CallKind::Request).await?;
+        }
+        handler.call(ctx, args).await
+    })
+}
+
+/// Rate limits and interceptors for an incoming event; `Err` means drop it.
+pub(crate) async fn check_event(peer: &Peer, name: &str, metadata: &Metadata) -> Result<(), Status> {
+    let guard = peer.guard();
+    guard.check_rate(name)?;
+    if guard.has_chain() {
+        let ctx = Context::new(name.to_owned(), None, metadata.clone(), None, peer.clone());
+        catching_panics(name, guard.check_chain(&ctx, CallKind::Event)).await?;
+    }
+    Ok(())
+}
+
+/// Runs an interceptor check, turning a panic into an `INTERNAL` denial.
+async fn catching_panics(
+    name: &str,
+    check: impl std::future::Future<Output = Result<(), Status>>,
+) -> Result<(), Status> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(check).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!(name, "an interceptor panicked");
+            Err(Status::new(
+                echostream_types::Code::INTERNAL,
+                format!("an interceptor panicked while checking `{name}`"),
+            ))
+        }
+    }
+}
+
+/// Applies this side's rate limits and interceptors to a stream the peer wants to open.
+///
+/// The stream manager calls it before accepting a stream named `name` with the opener's
+/// `metadata`; on `Err` it refuses the stream and sends the status's message to the opener as
+/// the reason. On `Ok` it returns the [`Context`] the stream handler receives (its
+/// [`Context::identity`] is the opener's).
+pub async fn check_stream_open(peer: &Peer, name: &str, metadata: &Metadata) -> Result<Context, Status> {
+    let guard = peer.guard();
+    guard.check_rate(name)?;
+    let ctx = Context::new(name.to_owned(), None, metadata.clone(), None, peer.clone());
+    catching_panics(name, guard.check_chain(&ctx, CallKind::StreamOpen)).await?;
+    Ok(ctx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server side
+// ---------------------------------------------------------------------------------------------
+
+/// Server security settings collected by the builder.
+pub(crate) struct ServerSecurity {
+    policy: SecurityPolicy,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    pub(crate) tls: ServerTls,
+    max_per_address: usize,
+    validation: AddressValidation,
+}
+
+impl Default for ServerSecurity {
+    fn default() -> Self {
+        Self {
+            policy: SecurityPolicy::default(),
+            authenticator: None,
+            tls: ServerTls::default(),
+            max_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            validation: AddressValidation::default(),
+        }
+    }
+}
+
+impl ServerSecurity {
+    /// Installs the policy in the protocol settings and builds the server's guard.
+    pub(crate) fn finish(
+        self,
+        mut protocol: crate::protocol::ProtocolConfig,
+        max_connections: usize,
+    ) -> (crate::protocol::ProtocolConfig, Arc<ServerGuard>) {
+        protocol.security = Arc::new(self.policy);
+        let guard = ServerGuard {
+            authenticator: self.authenticator,
+            admission: Arc::new(Admission::new(
+                max_connections,
+                self.max_per_address,
+                self.validation,
+            )),
+        };
+        (protocol, Arc::new(guard))
+    }
+}
+
+/// What the accept loop and the admission of each connection need.
+pub(crate) struct ServerGuard {
+    authenticator: Option<Arc<dyn Authenticator>>,
+    admission: Arc<Admission>,
+}
+
+impl ServerGuard {
+    /// Applies the connection limits and address validation to an attempt, before any TLS
+    /// work. Returns the attempt and its slot when it may proceed.
+    pub(crate) fn screen(&self, incoming: quinn::Incoming) -> Option<(quinn::Incoming, Slot)> {
+        let remote = incoming.remote_address();
+        match self.admission.decide(remote, incoming.remote_address_validated()) {
+            Verdict::Accept => Some((incoming, self.admission.occupy(remote))),
+            Verdict::Retry => {
+                if incoming.may_retry() {
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().ignore();
+                    }
+                } else {
+                    incoming.ignore();
+                }
+                None
+            }
+            Verdict::Refuse(reason) => {
+                // Debug level: a flood must not turn into a flood of log lines.
+                tracing::debug!(%remote, reason, "connection refused before TLS");
+                incoming.refuse();
+                None
+            }
+        }
+    }
+
+    /// Authenticates a client after its hello.
+    pub(crate) async fn authenticate(
+        &self,
+        conn: &quinn::Connection,
+        hello: &Metadata,
+    ) -> Result<PeerAuth, String> {
+        crate::rpc::auth::authenticate(self.authenticator.as_ref(), conn, hello).await
+    }
+}
+
+/// Security and limits of a server.
+impl ServerBuilder {
+    /// Checks each client's credentials (hello metadata) and certificate once per connection;
+    /// see [`Authenticator`]. A rejected client's `connect` fails with
+    /// [`Error::Rejected`](crate::Error::Rejected) and the reason.
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.security.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
+    /// Asks clients for certificates (mutual TLS); see [`ClientAuth`].
+    pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
+        self.security.tls.client_auth = client_auth;
+        self
+    }
+
+    /// Writes TLS session secrets for packet analysers. For debugging only: anyone with the
+    /// file can decrypt the traffic; a warning is logged.
+    pub fn tls_key_log(mut self, key_log: KeyLog) -> Self {
+        self.security.tls.key_log = Some(key_log);
+        self
+    }
+
+    /// Runs `interceptor` before every request, event and stream open (see
+    /// [`interceptor`](crate::rpc::interceptor) for the order).
+    pub fn interceptor(self, interceptor: impl Interceptor) -> Self {
+        self.protect("*", interceptor)
+    }
+
+    /// Runs `interceptor` before the calls whose name matches `pattern`: `"admin.*"` (prefix),
+    /// `"user.delete"` (exact) or `"*"` (all).
+    ///
+    /// ```no_run
+    /// # use echostream_core::rpc::{RpcServer, require_role};
+    /// let builder = RpcServer::builder().protect("admin.*", require_role("admin"));
+    /// ```
+    pub fn protect(mut self, pattern: &str, interceptor: impl Interceptor) -> Self {
+        self.security
+            .policy
+            .chain
+            .push((Pattern::parse(pattern), Arc::new(interceptor)));
+        self
+    }
+
+    /// Calls (requests, events, stream opens) one connection may make, all names together
+    /// (default: unlimited). Over the limit a request fails with `RATE_LIMITED` and a retry
+    /// delay; the connection stays usable.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.security.policy.connection_rate = Some(limit);
+        self
+    }
+
+    /// Calls of the names matching `pattern` one connection may make (one bucket per rule and
+    /// connection, shared by the names the pattern matches).
+    pub fn method_rate_limit(mut self, pattern: &str, limit: RateLimit) -> Self {
+        self.security
+            .policy
+            .method_rates
+            .push((Pattern::parse(pattern), limit));
+        self
+    }
+
+    /// Payload bytes of one connection's requests that may be running at once (default
+    /// 64 MiB, never less than the frame limit). A request over it is refused with
+    /// `RESOURCE_EXHAUSTED`; this bounds what a peer can make the server hold in memory.
+    pub fn max_request_bytes_in_flight(mut self, bytes: usize) -> Self {
+        self.security.policy.request_bytes = bytes;
+        self
+    }
+
+    /// Deadline of a handler whose request carries none (default 300 s; `None`: no limit).
+    /// Past it the handler is cancelled and the caller gets `DEADLINE_EXCEEDED`.
+    pub fn default_handler_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.security.policy.handler_timeout = timeout;
+        self
+    }
+
+    /// Most connections from one IP address, counting handshakes in progress (default 1000).
+    /// Attempts beyond it are refused before any TLS work.
+    pub fn max_connections_per_address(mut self, n: usize) -> Self {
+        self.security.max_per_address = n;
+        self
+    }
+
+    /// When new clients must prove their address with a QUIC Retry before any TLS work
+    /// (default: when more than 64 handshakes are in progress).
+    pub fn address_validation(mut self, validation: AddressValidation) -> Self {
+        self.security.validation = validation;
+        self
+    }
+}
+
+impl ServerHandle {
+    /// What the server did with connection attempts before TLS: retries, refusals, accepted.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        self.security_guard().admission.stats()
+    }
+
+    /// Connections the admission control tracks now: (connections in any stage, distinct source
+    /// addresses, handshakes in progress). For tests and monitoring.
+    #[doc(hidden)]
+    pub fn admission_tracked(&self) -> (usize, usize, usize) {
+        self.security_guard().admission.tracked()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side
+// ---------------------------------------------------------------------------------------------
+
+/// Client security settings collected by the builder.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ClientSecurity {
+    identity: Option<ClientIdentity>,
+    key_log: Option<KeyLog>,
+}
+
+/// [`ClientSecurity`] with the identity loaded, ready for every connection attempt.
+#[derive(Debug, Default)]
+pub(crate) struct LoadedClientSecurity {
+    identity: Option<LoadedIdentity>,
+    key_log: Option<KeyLog>,
+}
+
+impl ClientSecurity {
+    pub(crate) fn load(&self) -> Result<LoadedClientSecurity, crate::Error> {
+        Ok(LoadedClientSecurity {
+            identity: self.identity.as_ref().map(|i| i.load()).transpose()?,
+            key_log: self.key_log.clone(),
+        })
+    }
+}
+
+impl LoadedClientSecurity {
+    /// The rustls client configuration for one attempt.
+    pub(crate) fn client_crypto(
+        &self,
+        trust: &crate::connection::tls::ClientTrust,
+        host_key: &str,
+    ) -> Result<(rustls::ClientConfig, crate::connection::tls::TrustReport), crate::Error> {
+        Ok(crate::connection::client_auth::client_crypto(
+            trust,
+            host_key,
+            self.identity.as_ref(),
+            self.key_log.as_ref(),
+        )?)
+    }
+}
+
+/// Credentials and TLS options of a client.
+impl ClientBuilder {
+    /// Sends `token` as the credentials in the hello (metadata key
+    /// [`AUTH_METADATA_KEY`]), for the server's [`Authenticator`].
+    pub fn token(self, token: impl Into<String>) -> Self {
+        self.credentials(token.into())
+    }
+
+    /// Sends arbitrary bytes as the credentials in the hello.
+    pub fn credentials(self, credentials: impl Into<bytes::Bytes>) -> Self {
+        self.metadata(AUTH_METADATA_KEY, credentials)
+    }
+
+    /// Presents this certificate to servers that ask for one (mutual TLS).
+    pub fn client_identity(mut self, identity: ClientIdentity) -> Self {
+        self.security.identity = Some(identity);
+        self
+    }
+
+    /// Writes TLS session secrets for packet analysers. For debugging only; a warning is logged.
+    pub fn tls_key_log(mut self, key_log: KeyLog) -> Self {
+        self.security.key_log = Some(key_log);
+        self
+    }
+}
+
+/// When the server refused the attempt before TLS (connection limits), the reason to show.
+pub(crate) fn refused_before_tls(e: &quinn::ConnectionError) -> Option<String> {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            Some(
+                "the server refused the connection before the TLS handshake: it is at a \
+                 connection limit (total, or per address)"
+                    .to_string(),
+            )
+        }
+        _ => None,
+    }
+}
+
+impl Context {
+    /// Who the caller is, as established when it connected (authenticator or client
+    /// certificate); `None` for an anonymous caller.
+    pub fn identity(&self) -> Option<&PeerIdentity> {
+        self.peer().identity()
+    }
+
+    /// The certificate the caller presented (mutual TLS on a server; the server's certificate
+    /// on a client).
+    pub fn peer_certificate(&self) -> Option<&PeerCertificate> {
+        self.peer().peer_certificate()
+    }
+
+    /// True when the caller has an identity.
+    pub fn is_authenticated(&self) -> bool {
+        self.identity().is_some()
+    }
+}
+
+impl Peer {
+    /// Who the peer is (see [`Context::identity`]).
+    pub fn identity(&self) -> Option<&PeerIdentity> {
+        self.guard().auth.identity.as_deref()
+    }
+
+    /// The certificate the peer presented, with its names.
+    pub fn peer_certificate(&self) -> Option<&PeerCertificate> {
+        self.guard().auth.certificate.as_deref()
+    }
+}
