@@ -1,7 +1,8 @@
 //! # EchoStream
 //!
-//! A QUIC RPC framework: typed requests, one-way events and (soon) streams
-//! over one encrypted connection, in both directions.
+//! A QUIC RPC framework: typed requests, one-way events and streams (each
+//! with an out-of-band error half) over one encrypted connection, in both
+//! directions.
 //!
 //! ```no_run
 //! use echostream::prelude::*;
@@ -26,14 +27,20 @@
 //! - [`rpc`], [`tls`], [`protocol`]: the runtime (from `echostream-core`).
 //! - [`types`]: wire frames, codecs and status codes (from `echostream-types`).
 //! - `#[handler]`: the attribute that turns an `async fn` into a [`rpc::Handler`].
+//! - [`stream`]: [`XStream`], the [`Streams`] control handle, typed message
+//!   streams; `#[stream_handler]` turns an `async fn` into a stream acceptor.
 //!
 //! The architecture and the wire protocol are described in `ARCHITECTURE.md`.
 
 pub use echostream_core::connection::tls;
 pub use echostream_core::connection::tls::{ClientTrust, Fingerprint, ServerIdentity};
 pub use echostream_core::rpc::{CallOptions, Context, Handler, Listener, Peer, RpcClient, RpcServer};
-pub use echostream_core::{connection, protocol, rpc, Error, Result};
+pub use echostream_core::stream::{
+    IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams, XStream,
+};
+pub use echostream_core::{connection, protocol, rpc, stream, Error, Result};
 pub use echostream_derive::handler;
+pub use echostream_derive::stream_handler;
 pub use echostream_types as types;
 pub use echostream_types::{Code, Codec, Metadata, Status};
 
@@ -41,6 +48,11 @@ pub use echostream_types::{Code, Codec, Metadata, Status};
 pub mod prelude {
     pub use crate::handler;
     pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
+    pub use crate::stream::{stream_handler_fn, StreamHandler, StreamOptions};
+    pub use crate::{
+        IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,
+        XStream,
+    };
     pub use crate::{
         CallOptions, ClientTrust, Code, Codec, Context, Error, Fingerprint, Peer, Result, RpcClient,
         RpcServer, ServerIdentity, Status,
@@ -52,6 +64,9 @@ pub mod prelude {
 pub mod __private {
     pub use echostream_core::rpc::{
         decode_args, encode_reply, Context, Handler, HandlerRegistration, Payload,
+    };
+    pub use echostream_core::stream::{
+        FromXStream, StreamHandler, StreamHandlerRegistration, StreamHandlerResult, XStream,
     };
     pub use echostream_types::{Codec, Status};
     pub use futures::future::BoxFuture;

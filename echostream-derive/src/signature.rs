@@ -117,7 +117,7 @@ pub(crate) fn check(item: &ItemFn) -> syn::Result<HandlerSig<'_>> {
 }
 
 /// Whether `ty` names the context: a path whose last segment is `Context`.
-fn is_context(ty: &Type) -> bool {
+pub(crate) fn is_context(ty: &Type) -> bool {
     match strip_groups(ty) {
         Type::Path(path) if path.qself.is_none() => path
             .path
@@ -128,7 +128,7 @@ fn is_context(ty: &Type) -> bool {
     }
 }
 
-fn as_reference(ty: &Type) -> Option<&TypeReference> {
+pub(crate) fn as_reference(ty: &Type) -> Option<&TypeReference> {
     match strip_groups(ty) {
         Type::Reference(reference) => Some(reference),
         _ => None,
@@ -137,7 +137,7 @@ fn as_reference(ty: &Type) -> Option<&TypeReference> {
 
 /// Looks through the invisible groups `macro_rules!` wraps captured types in,
 /// and through parentheses.
-fn strip_groups(mut ty: &Type) -> &Type {
+pub(crate) fn strip_groups(mut ty: &Type) -> &Type {
     loop {
         match ty {
             Type::Group(group) => ty = &group.elem,

@@ -189,6 +189,8 @@ struct Shared {
     /// Why the connection ended, once it has.
     closed: OnceLock<Closed>,
     events: mpsc::Sender<(EventFrame, Peer)>,
+    /// Application streams of this connection (pairing table, limits).
+    streams: crate::stream::ConnStreams,
 }
 
 /// A handle to one connection, usable from either side: send requests and
@@ -224,6 +226,7 @@ impl Peer {
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
         let fingerprint = peer_fingerprint(&conn);
         let shared = Arc::new(Shared {
+            streams: crate::stream::ConnStreams::new(&conn, router.stream_registry()),
             remote: conn.remote_address(),
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             conn,
@@ -250,6 +253,10 @@ impl Peer {
         tokio::spawn(side_stream_task(peer.clone()).instrument(span.clone()));
         tokio::spawn(event_task(ev_rx).instrument(span));
         peer
+    }
+
+    pub(crate) fn stream_state(&self) -> &crate::stream::ConnStreams {
+        &self.shared.streams
     }
 
     /// The peer's address.
@@ -990,8 +997,8 @@ async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut)
     }
 }
 
-/// Accepts unidirectional streams carrying one large frame each; refuses
-/// bidirectional streams (reserved for application streams).
+/// Accepts unidirectional streams (one large frame each, or XStream error
+/// halves) and bidirectional streams (XStream data halves).
 async fn side_stream_task(peer: Peer) {
     let conn = peer.shared.conn.clone();
     loop {
@@ -999,7 +1006,15 @@ async fn side_stream_task(peer: Peer) {
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
                     let peer = peer.clone();
-                    tokio::spawn(async move { read_side_frame(peer, recv).await });
+                    tokio::spawn(async move {
+                        let mut recv = recv;
+                        let mut kind = [0u8; 1];
+                        match recv.read_exact(&mut kind).await {
+                            Ok(()) if kind[0] == crate::stream::ERROR_HALF => crate::stream::incoming_uni(peer, recv).await,
+                            Ok(()) => read_side_frame(peer, kind[0], recv).await,
+                            Err(e) => tracing::debug!(error = %e, "side stream read failed"),
+                        }
+                    });
                 }
                 Err(e) => {
                     peer.mark_closed_from(&e);
@@ -1007,11 +1022,8 @@ async fn side_stream_task(peer: Peer) {
                 }
             },
             bi = conn.accept_bi() => match bi {
-                Ok((mut send, mut recv)) => {
-                    // Application streams arrive with the streams feature; until
-                    // then refuse them explicitly.
-                    let _ = send.reset(STREAM_REFUSED.into());
-                    let _ = recv.stop(STREAM_REFUSED.into());
+                Ok((send, recv)) => {
+                    tokio::spawn(crate::stream::incoming_bi(peer.clone(), send, recv));
                 }
                 Err(e) => {
                     peer.mark_closed_from(&e);
@@ -1022,11 +1034,8 @@ async fn side_stream_task(peer: Peer) {
     }
 }
 
-/// Stream reset code: the stream type is not supported.
-const STREAM_REFUSED: u32 = 1;
-
-async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
-    let limit = peer.shared.config.max_frame_size as usize + LENGTH_PREFIX + 1;
+async fn read_side_frame(peer: Peer, kind: u8, mut recv: quinn::RecvStream) {
+    let limit = peer.shared.config.max_frame_size as usize + LENGTH_PREFIX;
     let data = match recv.read_to_end(limit).await {
         Ok(d) => d,
         Err(quinn::ReadToEndError::TooLong) => {
@@ -1045,15 +1054,13 @@ async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
         }
     };
     let mut buf = BytesMut::from(&data[..]);
-    let kind = if buf.is_empty() { None } else { Some(buf[0]) };
-    if kind != Some(UNI_FRAME) {
+    if kind != UNI_FRAME {
         peer.close_with(
             CloseCode::PROTOCOL_VIOLATION,
-            &format!("unidirectional stream of unknown type {kind:?}"),
+            &format!("unidirectional stream of unknown type {kind:#04x}"),
         );
         return;
     }
-    let _ = buf.split_to(1);
     let decoder = FrameDecoder::new(peer.shared.config.max_frame_size);
     let result = match decoder.decode(&mut buf) {
         Ok(Some(f)) if buf.is_empty() => match f {
