@@ -50,12 +50,12 @@ pub mod prelude {
     pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
     pub use crate::stream::{stream_handler_fn, StreamHandler, StreamOptions};
     pub use crate::{
-        IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,
-        XStream,
-    };
-    pub use crate::{
         CallOptions, ClientTrust, Code, Codec, Context, Error, Fingerprint, Peer, Result, RpcClient,
         RpcServer, ServerIdentity, Status,
+    };
+    pub use crate::{
+        IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,
+        XStream,
     };
 }
 

@@ -25,14 +25,19 @@ async fn states_are_explicit_and_each_refusal_names_the_state() {
     assert_eq!(p.opener.state(), StreamState::WriteClosed);
     match p.opener.write_all(b"more").await {
         Err(StreamError::InvalidState { op, state, stream }) => {
-            assert_eq!((op, state, stream.as_str()), ("write", StreamState::WriteClosed, "t"));
+            assert_eq!(
+                (op, state, stream.as_str()),
+                ("write", StreamState::WriteClosed, "t")
+            );
         }
         other => panic!("expected a write-closed refusal, got {other:?}"),
     }
     let err = p.opener.write_eof().await.unwrap_err();
     assert!(err.to_string().contains("write-closed"), "{err}");
 
-    let got = bounded("acceptor read_to_end", p.acceptor.read_to_end()).await.unwrap();
+    let got = bounded("acceptor read_to_end", p.acceptor.read_to_end())
+        .await
+        .unwrap();
     assert_eq!(got, b"hello");
     assert_eq!(p.acceptor.state(), StreamState::ReadClosed);
     match p.acceptor.read(&mut [0u8; 4]).await {
@@ -54,7 +59,9 @@ async fn states_are_explicit_and_each_refusal_names_the_state() {
         })
     ));
 
-    let got = bounded("opener read_to_end", p.opener.read_to_end()).await.unwrap();
+    let got = bounded("opener read_to_end", p.opener.read_to_end())
+        .await
+        .unwrap();
     assert_eq!(got, b"bye");
     assert_eq!(p.opener.state(), StreamState::Closed);
     assert_eq!(bounded("error_read", p.opener.error_read()).await.unwrap(), b"");
@@ -69,7 +76,10 @@ async fn states_are_explicit_and_each_refusal_names_the_state() {
         }
         other => panic!("expected an error-state refusal, got {other:?}"),
     }
-    eventually("the opener sees the error state", || p.opener.state() == StreamState::Error).await;
+    eventually("the opener sees the error state", || {
+        p.opener.state() == StreamState::Error
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -77,7 +87,10 @@ async fn received_error_is_cached_for_every_error_read() {
     let p = pair().await;
     p.acceptor.error_write(b"disk full", false).await.unwrap();
     for _ in 0..3 {
-        assert_eq!(bounded("error_read", p.opener.error_read()).await.unwrap(), b"disk full");
+        assert_eq!(
+            bounded("error_read", p.opener.error_read()).await.unwrap(),
+            b"disk full"
+        );
     }
     assert_eq!(p.opener.error_received().as_deref(), Some(&b"disk full"[..]));
     // Reads report the same error, again and again.
@@ -102,7 +115,10 @@ async fn second_error_write_is_refused() {
         }
         other => panic!("expected ErrorAlreadyWritten, got {other:?}"),
     }
-    assert_eq!(bounded("error_read", p.opener.error_read()).await.unwrap(), b"first");
+    assert_eq!(
+        bounded("error_read", p.opener.error_read()).await.unwrap(),
+        b"first"
+    );
     // Only the acceptor writes errors; only the opener reads them.
     assert!(matches!(
         p.opener.error_write(b"x", false).await,
@@ -138,7 +154,11 @@ async fn error_with_data_flush_arrives_after_all_data_already_written() {
             Err(e) => break e,
         }
     };
-    assert_eq!(got.len(), data.len(), "every byte written before the error arrives first");
+    assert_eq!(
+        got.len(),
+        data.len(),
+        "every byte written before the error arrives first"
+    );
     assert!(got == data);
     match err {
         StreamError::Remote { data, .. } => assert_eq!(&data[..], b"after the data"),
@@ -156,9 +176,15 @@ async fn error_without_data_flush_overtakes_queued_data() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     p.acceptor.error_write(b"abandon", false).await.unwrap();
     let blocked = bounded("blocked acceptor write", writer).await.unwrap();
-    assert!(blocked.is_err(), "the acceptor's own blocked write ends with the error state");
+    assert!(
+        blocked.is_err(),
+        "the acceptor's own blocked write ends with the error state"
+    );
     // Wait for the error, then read: the error comes before the queued data.
-    assert_eq!(bounded("error_read", p.opener.error_read()).await.unwrap(), b"abandon");
+    assert_eq!(
+        bounded("error_read", p.opener.error_read()).await.unwrap(),
+        b"abandon"
+    );
     let mut got = 0usize;
     let err = loop {
         match bounded("read", p.opener.read_chunk()).await {
@@ -168,7 +194,10 @@ async fn error_without_data_flush_overtakes_queued_data() {
         }
     };
     assert!(matches!(err, StreamError::Remote { .. }), "{err:?}");
-    assert!(got < 32 * 1024 * 1024, "the error overtook queued data ({got} bytes read)");
+    assert!(
+        got < 32 * 1024 * 1024,
+        "the error overtook queued data ({got} bytes read)"
+    );
 }
 
 #[tokio::test]
@@ -220,13 +249,18 @@ async fn connection_loss_mid_stream_gives_both_sides_connection_lost() {
     let p = pair().await;
     p.opener.write_all(b"partial").await.unwrap();
     let mut buf = [0u8; 7];
-    bounded("partial data", p.acceptor.read_exact(&mut buf)).await.unwrap();
+    bounded("partial data", p.acceptor.read_exact(&mut buf))
+        .await
+        .unwrap();
     let (o, a) = (p.opener.clone(), p.acceptor.clone());
     let opener_read = tokio::spawn(async move { o.read(&mut [0u8; 16]).await });
     let acceptor_read = tokio::spawn(async move { a.read(&mut [0u8; 16]).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The connection dies abruptly (no stream is closed first).
-    p.client.peer().quinn_connection().close(0u32.into(), b"pulled the cable");
+    p.client
+        .peer()
+        .quinn_connection()
+        .close(0u32.into(), b"pulled the cable");
     for (side, r) in [
         ("opener", bounded("opener read", opener_read).await.unwrap()),
         ("acceptor", bounded("acceptor read", acceptor_read).await.unwrap()),
@@ -254,7 +288,10 @@ async fn dropping_without_close_resets_both_halves_as_peer_dropped() {
     // The acceptor drops: the opener's read and its error half report it.
     let p = pair().await;
     let Pair {
-        opener, acceptor, srv, ..
+        opener,
+        acceptor,
+        srv,
+        ..
     } = p;
     let o = opener.clone();
     let reader = tokio::spawn(async move { o.read(&mut [0u8; 16]).await });
@@ -275,7 +312,10 @@ async fn dropping_without_close_resets_both_halves_as_peer_dropped() {
     // The opener drops: the acceptor's read reports it.
     let p = pair().await;
     let Pair {
-        opener, acceptor, srv, ..
+        opener,
+        acceptor,
+        srv,
+        ..
     } = p;
     drop(opener);
     match bounded("acceptor read", acceptor.read(&mut [0u8; 16])).await {
@@ -404,7 +444,11 @@ async fn pairing_timeout_fails_an_open_whose_error_half_never_arrives() {
         other => panic!("expected a pairing timeout, got {other:?}"),
     }
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_eq!(client.streams().pending_pairings(), 0, "the waiting half was freed");
+    assert_eq!(
+        client.streams().pending_pairings(),
+        0,
+        "the waiting half was freed"
+    );
     assert_eq!(client.streams().open_count(), 0);
 }
 
@@ -429,10 +473,16 @@ async fn pairing_timeout_drops_an_error_half_whose_data_half_never_comes() {
         .connect(&addr)
         .await
         .unwrap();
-    eventually("the orphan half is held", || client.streams().pending_pairings() == 1).await;
+    eventually("the orphan half is held", || {
+        client.streams().pending_pairings() == 1
+    })
+    .await;
     let code = bounded("the orphan half is stopped", rx).await.unwrap();
     assert_eq!(code, Some(0x12), "stopped with the pairing-timeout code");
-    eventually("the orphan half is freed", || client.streams().pending_pairings() == 0).await;
+    eventually("the orphan half is freed", || {
+        client.streams().pending_pairings() == 0
+    })
+    .await;
     // The connection is still fine.
     assert!(!client.peer().is_closed());
 }
@@ -446,7 +496,10 @@ async fn pairing_timeout_drops_a_data_half_whose_header_never_completes() {
     // A data half that starts but never finishes its header.
     let (mut send, mut recv) = client.peer().quinn_connection().open_bi().await.unwrap();
     send.write_all(&[0x02, 0x00]).await.unwrap();
-    eventually("the server holds the half", || srv.streams.pending_pairings() == 1).await;
+    eventually("the server holds the half", || {
+        srv.streams.pending_pairings() == 1
+    })
+    .await;
     let mut b = [0u8; 1];
     match bounded("the server gives up", recv.read(&mut b)).await {
         Err(quinn::ReadError::Reset(c)) => assert_eq!(c.into_inner(), 0x12),

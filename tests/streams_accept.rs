@@ -23,10 +23,10 @@ async fn accepting_a_name_twice_is_already_registered() {
         other => panic!("expected AlreadyRegistered, got {other:?}"),
     }
     // A stream handler's name is taken too.
-    let srv2 = serve_streams(RpcServer::builder().stream_handler(stream_handler_fn(
-        "taken",
-        |_ctx: Context, _s: XStream| async {},
-    )));
+    let srv2 = serve_streams(
+        RpcServer::builder()
+            .stream_handler(stream_handler_fn("taken", |_ctx: Context, _s: XStream| async {})),
+    );
     assert!(matches!(
         srv2.streams.accept("taken"),
         Err(StreamError::AlreadyRegistered { .. })
@@ -85,7 +85,10 @@ async fn busy_when_the_acceptor_falls_behind() {
     match bounded("third open", client.open_stream("slow")).await {
         Err(e @ StreamError::Busy { .. }) => {
             let text = e.to_string();
-            assert!(text.contains("busy") && text.contains("2 streams waiting"), "{text}");
+            assert!(
+                text.contains("busy") && text.contains("2 streams waiting"),
+                "{text}"
+            );
         }
         other => panic!("expected Busy, got {other:?}"),
     }
@@ -127,7 +130,11 @@ async fn rejected_with_a_reason_via_the_decision_policy() {
     let client = connect(&srv.server).await;
     let md = |u: &str| Metadata::new().with("user", u.to_owned());
     let peer = client.peer().clone();
-    let ok = bounded("alice", srv.streams.open_stream_with(&peer, "camera.feed", md("alice"))).await;
+    let ok = bounded(
+        "alice",
+        srv.streams.open_stream_with(&peer, "camera.feed", md("alice")),
+    )
+    .await;
     assert!(ok.is_ok(), "{ok:?}");
     match bounded("mallory", peer.open_stream_with("camera.feed", md("mallory"))).await {
         Err(StreamError::Rejected { stream, reason }) => {
@@ -137,12 +144,16 @@ async fn rejected_with_a_reason_via_the_decision_policy() {
         other => panic!("expected Rejected with the reason, got {other:?}"),
     }
     match bounded("anonymous", peer.open_stream("camera.feed")).await {
-        Err(StreamError::Rejected { reason, .. }) => assert!(reason.contains("without a decision"), "{reason}"),
+        Err(StreamError::Rejected { reason, .. }) => {
+            assert!(reason.contains("without a decision"), "{reason}")
+        }
         other => panic!("expected Rejected, got {other:?}"),
     }
     // Back to the default policy.
     srv.streams.approve_all();
-    assert!(bounded("anonymous again", peer.open_stream("camera.feed")).await.is_ok());
+    assert!(bounded("anonymous again", peer.open_stream("camera.feed"))
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
@@ -161,7 +172,10 @@ async fn either_side_can_open_a_stream() {
     let (server_peer, up_accepted) = taken.unwrap();
     // The server opens toward the client on the same connection.
     let (down, taken) = bounded("server opens", async {
-        tokio::join!(srv.streams.open_stream(&server_peer, "down"), client_incoming.next())
+        tokio::join!(
+            srv.streams.open_stream(&server_peer, "down"),
+            client_incoming.next()
+        )
     })
     .await;
     let down = down.unwrap();

@@ -75,18 +75,27 @@ async fn one_gib_transfer_arrives_byte_exact() {
         acceptor.close().await.unwrap();
         r
     });
-    let sent = tokio::time::timeout(Duration::from_secs(600), send_generated(&p.opener, TOTAL, 1 << 20))
-        .await
-        .expect("1 GiB sent within 10 minutes");
+    let sent = tokio::time::timeout(
+        Duration::from_secs(600),
+        send_generated(&p.opener, TOTAL, 1 << 20),
+    )
+    .await
+    .expect("1 GiB sent within 10 minutes");
     let (len, got) = tokio::time::timeout(Duration::from_secs(600), receiver)
         .await
         .expect("1 GiB received within 10 minutes")
         .unwrap();
     assert_eq!(len, TOTAL);
-    assert_eq!(got, sent, "SHA-256 of what arrived equals SHA-256 of what was sent");
+    assert_eq!(
+        got, sent,
+        "SHA-256 of what arrived equals SHA-256 of what was sent"
+    );
     assert_eq!(bounded("clean end", p.opener.read_to_end()).await.unwrap(), b"");
     let secs = started.elapsed().as_secs_f64();
-    println!("1 GiB through one stream: {secs:.2} s ({:.0} MB/s)", TOTAL as f64 / secs / 1e6);
+    println!(
+        "1 GiB through one stream: {secs:.2} s ({:.0} MB/s)",
+        TOTAL as f64 / secs / 1e6
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +118,10 @@ async fn ten_mib_in_both_directions_at_once() {
     assert_eq!(up_got, up_sent);
     assert_eq!(down_len, TOTAL / (48 * 1024 + 7) * (48 * 1024 + 7));
     assert_eq!(down_got, down_sent);
-    println!("10 MiB each way at once: {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "10 MiB each way at once: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +154,12 @@ async fn ten_thousand_concurrent_echo_streams_on_one_connection_all_complete_and
         .await
         .expect("10,000 streams complete within 2 minutes");
     let failed: Vec<_> = all.into_iter().filter_map(|r| r.unwrap().err()).collect();
-    assert!(failed.is_empty(), "{} streams failed, first: {:?}", failed.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} streams failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
     let elapsed = started.elapsed();
     // Every stream is released on both sides, and no half waits for a partner.
     let streams = Arc::new(client.streams());
@@ -150,5 +167,8 @@ async fn ten_thousand_concurrent_echo_streams_on_one_connection_all_complete_and
     eventually("server streams released", || srv.streams.open_count() == 0).await;
     assert_eq!(streams.pending_pairings(), 0);
     assert_eq!(srv.streams.pending_pairings(), 0);
-    println!("{N} concurrent 64-byte echo streams on one connection: {:.0} ms", elapsed.as_secs_f64() * 1e3);
+    println!(
+        "{N} concurrent 64-byte echo streams on one connection: {:.0} ms",
+        elapsed.as_secs_f64() * 1e3
+    );
 }

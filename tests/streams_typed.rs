@@ -80,11 +80,23 @@ async fn typed_frames_with_metadata_and_a_handler_error_reaches_the_sender() {
         };
         stream.send(&f).await.unwrap();
     }
-    stream.send(AudioFrame { seq: 13, samples: vec![] }).await.unwrap();
+    stream
+        .send(AudioFrame {
+            seq: 13,
+            samples: vec![],
+        })
+        .await
+        .unwrap();
     // The handler's error arrives on a later send, or on finish: never silently dropped.
     let mut err = None;
     for seq in 14..10_000 {
-        if let Err(e) = stream.send(AudioFrame { seq, samples: vec![0; 64] }).await {
+        if let Err(e) = stream
+            .send(AudioFrame {
+                seq,
+                samples: vec![0; 64],
+            })
+            .await
+        {
             err = Some(e);
             break;
         }
@@ -118,7 +130,9 @@ async fn finish_reports_an_error_written_after_the_last_message() {
             n += 1;
         }
         // An explicit error after the sender finished.
-        let _ = s.fail(Status::new(Code(4100), format!("expected 5 values, got {n}"))).await;
+        let _ = s
+            .fail(Status::new(Code(4100), format!("expected 5 values, got {n}")))
+            .await;
     });
     let srv = serve_streams(RpcServer::builder().stream_handler(handler));
     let client = connect(&srv.server).await;
@@ -158,7 +172,9 @@ async fn too_large_message_ends_only_that_stream_with_clear_errors_on_both_sides
         RpcServer::builder()
             .stream_options(StreamOptions::new().max_message_size(1024))
             .stream_handler(handler)
-            .handler(handler_fn("ping", |_c: Context, _: ()| async { Ok::<_, Error>("pong") })),
+            .handler(handler_fn("ping", |_c: Context, _: ()| async {
+                Ok::<_, Error>("pong")
+            })),
     );
     let client = connect(&srv.server).await;
     let healthy = client.create_stream("blobs").await.unwrap();
@@ -168,7 +184,10 @@ async fn too_large_message_ends_only_that_stream_with_clear_errors_on_both_sides
     s.send(vec![0u8; 100]).await.unwrap();
     s.send(vec![0u8; 4096]).await.unwrap();
     let receiver_side = bounded("receiver error", rx.recv()).await.unwrap();
-    assert!(receiver_side.contains("blobs") && receiver_side.contains("limit of 1024 bytes"), "{receiver_side}");
+    assert!(
+        receiver_side.contains("blobs") && receiver_side.contains("limit of 1024 bytes"),
+        "{receiver_side}"
+    );
     let sender_side = match bounded("finish", s.finish()).await {
         Err(e) => e,
         Ok(()) => panic!("the sender must learn that its message was refused"),
@@ -201,7 +220,10 @@ async fn too_large_message_ends_only_that_stream_with_clear_errors_on_both_sides
         other => panic!("expected TooLarge, got {other:?}"),
     }
     let receiver_side = bounded("receiver sees the abort", rx.recv()).await.unwrap();
-    assert!(receiver_side.contains("larger than the receiver's limit"), "{receiver_side}");
+    assert!(
+        receiver_side.contains("larger than the receiver's limit"),
+        "{receiver_side}"
+    );
 }
 
 #[tokio::test]
@@ -212,13 +234,20 @@ async fn undecodable_message_ends_the_stream_with_bad_payload() {
     });
     let srv = serve_streams(RpcServer::builder().stream_handler(handler));
     let client = connect(&srv.server).await;
-    let s = client.create_stream("numbers").with_codec(Codec::Json).await.unwrap();
+    let s = client
+        .create_stream("numbers")
+        .with_codec(Codec::Json)
+        .await
+        .unwrap();
     s.send(7u64).await.unwrap();
     s.send("not a number").await.unwrap();
     match bounded("finish", s.finish()).await {
         Err(Error::Remote { status, .. }) => {
             assert_eq!(status.code(), Code::BAD_PAYLOAD);
-            assert!(status.message().contains("message 2 did not decode as u64"), "{status}");
+            assert!(
+                status.message().contains("message 2 did not decode as u64"),
+                "{status}"
+            );
         }
         other => panic!("expected BAD_PAYLOAD, got {other:?}"),
     }
@@ -235,7 +264,11 @@ async fn duplex_streams_carry_messages_both_ways() {
     });
     let srv = serve_streams(RpcServer::builder().stream_handler(upper));
     let client = connect(&srv.server).await;
-    let d = client.create_stream("upper").build_duplex::<String>().await.unwrap();
+    let d = client
+        .create_stream("upper")
+        .build_duplex::<String>()
+        .await
+        .unwrap();
     for word in ["hello", "duplex"] {
         d.send(word).await.unwrap();
         assert_eq!(bounded("echo", d.recv()).await.unwrap(), word.to_uppercase());

@@ -127,6 +127,7 @@ fn check(item: &ItemFn) -> syn::Result<StreamSig<'_>> {
                         ty,
                         "take the stream by value, as `stream: StreamReceiver<T>`",
                     ));
+                    streams.push(&**ty);
                 } else if matches!(strip_groups(ty), Type::ImplTrait(_)) {
                     push(Error::new_spanned(
                         ty,

@@ -50,7 +50,9 @@ pub async fn pair_with(server_opts: StreamOptions, client_opts: StreamOptions) -
     let mut incoming = srv.streams.accept("t").expect("accept t");
     let client = tokio::time::timeout(
         WAIT,
-        client_for(&srv.server).stream_options(client_opts).connect(&srv.server.addr),
+        client_for(&srv.server)
+            .stream_options(client_opts)
+            .connect(&srv.server.addr),
     )
     .await
     .expect("connect in time")

@@ -2,7 +2,7 @@
 //! out, answer back, error half in) and accepting (header in, decision,
 //! error half out, answer).
 
-use super::control::{Registry, RouteError, Verdict};
+use super::control::{Registry, RouteError, Routed, Verdict};
 use super::typed::StreamHandler;
 use super::wire::{self, code, DataHeader, Refusal};
 use super::xstream::ErrorHalfEnd;
@@ -40,10 +40,7 @@ pub(crate) struct ConnStreams {
 
 impl ConnStreams {
     pub(crate) fn new(conn: &quinn::Connection, registry: Arc<Registry>) -> ConnStreams {
-        let (bidi, uni) = *registry
-            .initial_limits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let (bidi, uni) = *registry.initial_limits.lock().unwrap_or_else(|p| p.into_inner());
         ConnStreams {
             registry,
             conn: conn.clone(),
@@ -92,12 +89,16 @@ impl ConnStreams {
 
     fn grow_bidi(&self) {
         let in_use = self.accepted.load(Ordering::Relaxed);
-        self.grow(&self.bidi_limit, in_use, |v| self.conn.set_max_concurrent_bi_streams(v));
+        self.grow(&self.bidi_limit, in_use, |v| {
+            self.conn.set_max_concurrent_bi_streams(v)
+        });
     }
 
     fn grow_uni(&self) {
         let in_use = self.opened.load(Ordering::Relaxed);
-        self.grow(&self.uni_limit, in_use, |v| self.conn.set_max_concurrent_uni_streams(v));
+        self.grow(&self.uni_limit, in_use, |v| {
+            self.conn.set_max_concurrent_uni_streams(v)
+        });
     }
 
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
@@ -184,7 +185,11 @@ impl Peer {
 
         let timeout = opts.open_timeout;
         let opened = async {
-            let (mut send, mut recv) = self.quinn_connection().open_bi().await.map_err(|e| conn_lost(name, &e))?;
+            let (mut send, mut recv) = self
+                .quinn_connection()
+                .open_bi()
+                .await
+                .map_err(|e| conn_lost(name, &e))?;
             match send.write_chunk(header).await {
                 Ok(()) => {}
                 Err(quinn::WriteError::ConnectionLost(e)) => return Err(conn_lost(name, &e)),
@@ -377,7 +382,10 @@ impl Incoming {
                 detail: "incoming stream completed twice".into(),
             });
         };
-        if let Err(e) = send.write_chunk(bytes::Bytes::from_static(&[wire::ANSWER_ACCEPTED])).await {
+        if let Err(e) = send
+            .write_chunk(bytes::Bytes::from_static(&[wire::ANSWER_ACCEPTED]))
+            .await
+        {
             let _ = err.reset(code::PEER_DROPPED.into());
             return Err(map_write(e));
         }
@@ -485,13 +493,13 @@ pub(crate) async fn incoming_bi(peer: Peer, send: quinn::SendStream, mut recv: q
         Verdict::Reject(reason) => return inc.refuse(Refusal::Rejected, &reason).await,
     }
     match registry.route(inc) {
-        Ok(None) => {}
-        Ok(Some((inc, handler))) => run_handler(inc, handler).await,
-        Err((inc, RouteError::NoAcceptor)) => {
+        Routed::Queued => {}
+        Routed::Handler(inc, handler) => run_handler(*inc, handler).await,
+        Routed::Refused(inc, RouteError::NoAcceptor) => {
             let reason = format!("no acceptor for `{name}`");
             inc.refuse(Refusal::NoAcceptor, &reason).await
         }
-        Err((inc, RouteError::Busy(reason))) => inc.refuse(Refusal::Busy, &reason).await,
+        Routed::Refused(inc, RouteError::Busy(reason)) => inc.refuse(Refusal::Busy, &reason).await,
     }
 }
 
@@ -593,7 +601,10 @@ pub(crate) async fn incoming_uni(peer: Peer, mut recv: quinn::RecvStream) {
         }
     };
     if let Some(mut r) = left {
-        tracing::debug!(id, "error half without a data half dropped after the pairing timeout");
+        tracing::debug!(
+            id,
+            "error half without a data half dropped after the pairing timeout"
+        );
         let _ = r.stop(code::PAIRING_TIMEOUT.into());
     }
 }

@@ -106,22 +106,24 @@ impl Registry {
     }
 
     /// Hands an incoming stream to its acceptor: a handler, or the queue
-    /// (refused as busy when full). Returns the stream when a handler takes it.
-    pub(crate) fn route(&self, inc: Incoming) -> Result<Option<(Incoming, Arc<dyn StreamHandler>)>, (Incoming, RouteError)> {
+    /// (refused as busy when full).
+    pub(crate) fn route(&self, inc: Incoming) -> Routed {
         let map = lock(&self.acceptors);
         match map.get(&inc.header.name) {
-            None => Err((inc, RouteError::NoAcceptor)),
-            Some(Acceptor::Handler(h)) => Ok(Some((inc, h.clone()))),
+            None => Routed::Refused(Box::new(inc), RouteError::NoAcceptor),
+            Some(Acceptor::Handler(h)) => Routed::Handler(Box::new(inc), h.clone()),
             Some(Acceptor::Queue { tx, capacity, .. }) => match tx.try_send(inc) {
-                Ok(()) => Ok(None),
+                Ok(()) => Routed::Queued,
                 Err(mpsc::error::TrySendError::Full(inc)) => {
                     let reason = format!(
                         "the acceptor for `{}` already has {capacity} streams waiting (its queue limit)",
                         inc.header.name
                     );
-                    Err((inc, RouteError::Busy(reason)))
+                    Routed::Refused(Box::new(inc), RouteError::Busy(reason))
                 }
-                Err(mpsc::error::TrySendError::Closed(inc)) => Err((inc, RouteError::NoAcceptor)),
+                Err(mpsc::error::TrySendError::Closed(inc)) => {
+                    Routed::Refused(Box::new(inc), RouteError::NoAcceptor)
+                }
             },
         }
     }
@@ -155,10 +157,7 @@ impl Registry {
             Ok(Ok(StreamDecision::Approve)) => Verdict::Approve,
             Ok(Ok(StreamDecision::Reject(reason))) => Verdict::Reject(reason),
             Ok(Err(_)) => Verdict::Reject("the application dropped the request without a decision".into()),
-            Err(_) => Verdict::Reject(format!(
-                "no decision within {:?}",
-                self.opts.decision_timeout
-            )),
+            Err(_) => Verdict::Reject(format!("no decision within {:?}", self.opts.decision_timeout)),
         }
     }
 
@@ -168,6 +167,16 @@ impl Registry {
             map.remove(name);
         }
     }
+}
+
+/// Where [`Registry::route`] put a stream.
+pub(crate) enum Routed {
+    /// In the acceptor's queue.
+    Queued,
+    /// To be run by this handler.
+    Handler(Box<Incoming>, Arc<dyn StreamHandler>),
+    /// Refused.
+    Refused(Box<Incoming>, RouteError),
 }
 
 pub(crate) enum RouteError {
@@ -334,7 +343,9 @@ pub struct IncomingStreams {
 
 impl std::fmt::Debug for IncomingStreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IncomingStreams").field("name", &self.name).finish()
+        f.debug_struct("IncomingStreams")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

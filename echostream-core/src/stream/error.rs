@@ -222,3 +222,11 @@ impl From<StreamError> for std::io::Error {
         std::io::Error::new(kind, e)
     }
 }
+
+/// A stream handler may return `Result<(), StreamError>`: the opener then
+/// receives the error's text with code `INTERNAL`.
+impl From<StreamError> for echostream_types::Status {
+    fn from(e: StreamError) -> Self {
+        echostream_types::Status::new(echostream_types::Code::INTERNAL, e.to_string())
+    }
+}

@@ -20,15 +20,14 @@ mod wire;
 mod xstream;
 
 pub(crate) use conn::{incoming_bi, incoming_uni, ConnStreams};
-pub(crate) use wire::ERROR_HALF;
-pub use control::{IncomingStreams, StreamDecision, StreamRequest, StreamRequests, Streams};
 pub(crate) use control::Registry;
+pub use control::{IncomingStreams, StreamDecision, StreamRequest, StreamRequests, Streams};
 pub use error::StreamError;
 pub use typed::{
-    registered_stream_handlers, stream_handler_fn, CreateStream, FnStreamHandler, FromXStream,
-    StreamDuplex, StreamHandler, StreamHandlerRegistration, StreamHandlerResult, StreamReceiver,
-    StreamSender,
+    registered_stream_handlers, stream_handler_fn, CreateStream, FnStreamHandler, FromXStream, StreamDuplex,
+    StreamHandler, StreamHandlerRegistration, StreamHandlerResult, StreamReceiver, StreamSender,
 };
+pub(crate) use wire::ERROR_HALF;
 pub use xstream::{StreamState, XStream};
 
 use std::time::Duration;

@@ -36,7 +36,12 @@ fn typed_error(e: StreamError) -> Error {
 }
 
 /// Encodes and writes one message.
-async fn send_message<M: Serialize>(stream: &XStream, codec: Codec, max: usize, msg: &M) -> Result<(), Error> {
+async fn send_message<M: Serialize>(
+    stream: &XStream,
+    codec: Codec,
+    max: usize,
+    msg: &M,
+) -> Result<(), Error> {
     let payload = codec.encode(msg).map_err(|e| {
         Error::Stream(StreamError::BadMessage {
             stream: stream.name().to_owned(),
@@ -171,7 +176,9 @@ pub struct StreamReceiver<T = Vec<u8>> {
 
 impl<T> std::fmt::Debug for StreamReceiver<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamReceiver").field("stream", &self.stream).finish()
+        f.debug_struct("StreamReceiver")
+            .field("stream", &self.stream)
+            .finish()
     }
 }
 
@@ -292,7 +299,9 @@ pub struct StreamDuplex<T = Vec<u8>> {
 
 impl<T> std::fmt::Debug for StreamDuplex<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamDuplex").field("stream", &self.stream).finish()
+        f.debug_struct("StreamDuplex")
+            .field("stream", &self.stream)
+            .finish()
     }
 }
 
@@ -451,7 +460,11 @@ pub(crate) async fn run_stream_handler(handler: Arc<dyn StreamHandler>, ctx: Con
         }
         Err(status) => {
             tracing::debug!(stream = name, error = %status, "stream handler failed");
-            if keep.error_write(&wire::encode_status(&status), true).await.is_err() {
+            if keep
+                .error_write(&wire::encode_status(&status), true)
+                .await
+                .is_err()
+            {
                 let _ = keep.close().await;
             }
         }
@@ -483,7 +496,9 @@ pub struct FnStreamHandler<S, F> {
 
 impl<S, F> std::fmt::Debug for FnStreamHandler<S, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FnStreamHandler").field("name", &self.name).finish()
+        f.debug_struct("FnStreamHandler")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

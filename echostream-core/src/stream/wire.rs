@@ -123,11 +123,13 @@ impl DataHeader {
         let mut body = BytesMut::with_capacity(64);
         body.put_u64(self.id);
         put_str(&mut body, &self.name);
-        body.put_u16(u16::try_from(self.metadata.len()).map_err(|_| WireError::TooLong {
-            what: "metadata entry count",
-            len: self.metadata.len(),
-            limit: u16::MAX as usize,
-        })?);
+        body.put_u16(
+            u16::try_from(self.metadata.len()).map_err(|_| WireError::TooLong {
+                what: "metadata entry count",
+                len: self.metadata.len(),
+                limit: u16::MAX as usize,
+            })?,
+        );
         for (k, v) in self.metadata.iter() {
             if k.len() > u16::MAX as usize {
                 return Err(WireError::TooLong {
@@ -331,7 +333,10 @@ mod tests {
     fn truncated_header_is_refused_at_every_length() {
         let bytes = header().encode().unwrap().slice(3..);
         for cut in 0..bytes.len() {
-            assert!(DataHeader::decode_body(bytes.slice(..cut)).is_err(), "cut at {cut}");
+            assert!(
+                DataHeader::decode_body(bytes.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 
