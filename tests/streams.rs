@@ -513,3 +513,40 @@ async fn pairing_timeout_drops_a_data_half_whose_header_never_completes() {
     .await;
     assert!(ok.is_ok() && taken.is_some(), "{ok:?}");
 }
+
+#[tokio::test]
+async fn xstream_works_as_tokio_async_read_and_write() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pair().await;
+    let Pair {
+        opener,
+        acceptor,
+        srv: _srv,
+        client: _client,
+        ..
+    } = p;
+    let opener = Arc::try_unwrap(opener).unwrap();
+    let acceptor = Arc::try_unwrap(acceptor).unwrap();
+    let data = pattern(3 * 1024 * 1024 + 17);
+    let sent = data.clone();
+    let server = tokio::spawn(async move {
+        let mut io = acceptor.into_io();
+        let mut got = Vec::new();
+        io.read_to_end(&mut got).await.unwrap();
+        io.stream().error_write(b"checked", true).await.unwrap();
+        got
+    });
+    let mut io = opener.into_io();
+    io.write_all(&sent).await.unwrap();
+    io.shutdown().await.unwrap();
+    let got = bounded("acceptor reads", server).await.unwrap();
+    assert!(got == data);
+    let mut rest = Vec::new();
+    let err = bounded("opener reads", io.read_to_end(&mut rest))
+        .await
+        .unwrap_err();
+    match err.get_ref().and_then(|e| e.downcast_ref::<StreamError>()) {
+        Some(StreamError::Remote { data, .. }) => assert_eq!(&data[..], b"checked"),
+        other => panic!("expected the remote error inside the io::Error, got {other:?}"),
+    }
+}

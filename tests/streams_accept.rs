@@ -8,7 +8,6 @@ use common::*;
 use echostream::prelude::*;
 use echostream::types::Metadata;
 use futures::StreamExt;
-use std::time::Duration;
 use streams_common::*;
 
 #[tokio::test]
@@ -51,7 +50,7 @@ async fn dropping_incoming_streams_unregisters_the_name() {
     // A stream waiting in the queue when the acceptor goes away is refused too.
     let c = client.clone();
     let waiting = tokio::spawn(async move { c.open_stream("files").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the stream is queued", || srv.streams.waiting("files") == 1).await;
     drop(incoming);
     assert!(!srv.streams.is_accepted("files"));
     match bounded("queued open", waiting).await.unwrap() {
@@ -80,8 +79,8 @@ async fn busy_when_the_acceptor_falls_behind() {
         let c = client.clone();
         waiting.push(tokio::spawn(async move { c.open_stream("slow").await }));
     }
-    // Let both reach the queue, then one more is refused at once.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once both wait in the queue, one more is refused at once.
+    eventually("two streams are queued", || srv.streams.waiting("slow") == 2).await;
     match bounded("third open", client.open_stream("slow")).await {
         Err(e @ StreamError::Busy { .. }) => {
             let text = e.to_string();

@@ -312,6 +312,15 @@ impl Streams {
         &self.registry.opts
     }
 
+    /// Streams of `name` waiting in its acceptor's queue for the application
+    /// to take them (0 for a handler or an unknown name).
+    pub fn waiting(&self, name: &str) -> usize {
+        match lock(&self.registry.acceptors).get(name) {
+            Some(Acceptor::Queue { tx, .. }) => tx.max_capacity() - tx.capacity(),
+            _ => 0,
+        }
+    }
+
     /// Whether `name` has an acceptor here.
     pub fn is_accepted(&self, name: &str) -> bool {
         self.registry.has_acceptor(name)

@@ -10,11 +10,13 @@
 //! - `conn`: per-connection state: pairing table, stream-limit growth, the
 //!   opening and accepting handshakes (called from the protocol layer).
 //! - `typed`: message framing, [`StreamHandler`], `create_stream`.
+//! - `io`: [`XStreamIo`], tokio `AsyncRead`/`AsyncWrite` over an XStream.
 //! - `error`: [`StreamError`].
 
 mod conn;
 mod control;
 mod error;
+mod io;
 mod typed;
 mod wire;
 mod xstream;
@@ -23,6 +25,7 @@ pub(crate) use conn::{incoming_bi, incoming_uni, ConnStreams};
 pub(crate) use control::Registry;
 pub use control::{IncomingStreams, StreamDecision, StreamRequest, StreamRequests, Streams};
 pub use error::StreamError;
+pub use io::XStreamIo;
 pub use typed::{
     registered_stream_handlers, stream_handler_fn, CreateStream, FnStreamHandler, FromXStream, StreamDuplex,
     StreamHandler, StreamHandlerRegistration, StreamHandlerResult, StreamReceiver, StreamSender,
@@ -94,6 +97,24 @@ impl StreamOptions {
     /// Sets [`StreamOptions::accept_queue`].
     pub fn accept_queue(mut self, n: usize) -> Self {
         self.accept_queue = n.max(1);
+        self
+    }
+
+    /// Sets [`StreamOptions::decision_queue`].
+    pub fn decision_queue(mut self, n: usize) -> Self {
+        self.decision_queue = n.max(1);
+        self
+    }
+
+    /// Sets [`StreamOptions::max_error_size`].
+    pub fn max_error_size(mut self, bytes: usize) -> Self {
+        self.max_error_size = bytes;
+        self
+    }
+
+    /// Sets [`StreamOptions::max_read_to_end`].
+    pub fn max_read_to_end(mut self, bytes: usize) -> Self {
+        self.max_read_to_end = bytes;
         self
     }
 
