@@ -473,10 +473,6 @@ async fn pairing_timeout_drops_an_error_half_whose_data_half_never_comes() {
         .connect(&addr)
         .await
         .unwrap();
-    eventually("the orphan half is held", || {
-        client.streams().pending_pairings() == 1
-    })
-    .await;
     let code = bounded("the orphan half is stopped", rx).await.unwrap();
     assert_eq!(code, Some(0x12), "stopped with the pairing-timeout code");
     eventually("the orphan half is freed", || {
@@ -496,10 +492,6 @@ async fn pairing_timeout_drops_a_data_half_whose_header_never_completes() {
     // A data half that starts but never finishes its header.
     let (mut send, mut recv) = client.peer().quinn_connection().open_bi().await.unwrap();
     send.write_all(&[0x02, 0x00]).await.unwrap();
-    eventually("the server holds the half", || {
-        srv.streams.pending_pairings() == 1
-    })
-    .await;
     let mut b = [0u8; 1];
     match bounded("the server gives up", recv.read(&mut b)).await {
         Err(quinn::ReadError::Reset(c)) => assert_eq!(c.into_inner(), 0x12),
