@@ -1010,7 +1010,9 @@ async fn side_stream_task(peer: Peer) {
                         let mut recv = recv;
                         let mut kind = [0u8; 1];
                         match recv.read_exact(&mut kind).await {
-                            Ok(()) if kind[0] == crate::stream::ERROR_HALF => crate::stream::incoming_uni(peer, recv).await,
+                            Ok(()) if kind[0] == crate::stream::ERROR_HALF => {
+                                crate::stream::incoming_uni(peer, recv).await
+                            }
                             Ok(()) => read_side_frame(peer, kind[0], recv).await,
                             Err(e) => tracing::debug!(error = %e, "side stream read failed"),
                         }

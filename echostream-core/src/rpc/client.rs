@@ -85,7 +85,7 @@ impl ClientBuilder {
     }
 
     /// Registers a stream handler: it accepts the streams of its name that
-    /// the server open, each in its own task.
+    /// the server opens, each in its own task.
     pub fn stream_handler(mut self, h: impl crate::stream::StreamHandler) -> Self {
         self.router.stream_handler(Arc::new(h));
         self
