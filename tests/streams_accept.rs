@@ -207,3 +207,42 @@ async fn a_peer_without_the_name_answers_no_acceptor() {
     assert_eq!(client.streams().open_count(), 0);
     assert_eq!(client.streams().pending_pairings(), 0);
 }
+
+#[tokio::test]
+async fn an_open_the_acceptor_never_takes_times_out_and_is_skipped_later() {
+    init_tracing();
+    let srv = serve_streams(RpcServer::builder());
+    let mut incoming = srv.streams.accept("lazy").unwrap();
+    let impatient = client_for(&srv.server)
+        .stream_options(StreamOptions::new().open_timeout(std::time::Duration::from_millis(300)))
+        .connect(&srv.server.addr)
+        .await
+        .unwrap();
+    match bounded("open", impatient.open_stream("lazy")).await {
+        Err(e @ StreamError::Timeout { .. }) => assert!(e.to_string().contains("lazy"), "{e}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(impatient.streams().pending_pairings(), 0);
+    assert_eq!(impatient.streams().open_count(), 0);
+    // The abandoned stream is skipped (or fails on its first read) when the
+    // application gets to it; a live one behind it works.
+    let client = connect(&srv.server).await;
+    let opener = tokio::spawn(async move {
+        let s = client.open_stream("lazy").await.unwrap();
+        s.write_all(b"live").await.unwrap();
+        s.write_eof().await.unwrap();
+        s
+    });
+    loop {
+        let (_, taken) = bounded("take", incoming.next()).await.unwrap();
+        match bounded("read", taken.read_to_end()).await {
+            Ok(data) => {
+                assert_eq!(data, b"live");
+                break;
+            }
+            Err(e) => assert!(!e.is_connection_lost(), "{e}"),
+        }
+    }
+    let _opened = bounded("opener", opener).await.unwrap();
+    assert_eq!(srv.streams.waiting("lazy"), 0);
+}

@@ -184,30 +184,37 @@ impl Peer {
         let mut slot = SlotGuard { st, id, armed: true };
 
         let timeout = opts.open_timeout;
-        let opened = async {
-            let (mut send, mut recv) = self
-                .quinn_connection()
-                .open_bi()
-                .await
-                .map_err(|e| conn_lost(name, &e))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || StreamError::Timeout {
+            stream: name.to_owned(),
+            after: timeout,
+        };
+        let (mut send, mut recv) =
+            match tokio::time::timeout_at(deadline, self.quinn_connection().open_bi()).await {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => return Err(conn_lost(name, &e)),
+                Err(_) => return Err(timed_out()),
+            };
+        let answered = tokio::time::timeout_at(deadline, async {
             match send.write_chunk(header).await {
                 Ok(()) => {}
                 Err(quinn::WriteError::ConnectionLost(e)) => return Err(conn_lost(name, &e)),
                 // Refused before the header was read: the answer says why.
                 Err(_) => {}
             }
-            read_answer(&mut recv, name).await?;
-            Ok((send, recv))
-        };
-        let (mut send, mut recv) = match tokio::time::timeout(timeout, opened).await {
-            Ok(r) => r?,
+            read_answer(&mut recv, name).await
+        })
+        .await;
+        match answered {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
             Err(_) => {
-                return Err(StreamError::Timeout {
-                    stream: name.to_owned(),
-                    after: timeout,
-                })
+                // Abort explicitly: a dropped send half would look like a clean end.
+                let _ = send.reset(code::PEER_DROPPED.into());
+                let _ = recv.stop(code::PEER_DROPPED.into());
+                return Err(timed_out());
             }
-        };
+        }
         let err_half = match tokio::time::timeout(opts.pairing_timeout, slot_rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) | Err(_) => {
