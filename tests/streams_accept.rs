@@ -231,7 +231,7 @@ async fn an_open_the_acceptor_never_takes_times_out_and_is_skipped_later() {
         let s = client.open_stream("lazy").await.unwrap();
         s.write_all(b"live").await.unwrap();
         s.write_eof().await.unwrap();
-        s
+        (client, s) // the connection lives as long as the client
     });
     loop {
         let (_, taken) = bounded("take", incoming.next()).await.unwrap();
