@@ -15,7 +15,9 @@
 //! 4. an unknown method,
 //! 5. a timeout,
 //! 6. a call with several arguments, and the same call in JSON,
-//! 7. a graceful shutdown.
+//! 7. a stream of audio frames, and an error coming back on the stream's
+//!    error half,
+//! 8. a graceful shutdown.
 //!
 //! The server uses a throw-away identity, so running this writes no files.
 
@@ -77,6 +79,26 @@ async fn slow(millis: u64) -> Result<u64> {
     Ok(millis)
 }
 
+/// `audio.stream`: a stream handler. It receives frames until the sender
+/// finishes; its error (here: an empty frame) reaches the sender.
+#[echostream::stream_handler("audio.stream")]
+async fn audio_stream(_ctx: Context, stream: StreamReceiver) -> Result<()> {
+    let mut frames = 0;
+    while let Some(frame) = stream.recv().await {
+        if frame.is_empty() {
+            // Written on the stream's error half: the sender gets it as
+            // `Error::Remote` on its next send or on `finish()`.
+            return Err(Error::with_code(EMPTY_FRAME, format!("frame {frames} is empty")));
+        }
+        frames += 1;
+    }
+    println!("   (server: played {frames} frames)");
+    Ok(())
+}
+
+/// The code `audio.stream` fails with.
+const EMPTY_FRAME: Code = Code(1002);
+
 #[tokio::main]
 async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     // Warnings only, unless RUST_LOG says otherwise (e.g. RUST_LOG=debug).
@@ -99,6 +121,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .handler(login)
         .handler(add)
         .handler(slow)
+        .stream_handler(audio_stream)
         .build()?;
     let addr = server.local_addr().to_string();
     let fingerprint = server.fingerprint();
@@ -183,9 +206,35 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let sum: i64 = client.request_with("math.add", (2i64, 40i64), json).await?;
     println!("   <- {sum}");
 
-    // 7. Graceful shutdown: the server stops accepting, lets calls in flight
+    // 7. A stream: long-lived, in order, with its own error half. Frames are
+    //    any serde type; plain `Vec<u8>` here.
+    println!("7. a stream, and its error half");
+    println!("   -> audio.stream: 3 frames of 960 bytes");
+    let stream = client.create_stream("audio.stream").await?;
+    for _ in 0..3 {
+        let audio_frame = vec![0u8; 960];
+        stream.send(audio_frame).await?;
+    }
+    stream.finish().await?;
+    println!("   <- finished cleanly");
+    println!("   -> audio.stream: a frame, then an empty one");
+    let stream = client.create_stream("audio.stream").await?;
+    stream.send(vec![1u8; 960]).await?;
+    stream.send(Vec::<u8>::new()).await?;
+    match stream.finish().await {
+        Err(Error::Remote { method, status }) => {
+            println!(
+                "   <- `{method}` failed on the server: code {}, {:?}",
+                status.code(),
+                status.message()
+            )
+        }
+        other => return Err(format!("expected the stream's error, got {other:?}").into()),
+    }
+
+    // 8. Graceful shutdown: the server stops accepting, lets calls in flight
     //    finish, then closes every connection.
-    println!("7. a graceful shutdown");
+    println!("8. a graceful shutdown");
     shutdown.shutdown();
     server_task.await??;
     println!("   server stopped");

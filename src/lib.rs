@@ -1,7 +1,8 @@
 //! # EchoStream
 //!
-//! A QUIC RPC framework: typed requests, one-way events and (soon) streams
-//! over one encrypted connection, in both directions.
+//! A QUIC RPC framework: typed requests, one-way events and streams (each
+//! with an out-of-band error half) over one encrypted connection, in both
+//! directions.
 //!
 //! ```no_run
 //! use echostream::prelude::*;
@@ -29,6 +30,8 @@
 //!   (`echostream-discovery`): `RpcServer::builder().enable_discovery(name)`,
 //!   `RpcClient::discover(name)`, and `discovery::Discovery` to browse.
 //! - `#[handler]`: the attribute that turns an `async fn` into a [`rpc::Handler`].
+//! - [`stream`]: [`XStream`], the [`Streams`] control handle, typed message
+//!   streams; `#[stream_handler]` turns an `async fn` into a stream acceptor.
 //!
 //! The architecture and the wire protocol are described in `ARCHITECTURE.md`.
 
@@ -41,8 +44,11 @@ pub use echostream_core::rpc::{
     CallOptions, ConnectionEvent, ConnectionEvents, ConnectionInfo, ConnectionPolicy, Context, Handler,
     Listener, Peer, ReconnectPolicy, RpcClient, RpcServer, ServerHandle, Subscription,
 };
-pub use echostream_core::{connection, protocol, rpc, testing, Error, Result};
-pub use echostream_derive::{handler, listener};
+pub use echostream_core::stream::{
+    IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams, XStream,
+};
+pub use echostream_core::{connection, protocol, rpc, stream, testing, Error, Result};
+pub use echostream_derive::{handler, listener, stream_handler};
 pub use echostream_types as types;
 pub use echostream_types::{Code, Codec, Metadata, Status};
 
@@ -64,15 +70,20 @@ pub mod prelude {
         HandlerExt, Interceptor, PeerIdentity, RateLimit, StaticTokens,
     };
     pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
+    pub use crate::stream::{stream_handler_fn, StreamHandler, StreamOptions};
     #[cfg(feature = "discovery")]
     pub use crate::DiscoverOptions;
-    pub use crate::{handler, listener};
+    pub use crate::{handler, listener, stream_handler};
     pub use crate::{
         CallOptions, ClientTrust, Code, Codec, ConnectionEvent, ConnectionEvents, ConnectionPolicy, Context,
         Error, Fingerprint, Metadata, Peer, ReconnectPolicy, Result, RpcClient, RpcServer, ServerHandle,
         ServerIdentity, Status, Subscription,
     };
     pub use crate::{ClientAuth, ClientCertTrust, ClientIdentity, KeyLog};
+    pub use crate::{
+        IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,
+        XStream,
+    };
 }
 
 /// Runtime items used by the code `#[handler]` generates. Not a public API.
@@ -81,6 +92,9 @@ pub mod __private {
     pub use echostream_core::rpc::{
         decode_args, encode_reply, Context, Handler, HandlerRegistration, Listener, ListenerRegistration,
         ListenerResult, Payload,
+    };
+    pub use echostream_core::stream::{
+        FromXStream, StreamHandler, StreamHandlerRegistration, StreamHandlerResult, XStream,
     };
     pub use echostream_types::{Codec, Status};
     pub use futures::future::BoxFuture;

@@ -865,3 +865,40 @@ async fn the_stream_open_hook_applies_rate_limits_and_interceptors_with_call_kin
         "{limited:?}"
     );
 }
+
+#[tokio::test]
+async fn interceptors_decide_real_stream_opens_and_the_opener_gets_the_reason() {
+    let s = serve(
+        RpcServer::builder()
+            .authenticator(tokens())
+            .protect(
+                "audio.*",
+                interceptor_fn(|ctx: &Context, kind: CallKind| {
+                    if kind == CallKind::StreamOpen && !ctx.is_authenticated() {
+                        return Err(Status::new(Code::UNAUTHENTICATED, "streams need a login"));
+                    }
+                    Ok(())
+                }),
+            )
+            .stream_handler(echostream::stream::stream_handler_fn(
+                "audio.stream",
+                |_ctx: Context, rx: StreamReceiver<u32>| async move { while rx.recv().await.is_some() {} },
+            )),
+    );
+    let anonymous = connect(&s).await;
+    match anonymous.open_stream("audio.stream").await {
+        Err(StreamError::Rejected { stream, reason }) => {
+            assert_eq!(stream, "audio.stream");
+            assert!(reason.contains("streams need a login"), "{reason}");
+        }
+        other => panic!("expected a rejection, got {:?}", other.map(|_| ())),
+    }
+    let alice = client_for(&s)
+        .token("alice-token")
+        .connect(&s.addr)
+        .await
+        .unwrap();
+    let tx = alice.create_stream("audio.stream").await.unwrap();
+    tx.send(7u32).await.unwrap();
+    tx.finish().await.unwrap();
+}

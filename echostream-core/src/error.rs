@@ -129,6 +129,10 @@ pub enum Error {
     /// TLS setup failed (identity files, certificates).
     #[error("TLS setup failed: {0}")]
     Tls(#[from] crate::connection::tls::TlsError),
+    /// A stream operation failed (names the stream and, for a refused
+    /// operation, the state that refused it).
+    #[error(transparent)]
+    Stream(#[from] crate::stream::StreamError),
     /// A local I/O error (binding a socket, ...).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

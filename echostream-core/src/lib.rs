@@ -10,6 +10,8 @@
 //!   [`protocol::Peer`] is the per-connection handle.
 //! - [`connection`]: transport: quinn endpoints, socket and transport
 //!   settings, TLS identities and trust ([`connection::tls`]).
+//! - [`stream`]: application streams: [`stream::XStream`] pairs (data half +
+//!   error half), the [`stream::Streams`] control handle, typed message streams.
 //!
 //! Wire frames and codecs live in `echostream-types` (sans-IO).
 
@@ -20,6 +22,7 @@ pub mod connection;
 mod error;
 pub mod protocol;
 pub mod rpc;
+pub mod stream;
 pub mod testing;
 
 pub use echostream_types as types;

@@ -24,6 +24,7 @@ mod args;
 mod expand;
 mod listener;
 mod signature;
+mod stream_handler;
 
 /// Turns an `async fn` into an EchoStream request handler named by a method.
 ///
@@ -122,4 +123,27 @@ pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn listener(attr: TokenStream, item: TokenStream) -> TokenStream {
     listener::listener(attr.into(), item.into()).into()
+}
+
+/// Turns an `async fn` into an EchoStream stream handler: it accepts the
+/// streams of a name, each in its own task.
+///
+/// ```ignore
+/// #[echostream::stream_handler("audio.stream")]
+/// async fn handle_audio_stream(ctx: Context, stream: StreamReceiver<AudioFrame>) {
+///     while let Some(frame) = stream.recv().await { /* play(frame) */ }
+/// }
+/// let server = RpcServer::builder().stream_handler(handle_audio_stream);
+/// ```
+///
+/// The parameters are an optional `Context` first, then the stream:
+/// `StreamReceiver<T>` (typed messages; raw byte frames `Vec<u8>` when `T`
+/// is left out), `StreamDuplex<T>` or `XStream`. The function returns
+/// nothing, or `Result<(), E>` with `E: Into<Status>`: an error reaches the
+/// opener as `Error::Remote` on its next send (or on `finish()`).
+/// Like `#[handler]`, it generates a unit struct named like the function
+/// (`NAME::STREAM`, `NAME::invoke`) and a registration for `register_all()`.
+#[proc_macro_attribute]
+pub fn stream_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    stream_handler::expand(attr.into(), item.into()).into()
 }

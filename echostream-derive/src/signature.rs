@@ -205,7 +205,7 @@ fn check_common<'a>(item: &'a ItemFn, kind: Kind, errors: &mut Errors) -> (bool,
 }
 
 /// Whether `ty` names the context: a path whose last segment is `Context`.
-fn is_context(ty: &Type) -> bool {
+pub(crate) fn is_context(ty: &Type) -> bool {
     match strip_groups(ty) {
         Type::Path(path) if path.qself.is_none() => path
             .path
@@ -216,7 +216,7 @@ fn is_context(ty: &Type) -> bool {
     }
 }
 
-fn as_reference(ty: &Type) -> Option<&TypeReference> {
+pub(crate) fn as_reference(ty: &Type) -> Option<&TypeReference> {
     match strip_groups(ty) {
         Type::Reference(reference) => Some(reference),
         _ => None,
@@ -225,7 +225,7 @@ fn as_reference(ty: &Type) -> Option<&TypeReference> {
 
 /// Looks through the invisible groups `macro_rules!` wraps captured types in,
 /// and through parentheses.
-fn strip_groups(mut ty: &Type) -> &Type {
+pub(crate) fn strip_groups(mut ty: &Type) -> &Type {
     loop {
         match ty {
             Type::Group(group) => ty = &group.elem,

@@ -265,6 +265,8 @@ struct Shared {
     clock_sync: OnceLock<Arc<ClockSync>>,
     /// Identity, rate-limit buckets and the reply backlog bound (see `rpc::security`).
     guard: crate::rpc::security::ConnGuard,
+    /// Application streams of this connection (pairing table, limits).
+    streams: crate::stream::ConnStreams,
 }
 
 /// A handle to one connection, usable from either side: send requests and
@@ -303,6 +305,7 @@ impl Peer {
         let guard = crate::rpc::security::ConnGuard::new(&conn, &config, hs.auth);
         let shared = Arc::new(Shared {
             guard,
+            streams: crate::stream::ConnStreams::new(&conn, router.stream_registry()),
             remote: conn.remote_address(),
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             conn,
@@ -335,6 +338,10 @@ impl Peer {
 
     pub(crate) fn guard(&self) -> &crate::rpc::security::ConnGuard {
         &self.shared.guard
+    }
+
+    pub(crate) fn stream_state(&self) -> &crate::stream::ConnStreams {
+        &self.shared.streams
     }
 
     /// The peer's address.
@@ -1208,8 +1215,8 @@ async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut)
     }
 }
 
-/// Accepts unidirectional streams carrying one large frame each; refuses
-/// bidirectional streams (reserved for application streams).
+/// Accepts unidirectional streams (one large frame each, or XStream error
+/// halves) and bidirectional streams (XStream data halves).
 async fn side_stream_task(peer: Peer) {
     let conn = peer.shared.conn.clone();
     loop {
@@ -1217,7 +1224,17 @@ async fn side_stream_task(peer: Peer) {
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
                     let peer = peer.clone();
-                    tokio::spawn(async move { read_side_frame(peer, recv).await });
+                    tokio::spawn(async move {
+                        let mut recv = recv;
+                        let mut kind = [0u8; 1];
+                        match recv.read_exact(&mut kind).await {
+                            Ok(()) if kind[0] == crate::stream::ERROR_HALF => {
+                                crate::stream::incoming_uni(peer, recv).await
+                            }
+                            Ok(()) => read_side_frame(peer, kind[0], recv).await,
+                            Err(e) => tracing::debug!(error = %e, "side stream read failed"),
+                        }
+                    });
                 }
                 Err(e) => {
                     peer.mark_closed_from(&e);
@@ -1225,11 +1242,8 @@ async fn side_stream_task(peer: Peer) {
                 }
             },
             bi = conn.accept_bi() => match bi {
-                Ok((mut send, mut recv)) => {
-                    // Application streams arrive with the streams feature; until
-                    // then refuse them explicitly.
-                    let _ = send.reset(STREAM_REFUSED.into());
-                    let _ = recv.stop(STREAM_REFUSED.into());
+                Ok((send, recv)) => {
+                    tokio::spawn(crate::stream::incoming_bi(peer.clone(), send, recv));
                 }
                 Err(e) => {
                     peer.mark_closed_from(&e);
@@ -1240,13 +1254,17 @@ async fn side_stream_task(peer: Peer) {
     }
 }
 
-/// Stream reset code: the stream type is not supported.
-const STREAM_REFUSED: u32 = 1;
-
-async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
+async fn read_side_frame(peer: Peer, kind: u8, mut recv: quinn::RecvStream) {
+    if kind != UNI_FRAME {
+        peer.close_with(
+            CloseCode::PROTOCOL_VIOLATION,
+            &format!("unidirectional stream of unknown type {kind:#04x}"),
+        );
+        return;
+    }
     // Bounds the large frames being reassembled per connection; other streams wait unread.
     let _slot = peer.shared.guard.side_frame_slot().await;
-    let limit = peer.shared.config.max_frame_size as usize + LENGTH_PREFIX + 1;
+    let limit = peer.shared.config.max_frame_size as usize + LENGTH_PREFIX;
     let data = match recv.read_to_end(limit).await {
         Ok(d) => d,
         Err(quinn::ReadToEndError::TooLong) => {
@@ -1265,15 +1283,6 @@ async fn read_side_frame(peer: Peer, mut recv: quinn::RecvStream) {
         }
     };
     let mut buf = BytesMut::from(&data[..]);
-    let kind = if buf.is_empty() { None } else { Some(buf[0]) };
-    if kind != Some(UNI_FRAME) {
-        peer.close_with(
-            CloseCode::PROTOCOL_VIOLATION,
-            &format!("unidirectional stream of unknown type {kind:?}"),
-        );
-        return;
-    }
-    let _ = buf.split_to(1);
     let decoder = FrameDecoder::new(peer.shared.config.max_frame_size);
     let result = match decoder.decode(&mut buf) {
         Ok(Some(f)) if buf.is_empty() => match f {

@@ -96,6 +96,19 @@ impl ClientBuilder {
         self
     }
 
+    /// Registers a stream handler: it accepts the streams of its name that
+    /// the server opens, each in its own task.
+    pub fn stream_handler(mut self, h: impl crate::stream::StreamHandler) -> Self {
+        self.router.stream_handler(Arc::new(h));
+        self
+    }
+
+    /// Stream limits and timeouts (queue sizes, pairing timeout, message size).
+    pub fn stream_options(mut self, o: crate::stream::StreamOptions) -> Self {
+        self.router.stream_options(o);
+        self
+    }
+
     /// Registers every `#[handler]` function linked into the binary.
     pub fn register_all(mut self) -> Self {
         self.router.register_all();
@@ -195,7 +208,9 @@ impl ClientBuilder {
 
     /// Connects to `addr` (`"host:port"` or an IP literal), trying each
     /// resolved address in turn.
-    pub async fn connect(self, addr: &str) -> Result<RpcClient> {
+    pub async fn connect(mut self, addr: &str) -> Result<RpcClient> {
+        let (bidi, uni) = (self.transport.max_bidi_streams, self.transport.max_uni_streams);
+        self.router.stream_limits(bidi, uni);
         let mut router = self.router.build()?;
         router.subscriptions = self.early_subscriptions;
         let router = Arc::new(router);

@@ -57,6 +57,8 @@ pub(crate) struct Router {
     bad_events: AtomicU64,
     /// Typed subscriptions added at run time.
     pub(crate) subscriptions: Arc<subscribe::Subscriptions>,
+    /// Stream names accepted here (handlers and `accept`), shared by every connection.
+    streams: Arc<crate::stream::Registry>,
 }
 
 impl Router {
@@ -76,6 +78,10 @@ impl Router {
         self.bad_events.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn stream_registry(&self) -> Arc<crate::stream::Registry> {
+        self.streams.clone()
+    }
+
     pub(crate) fn methods(&self) -> Vec<String> {
         let mut m: Vec<_> = self.handlers.keys().cloned().collect();
         m.sort();
@@ -89,6 +95,10 @@ pub(crate) struct RouterBuilder {
     handlers: Vec<Arc<dyn Handler>>,
     listeners: Vec<Arc<dyn Listener>>,
     register_all: bool,
+    stream_handlers: Vec<Arc<dyn crate::stream::StreamHandler>>,
+    stream_options: crate::stream::StreamOptions,
+    /// The transport's initial stream limits, the floor of their growth.
+    stream_limits: (u32, u32),
 }
 
 impl RouterBuilder {
@@ -102,6 +112,43 @@ impl RouterBuilder {
 
     pub(crate) fn register_all(&mut self) {
         self.register_all = true;
+    }
+
+    pub(crate) fn stream_handler(&mut self, h: Arc<dyn crate::stream::StreamHandler>) {
+        self.stream_handlers.push(h);
+    }
+
+    pub(crate) fn stream_options(&mut self, o: crate::stream::StreamOptions) {
+        self.stream_options = o;
+    }
+
+    pub(crate) fn stream_limits(&mut self, bidi: u32, uni: u32) {
+        self.stream_limits = (bidi, uni);
+    }
+
+    /// The stream registry with the registered stream handlers.
+    fn build_streams(&self) -> Result<crate::stream::Registry, crate::Error> {
+        let registry = crate::stream::Registry::new(self.stream_options.clone());
+        let limits = match self.stream_limits {
+            (0, 0) => {
+                let t = crate::connection::TransportOptions::default();
+                (t.max_bidi_streams, t.max_uni_streams)
+            }
+            l => l,
+        };
+        *registry.initial_limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+        for h in &self.stream_handlers {
+            registry.add_handler(h.clone())?;
+        }
+        if self.register_all {
+            for reg in crate::stream::registered_stream_handlers() {
+                if self.stream_handlers.iter().any(|h| h.name() == reg.name) {
+                    continue;
+                }
+                registry.add_handler((reg.make)())?;
+            }
+        }
+        Ok(registry)
     }
 
     pub(crate) fn build(&self) -> Result<Router, crate::Error> {
@@ -156,6 +203,7 @@ impl RouterBuilder {
             listeners,
             bad_events: AtomicU64::new(0),
             subscriptions: Arc::default(),
+            streams: Arc::new(self.build_streams()?),
         })
     }
 }

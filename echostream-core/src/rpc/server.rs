@@ -93,6 +93,19 @@ impl ServerBuilder {
         self
     }
 
+    /// Registers a stream handler: it accepts the streams of its name that
+    /// clients open, each in its own task.
+    pub fn stream_handler(mut self, h: impl crate::stream::StreamHandler) -> Self {
+        self.router.stream_handler(Arc::new(h));
+        self
+    }
+
+    /// Stream limits and timeouts (queue sizes, pairing timeout, message size).
+    pub fn stream_options(mut self, o: crate::stream::StreamOptions) -> Self {
+        self.router.stream_options(o);
+        self
+    }
+
     /// Registers every `#[handler]` function linked into the binary.
     pub fn register_all(mut self) -> Self {
         self.router.register_all();
@@ -211,7 +224,9 @@ impl ServerBuilder {
                 "RpcServer::build must be called inside a tokio runtime".into(),
             ));
         }
-        let router = Arc::new(self.router.build()?);
+        let mut router = self.router;
+        router.stream_limits(self.transport.max_bidi_streams, self.transport.max_uni_streams);
+        let router = Arc::new(router.build()?);
         let addr: SocketAddr = self.bind.parse().or_else(|_| {
             use std::net::ToSocketAddrs;
             self.bind
@@ -491,6 +506,12 @@ impl ServerHandle {
         lock(&self.shared.peers).len()
     }
 
+    /// The stream control handle: accept names, open streams toward
+    /// clients, set the decision policy. Take it before `run()`.
+    pub fn streams(&self) -> crate::stream::Streams {
+        crate::stream::Streams::new(self.shared.router.stream_registry())
+    }
+
     /// The method names this server answers, sorted.
     pub fn methods(&self) -> Vec<String> {
         self.shared.router.methods()
@@ -630,6 +651,11 @@ impl RpcServer {
     /// Handles to every connected peer.
     pub fn peers(&self) -> Vec<Peer> {
         self.handle.peers()
+    }
+
+    /// The stream control handle (see [`ServerHandle::streams`]).
+    pub fn streams(&self) -> crate::stream::Streams {
+        self.handle.streams()
     }
 
     /// The method names this server answers, sorted.

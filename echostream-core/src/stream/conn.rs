@@ -1,0 +1,623 @@
+//! Per-connection stream state and the two handshakes: opening (data half
+//! out, answer back, error half in) and accepting (header in, decision,
+//! error half out, answer).
+
+use super::control::{Registry, RouteError, Routed, Verdict};
+use super::typed::StreamHandler;
+use super::wire::{self, code, DataHeader, Refusal};
+use super::xstream::ErrorHalfEnd;
+use super::{Side, StreamError, XStream};
+use crate::protocol::{describe_close, Peer};
+use crate::rpc::Context;
+use echostream_types::Metadata;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// A pairing slot: the opener waits for the error half of stream `id`.
+enum Slot {
+    Waiting(oneshot::Sender<quinn::RecvStream>),
+    /// An error half that arrived with no open waiting for it (held until
+    /// the pairing timeout, then stopped).
+    Arrived(quinn::RecvStream),
+}
+
+/// Stream state of one connection (a field of the protocol layer's shared state).
+pub(crate) struct ConnStreams {
+    pub(crate) registry: Arc<Registry>,
+    conn: quinn::Connection,
+    next_id: AtomicU64,
+    slots: Mutex<HashMap<u64, Slot>>,
+    /// Streams we opened and that are live, or being opened.
+    opened: AtomicUsize,
+    /// Streams we accepted and that are live, or being accepted.
+    accepted: AtomicUsize,
+    bidi_limit: AtomicU32,
+    uni_limit: AtomicU32,
+}
+
+impl ConnStreams {
+    pub(crate) fn new(conn: &quinn::Connection, registry: Arc<Registry>) -> ConnStreams {
+        let (bidi, uni) = *registry.initial_limits.lock().unwrap_or_else(|p| p.into_inner());
+        ConnStreams {
+            registry,
+            conn: conn.clone(),
+            next_id: AtomicU64::new(1),
+            slots: Mutex::new(HashMap::new()),
+            opened: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
+            bidi_limit: AtomicU32::new(bidi),
+            uni_limit: AtomicU32::new(uni),
+        }
+    }
+
+    pub(crate) fn stream_opened(&self, _side: Side) {
+        self.registry.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stream_released(&self, side: Side) {
+        self.registry.open.fetch_sub(1, Ordering::Relaxed);
+        match side {
+            Side::Opener => self.opened.fetch_sub(1, Ordering::Relaxed),
+            Side::Acceptor => self.accepted.fetch_sub(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Raises the limit of streams the peer may open once more than half of
+    /// it is in use (doubling, up to the ceiling). QUIC cannot take credit
+    /// back, so limits only grow; each connection pays for what it used.
+    fn grow(&self, limit: &AtomicU32, in_use: usize, set: impl Fn(quinn::VarInt)) {
+        let ceiling = self.registry.opts.max_concurrent_streams;
+        let cur = limit.load(Ordering::Relaxed);
+        let need = (in_use as u64).saturating_mul(2).saturating_add(16);
+        if need <= u64::from(cur) || cur >= ceiling {
+            return;
+        }
+        let want = u32::try_from(need.next_power_of_two())
+            .unwrap_or(u32::MAX)
+            .min(ceiling);
+        if limit
+            .compare_exchange(cur, want, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::debug!(from = cur, to = want, "raising a stream limit");
+            set(want.into());
+        }
+    }
+
+    fn grow_bidi(&self) {
+        let in_use = self.accepted.load(Ordering::Relaxed);
+        self.grow(&self.bidi_limit, in_use, |v| {
+            self.conn.set_max_concurrent_bi_streams(v)
+        });
+    }
+
+    fn grow_uni(&self) {
+        let in_use = self.opened.load(Ordering::Relaxed);
+        self.grow(&self.uni_limit, in_use, |v| {
+            self.conn.set_max_concurrent_uni_streams(v)
+        });
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Decrements a counter unless defused (an open or accept that did not
+/// become a live XStream).
+struct CountGuard<'a> {
+    counter: &'a AtomicUsize,
+    armed: bool,
+}
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.counter.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts a half waiting for its partner.
+struct PendingGuard<'a>(&'a Registry);
+
+impl<'a> PendingGuard<'a> {
+    fn new(r: &'a Registry) -> Self {
+        r.pending.fetch_add(1, Ordering::Relaxed);
+        PendingGuard(r)
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn conn_lost(name: &str, e: &quinn::ConnectionError) -> StreamError {
+    StreamError::ConnectionLost {
+        stream: name.to_owned(),
+        reason: describe_close(e).1,
+    }
+}
+
+impl Peer {
+    /// Opens a stream named `name` toward this peer (see [`super::Streams::open_stream`]).
+    pub async fn open_stream(&self, name: &str) -> Result<XStream, StreamError> {
+        self.open_stream_with(name, Metadata::new()).await
+    }
+
+    /// Opens a stream with metadata the acceptor sees.
+    pub async fn open_stream_with(&self, name: &str, metadata: Metadata) -> Result<XStream, StreamError> {
+        let st = self.stream_state();
+        let opts = st.registry.opts.clone();
+        let id = st.next_id.fetch_add(1, Ordering::Relaxed);
+        let header = DataHeader {
+            id,
+            name: name.to_owned(),
+            metadata,
+        }
+        .encode()
+        .map_err(|e| StreamError::Invalid {
+            stream: name.to_owned(),
+            detail: e.to_string(),
+        })?;
+        if let Some(reason) = self.close_reason() {
+            return Err(StreamError::ConnectionLost {
+                stream: name.to_owned(),
+                reason,
+            });
+        }
+        st.opened.fetch_add(1, Ordering::Relaxed);
+        let mut count = CountGuard {
+            counter: &st.opened,
+            armed: true,
+        };
+        st.grow_uni();
+        let _pending = PendingGuard::new(&st.registry);
+        // Register before sending the header: the error half may race the answer.
+        let (slot_tx, slot_rx) = oneshot::channel();
+        st.lock_slots().insert(id, Slot::Waiting(slot_tx));
+        let mut slot = SlotGuard { st, id, armed: true };
+
+        let timeout = opts.open_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || StreamError::Timeout {
+            stream: name.to_owned(),
+            after: timeout,
+        };
+        let (mut send, mut recv) =
+            match tokio::time::timeout_at(deadline, self.quinn_connection().open_bi()).await {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => return Err(conn_lost(name, &e)),
+                Err(_) => return Err(timed_out()),
+            };
+        let answered = tokio::time::timeout_at(deadline, async {
+            match send.write_chunk(header).await {
+                Ok(()) => {}
+                Err(quinn::WriteError::ConnectionLost(e)) => return Err(conn_lost(name, &e)),
+                // Refused before the header was read: the answer says why.
+                Err(_) => {}
+            }
+            read_answer(&mut recv, name).await
+        })
+        .await;
+        match answered {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                // Abort explicitly: a dropped send half would look like a clean end.
+                let _ = send.reset(code::PEER_DROPPED.into());
+                let _ = recv.stop(code::PEER_DROPPED.into());
+                return Err(timed_out());
+            }
+        }
+        let err_half = match tokio::time::timeout(opts.pairing_timeout, slot_rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) | Err(_) => {
+                let _ = send.reset(code::PAIRING_TIMEOUT.into());
+                let _ = recv.stop(code::PAIRING_TIMEOUT.into());
+                if let Some(reason) = self.close_reason() {
+                    return Err(StreamError::ConnectionLost {
+                        stream: name.to_owned(),
+                        reason,
+                    });
+                }
+                tracing::debug!(stream = name, id, "error half did not arrive in time");
+                return Err(StreamError::PairingTimeout {
+                    stream: name.to_owned(),
+                    missing: "error half",
+                    after: opts.pairing_timeout,
+                });
+            }
+        };
+        slot.armed = false;
+        count.armed = false;
+        Ok(XStream::new(
+            name.to_owned(),
+            id,
+            Side::Opener,
+            self.clone(),
+            Metadata::new(),
+            opts,
+            send,
+            recv,
+            ErrorHalfEnd::Recv(err_half),
+        ))
+    }
+}
+
+/// Removes a pairing slot when an open gives up.
+struct SlotGuard<'a> {
+    st: &'a ConnStreams,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(Slot::Arrived(mut r)) = self.st.lock_slots().remove(&self.id) {
+                let _ = r.stop(code::PAIRING_TIMEOUT.into());
+            }
+        } else {
+            self.st.lock_slots().remove(&self.id);
+        }
+    }
+}
+
+/// Reads the acceptor's answer: accepted, or refused with a code and reason.
+async fn read_answer(recv: &mut quinn::RecvStream, name: &str) -> Result<(), StreamError> {
+    let stream = || name.to_owned();
+    let read_failed = |e: quinn::ReadExactError| match e {
+        quinn::ReadExactError::FinishedEarly(_) => StreamError::Protocol {
+            stream: stream(),
+            detail: "the peer ended the stream before answering".into(),
+        },
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)) => conn_lost(name, &e),
+        quinn::ReadExactError::ReadError(quinn::ReadError::Reset(c)) => {
+            match u32::try_from(c.into_inner()).unwrap_or(u32::MAX) {
+                code::NO_ACCEPTOR => StreamError::NoAcceptor { stream: stream() },
+                code::REFUSED => StreamError::NoAcceptor { stream: stream() },
+                code::PEER_DROPPED => StreamError::PeerDropped { stream: stream() },
+                code::PAIRING_TIMEOUT => StreamError::PairingTimeout {
+                    stream: stream(),
+                    missing: "header (as seen by the peer)",
+                    after: Duration::ZERO,
+                },
+                other => StreamError::PeerAborted {
+                    stream: stream(),
+                    what: "while opening",
+                    code: u64::from(other),
+                },
+            }
+        }
+        quinn::ReadExactError::ReadError(e) => StreamError::Protocol {
+            stream: stream(),
+            detail: e.to_string(),
+        },
+    };
+    let mut b = [0u8; 1];
+    recv.read_exact(&mut b).await.map_err(read_failed)?;
+    match b[0] {
+        wire::ANSWER_ACCEPTED => Ok(()),
+        wire::ANSWER_REFUSED => {
+            let mut head = [0u8; 3];
+            recv.read_exact(&mut head).await.map_err(read_failed)?;
+            let len = u16::from_be_bytes([head[1], head[2]]) as usize;
+            if len > wire::MAX_REASON {
+                return Err(StreamError::Protocol {
+                    stream: stream(),
+                    detail: format!(
+                        "refusal reason of {len} bytes exceeds the limit of {} bytes",
+                        wire::MAX_REASON
+                    ),
+                });
+            }
+            let mut reason = vec![0u8; len];
+            recv.read_exact(&mut reason).await.map_err(read_failed)?;
+            let reason = String::from_utf8_lossy(&reason).into_owned();
+            Err(match Refusal::from_code(head[0]) {
+                Some(Refusal::NoAcceptor) => StreamError::NoAcceptor { stream: stream() },
+                Some(Refusal::Busy) => StreamError::Busy {
+                    stream: stream(),
+                    reason,
+                },
+                Some(Refusal::Rejected) => StreamError::Rejected {
+                    stream: stream(),
+                    reason,
+                },
+                Some(Refusal::BadHeader) | None => StreamError::Protocol {
+                    stream: stream(),
+                    detail: format!("the peer refused the stream: {reason}"),
+                },
+            })
+        }
+        other => Err(StreamError::Protocol {
+            stream: stream(),
+            detail: format!("unknown answer byte {other:#04x}"),
+        }),
+    }
+}
+
+/// An accepted-by-policy stream waiting for its acceptor. If dropped before
+/// it is completed (queue dropped, acceptor gone), both directions are
+/// aborted with `NO_ACCEPTOR`, which the opener reports as "no acceptor".
+pub(crate) struct Incoming {
+    pub(crate) peer: Peer,
+    pub(crate) header: DataHeader,
+    send: Option<quinn::SendStream>,
+    recv: Option<quinn::RecvStream>,
+    count: bool,
+}
+
+impl Incoming {
+    /// Opens the error half, answers "accepted", and makes the XStream.
+    pub(crate) async fn complete(mut self) -> Result<(Peer, XStream), StreamError> {
+        let name = self.header.name.clone();
+        let st = self.peer.stream_state();
+        let opts = st.registry.opts.clone();
+        let conn = self.peer.quinn_connection().clone();
+        let wait = opts.pairing_timeout;
+        let mut err = match tokio::time::timeout(wait, conn.open_uni()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(conn_lost(&name, &e)),
+            Err(_) => {
+                return Err(StreamError::PairingTimeout {
+                    stream: name,
+                    missing: "credit to open the error half",
+                    after: wait,
+                })
+            }
+        };
+        let map_write = |e: quinn::WriteError| match e {
+            quinn::WriteError::ConnectionLost(e) => conn_lost(&name, &e),
+            other => StreamError::Protocol {
+                stream: name.clone(),
+                detail: format!("while answering: {other}"),
+            },
+        };
+        err.write_chunk(wire::encode_error_header(self.header.id))
+            .await
+            .map_err(map_write)?;
+        let (Some(mut send), Some(recv)) = (self.send.take(), self.recv.take()) else {
+            return Err(StreamError::Protocol {
+                stream: name,
+                detail: "incoming stream completed twice".into(),
+            });
+        };
+        if let Err(e) = send
+            .write_chunk(bytes::Bytes::from_static(&[wire::ANSWER_ACCEPTED]))
+            .await
+        {
+            let _ = err.reset(code::PEER_DROPPED.into());
+            return Err(map_write(e));
+        }
+        // From here the XStream owns the count.
+        self.count = false;
+        let peer = self.peer.clone();
+        let s = XStream::new(
+            name,
+            self.header.id,
+            Side::Acceptor,
+            peer.clone(),
+            std::mem::take(&mut self.header.metadata),
+            opts,
+            send,
+            recv,
+            ErrorHalfEnd::Send(err),
+        );
+        Ok((peer, s))
+    }
+
+    async fn refuse(mut self, refusal: Refusal, reason: &str) {
+        if let Some(mut send) = self.send.take() {
+            let _ = send.write_chunk(wire::encode_refusal(refusal, reason)).await;
+            let _ = send.finish();
+        }
+        if let Some(mut recv) = self.recv.take() {
+            let _ = recv.stop(code::REFUSED.into());
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if let Some(s) = &mut self.send {
+            let _ = s.reset(code::NO_ACCEPTOR.into());
+        }
+        if let Some(r) = &mut self.recv {
+            let _ = r.stop(code::NO_ACCEPTOR.into());
+        }
+        if self.count {
+            self.peer.stream_state().accepted.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A bidirectional stream the peer opened (other than the control stream):
+/// an XStream data half, or refused.
+pub(crate) async fn incoming_bi(peer: Peer, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let st = peer.stream_state();
+    st.accepted.fetch_add(1, Ordering::Relaxed);
+    st.grow_bidi();
+    let registry = st.registry.clone();
+    let _pending = PendingGuard::new(&registry);
+    let wait = registry.opts.pairing_timeout;
+    let header = match tokio::time::timeout(wait, read_header(&mut recv)).await {
+        Ok(Ok(h)) => Ok(h),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(HeaderError::Timeout),
+    };
+    let mut inc = Incoming {
+        peer: peer.clone(),
+        header: DataHeader {
+            id: 0,
+            name: String::new(),
+            metadata: Metadata::new(),
+        },
+        send: Some(send),
+        recv: Some(recv),
+        count: true,
+    };
+    let header = match header {
+        Ok(h) => h,
+        Err(e) => {
+            let (c, msg) = match &e {
+                HeaderError::NotAStream(_) => (code::REFUSED, e.to_string()),
+                HeaderError::Timeout => (code::PAIRING_TIMEOUT, e.to_string()),
+                HeaderError::Lost(_) => (code::PEER_DROPPED, e.to_string()),
+                HeaderError::Bad(_) => {
+                    tracing::warn!(peer = %peer.remote_addr(), error = %e, "bad stream header");
+                    inc.refuse(Refusal::BadHeader, &e.to_string()).await;
+                    return;
+                }
+            };
+            tracing::debug!(peer = %peer.remote_addr(), error = msg, "incoming bidirectional stream dropped");
+            if let Some(s) = &mut inc.send {
+                let _ = s.reset(c.into());
+            }
+            if let Some(r) = &mut inc.recv {
+                let _ = r.stop(c.into());
+            }
+            inc.send = None;
+            inc.recv = None;
+            return;
+        }
+    };
+    let name = header.name.clone();
+    inc.header = header;
+    if !registry.has_acceptor(&name) {
+        let reason = format!("no acceptor for `{name}`");
+        return inc.refuse(Refusal::NoAcceptor, &reason).await;
+    }
+    // Rate limits and interceptors see a stream open like a request.
+    if let Err(status) = crate::rpc::security::check_stream_open(&peer, &name, &inc.header.metadata).await {
+        let reason = format!("stream `{name}` refused: {}", status.message());
+        tracing::debug!(stream = %name, code = %status.code(), "stream open denied");
+        return inc.refuse(Refusal::Rejected, &reason).await;
+    }
+    match registry.decide(&peer, &name, &inc.header.metadata).await {
+        Verdict::Approve => {}
+        Verdict::Busy(reason) => return inc.refuse(Refusal::Busy, &reason).await,
+        Verdict::Reject(reason) => return inc.refuse(Refusal::Rejected, &reason).await,
+    }
+    match registry.route(inc) {
+        Routed::Queued => {}
+        Routed::Handler(inc, handler) => run_handler(*inc, handler).await,
+        Routed::Refused(inc, RouteError::NoAcceptor) => {
+            let reason = format!("no acceptor for `{name}`");
+            inc.refuse(Refusal::NoAcceptor, &reason).await
+        }
+        Routed::Refused(inc, RouteError::Busy(reason)) => inc.refuse(Refusal::Busy, &reason).await,
+    }
+}
+
+async fn run_handler(inc: Incoming, handler: Arc<dyn StreamHandler>) {
+    let metadata = inc.header.metadata.clone();
+    let (peer, stream) = match inc.complete().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(error = %e, "stream lost before its handler started");
+            return;
+        }
+    };
+    let ctx = Context::new(stream.name().to_owned(), None, metadata, None, peer);
+    super::typed::run_stream_handler(handler, ctx, stream).await;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HeaderError {
+    #[error("bidirectional stream of unknown type {0:#04x}")]
+    NotAStream(u8),
+    #[error("stream header not received within the pairing timeout")]
+    Timeout,
+    #[error("stream ended inside its header: {0}")]
+    Lost(String),
+    #[error("bad stream header: {0}")]
+    Bad(String),
+}
+
+async fn read_header(recv: &mut quinn::RecvStream) -> Result<DataHeader, HeaderError> {
+    let lost = |e: quinn::ReadExactError| HeaderError::Lost(e.to_string());
+    let mut head = [0u8; 3];
+    recv.read_exact(&mut head[..1]).await.map_err(lost)?;
+    if head[0] != wire::DATA_HALF {
+        return Err(HeaderError::NotAStream(head[0]));
+    }
+    recv.read_exact(&mut head[1..]).await.map_err(lost)?;
+    // A u16 length is at most MAX_HEADER (64 KiB - 1): safe to allocate.
+    let len = u16::from_be_bytes([head[1], head[2]]) as usize;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(lost)?;
+    DataHeader::decode_body(body.into()).map_err(|e| HeaderError::Bad(e.to_string()))
+}
+
+/// A unidirectional stream whose type byte is `0x03`: an error half for a
+/// stream this side opened. The type byte is already consumed.
+pub(crate) async fn incoming_uni(peer: Peer, mut recv: quinn::RecvStream) {
+    let st = peer.stream_state();
+    let wait = st.registry.opts.pairing_timeout;
+    let mut id = [0u8; 8];
+    match tokio::time::timeout(wait, recv.read_exact(&mut id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "error half ended inside its header");
+            return;
+        }
+        Err(_) => {
+            let _ = recv.stop(code::PAIRING_TIMEOUT.into());
+            return;
+        }
+    }
+    let id = u64::from_be_bytes(id);
+    // Decide under the lock, act after it (no lock across an await).
+    let orphan = {
+        let mut slots = st.lock_slots();
+        match slots.remove(&id) {
+            Some(Slot::Waiting(tx)) => {
+                if let Err(mut r) = tx.send(recv) {
+                    let _ = r.stop(code::PAIRING_TIMEOUT.into());
+                }
+                false
+            }
+            Some(Slot::Arrived(mut old)) => {
+                let _ = old.stop(code::PROTOCOL.into());
+                let mut recv = recv;
+                let _ = recv.stop(code::PROTOCOL.into());
+                false
+            }
+            None => {
+                // No open waits for it (yet): hold it for the pairing timeout.
+                slots.insert(id, Slot::Arrived(recv));
+                true
+            }
+        }
+    };
+    if !orphan {
+        return;
+    }
+    let _pending = PendingGuard::new(&st.registry);
+    tokio::time::sleep(wait).await;
+    let left = {
+        let mut slots = st.lock_slots();
+        match slots.remove(&id) {
+            Some(Slot::Arrived(r)) => Some(r),
+            Some(other) => {
+                slots.insert(id, other);
+                None
+            }
+            None => None,
+        }
+    };
+    if let Some(mut r) = left {
+        tracing::debug!(
+            id,
+            "error half without a data half dropped after the pairing timeout"
+        );
+        let _ = r.stop(code::PAIRING_TIMEOUT.into());
+    }
+}

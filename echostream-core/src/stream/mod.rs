@@ -1,0 +1,150 @@
+//! Application streams: [`XStream`] pairs (a bidirectional data half plus a
+//! one-way error half from the acceptor to the opener), the control handle
+//! that accepts and opens them ([`Streams`]), and typed message streams on
+//! top ([`StreamSender`], [`StreamReceiver`], [`StreamDuplex`]).
+//!
+//! # Layout
+//! - `wire`: the pairing protocol's bytes (sans-IO, unit-tested).
+//! - `xstream`: [`XStream`] and its states.
+//! - `control`: [`Streams`], [`IncomingStreams`], the decision policy.
+//! - `conn`: per-connection state: pairing table, stream-limit growth, the
+//!   opening and accepting handshakes (called from the protocol layer).
+//! - `typed`: message framing, [`StreamHandler`], `create_stream`.
+//! - `io`: [`XStreamIo`], tokio `AsyncRead`/`AsyncWrite` over an XStream.
+//! - `error`: [`StreamError`].
+
+mod conn;
+mod control;
+mod error;
+mod io;
+mod typed;
+mod wire;
+mod xstream;
+
+pub(crate) use conn::{incoming_bi, incoming_uni, ConnStreams};
+pub(crate) use control::Registry;
+pub use control::{IncomingStreams, StreamDecision, StreamRequest, StreamRequests, Streams};
+pub use error::StreamError;
+pub use io::XStreamIo;
+pub use typed::{
+    registered_stream_handlers, stream_handler_fn, CreateStream, FnStreamHandler, FromXStream, StreamDuplex,
+    StreamHandler, StreamHandlerRegistration, StreamHandlerResult, StreamReceiver, StreamSender,
+};
+pub(crate) use wire::ERROR_HALF;
+pub use xstream::{StreamState, XStream};
+
+use std::time::Duration;
+
+/// Which end of a stream this side is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Opened the stream; reads the error half.
+    Opener,
+    /// Accepted the stream; may write the error half.
+    Acceptor,
+}
+
+/// Limits and timeouts of streams, per server or client.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StreamOptions {
+    /// Streams of one name waiting for the application to take them; beyond
+    /// it openers are refused as busy (default 64).
+    pub accept_queue: usize,
+    /// Requests waiting for an approve-via-event decision; beyond it openers
+    /// are refused as busy (default 64).
+    pub decision_queue: usize,
+    /// How long a half waits for its partner: the opener for the error half
+    /// after the acceptance, the acceptor for the header (default 10 s).
+    pub pairing_timeout: Duration,
+    /// How long `open_stream` waits for the acceptor's answer (default 30 s).
+    pub open_timeout: Duration,
+    /// How long an approve-via-event decision may take (default 10 s).
+    pub decision_timeout: Duration,
+    /// Largest error block written or accepted (default 64 KiB).
+    pub max_error_size: usize,
+    /// Largest typed message accepted or sent (default 16 MiB).
+    pub max_message_size: usize,
+    /// Most bytes `read_to_end` collects (default 256 MiB).
+    pub max_read_to_end: usize,
+    /// Ceiling for the per-connection stream limits, which start at the
+    /// transport's values and double as streams are used (default 16,384).
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            accept_queue: 64,
+            decision_queue: 64,
+            pairing_timeout: Duration::from_secs(10),
+            open_timeout: Duration::from_secs(30),
+            decision_timeout: Duration::from_secs(10),
+            max_error_size: 64 * 1024,
+            max_message_size: 16 * 1024 * 1024,
+            max_read_to_end: 256 * 1024 * 1024,
+            max_concurrent_streams: 16_384,
+        }
+    }
+}
+
+impl StreamOptions {
+    /// Defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`StreamOptions::accept_queue`].
+    pub fn accept_queue(mut self, n: usize) -> Self {
+        self.accept_queue = n.max(1);
+        self
+    }
+
+    /// Sets [`StreamOptions::decision_queue`].
+    pub fn decision_queue(mut self, n: usize) -> Self {
+        self.decision_queue = n.max(1);
+        self
+    }
+
+    /// Sets [`StreamOptions::max_error_size`].
+    pub fn max_error_size(mut self, bytes: usize) -> Self {
+        self.max_error_size = bytes;
+        self
+    }
+
+    /// Sets [`StreamOptions::max_read_to_end`].
+    pub fn max_read_to_end(mut self, bytes: usize) -> Self {
+        self.max_read_to_end = bytes;
+        self
+    }
+
+    /// Sets [`StreamOptions::pairing_timeout`].
+    pub fn pairing_timeout(mut self, d: Duration) -> Self {
+        self.pairing_timeout = d;
+        self
+    }
+
+    /// Sets [`StreamOptions::open_timeout`].
+    pub fn open_timeout(mut self, d: Duration) -> Self {
+        self.open_timeout = d;
+        self
+    }
+
+    /// Sets [`StreamOptions::decision_timeout`].
+    pub fn decision_timeout(mut self, d: Duration) -> Self {
+        self.decision_timeout = d;
+        self
+    }
+
+    /// Sets [`StreamOptions::max_message_size`].
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets [`StreamOptions::max_concurrent_streams`].
+    pub fn max_concurrent_streams(mut self, n: u32) -> Self {
+        self.max_concurrent_streams = n;
+        self
+    }
+}
