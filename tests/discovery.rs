@@ -453,6 +453,59 @@ fn server_announced_by_python_zeroconf_is_browsed_and_discovered() {
 }
 
 #[test]
+fn an_instance_that_dies_silently_disappears_when_its_records_expire() {
+    const TEST: &str = "an_instance_that_dies_silently_disappears_when_its_records_expire";
+    let Some(python) = zeroconf_python(TEST) else {
+        return;
+    };
+    if !netns::in_fresh_netns(TEST) {
+        return;
+    }
+    runtime().block_on(async {
+        // mdns-sd does not let us shorten our own records' TTL (120 s), so an
+        // independent responder announces with a 3 s TTL and is then killed:
+        // no goodbye is ever sent.
+        let mut peer = Command::new(python)
+            .arg(peer_script())
+            .args(["announce", "Short Lived", "4242", &"ab".repeat(32), "3"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(peer.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "registered");
+        let watcher = Discovery::with_interfaces(Interfaces::Loopback).unwrap();
+        let mut browser = watcher.browse("Short Lived").unwrap();
+        match tokio::time::timeout(WAIT, browser.next())
+            .await
+            .expect("seen in time")
+        {
+            Some(BrowseEvent::Appeared(i)) => assert_eq!(i.port(), 4242),
+            other => panic!("expected the instance, got {other:?}"),
+        }
+        peer.kill().unwrap();
+        let _ = peer.wait();
+        let t0 = std::time::Instant::now();
+        loop {
+            match tokio::time::timeout(WAIT, browser.next())
+                .await
+                .expect("removed once its records expired")
+            {
+                Some(BrowseEvent::Disappeared(_)) => break,
+                Some(_) => continue,
+                None => panic!("browsing stopped"),
+            }
+        }
+        println!("silent death noticed after {:?} (TTL 3 s)", t0.elapsed());
+    });
+}
+
+#[test]
 fn discovery_and_connection_cross_a_veth_link_between_two_namespaces() {
     const TEST: &str = "discovery_and_connection_cross_a_veth_link_between_two_namespaces";
     let Some(host) = netns::two_hosts(TEST) else {

@@ -6,9 +6,11 @@ echostream-discovery/tests/netns/mod.rs); it uses the IPv4 loopback only.
     zeroconf_peer.py resolve NAME TIMEOUT_S
         browses _echostream._udp.local., resolves the first instance named NAME
         (or "NAME (N)") and prints it as one JSON line; exit 1 on timeout.
-    zeroconf_peer.py announce NAME PORT FINGERPRINT
-        announces NAME with TXT proto/fp/id/room, prints "registered", keeps it
-        until stdin closes, then unregisters (goodbye) and exits.
+    zeroconf_peer.py announce NAME PORT FINGERPRINT [TTL_S]
+        announces NAME with TXT proto/fp/id/room (records with TTL_S seconds
+        if given), prints "registered", keeps it until stdin closes, then
+        unregisters (goodbye) and exits. Killed instead, it sends no goodbye:
+        browsers must drop it when its records expire.
 """
 import json
 import re
@@ -60,8 +62,9 @@ def resolve(name, timeout):
         conf.close()
 
 
-def announce(name, port, fingerprint):
+def announce(name, port, fingerprint, ttl=None):
     conf = zc()
+    ttls = {} if ttl is None else {"host_ttl": ttl, "other_ttl": ttl}
     info = ServiceInfo(
         TYPE,
         f"{name}.{TYPE}",
@@ -69,6 +72,7 @@ def announce(name, port, fingerprint):
         port=port,
         properties={"proto": "1", "fp": fingerprint, "id": "zeroconf-peer", "room": "attic"},
         server="zeroconf-peer.local.",
+        **ttls,
     )
     conf.register_service(info)
     print("registered", flush=True)
@@ -83,5 +87,6 @@ if __name__ == "__main__":
     if cmd == "resolve":
         sys.exit(resolve(sys.argv[2], float(sys.argv[3])))
     if cmd == "announce":
-        sys.exit(announce(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+        ttl = int(sys.argv[5]) if len(sys.argv) > 5 else None
+        sys.exit(announce(sys.argv[2], int(sys.argv[3]), sys.argv[4], ttl))
     sys.exit(f"unknown command {cmd}")
