@@ -4,10 +4,12 @@
 //! connection-lost (none hangs, none reports a clean end).
 //!
 //! The size of the lossy transfer is `ECHOSTREAM_FAULT_STREAM_MIB` (default
-//! 8 MiB: at 5 % loss and a 40 ms round trip congestion control keeps
-//! throughput to a few hundred KiB/s, so 256 MiB takes far too long for the
-//! suite; run it by hand with `ECHOSTREAM_FAULT_STREAM_MIB=256 cargo test
-//! --release --test faults_streams -- --nocapture lossy`).
+//! 2 MiB). Through this relay congestion control holds one stream to about
+//! 80 KiB/s (measured: 8 MiB in 99.8 s in the debug test build on a shared
+//! 2-core machine; the bottleneck is loss recovery and the 40 ms round
+//! trip, not CPU), so 256 MiB would take close to an hour: run it by hand
+//! with `ECHOSTREAM_FAULT_STREAM_MIB=256 cargo test --release --test
+//! faults_streams -- --nocapture a_large_stream`.
 
 mod common;
 
@@ -37,7 +39,7 @@ async fn a_large_stream_arrives_byte_exact_through_loss_reordering_and_delay() {
     let mib: u64 = std::env::var("ECHOSTREAM_FAULT_STREAM_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(2);
     let total = mib * 1024 * 1024;
     let server = RpcServer::builder()
         .bind("127.0.0.1:0")
