@@ -34,6 +34,8 @@ pub(crate) struct ConnStreams {
     opened: AtomicUsize,
     /// Streams we accepted and that are live, or being accepted.
     accepted: AtomicUsize,
+    /// Error halves held in the pairing table without their data half.
+    orphans: AtomicUsize,
     bidi_limit: AtomicU32,
     uni_limit: AtomicU32,
 }
@@ -48,6 +50,7 @@ impl ConnStreams {
             slots: Mutex::new(HashMap::new()),
             opened: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
+            orphans: AtomicUsize::new(0),
             bidi_limit: AtomicU32::new(bidi),
             uni_limit: AtomicU32::new(uni),
         }
@@ -99,6 +102,28 @@ impl ConnStreams {
         self.grow(&self.uni_limit, in_use, |v| {
             self.conn.set_max_concurrent_uni_streams(v)
         });
+    }
+
+    /// Streams this connection holds in both directions (see
+    /// [`super::StreamOptions::max_streams_per_connection`]).
+    fn in_use(&self) -> usize {
+        self.opened.load(Ordering::Relaxed)
+            + self.accepted.load(Ordering::Relaxed)
+            + self.orphans.load(Ordering::Relaxed)
+    }
+
+    /// The refusal reason when the connection is over its stream limit,
+    /// counting the stream being added.
+    fn over_limit(&self, whose: &str) -> Option<String> {
+        let limit = self.registry.opts.max_streams_per_connection;
+        let in_use = self.in_use();
+        (in_use > limit).then(|| {
+            format!(
+                "the connection already holds {} streams ({whose} per-connection limit of {limit}, \
+                 max_streams_per_connection)",
+                in_use - 1
+            )
+        })
     }
 
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
@@ -176,6 +201,12 @@ impl Peer {
             counter: &st.opened,
             armed: true,
         };
+        if let Some(reason) = st.over_limit("this side's") {
+            return Err(StreamError::Busy {
+                stream: name.to_owned(),
+                reason,
+            });
+        }
         st.grow_uni();
         let _pending = PendingGuard::new(&st.registry);
         // Register before sending the header: the error half may race the answer.
@@ -443,6 +474,22 @@ impl Drop for Incoming {
 pub(crate) async fn incoming_bi(peer: Peer, send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let st = peer.stream_state();
     st.accepted.fetch_add(1, Ordering::Relaxed);
+    if let Some(reason) = st.over_limit("the") {
+        tracing::debug!(peer = %peer.remote_addr(), %reason, "incoming stream refused");
+        // Refused before its header is read: the opener's answer says why.
+        let inc = Incoming {
+            peer: peer.clone(),
+            header: DataHeader {
+                id: 0,
+                name: String::new(),
+                metadata: Metadata::new(),
+            },
+            send: Some(send),
+            recv: Some(recv),
+            count: true,
+        };
+        return inc.refuse(Refusal::Busy, &reason).await;
+    }
     st.grow_bidi();
     let registry = st.registry.clone();
     let _pending = PendingGuard::new(&registry);
@@ -591,9 +638,18 @@ pub(crate) async fn incoming_uni(peer: Peer, mut recv: quinn::RecvStream) {
                 false
             }
             None => {
-                // No open waits for it (yet): hold it for the pairing timeout.
-                slots.insert(id, Slot::Arrived(recv));
-                true
+                st.orphans.fetch_add(1, Ordering::Relaxed);
+                if let Some(reason) = st.over_limit("the") {
+                    st.orphans.fetch_sub(1, Ordering::Relaxed);
+                    tracing::debug!(id, %reason, "error half without a data half refused");
+                    let mut recv = recv;
+                    let _ = recv.stop(code::STREAM_LIMIT.into());
+                    false
+                } else {
+                    // No open waits for it (yet): hold it for the pairing timeout.
+                    slots.insert(id, Slot::Arrived(recv));
+                    true
+                }
             }
         }
     };
@@ -601,6 +657,10 @@ pub(crate) async fn incoming_uni(peer: Peer, mut recv: quinn::RecvStream) {
         return;
     }
     let _pending = PendingGuard::new(&st.registry);
+    let _orphan = CountGuard {
+        counter: &st.orphans,
+        armed: true,
+    };
     tokio::time::sleep(wait).await;
     let left = {
         let mut slots = st.lock_slots();

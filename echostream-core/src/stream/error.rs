@@ -89,12 +89,14 @@ pub enum StreamError {
         /// The stream's name.
         stream: String,
     },
-    /// The peer's acceptor has too many streams waiting; try later.
-    #[error("stream `{stream}` refused: the peer is busy: {reason}")]
+    /// The peer's acceptor has too many streams waiting, or a per-connection
+    /// stream limit is reached (the peer's, or this side's for a local
+    /// open: the reason says which); try later.
+    #[error("stream `{stream}` refused as busy: {reason}")]
     Busy {
         /// The stream's name.
         stream: String,
-        /// The peer's explanation, naming its limit.
+        /// The explanation, naming the limit.
         reason: String,
     },
     /// The peer's decision policy rejected the stream.

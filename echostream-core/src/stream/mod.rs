@@ -70,6 +70,15 @@ pub struct StreamOptions {
     /// Ceiling for the per-connection stream limits, which start at the
     /// transport's values and double as streams are used (default 16,384).
     pub max_concurrent_streams: u32,
+    /// Most XStreams one connection may hold at once, counting both
+    /// directions: live streams, streams being opened or accepted (data
+    /// halves waiting for their header, decision or acceptor) and error
+    /// halves held in the pairing table without their data half. Beyond it
+    /// an incoming data half is refused as busy (the reason names the limit),
+    /// an orphan error half is stopped with code `0x18` (`STREAM_LIMIT`),
+    /// and a local `open_stream` fails with [`StreamError::Busy`]
+    /// (default 16,384, the same as the transport ceiling).
+    pub max_streams_per_connection: usize,
 }
 
 impl Default for StreamOptions {
@@ -84,6 +93,7 @@ impl Default for StreamOptions {
             max_message_size: 16 * 1024 * 1024,
             max_read_to_end: 256 * 1024 * 1024,
             max_concurrent_streams: 16_384,
+            max_streams_per_connection: 16_384,
         }
     }
 }
@@ -145,6 +155,12 @@ impl StreamOptions {
     /// Sets [`StreamOptions::max_concurrent_streams`].
     pub fn max_concurrent_streams(mut self, n: u32) -> Self {
         self.max_concurrent_streams = n;
+        self
+    }
+
+    /// Sets [`StreamOptions::max_streams_per_connection`] (at least 1).
+    pub fn max_streams_per_connection(mut self, n: usize) -> Self {
+        self.max_streams_per_connection = n.max(1);
         self
     }
 }

@@ -74,6 +74,8 @@ pub(crate) mod code {
     pub(crate) const MESSAGE_TOO_LARGE: u32 = 0x16;
     /// A typed message did not decode.
     pub(crate) const BAD_MESSAGE: u32 = 0x17;
+    /// The connection holds `max_streams_per_connection` streams already.
+    pub(crate) const STREAM_LIMIT: u32 = 0x18;
 }
 
 /// A malformed or oversized header, answer or error block.
