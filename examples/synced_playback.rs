@@ -107,7 +107,9 @@ async fn main() -> Result<()> {
         }
     }
     for s in senders {
-        s.finish().await?;
+        // A listener closes its connection once its stream ended: the
+        // speaker's finish may then see the close, which is fine here.
+        let _ = s.finish().await;
     }
     let mut schedules = vec![];
     for t in tasks {
