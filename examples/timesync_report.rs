@@ -76,7 +76,7 @@ async fn measure(label: &str, impairment: Option<Impairment>, run: Duration) -> 
 async fn jitter_case(run: Duration) -> Result<()> {
     let base = SystemClock::new();
     let skewed = Arc::new(SkewedClock::new(base, 250_000_000, 50.0));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, f64, Duration)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, f64, f64, Duration)>();
     let (stx, mut srx) = tokio::sync::mpsc::unbounded_channel::<JitterStats>();
     let sk = skewed.clone();
     let handler = stream_handler_fn(
@@ -85,13 +85,20 @@ async fn jitter_case(run: Duration) -> Result<()> {
             let (tx, stx, sk) = (tx.clone(), stx.clone(), sk.clone());
             async move {
                 let local = s.xstream().peer().local_clock();
-                while let Some(((seq, sender_ts), _aligned)) = s.recv_aligned().await {
+                while let Some(((seq, sender_ts), aligned)) = s.recv_aligned().await {
                     let released = local.now().0 as f64;
                     let delay = s.stats().delay;
                     // The sender is on the base clock: its stamp on the server clock, exactly.
                     let truth = sender_ts as f64 + sk.true_offset_at(Timestamp(sender_ts));
                     let ideal = truth + delay.as_nanos() as f64;
-                    let _ = tx.send((seq, (released - ideal).abs() / 1000.0, delay));
+                    // Against the receiver's own schedule (its clock-sync estimate): timer precision only.
+                    let own = (aligned + delay).0 as f64;
+                    let _ = tx.send((
+                        seq,
+                        (released - ideal).abs() / 1000.0,
+                        (released - own).abs() / 1000.0,
+                        delay,
+                    ));
                 }
                 let _ = stx.send(s.stats());
             }
@@ -137,14 +144,17 @@ async fn jitter_case(run: Duration) -> Result<()> {
     stream.finish().await?;
     let stats = srx.recv().await.unwrap_or_default();
     let mut spread = vec![];
+    let mut own = vec![];
     let mut delays = vec![];
-    while let Ok((seq, us, delay)) = rx.try_recv() {
+    while let Ok((seq, us, own_us, delay)) = rx.try_recv() {
         if seq >= 50 {
             spread.push(us);
+            own.push(own_us);
             delays.push(delay);
         }
     }
     spread.sort_by(f64::total_cmp);
+    own.sort_by(f64::total_cmp);
     delays.sort();
     let p99_in = stats.transit_p99.unwrap_or_default();
     println!(
@@ -160,6 +170,11 @@ async fn jitter_case(run: Duration) -> Result<()> {
         percentile(&spread, 0.99),
         spread.last().copied().unwrap_or(0.0),
         spread.len()
+    );
+    println!(
+        "  |release − (aligned + delay)| on the receiver's own estimate: median {:.1} µs   p99 {:.1} µs",
+        percentile(&own, 0.5),
+        percentile(&own, 0.99)
     );
     println!(
         "  late drops {} of {} ({:.2} %), overflow {}   delay used: median {:?} (min {:?}, max {:?}, final {:?})",
