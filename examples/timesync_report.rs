@@ -4,6 +4,13 @@
 //! true clock, both in this process (so the true offset is known exactly).
 //! The client samples |estimated − true| every 10 ms.
 //!
+//! Then the jitter-buffer case: the client sends 50 timestamped frames/s
+//! through a relay adding 20 ms ± 10 ms each way; the server plays them out
+//! with an adaptive playout delay and measures |release − ideal|, where
+//! ideal = the sender's timestamp mapped exactly (true offset) to the
+//! server clock, plus the delay in force. The first second (while the
+//! adaptive delay settles from its start value) is left out of the spread.
+//!
 //! ```sh
 //! cargo run --release --example timesync_report            # 60 s per case
 //! cargo run --release --example timesync_report -- --quick # 10 s per case
@@ -11,7 +18,7 @@
 
 use echostream::prelude::*;
 use echostream::testing::{Impairment, Relay};
-use echostream::timesync::{Clock, SkewedClock, SystemClock};
+use echostream::timesync::{Clock, JitterStats, SkewedClock, SystemClock};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,6 +73,129 @@ async fn measure(label: &str, impairment: Option<Impairment>, run: Duration) -> 
     Ok(())
 }
 
+async fn jitter_case(run: Duration) -> Result<()> {
+    let base = SystemClock::new();
+    let skewed = Arc::new(SkewedClock::new(base, 250_000_000, 50.0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, f64, f64, Duration)>();
+    let (stx, mut srx) = tokio::sync::mpsc::unbounded_channel::<JitterStats>();
+    let sk = skewed.clone();
+    let handler = stream_handler_fn(
+        "audio.sync_stream",
+        move |_ctx: Context, s: TimedReceiver<(u64, u64)>| {
+            let (tx, stx, sk) = (tx.clone(), stx.clone(), sk.clone());
+            async move {
+                let local = s.xstream().peer().local_clock();
+                while let Some(((seq, sender_ts), aligned)) = s.recv_aligned().await {
+                    let released = local.now().0 as f64;
+                    let delay = s.stats().delay;
+                    // The sender is on the base clock: its stamp on the server clock, exactly.
+                    let truth = sender_ts as f64 + sk.true_offset_at(Timestamp(sender_ts));
+                    let ideal = truth + delay.as_nanos() as f64;
+                    // Against the receiver's own schedule (its clock-sync estimate): timer precision only.
+                    let own = (aligned + delay).0 as f64;
+                    let _ = tx.send((
+                        seq,
+                        (released - ideal).abs() / 1000.0,
+                        (released - own).abs() / 1000.0,
+                        delay,
+                    ));
+                }
+                let _ = stx.send(s.stats());
+            }
+        },
+    );
+    let server = RpcServer::builder()
+        .bind("127.0.0.1:0")
+        .identity(ServerIdentity::Ephemeral)
+        .clock(skewed.clone())
+        .stream_handler(handler)
+        .build()?;
+    let (addr, fp) = (server.local_addr(), server.fingerprint());
+    tokio::spawn(server.run());
+    let relay = Relay::start(
+        addr,
+        Impairment::delay(Duration::from_millis(20), Duration::from_millis(10)),
+        9,
+    )
+    .await?;
+    let client = RpcClient::builder()
+        .pin(fp)
+        .clock(Arc::new(base))
+        .connect(&relay.local_addr().to_string())
+        .await?;
+    let stream = client
+        .create_stream("audio.sync_stream")
+        .with_playout_delay(PlayoutDelay::Adaptive {
+            min: Duration::from_millis(5),
+            max: Duration::from_millis(200),
+            margin: Duration::from_millis(2),
+        })
+        .build()
+        .await?;
+    // Let the receiver's clock sync settle before the frames start.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let frames = run.as_millis() as u64 / 20;
+    let start = tokio::time::Instant::now();
+    for seq in 0..frames {
+        tokio::time::sleep_until(start + Duration::from_millis(20 * seq)).await;
+        let ts = base.now();
+        stream.send_with_timestamp((seq, ts.0), ts).await?;
+    }
+    stream.finish().await?;
+    let stats = srx.recv().await.unwrap_or_default();
+    let mut spread = vec![];
+    let mut own = vec![];
+    let mut delays = vec![];
+    while let Ok((seq, us, own_us, delay)) = rx.try_recv() {
+        if seq >= 50 {
+            spread.push(us);
+            own.push(own_us);
+            delays.push(delay);
+        }
+    }
+    spread.sort_by(f64::total_cmp);
+    own.sort_by(f64::total_cmp);
+    delays.sort();
+    let p99_in = stats.transit_p99.unwrap_or_default();
+    println!(
+        "jitter buffer, 50 frames/s for {run:?}, relay 20 ms ± 10 ms, adaptive delay [5, 200] ms + 2 ms margin"
+    );
+    if spread.is_empty() {
+        println!("  no frames released after the first second");
+        return Ok(());
+    }
+    println!(
+        "  |release − ideal|: median {:.1} µs   p99 {:.1} µs   max {:.1} µs   ({} frames)",
+        percentile(&spread, 0.5),
+        percentile(&spread, 0.99),
+        spread.last().copied().unwrap_or(0.0),
+        spread.len()
+    );
+    println!(
+        "  |release − (aligned + delay)| on the receiver's own estimate: median {:.1} µs   p99 {:.1} µs",
+        percentile(&own, 0.5),
+        percentile(&own, 0.99)
+    );
+    println!(
+        "  late drops {} of {} ({:.2} %), overflow {}   delay used: median {:?} (min {:?}, max {:?}, final {:?})",
+        stats.late,
+        stats.received,
+        100.0 * stats.late as f64 / stats.received.max(1) as f64,
+        stats.overflow,
+        delays[delays.len() / 2],
+        delays[0],
+        delays[delays.len() - 1],
+        stats.delay
+    );
+    println!(
+        "  input transit p99 (last 500 frames) {p99_in:?}; delay − p99 = {:.2} ms; RFC 3550 jitter {:?}",
+        (stats.delay.as_secs_f64() - p99_in.as_secs_f64()) * 1000.0,
+        stats.jitter
+    );
+    client.close().await;
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     if let Ok(filter) = std::env::var("RUST_LOG") {
@@ -84,5 +214,6 @@ async fn main() -> Result<()> {
         run,
     )
     .await?;
+    jitter_case(run).await?;
     Ok(())
 }

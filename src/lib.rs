@@ -45,7 +45,8 @@ pub use echostream_core::rpc::{
     Listener, Peer, ReconnectPolicy, RpcClient, RpcServer, ServerHandle, Subscription,
 };
 pub use echostream_core::stream::{
-    IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams, XStream,
+    IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,
+    TimedReceiver, XStream,
 };
 pub use echostream_core::{connection, protocol, rpc, stream, testing, Error, Result};
 pub use echostream_derive::{handler, listener, stream_handler};
@@ -56,6 +57,9 @@ pub use echostream_types::{Code, Codec, Metadata, Status};
 pub mod timesync {
     pub use echostream_core::protocol::timesync::*;
     pub use echostream_core::protocol::SyncedClock;
+    pub use echostream_core::stream::jitter::{
+        JitterBuffer, JitterConfig, JitterStats, PlayoutDelay, PushOutcome, ADAPT_EVERY,
+    };
 }
 #[cfg(feature = "discovery")]
 pub use echostream_core::rpc::DiscoverOptions;
@@ -71,6 +75,7 @@ pub mod prelude {
     };
     pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
     pub use crate::stream::{stream_handler_fn, StreamHandler, StreamOptions};
+    pub use crate::timesync::{PlayoutDelay, Timestamp};
     #[cfg(feature = "discovery")]
     pub use crate::DiscoverOptions;
     pub use crate::{handler, listener, stream_handler};
@@ -82,7 +87,7 @@ pub mod prelude {
     pub use crate::{ClientAuth, ClientCertTrust, ClientIdentity, KeyLog};
     pub use crate::{
         IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,
-        XStream,
+        TimedReceiver, XStream,
     };
 }
 

@@ -389,6 +389,11 @@ impl Peer {
         }
     }
 
+    /// This side's clock (the one configured on the server or client builder).
+    pub fn local_clock(&self) -> Arc<dyn timesync::Clock> {
+        self.shared.config.clock.clone()
+    }
+
     /// The peer's clock, as estimated by the clock-sync exchange on this
     /// connection. The first call starts the exchange (a burst of probes
     /// every `time_sync_interval`, default 1 s) for the connection's lifetime.

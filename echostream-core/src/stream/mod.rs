@@ -17,6 +17,7 @@ mod conn;
 mod control;
 mod error;
 mod io;
+pub mod jitter;
 mod typed;
 mod wire;
 mod xstream;
@@ -26,9 +27,11 @@ pub(crate) use control::Registry;
 pub use control::{IncomingStreams, StreamDecision, StreamRequest, StreamRequests, Streams};
 pub use error::StreamError;
 pub use io::XStreamIo;
+pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PlayoutDelay, PushOutcome};
 pub use typed::{
     registered_stream_handlers, stream_handler_fn, CreateStream, FnStreamHandler, FromXStream, StreamDuplex,
     StreamHandler, StreamHandlerRegistration, StreamHandlerResult, StreamReceiver, StreamSender,
+    TimedReceiver, PLAYOUT_METADATA, TIMED_FLAG,
 };
 pub(crate) use wire::ERROR_HALF;
 pub use xstream::{StreamState, XStream};

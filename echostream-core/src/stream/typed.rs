@@ -5,9 +5,18 @@
 //! `codec: u8` (the payload codec tag, as in requests), then the payload.
 //! The receiver checks `len` against its `max_message_size` before it
 //! buffers the message.
+//!
+//! A timestamped message (`send_with_timestamp`) sets bit 7 of the codec
+//! byte ([`TIMED_FLAG`]) and puts the sender's timestamp (`u64` big-endian,
+//! nanoseconds since the UNIX epoch on the sender's clock) between the codec
+//! byte and the payload; `len` counts it. A plain receiver ignores the
+//! timestamp; a [`TimedReceiver`] maps it to the local clock and plays the
+//! message out through a [`JitterBuffer`].
 
+use super::jitter::{JitterBuffer, JitterConfig, JitterStats, PlayoutDelay};
 use super::wire::{self, code};
 use super::{Side, StreamError, StreamState, Streams, XStream};
+use crate::protocol::timesync::Timestamp;
 use crate::protocol::Peer;
 use crate::rpc::{Context, RpcClient};
 use crate::Error;
@@ -22,6 +31,16 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 const PREFIX: usize = 4;
+
+/// Bit 7 of the codec byte: an 8-byte timestamp follows it.
+pub const TIMED_FLAG: u8 = 0x80;
+/// Stream metadata key carrying the opener's playout-delay choice for a
+/// time-synced stream (see [`CreateStream::with_time_sync`]).
+pub const PLAYOUT_METADATA: &str = "echostream.playout";
+/// Probes answered before a [`TimedReceiver`] releases anything.
+const SYNC_SAMPLES: u64 = 4;
+/// How long a [`TimedReceiver`] waits for the clock to sync.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Converts a stream error into the crate error, turning an error block
 /// written by a typed acceptor into `Error::Remote` with its status.
@@ -41,6 +60,7 @@ async fn send_message<M: Serialize>(
     codec: Codec,
     max: usize,
     msg: &M,
+    ts: Option<Timestamp>,
 ) -> Result<(), Error> {
     let payload = codec.encode(msg).map_err(|e| {
         Error::Stream(StreamError::BadMessage {
@@ -48,20 +68,27 @@ async fn send_message<M: Serialize>(
             detail: format!("message did not encode ({}): {e}", codec.name()),
         })
     })?;
-    if payload.len() + 1 > max {
+    let extra = if ts.is_some() { 9 } else { 1 };
+    if payload.len() + extra > max {
         let e = StreamError::TooLarge {
             stream: stream.name().to_owned(),
             what: "message",
-            size: payload.len() as u64 + 1,
+            size: (payload.len() + extra) as u64,
             limit: max as u64,
         };
         // The stream ends on both sides: the receiver sees the code.
         stream.abort(code::MESSAGE_TOO_LARGE).await;
         return Err(Error::Stream(e));
     }
-    let mut head = BytesMut::with_capacity(PREFIX + 1);
-    head.extend_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
-    head.extend_from_slice(&[codec.tag()]);
+    let mut head = BytesMut::with_capacity(PREFIX + extra);
+    head.extend_from_slice(&((payload.len() + extra) as u32).to_be_bytes());
+    match ts {
+        Some(ts) => {
+            head.extend_from_slice(&[codec.tag() | TIMED_FLAG]);
+            head.extend_from_slice(&ts.0.to_be_bytes());
+        }
+        None => head.extend_from_slice(&[codec.tag()]),
+    }
     stream
         .write_chunks(&mut [head.freeze(), payload])
         .await
@@ -94,6 +121,14 @@ impl MessageReader {
     }
 
     async fn next<T: DeserializeOwned>(&mut self, stream: &XStream) -> Result<Option<T>, StreamError> {
+        Ok(self.next_timed(stream).await?.map(|(m, _)| m))
+    }
+
+    /// The next message and its timestamp, if it carried one.
+    async fn next_timed<T: DeserializeOwned>(
+        &mut self,
+        stream: &XStream,
+    ) -> Result<Option<(T, Option<Timestamp>)>, StreamError> {
         let name = || stream.name().to_owned();
         if !self.fill(stream, PREFIX).await? {
             if self.buf.is_empty() {
@@ -128,11 +163,27 @@ impl MessageReader {
         }
         self.buf.advance(PREFIX);
         let msg = self.buf.split_to(len);
-        let codec = Codec::from_tag(msg[0]);
+        let (codec, ts, body) = if msg[0] & TIMED_FLAG != 0 {
+            if msg.len() < 9 {
+                return Err(StreamError::BadMessage {
+                    stream: name(),
+                    detail: "timestamped message shorter than its timestamp".into(),
+                });
+            }
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&msg[1..9]);
+            (
+                Codec::from_tag(msg[0] & !TIMED_FLAG),
+                Some(Timestamp(u64::from_be_bytes(b))),
+                &msg[9..],
+            )
+        } else {
+            (Codec::from_tag(msg[0]), None, &msg[1..])
+        };
         self.count += 1;
         codec
-            .decode::<T>(&msg[1..])
-            .map(Some)
+            .decode::<T>(body)
+            .map(|m| Some((m, ts)))
             .map_err(|e| StreamError::BadMessage {
                 stream: name(),
                 detail: format!(
@@ -265,7 +316,22 @@ impl StreamSender {
     /// `Error::Remote { method: <stream name>, status }`.
     pub async fn send<M: Serialize>(&self, msg: M) -> Result<(), Error> {
         let max = self.stream.options().max_message_size;
-        send_message(&self.stream, self.codec, max, &msg).await
+        send_message(&self.stream, self.codec, max, &msg, None).await
+    }
+
+    /// Sends one message stamped with `ts`, a time on this side's clock
+    /// (see `Peer::local_clock`). A [`TimedReceiver`] maps it to its own
+    /// clock and releases the message at that time plus its playout delay.
+    pub async fn send_with_timestamp<M: Serialize>(&self, msg: M, ts: Timestamp) -> Result<(), Error> {
+        let max = self.stream.options().max_message_size;
+        send_message(&self.stream, self.codec, max, &msg, Some(ts)).await
+    }
+
+    /// Sends one message stamped with this side's clock now.
+    pub async fn send_now<M: Serialize>(&self, msg: M) -> Result<Timestamp, Error> {
+        let ts = self.stream.peer().local_clock().now();
+        self.send_with_timestamp(msg, ts).await?;
+        Ok(ts)
     }
 
     /// Ends the stream and waits for the acceptor to finish: `Ok` when it
@@ -319,7 +385,13 @@ impl<T: DeserializeOwned + Send + 'static> StreamDuplex<T> {
     /// Sends one message.
     pub async fn send<M: Serialize>(&self, msg: M) -> Result<(), Error> {
         let max = self.stream.options().max_message_size;
-        send_message(&self.stream, self.codec, max, &msg).await
+        send_message(&self.stream, self.codec, max, &msg, None).await
+    }
+
+    /// Sends one message stamped with `ts` (this side's clock).
+    pub async fn send_with_timestamp<M: Serialize>(&self, msg: M, ts: Timestamp) -> Result<(), Error> {
+        let max = self.stream.options().max_message_size;
+        send_message(&self.stream, self.codec, max, &msg, Some(ts)).await
     }
 
     /// The next message, or `None` at the end or after an error.
@@ -360,8 +432,261 @@ impl<T: DeserializeOwned + Send + 'static> StreamDuplex<T> {
     }
 }
 
+/// Shared between a [`TimedReceiver`] and its reader task.
+struct TimedShared<T> {
+    state: std::sync::Mutex<TimedState<T>>,
+    notify: tokio::sync::Notify,
+}
+
+struct TimedState<T> {
+    buffer: JitterBuffer<T>,
+    /// Frames read before the clock was synced: (message, sender stamp,
+    /// arrival); `None` once synced.
+    pending: Option<std::collections::VecDeque<(T, Option<Timestamp>, Timestamp)>>,
+    /// The reader stopped (end of stream or error).
+    ended: bool,
+    error: Option<Error>,
+}
+
+impl<T> TimedState<T> {
+    fn push(
+        &mut self,
+        clock: &crate::protocol::SyncedClock,
+        msg: T,
+        ts: Option<Timestamp>,
+        arrival: Timestamp,
+    ) {
+        match &mut self.pending {
+            Some(p) => {
+                if p.len() >= self.buffer.max_frames() {
+                    self.buffer.reject_overflow();
+                } else {
+                    p.push_back((msg, ts, arrival));
+                }
+            }
+            None => {
+                let aligned = ts.and_then(|ts| clock.to_local(ts)).unwrap_or(arrival);
+                let outcome = self.buffer.push(msg, aligned, arrival);
+                tracing::trace!(?outcome, "timed frame");
+            }
+        }
+    }
+}
+
+fn lock_state<T>(m: &std::sync::Mutex<TimedState<T>>) -> std::sync::MutexGuard<'_, TimedState<T>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Below this wait, `recv_aligned` yields instead of arming a timer (tokio
+/// timers have a 1 ms granularity), so frames come out close to their time.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(1500);
+
+/// The receiving end of a time-synced stream: messages come out at their
+/// sender timestamp, mapped to the local clock with the connection's
+/// [`SyncedClock`](crate::protocol::SyncedClock), plus a playout delay
+/// (a [`JitterBuffer`]).
+///
+/// A reader task starts the clock sync on the connection, waits until it is
+/// synced, then reads messages into the jitter buffer. Messages sent without
+/// a timestamp count as stamped when they arrived. The playout delay is the
+/// one the opener chose (`with_time_sync` / `with_playout_delay`), else the
+/// default adaptive delay; [`TimedReceiver::with_config`] overrides it.
+pub struct TimedReceiver<T = Vec<u8>> {
+    stream: XStream,
+    shared: Arc<TimedShared<T>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<T> std::fmt::Debug for TimedReceiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimedReceiver")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Drop for TimedReceiver<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> TimedReceiver<T> {
+    /// Wraps an XStream, with the playout delay the opener asked for (or
+    /// the default). Must run inside a tokio runtime.
+    pub fn new(stream: XStream) -> Self {
+        let delay = stream
+            .metadata()
+            .get_str(PLAYOUT_METADATA)
+            .and_then(decode_playout)
+            .unwrap_or_default();
+        Self::with_config(
+            stream,
+            JitterConfig {
+                delay,
+                ..JitterConfig::default()
+            },
+        )
+    }
+
+    /// Wraps an XStream with explicit jitter-buffer settings.
+    pub fn with_config(stream: XStream, config: JitterConfig) -> Self {
+        let shared = Arc::new(TimedShared {
+            state: std::sync::Mutex::new(TimedState {
+                buffer: JitterBuffer::new(config),
+                pending: Some(std::collections::VecDeque::new()),
+                ended: false,
+                error: None,
+            }),
+            notify: tokio::sync::Notify::new(),
+        });
+        let task = tokio::spawn(timed_reader(stream.share(), shared.clone()));
+        TimedReceiver { stream, shared, task }
+    }
+
+    /// The next message and its time on the local clock, released at that
+    /// time plus the playout delay; `None` when the stream ended and
+    /// everything buffered was released, or after an error
+    /// ([`TimedReceiver::try_recv_aligned`] returns it).
+    pub async fn recv_aligned(&self) -> Option<(T, Timestamp)> {
+        match self.try_recv_aligned().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(stream = self.stream.name(), error = %e, "timed stream receive failed");
+                None
+            }
+        }
+    }
+
+    /// Like [`TimedReceiver::recv_aligned`], with the error. Frames still
+    /// buffered when an error happens are released first.
+    pub async fn try_recv_aligned(&self) -> Result<Option<(T, Timestamp)>, Error> {
+        let clock = self.stream.peer().local_clock();
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let due = {
+                let mut st = lock_state(&self.shared.state);
+                let now = clock.now();
+                if let Some(frame) = st.buffer.poll(now) {
+                    return Ok(Some(frame));
+                }
+                match st.buffer.next_due() {
+                    Some(due) => Some(due.since(now)),
+                    None if st.ended && (st.pending.is_none() || st.error.is_some()) => {
+                        return match st.error.take() {
+                            Some(e) => Err(e),
+                            None => Ok(None),
+                        };
+                    }
+                    None => None,
+                }
+            };
+            match due {
+                Some(wait) if wait <= SPIN => tokio::task::yield_now().await,
+                Some(wait) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait - SPIN) => {}
+                        _ = &mut notified => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// The jitter buffer's counters and estimates.
+    pub fn stats(&self) -> JitterStats {
+        lock_state(&self.shared.state).buffer.stats()
+    }
+
+    /// The connection's view of the sender's clock.
+    pub fn clock(&self) -> crate::protocol::SyncedClock {
+        self.stream.peer().clock()
+    }
+
+    /// Ends the stream with an error the sender receives as `Error::Remote`
+    /// (accepting side only).
+    pub async fn fail(&self, status: Status) -> Result<(), Error> {
+        self.stream
+            .error_write(&wire::encode_status(&status), true)
+            .await
+            .map_err(Error::Stream)
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        self.stream.name()
+    }
+
+    /// The underlying XStream.
+    pub fn xstream(&self) -> &XStream {
+        &self.stream
+    }
+}
+
+/// Reads a time-synced stream into the jitter buffer. Frames are read (and
+/// their arrival stamped) from the start; they enter the jitter buffer once
+/// the connection's clock is synced.
+async fn timed_reader<T: DeserializeOwned + Send + 'static>(stream: XStream, shared: Arc<TimedShared<T>>) {
+    let peer = stream.peer().clone();
+    let synced = peer.clock();
+    let local = peer.local_clock();
+    let sync_part = async {
+        let result = synced.synced(SYNC_SAMPLES, SYNC_TIMEOUT).await;
+        let mut st = lock_state(&shared.state);
+        match result {
+            Ok(()) => {
+                for (msg, ts, arrival) in st.pending.take().unwrap_or_default() {
+                    let aligned = ts.and_then(|ts| synced.to_local(ts)).unwrap_or(arrival);
+                    st.buffer.push(msg, aligned, arrival);
+                }
+            }
+            Err(e) => {
+                st.error = Some(e);
+                st.ended = true;
+            }
+        }
+        drop(st);
+        shared.notify.notify_one();
+    };
+    let read_part = async {
+        let mut reader = MessageReader::new();
+        let error = loop {
+            match reader.next_timed::<T>(&stream).await {
+                Ok(Some((msg, ts))) => {
+                    let arrival = local.now();
+                    let mut st = lock_state(&shared.state);
+                    if st.error.is_some() {
+                        return;
+                    }
+                    st.push(&synced, msg, ts, arrival);
+                    drop(st);
+                    shared.notify.notify_one();
+                }
+                Ok(None) => break None,
+                Err(e) => {
+                    if is_bad_message(&e) {
+                        end_after_bad_message(&stream, &e).await;
+                    }
+                    break Some(typed_error(e));
+                }
+            }
+        };
+        let mut st = lock_state(&shared.state);
+        st.ended = true;
+        if st.error.is_none() {
+            st.error = error;
+        }
+        drop(st);
+        shared.notify.notify_one();
+    };
+    tokio::join!(sync_part, read_part);
+}
+
 /// What a stream handler's parameter can be: [`XStream`] (bytes),
-/// [`StreamReceiver<T>`] or [`StreamDuplex<T>`].
+/// [`StreamReceiver<T>`], [`TimedReceiver<T>`] or [`StreamDuplex<T>`].
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the stream parameter of a stream handler",
     label = "not a stream type",
@@ -381,6 +706,12 @@ impl FromXStream for XStream {
 impl<T: DeserializeOwned + Send + 'static> FromXStream for StreamReceiver<T> {
     fn from_xstream(stream: XStream) -> Self {
         StreamReceiver::new(stream)
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> FromXStream for TimedReceiver<T> {
+    fn from_xstream(stream: XStream) -> Self {
+        TimedReceiver::new(stream)
     }
 }
 
@@ -553,6 +884,38 @@ pub struct CreateStream {
     codec: Option<Codec>,
 }
 
+/// Encodes a playout delay for [`PLAYOUT_METADATA`].
+fn encode_playout(d: PlayoutDelay) -> String {
+    match d {
+        PlayoutDelay::Fixed(d) => format!("fixed:{}", d.as_nanos()),
+        PlayoutDelay::Adaptive { min, max, margin } => {
+            format!(
+                "adaptive:{}:{}:{}",
+                min.as_nanos(),
+                max.as_nanos(),
+                margin.as_nanos()
+            )
+        }
+    }
+}
+
+/// Decodes [`PLAYOUT_METADATA`]; `None` if absent or malformed.
+fn decode_playout(s: &str) -> Option<PlayoutDelay> {
+    let mut it = s.split(':');
+    let kind = it.next()?;
+    let mut n =
+        || -> Option<std::time::Duration> { Some(std::time::Duration::from_nanos(it.next()?.parse().ok()?)) };
+    match kind {
+        "fixed" => Some(PlayoutDelay::Fixed(n()?)),
+        "adaptive" => Some(PlayoutDelay::Adaptive {
+            min: n()?,
+            max: n()?,
+            margin: n()?,
+        }),
+        _ => None,
+    }
+}
+
 impl std::fmt::Debug for CreateStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CreateStream")
@@ -575,6 +938,20 @@ impl CreateStream {
     /// Adds a metadata entry the acceptor sees (and its decision policy).
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
         self.metadata.insert(key, value);
+        self
+    }
+
+    /// Marks the stream as time-synced with the default (adaptive) playout
+    /// delay: send with [`StreamSender::send_with_timestamp`]; the acceptor
+    /// takes a [`TimedReceiver`] and receives with `recv_aligned`.
+    pub fn with_time_sync(self) -> Self {
+        self.with_playout_delay(PlayoutDelay::default())
+    }
+
+    /// Marks the stream as time-synced with this playout delay (fixed or
+    /// adaptive), which the acceptor's [`TimedReceiver`] uses.
+    pub fn with_playout_delay(mut self, delay: PlayoutDelay) -> Self {
+        self.metadata.insert(PLAYOUT_METADATA, encode_playout(delay));
         self
     }
 
