@@ -270,6 +270,7 @@ mod tests {
 
     #[test]
     fn a_later_resolve_keeps_earlier_addresses_of_the_same_host_and_port() {
+        // Addresses here are only parsed and compared, never contacted.
         let earlier = inst("a.local.", 5000, &["[fe80::1%2]:5000"]);
         let mut later = inst("a.local.", 5000, &["10.0.0.1:5000"]);
         later.keep_addrs_of(&earlier);
@@ -285,6 +286,7 @@ mod tests {
 
     #[test]
     fn addresses_sort_ipv4_first_and_link_local_last() {
+        // Addresses here are only parsed and sorted, never contacted.
         let mut v: Vec<SocketAddr> = vec![
             "[fe80::1%3]:5000".parse().unwrap(),
             "[2001:db8::1]:5000".parse().unwrap(),

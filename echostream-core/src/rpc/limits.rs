@@ -384,8 +384,8 @@ mod tests {
     #[test]
     fn admission_limits_per_address_and_releases_on_drop() {
         let a = Arc::new(Admission::new(10, 2, AddressValidation::Never));
-        let addr: SocketAddr = "10.0.0.1:1000".parse().unwrap();
-        let other: SocketAddr = "10.0.0.2:1000".parse().unwrap();
+        let addr: SocketAddr = "127.0.0.11:1000".parse().unwrap();
+        let other: SocketAddr = "127.0.0.12:1000".parse().unwrap();
         assert_eq!(a.decide(addr, false), Verdict::Accept);
         let s1 = a.occupy(addr);
         let _s2 = a.occupy(addr);
@@ -404,7 +404,7 @@ mod tests {
             10,
             AddressValidation::UnderLoad { handshakes: 1 },
         ));
-        let addr: SocketAddr = "10.0.0.1:1000".parse().unwrap();
+        let addr: SocketAddr = "127.0.0.11:1000".parse().unwrap();
         assert_eq!(a.decide(addr, false), Verdict::Accept);
         let _s = a.occupy(addr);
         assert_eq!(a.decide(addr, false), Verdict::Retry);
