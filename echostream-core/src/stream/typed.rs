@@ -274,10 +274,7 @@ impl<T: DeserializeOwned + Send + 'static> StreamReceiver<T> {
     /// Ends the stream with an error the sender receives as `Error::Remote`
     /// (accepting side only).
     pub async fn fail(&self, status: Status) -> Result<(), Error> {
-        self.stream
-            .error_write(&wire::encode_status(&status), true)
-            .await
-            .map_err(Error::Stream)
+        fail_with(&self.stream, &status).await
     }
 
     /// The stream's name.
@@ -420,10 +417,7 @@ impl<T: DeserializeOwned + Send + 'static> StreamDuplex<T> {
 
     /// Ends the stream with an error (accepting side only).
     pub async fn fail(&self, status: Status) -> Result<(), Error> {
-        self.stream
-            .error_write(&wire::encode_status(&status), true)
-            .await
-            .map_err(Error::Stream)
+        fail_with(&self.stream, &status).await
     }
 
     /// The underlying XStream.
@@ -609,10 +603,7 @@ impl<T: DeserializeOwned + Send + 'static> TimedReceiver<T> {
     /// Ends the stream with an error the sender receives as `Error::Remote`
     /// (accepting side only).
     pub async fn fail(&self, status: Status) -> Result<(), Error> {
-        self.stream
-            .error_write(&wire::encode_status(&status), true)
-            .await
-            .map_err(Error::Stream)
+        fail_with(&self.stream, &status).await
     }
 
     /// The stream's name.
@@ -1014,4 +1005,13 @@ impl RpcClient {
     pub fn create_stream(&self, name: &str) -> CreateStream {
         self.peer().create_stream(name)
     }
+}
+
+/// Writes `status` on the error half after the data already written: how a
+/// receiver ends a typed stream with an error the sender sees as `Error::Remote`.
+async fn fail_with(stream: &XStream, status: &Status) -> Result<(), Error> {
+    stream
+        .error_write(&wire::encode_status(status), true)
+        .await
+        .map_err(Error::Stream)
 }

@@ -568,26 +568,16 @@ impl Inner {
     }
 
     fn check_readable(&self, op: &'static str) -> Result<(), StreamError> {
-        self.observe_error_half();
-        let f = lock(&self.flags);
-        // A failure caused by the peer or the connection is reported again
-        // as itself (it says what happened); a local one as the state.
-        if let Some(cause) = &f.cause {
-            return Err(cause.clone());
-        }
-        let state = if f.failed {
-            StreamState::Error
-        } else if f.closed || (f.read_closed && f.write_closed) {
-            StreamState::Closed
-        } else if f.read_closed {
-            StreamState::ReadClosed
-        } else {
-            return Ok(());
-        };
-        Err(self.state_error(op, state))
+        self.check_half(op, false)
     }
 
     fn check_writable(&self, op: &'static str) -> Result<(), StreamError> {
+        self.check_half(op, true)
+    }
+
+    /// Whether the read (or write) half may be used, else the error naming
+    /// the state that refuses it.
+    fn check_half(&self, op: &'static str, write: bool) -> Result<(), StreamError> {
         self.observe_error_half();
         let f = lock(&self.flags);
         // A failure caused by the peer or the connection is reported again
@@ -595,12 +585,17 @@ impl Inner {
         if let Some(cause) = &f.cause {
             return Err(cause.clone());
         }
+        let (half_closed, half_state) = if write {
+            (f.write_closed, StreamState::WriteClosed)
+        } else {
+            (f.read_closed, StreamState::ReadClosed)
+        };
         let state = if f.failed {
             StreamState::Error
         } else if f.closed || (f.read_closed && f.write_closed) {
             StreamState::Closed
-        } else if f.write_closed {
-            StreamState::WriteClosed
+        } else if half_closed {
+            half_state
         } else {
             return Ok(());
         };
