@@ -320,6 +320,13 @@ async fn emit_waits_instead_of_queueing_without_bound() {
         last = now;
     }
     assert!(last < 20_000, "emit never applied backpressure");
+    // Not merely slow: while the listener is blocked, nothing more goes out.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        emitted.load(Ordering::SeqCst),
+        last,
+        "emits kept completing while the receiver was blocked"
+    );
     // Releasing the listener lets everything through, nothing lost.
     gate.add_permits(1_000_000);
     tokio::time::timeout(WAIT * 3, emitter).await.unwrap().unwrap();
