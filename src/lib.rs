@@ -42,7 +42,7 @@ pub use echostream_core::connection::tls;
 pub use echostream_core::connection::tls::{ClientTrust, Fingerprint, ServerIdentity};
 pub use echostream_core::rpc::{
     CallOptions, ConnectionEvent, ConnectionEvents, ConnectionInfo, ConnectionPolicy, Context, Handler,
-    Listener, Peer, ReconnectPolicy, RpcClient, RpcServer, ServerHandle, Subscription,
+    Listener, Peer, ReconnectPolicy, RpcClient, RpcServer, ServerHandle, Subscription, ZeroRtt,
 };
 pub use echostream_core::stream::{
     IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,

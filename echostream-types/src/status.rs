@@ -35,6 +35,11 @@ impl Code {
     pub const RATE_LIMITED: Code = Code(11);
     /// The response was larger than the caller accepts.
     pub const RESPONSE_TOO_LARGE: Code = Code(12);
+    /// The call arrived as 0-RTT early data (before the server's TLS handshake completed) and
+    /// its handler is not declared idempotent: it was refused without running, because early
+    /// data can be replayed. The message names the method. A well-behaved client never causes
+    /// this: it holds such calls until the handshake completes.
+    pub const EARLY_DATA_REFUSED: Code = Code(13);
     /// Default code of an error returned by a handler; applications use codes from here up.
     pub const APPLICATION: Code = Code(1000);
 
@@ -53,6 +58,7 @@ impl Code {
             Code::UNAUTHENTICATED => "unauthenticated",
             Code::RATE_LIMITED => "rate limited",
             Code::RESPONSE_TOO_LARGE => "response too large",
+            Code::EARLY_DATA_REFUSED => "early data refused",
             Code(c) if c >= Code::APPLICATION.0 => "application",
             _ => "reserved",
         }

@@ -2,10 +2,12 @@
 //!
 //! - [`tls`]: identities, trust modes, fingerprints, rustls configurations.
 //! - [`client_auth`]: client certificates (mutual TLS), the TLS key log, peer certificates.
+//! - `resumption`: the TLS session tickets a client keeps per server (resumption, 0-RTT).
 //! - this module: UDP sockets with enlarged buffers, quinn endpoints and the
 //!   transport settings EchoStream applies to every connection.
 
 pub mod client_auth;
+pub(crate) mod resumption;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -898,6 +898,14 @@ impl TrustReport {
         self.lock().recorded.clone()
     }
 
+    /// Forgets the previous handshake, before a new attempt with a reused configuration (a
+    /// resumed handshake does not verify the certificate again, so it would not reset it).
+    pub(crate) fn clear(&self) {
+        let mut state = self.lock();
+        state.failure = None;
+        state.recorded = None;
+    }
+
     fn begin(&self, observed: Fingerprint) {
         let mut state = self.lock();
         state.observed = Some(observed);

@@ -8,7 +8,7 @@ use echostream_types::{CloseCode, Frame, FrameDecoder, Hello, PROTOCOL_VERSION};
 /// Largest hello or welcome accepted (they carry only metadata).
 const MAX_HELLO: u32 = 64 * 1024;
 /// Smallest frame limit a peer may announce: below it no call fits.
-const MIN_PEER_FRAME: u32 = 1024;
+pub(crate) const MIN_PEER_FRAME: u32 = 1024;
 
 /// A completed handshake: the control stream and what the peer said.
 #[derive(Debug)]
@@ -157,6 +157,62 @@ pub(crate) async fn client_handshake(
         peer_hello: welcome,
         auth: Default::default(),
     })
+}
+
+/// Client side with 0-RTT: open the control stream and write the hello as early data, without
+/// waiting for the welcome (the connection's reader task reads it, see [`check_welcome`]).
+/// Returns the stream halves and the hello's encoded bytes, to be sent again on a new control
+/// stream if the server rejects the early data.
+pub(crate) async fn client_send_hello(
+    conn: &quinn::Connection,
+    config: &ProtocolConfig,
+) -> Result<(quinn::SendStream, quinn::RecvStream, bytes::Bytes), HandshakeError> {
+    let (mut send, recv) = conn.open_bi().await.map_err(|c| HandshakeError {
+        close: None,
+        reason: c.to_string(),
+        conn: Some(c),
+    })?;
+    let _ = send.set_priority(1);
+    let mut buf = BytesMut::new();
+    Frame::Hello(our_hello(config))
+        .encode(&mut buf)
+        .map_err(|e| HandshakeError::local(CloseCode::INTERNAL, format!("cannot encode hello: {e}")))?;
+    let hello = buf.freeze();
+    match send.write_all(&hello).await {
+        Ok(()) => {}
+        // Rejected before the write: the writer task sends the hello again.
+        Err(quinn::WriteError::ZeroRttRejected) => {}
+        Err(quinn::WriteError::ConnectionLost(c)) => {
+            return Err(HandshakeError {
+                close: None,
+                reason: c.to_string(),
+                conn: Some(c),
+            })
+        }
+        Err(other) => {
+            return Err(HandshakeError::local(
+                CloseCode::PROTOCOL_VIOLATION,
+                format!("control stream: {other}"),
+            ))
+        }
+    }
+    Ok((send, recv, hello))
+}
+
+/// Checks the first frame the server sent on a control stream opened by
+/// [`client_send_hello`]: it must be an acceptable welcome.
+pub(crate) fn check_welcome(frame: Frame) -> Result<Hello, HandshakeError> {
+    let welcome = match frame {
+        Frame::Welcome(w) => w,
+        other => {
+            return Err(HandshakeError::local(
+                CloseCode::PROTOCOL_VIOLATION,
+                format!("expected a welcome, got a {} frame", other.kind()),
+            ))
+        }
+    };
+    check_peer(&welcome, "server")?;
+    Ok(welcome)
 }
 
 /// Server side, first half: accept the control stream and read the hello.

@@ -20,7 +20,8 @@ mod handshake;
 pub mod timesync;
 
 pub(crate) use handshake::{
-    client_error, client_handshake, server_read_hello, server_send_welcome, HandshakeOutcome,
+    client_error, client_handshake, client_send_hello, server_read_hello, server_send_welcome,
+    HandshakeOutcome, MIN_PEER_FRAME,
 };
 
 use crate::connection::tls::Fingerprint;
@@ -34,14 +35,14 @@ use echostream_types::{
 };
 use futures::FutureExt;
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use timesync::{Clock, ClockFilter, Sample, SystemClock, Timestamp};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 /// First byte of a unidirectional stream that carries one large frame.
@@ -74,6 +75,9 @@ pub(crate) struct ProtocolConfig {
     pub(crate) clock: Arc<dyn Clock>,
     /// Time between clock-sync bursts once a connection's clock is in use.
     pub(crate) time_sync_interval: Duration,
+    /// Client: methods declared idempotent, which may travel as 0-RTT early data (besides calls
+    /// marked with [`CallOptions::idempotent`]).
+    pub(crate) idempotent_methods: HashSet<String>,
 }
 
 impl std::fmt::Debug for ProtocolConfig {
@@ -100,6 +104,7 @@ impl Default for ProtocolConfig {
             clock: SystemClock::shared(),
             time_sync_interval: Duration::from_secs(1),
             security: Arc::default(),
+            idempotent_methods: HashSet::new(),
         }
     }
 }
@@ -161,6 +166,28 @@ pub struct ConnectionInfo {
     pub calls_pending: usize,
     /// The peer's calls running here.
     pub requests_running: usize,
+    /// Whether this connection sent 0-RTT early data, and what became of it (client side).
+    pub zero_rtt: ZeroRtt,
+}
+
+/// Whether a connection sent 0-RTT early data and what the server did with it (see
+/// [`Peer::zero_rtt`]). Reported by the client side; a server's connections report
+/// [`ZeroRtt::NotAttempted`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ZeroRtt {
+    /// No early data: no session ticket allowing it (first connection to the server, or the
+    /// server does not enable 0-RTT), 0-RTT disabled on the client, or the server side.
+    NotAttempted,
+    /// The hello (and any idempotent calls) went out as early data; the TLS handshake has not
+    /// completed yet.
+    Pending,
+    /// The server accepted the early data: the session was resumed and the early calls ran.
+    Accepted,
+    /// The server rejected the early data (unknown or expired ticket, 0-RTT disabled, server
+    /// restarted). Everything sent early was sent again after the handshake; callers did not
+    /// notice.
+    Rejected,
 }
 
 /// Per-call options.
@@ -170,6 +197,7 @@ pub struct CallOptions {
     pub(crate) no_timeout: bool,
     pub(crate) metadata: Metadata,
     pub(crate) codec: Option<Codec>,
+    pub(crate) idempotent: bool,
 }
 
 impl CallOptions {
@@ -204,6 +232,17 @@ impl CallOptions {
         self.codec = Some(codec);
         self
     }
+
+    /// Declares this call safe to repeat: on a connection that resumed a session it may travel
+    /// as 0-RTT early data, before the TLS handshake completes. Early data can be replayed by
+    /// an attacker, so mark only calls whose repetition does no harm (reads, idempotent
+    /// writes); the server runs an early call only if its handler is declared idempotent too,
+    /// and answers any other with [`Code::EARLY_DATA_REFUSED`]. Calls without this mark (and
+    /// whose method is not in `ClientBuilder::idempotent`) wait for the handshake to complete.
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
 }
 
 /// An encoded frame on its way to the writer: head bytes plus an optional
@@ -226,6 +265,33 @@ enum Outgoing {
 
 type ReplySender = oneshot::Sender<Result<(Codec, Bytes), Error>>;
 
+/// How a connection starts when 0-RTT is in use.
+pub(crate) enum EarlyStart {
+    /// Client: the hello went out as 0-RTT early data; the welcome has not been read yet.
+    Client {
+        /// Resolves when the TLS handshake completes: whether the server took the early data.
+        accepted: quinn::ZeroRttAccepted,
+        /// The encoded hello, sent again if the early data is rejected.
+        hello: Bytes,
+        /// The connection is closed if the handshake has not completed by then.
+        deadline: tokio::time::Instant,
+    },
+    /// Server: serving before the TLS handshake completed (0.5-RTT).
+    Server {
+        /// Resolves when the TLS handshake completes (or fails).
+        accepted: futures::future::Shared<quinn::ZeroRttAccepted>,
+    },
+}
+
+/// The writer task's part of a client's 0-RTT start.
+struct ClientEarly {
+    accepted: quinn::ZeroRttAccepted,
+    hello: Bytes,
+    deadline: tokio::time::Instant,
+    /// Hands the reader the receive half of the new control stream after a rejection.
+    new_recv: oneshot::Sender<quinn::RecvStream>,
+}
+
 /// Why a connection ended.
 struct Closed {
     code: Option<CloseCode>,
@@ -241,8 +307,20 @@ struct Shared {
     id: u64,
     remote: SocketAddr,
     fingerprint: Option<Fingerprint>,
-    peer_hello: Metadata,
-    peer_max_frame: u32,
+    /// The peer's hello metadata; on a client that sent its hello as early data, set when the
+    /// welcome arrives.
+    peer_hello: OnceLock<Metadata>,
+    /// The largest frame the peer accepts; before an early client's welcome arrives, the value
+    /// remembered from the server's previous welcome.
+    peer_max_frame: AtomicU32,
+    /// False while the TLS handshake has not completed (0-RTT / 0.5-RTT): what a server
+    /// receives then may be a replay, and a client holds calls not marked idempotent.
+    established: watch::Sender<bool>,
+    /// Server: resolves when the TLS handshake completes, for the synchronous check in
+    /// [`Peer::is_early`] (quinn signals completion before it delivers the 1-RTT data).
+    tls_done: Option<futures::future::Shared<quinn::ZeroRttAccepted>>,
+    /// What became of this connection's early data (client side).
+    zero_rtt: Mutex<ZeroRtt>,
     config: Arc<ProtocolConfig>,
     router: Arc<Router>,
     out: mpsc::Sender<Outgoing>,
@@ -298,8 +376,31 @@ impl Peer {
         config: Arc<ProtocolConfig>,
         router: Arc<Router>,
         server: Option<crate::rpc::ServerHandle>,
+        early: Option<EarlyStart>,
     ) -> Peer {
         let (out_tx, out_rx) = mpsc::channel(config.write_queue.max(1));
+        let (mut client_early, mut tls_done, mut welcome_pending) = (None, None, false);
+        let zero_rtt = match early {
+            None => ZeroRtt::NotAttempted,
+            Some(EarlyStart::Client {
+                accepted,
+                hello,
+                deadline,
+            }) => {
+                welcome_pending = true;
+                client_early = Some((accepted, hello, deadline));
+                ZeroRtt::Pending
+            }
+            Some(EarlyStart::Server { accepted }) => {
+                tls_done = Some(accepted);
+                ZeroRtt::NotAttempted
+            }
+        };
+        let established = watch::channel(client_early.is_none() && tls_done.is_none()).0;
+        let peer_hello = OnceLock::new();
+        if !welcome_pending {
+            let _ = peer_hello.set(hs.peer_hello.metadata);
+        }
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
         let fingerprint = peer_fingerprint(&conn);
         let guard = crate::rpc::security::ConnGuard::new(&conn, &config, hs.auth);
@@ -311,8 +412,11 @@ impl Peer {
             conn,
             role,
             fingerprint,
-            peer_hello: hs.peer_hello.metadata,
-            peer_max_frame: hs.peer_hello.max_frame_size,
+            peer_hello,
+            peer_max_frame: AtomicU32::new(hs.peer_hello.max_frame_size),
+            established,
+            tls_done: tls_done.clone(),
+            zero_rtt: Mutex::new(zero_rtt),
             config,
             router,
             server,
@@ -329,8 +433,36 @@ impl Peer {
         let peer = Peer { shared };
         let span =
             tracing::debug_span!("conn", id = peer.shared.id, peer = %peer.shared.remote, role = ?role);
-        tokio::spawn(writer_task(hs.send, out_rx, peer.clone()).instrument(span.clone()));
-        tokio::spawn(reader_task(peer.clone(), hs.recv, hs.leftover).instrument(span.clone()));
+        let (recv_swap, writer_early) = match client_early {
+            Some((accepted, hello, deadline)) => {
+                let (tx, rx) = oneshot::channel();
+                let early = ClientEarly {
+                    accepted,
+                    hello,
+                    deadline,
+                    new_recv: tx,
+                };
+                (Some(rx), Some(early))
+            }
+            None => (None, None),
+        };
+        if let Some(done) = tls_done {
+            let weak = Arc::downgrade(&peer.shared);
+            tokio::spawn(async move {
+                let _ = done.await;
+                if let Some(shared) = weak.upgrade() {
+                    // Resolved by a failed handshake too: then the data stays early.
+                    if shared.conn.close_reason().is_none() {
+                        shared.established.send_replace(true);
+                    }
+                }
+            });
+        }
+        tokio::spawn(writer_task(hs.send, out_rx, peer.clone(), writer_early).instrument(span.clone()));
+        tokio::spawn(
+            reader_task(peer.clone(), hs.recv, hs.leftover, recv_swap, welcome_pending)
+                .instrument(span.clone()),
+        );
         tokio::spawn(side_stream_task(peer.clone()).instrument(span.clone()));
         tokio::spawn(event_task(ev_rx).instrument(span));
         peer
@@ -359,14 +491,62 @@ impl Peer {
         self.shared.fingerprint
     }
 
-    /// Metadata the peer sent in its hello.
+    /// Metadata the peer sent in its hello. Empty on a client whose hello went out as 0-RTT
+    /// early data until the server's welcome arrives.
     pub fn hello_metadata(&self) -> &Metadata {
-        &self.shared.peer_hello
+        static EMPTY: OnceLock<Metadata> = OnceLock::new();
+        match self.shared.peer_hello.get() {
+            Some(m) => m,
+            None => EMPTY.get_or_init(Metadata::new),
+        }
     }
 
     /// The largest frame the peer accepts.
     pub fn peer_max_frame_size(&self) -> u32 {
-        self.shared.peer_max_frame
+        self.shared.peer_max_frame.load(Ordering::Acquire)
+    }
+
+    /// True while this connection's TLS handshake has not completed, with 0-RTT in use.
+    ///
+    /// On a server, whatever arrives then is 0-RTT early data, which an attacker can replay:
+    /// only idempotent handlers run; other calls are refused with
+    /// [`Code::EARLY_DATA_REFUSED`]. On a client, calls not marked idempotent are held until it
+    /// turns false. Always false on connections that do not use 0-RTT.
+    pub fn is_early(&self) -> bool {
+        if *self.shared.established.borrow() {
+            return false;
+        }
+        if let Some(done) = &self.shared.tls_done {
+            // quinn completes this future before it hands out data that arrived after the
+            // handshake, so a frame read now is early exactly when it is still pending. A future
+            // resolved by a failed handshake leaves the connection early (and closed).
+            if done.clone().now_or_never().is_some() && self.shared.conn.close_reason().is_none() {
+                self.shared.established.send_replace(true);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether this connection sent 0-RTT early data and what became of it (client side).
+    pub fn zero_rtt(&self) -> ZeroRtt {
+        *lock(&self.shared.zero_rtt)
+    }
+
+    /// Waits until the TLS handshake has completed (at once when 0-RTT is not in use); fails if
+    /// the connection ends first.
+    pub(crate) async fn wait_established(&self) -> Result<(), Error> {
+        if !self.is_early() {
+            return Ok(());
+        }
+        let mut rx = self.shared.established.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|e| *e) => r.map(|_| ()).map_err(|_| self.closed_error()),
+            e = self.shared.conn.closed() => {
+                self.mark_closed_from(&e);
+                Err(self.closed_error())
+            }
+        }
     }
 
     /// A snapshot of the connection: identity, round-trip time, traffic
@@ -377,7 +557,7 @@ impl Peer {
             remote: self.shared.remote,
             connection_id: self.shared.id,
             fingerprint: self.shared.fingerprint,
-            hello_metadata: self.shared.peer_hello.clone(),
+            hello_metadata: self.hello_metadata().clone(),
             rtt: stats.path.rtt,
             bytes_sent: stats.udp_tx.bytes,
             bytes_received: stats.udp_rx.bytes,
@@ -386,6 +566,7 @@ impl Peer {
             lost_packets: stats.path.lost_packets,
             calls_pending: lock(&self.shared.pending).len(),
             requests_running: lock(&self.shared.inflight).len(),
+            zero_rtt: self.zero_rtt(),
         }
     }
 
@@ -512,11 +693,30 @@ impl Peer {
                 ),
             });
         }
-        let timeout = if opts.no_timeout {
+        let mut timeout = if opts.no_timeout {
             None
         } else {
             opts.timeout.or(shared.config.default_timeout)
         };
+        let may_go_early = opts.idempotent || shared.config.idempotent_methods.contains(method);
+        if shared.role == Role::Client && !may_go_early && self.is_early() {
+            // Not safe to replay: hold it until the handshake completes.
+            tracing::debug!(method, "call held until the TLS handshake completes");
+            let started = Instant::now();
+            match timeout {
+                Some(t) => match tokio::time::timeout(t, self.wait_established()).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(Error::Timeout {
+                            method: method.to_owned(),
+                            after: t,
+                        })
+                    }
+                },
+                None => self.wait_established().await?,
+            }
+            timeout = timeout.map(|t| t.saturating_sub(started.elapsed()).max(Duration::from_millis(1)));
+        }
         let id = shared.next_id.fetch_add(2, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&shared.pending).insert(id, tx);
@@ -586,6 +786,10 @@ impl Peer {
         opts: CallOptions,
     ) -> Result<(), Error> {
         self.check_open()?;
+        if self.shared.role == Role::Client {
+            // An event cannot be told apart from its replay: never send one early.
+            self.wait_established().await?;
+        }
         let codec = opts.codec.unwrap_or(self.shared.config.default_codec);
         let payload = codec.encode(&value).map_err(|e| Error::BadPayload {
             method: name.to_owned(),
@@ -609,8 +813,9 @@ impl Peer {
             return Delivery::Skipped;
         }
         let size = (head.len() - LENGTH_PREFIX + tail.len()) as u64;
-        if size > u64::from(self.shared.peer_max_frame) {
-            tracing::warn!(peer = %self.shared.remote, size, limit = self.shared.peer_max_frame,
+        let limit = self.peer_max_frame_size();
+        if size > u64::from(limit) {
+            tracing::warn!(peer = %self.shared.remote, size, limit,
                 "broadcast event larger than the peer's frame limit; not sent to it");
             return Delivery::Skipped;
         }
@@ -764,15 +969,18 @@ impl Peer {
             other => Error::Protocol(other.to_string()),
         })?;
         let size = (head.len() - LENGTH_PREFIX + tail.len()) as u64;
-        if size > u64::from(self.shared.peer_max_frame) {
+        let limit = self.peer_max_frame_size();
+        if size > u64::from(limit) {
             return Err(Error::FrameTooLarge {
                 what: what(),
                 size,
-                limit: self.shared.peer_max_frame,
+                limit,
             });
         }
         let (head, tail) = (head.freeze(), tail);
         if may_use_side_stream && size as usize > self.shared.config.inline_threshold {
+            // A side stream opened as early data would be lost if the server rejects it.
+            self.wait_established().await?;
             return self.send_on_side_stream(head, tail).await;
         }
         self.shared
@@ -889,6 +1097,19 @@ impl Peer {
             self.respond_later(id, Err(Status::new(Code::UNKNOWN_METHOD, msg)));
             return Ok(());
         };
+        if shared.role == Role::Server && !handler.idempotent() && self.is_early() {
+            tracing::warn!(
+                method,
+                id,
+                "non-idempotent call arrived as 0-RTT early data: refused"
+            );
+            let msg = format!(
+                "`{method}` arrived as 0-RTT early data, which can be replayed, and its handler is not \
+                 declared idempotent: refused without running; send it after the handshake completes"
+            );
+            self.respond_later(id, Err(Status::new(Code::EARLY_DATA_REFUSED, msg)));
+            return Ok(());
+        }
         let mut inflight = lock(&shared.inflight);
         if inflight.len() >= shared.config.max_concurrent_requests {
             drop(inflight);
@@ -1081,49 +1302,186 @@ pub(crate) fn describe_close(e: &quinn::ConnectionError) -> (Option<CloseCode>, 
     }
 }
 
-async fn writer_task(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoing>, peer: Peer) {
-    // Small frames are copied into one buffer; payloads above this size are
-    // passed to quinn as their own chunk, uncopied.
-    const COPY_BELOW: usize = 4096;
-    // Stop collecting after this much, so one write does not grow without bound.
-    const BATCH_BYTES: usize = 256 * 1024;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut chunks: Vec<Bytes> = Vec::with_capacity(16);
-    while let Some(first) = rx.recv().await {
-        let mut batched = 0usize;
-        let mut finish = None;
-        let mut next = Some(first);
-        while let Some(o) = next.take() {
-            match o {
-                Outgoing::Frame { head, tail } => {
-                    batched += head.len() + tail.len();
-                    buf.extend_from_slice(&head);
-                    if tail.len() < COPY_BELOW {
-                        buf.extend_from_slice(&tail);
-                    } else {
-                        chunks.push(buf.split().freeze());
-                        chunks.push(tail);
-                    }
-                }
-                Outgoing::Finish(done, wait) => {
-                    finish = Some((done, wait));
-                    break;
-                }
-                Outgoing::TimeProbe => {
-                    let t1 = peer.shared.config.clock.now().0;
-                    let _ = Frame::TimeRequest { t1 }.encode(&mut buf);
-                }
-                Outgoing::TimeReply { t1, t2 } => {
-                    let t3 = peer.shared.config.clock.now().0;
-                    let _ = Frame::TimeResponse { t1, t2, t3 }.encode(&mut buf);
+// Small frames are copied into one buffer; payloads above this size are
+// passed to quinn as their own chunk, uncopied.
+const COPY_BELOW: usize = 4096;
+// Stop collecting after this much, so one write does not grow without bound.
+const BATCH_BYTES: usize = 256 * 1024;
+
+type FinishRequest = (oneshot::Sender<()>, Duration);
+
+/// Moves `first` and whatever else is queued (up to [`BATCH_BYTES`]) into `chunks`, stopping at
+/// a finish request, which it returns.
+fn collect_batch(
+    first: Outgoing,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    buf: &mut BytesMut,
+    chunks: &mut Vec<Bytes>,
+    peer: &Peer,
+) -> Option<FinishRequest> {
+    let mut batched = 0usize;
+    let mut finish = None;
+    let mut next = Some(first);
+    while let Some(o) = next.take() {
+        match o {
+            Outgoing::Frame { head, tail } => {
+                batched += head.len() + tail.len();
+                buf.extend_from_slice(&head);
+                if tail.len() < COPY_BELOW {
+                    buf.extend_from_slice(&tail);
+                } else {
+                    chunks.push(buf.split().freeze());
+                    chunks.push(tail);
                 }
             }
-            if batched < BATCH_BYTES {
-                next = rx.try_recv().ok();
+            Outgoing::Finish(done, wait) => {
+                finish = Some((done, wait));
+                break;
+            }
+            Outgoing::TimeProbe => {
+                let t1 = peer.shared.config.clock.now().0;
+                let _ = Frame::TimeRequest { t1 }.encode(buf);
+            }
+            Outgoing::TimeReply { t1, t2 } => {
+                let t3 = peer.shared.config.clock.now().0;
+                let _ = Frame::TimeResponse { t1, t2, t3 }.encode(buf);
             }
         }
-        if !buf.is_empty() {
-            chunks.push(buf.split().freeze());
+        if batched < BATCH_BYTES {
+            next = rx.try_recv().ok();
+        }
+    }
+    if !buf.is_empty() {
+        chunks.push(buf.split().freeze());
+    }
+    finish
+}
+
+/// A client's 0-RTT phase: writes frames as early data, keeping a copy, until the TLS handshake
+/// completes. If the server rejected the early data, opens a new control stream and sends the
+/// hello and every early frame again. Returns the stream to go on with and a finish request
+/// that arrived meanwhile, or `None` when the connection is over.
+async fn early_phase(
+    mut send: quinn::SendStream,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    peer: &Peer,
+    early: ClientEarly,
+) -> Option<(quinn::SendStream, Option<FinishRequest>)> {
+    let ClientEarly {
+        mut accepted,
+        hello,
+        deadline,
+        new_recv,
+    } = early;
+    let mut replay = BytesMut::from(&hello[..]);
+    let mut buf = BytesMut::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    // Set once a write failed because the early data was rejected: keep copying, stop writing.
+    let mut stream_rejected = false;
+    let mut finish = None;
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            r = tokio::time::timeout_at(deadline, &mut accepted) => break r,
+            o = rx.recv(), if finish.is_none() => {
+                let Some(first) = o else {
+                    let _ = send.finish();
+                    return None;
+                };
+                finish = collect_batch(first, rx, &mut buf, &mut chunks, peer);
+                for c in &chunks {
+                    replay.extend_from_slice(c);
+                }
+                if !stream_rejected {
+                    match send.write_all_chunks(&mut chunks).await {
+                        Ok(()) => {}
+                        Err(quinn::WriteError::ZeroRttRejected) => stream_rejected = true,
+                        Err(quinn::WriteError::ConnectionLost(e)) => {
+                            peer.mark_closed_from(&e);
+                            return None;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "control stream write failed");
+                            return None;
+                        }
+                    }
+                }
+                chunks.clear();
+            }
+        }
+    };
+    let conn = &peer.shared.conn;
+    match outcome {
+        Err(_) => {
+            let reason = "the TLS handshake (0-RTT) did not complete in time";
+            conn.close(CloseCode::HELLO_TIMEOUT.0.into(), reason.as_bytes());
+            peer.mark_closed(
+                Some(CloseCode::HELLO_TIMEOUT),
+                format!("could not connect: {reason}"),
+            );
+            None
+        }
+        Ok(true) => {
+            *lock(&peer.shared.zero_rtt) = ZeroRtt::Accepted;
+            tracing::debug!("0-RTT early data accepted");
+            peer.shared.established.send_replace(true);
+            Some((send, finish))
+        }
+        Ok(false) => {
+            if let Some(e) = conn.close_reason() {
+                peer.mark_closed_from(&e);
+                return None;
+            }
+            *lock(&peer.shared.zero_rtt) = ZeroRtt::Rejected;
+            tracing::debug!(
+                bytes = replay.len(),
+                "0-RTT early data rejected; sending it again"
+            );
+            let (mut send, recv) = match conn.open_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    peer.mark_closed_from(&e);
+                    return None;
+                }
+            };
+            let _ = send.set_priority(1);
+            if let Err(e) = send.write_all(&replay).await {
+                tracing::debug!(error = %e, "control stream write failed");
+                if let quinn::WriteError::ConnectionLost(e) = e {
+                    peer.mark_closed_from(&e);
+                }
+                return None;
+            }
+            if new_recv.send(recv).is_err() {
+                return None;
+            }
+            peer.shared.established.send_replace(true);
+            Some((send, finish))
+        }
+    }
+}
+
+async fn writer_task(
+    send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Outgoing>,
+    peer: Peer,
+    early: Option<ClientEarly>,
+) {
+    let (mut send, mut finish) = match early {
+        Some(early) => match early_phase(send, &mut rx, &peer, early).await {
+            Some(s) => s,
+            None => return,
+        },
+        None => (send, None),
+    };
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(16);
+    loop {
+        if finish.is_none() {
+            let Some(first) = rx.recv().await else {
+                break;
+            };
+            finish = collect_batch(first, &mut rx, &mut buf, &mut chunks, &peer);
         }
         if let Err(e) = send.write_all_chunks(&mut chunks).await {
             tracing::debug!(error = %e, "control stream write failed");
@@ -1133,7 +1491,7 @@ async fn writer_task(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoin
             break;
         }
         chunks.clear();
-        if let Some((done, wait)) = finish {
+        if let Some((done, wait)) = finish.take() {
             let _ = send.finish();
             let _ = tokio::time::timeout(wait, send.stopped()).await;
             let _ = done.send(());
@@ -1143,13 +1501,33 @@ async fn writer_task(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoin
     let _ = send.finish();
 }
 
-async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut) {
+async fn reader_task(
+    peer: Peer,
+    mut recv: quinn::RecvStream,
+    mut buf: BytesMut,
+    mut new_recv: Option<oneshot::Receiver<quinn::RecvStream>>,
+    mut welcome_pending: bool,
+) {
     let decoder = FrameDecoder::new(peer.shared.config.max_frame_size);
     // When the bytes now in `buf` arrived: the receive time of clock-sync frames.
     let mut received_at = peer.shared.config.clock.now().0;
     loop {
         loop {
             match decoder.decode(&mut buf) {
+                Ok(Some(frame)) if welcome_pending => match handshake::check_welcome(frame) {
+                    Ok(welcome) => {
+                        welcome_pending = false;
+                        peer.shared
+                            .peer_max_frame
+                            .store(welcome.max_frame_size, Ordering::Release);
+                        let _ = peer.shared.peer_hello.set(welcome.metadata);
+                        tracing::debug!("welcome received");
+                    }
+                    Err(e) => {
+                        peer.close_with(e.close.unwrap_or(CloseCode::PROTOCOL_VIOLATION), &e.reason);
+                        return;
+                    }
+                },
                 Ok(Some(Frame::TimeRequest { t1 })) => {
                     // A probe answer is only useful if prompt: drop it rather than wait.
                     let _ = peer
@@ -1169,6 +1547,12 @@ async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut)
                     }
                 }
                 Ok(Some(Frame::Event(ev))) => {
+                    if peer.shared.role == Role::Server && peer.is_early() {
+                        // One-way and possibly replayed: there is no way to refuse it to the
+                        // sender, so it is dropped. Well-behaved clients never send one early.
+                        tracing::warn!(event = ev.name, "event arrived as 0-RTT early data: dropped");
+                        continue;
+                    }
                     peer.shared.guard.reserve_event_bytes(ev.payload.len()).await;
                     // Waits while the listener queue is full: the peer's emits
                     // then wait on QUIC flow control instead of piling up here.
@@ -1209,6 +1593,17 @@ async fn reader_task(peer: Peer, mut recv: quinn::RecvStream, mut buf: BytesMut)
                 peer.mark_closed_from(&e);
                 return;
             }
+            Err(quinn::ReadError::ZeroRttRejected) if new_recv.is_some() => {
+                // The server never saw this stream; the writer opens a new one.
+                let Some(rx) = new_recv.take() else { return };
+                match rx.await {
+                    Ok(r) => {
+                        recv = r;
+                        buf.clear();
+                    }
+                    Err(_) => return,
+                }
+            }
             Err(e) => {
                 peer.close_with(
                     CloseCode::PROTOCOL_VIOLATION,
@@ -1248,7 +1643,14 @@ async fn side_stream_task(peer: Peer) {
             },
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    tokio::spawn(crate::stream::incoming_bi(peer.clone(), send, recv));
+                    let peer = peer.clone();
+                    tokio::spawn(async move {
+                        // A stream opened in early data could be a replay: serve it only once
+                        // the handshake has completed.
+                        if peer.wait_established().await.is_ok() {
+                            crate::stream::incoming_bi(peer, send, recv).await
+                        }
+                    });
                 }
                 Err(e) => {
                     peer.mark_closed_from(&e);
@@ -1371,6 +1773,15 @@ impl ClockSync {
 /// Sends a burst of probes now and then, while the connection lives.
 async fn clock_sync_task(shared: std::sync::Weak<Shared>, sync: Arc<ClockSync>) {
     const BURST: usize = 8;
+    // Probes are not sent as early data: their timestamps would be wrong in a replay.
+    match shared.upgrade() {
+        Some(s) => {
+            if (Peer { shared: s }).wait_established().await.is_err() {
+                return;
+            }
+        }
+        None => return,
+    }
     loop {
         let Some(s) = shared.upgrade() else {
             return;

@@ -1,9 +1,11 @@
 //! The client: connects to a server and calls it.
 
+use crate::connection::resumption::{HostSessions, SessionStore};
 use crate::connection::tls::{ClientTrust, Fingerprint};
 use crate::connection::{self, TransportOptions};
 use crate::protocol::{
-    client_error, client_handshake, describe_close, CallOptions, ConnectionInfo, Peer, ProtocolConfig, Role,
+    client_error, client_handshake, client_send_hello, describe_close, CallOptions, ConnectionInfo,
+    EarlyStart, HandshakeOutcome, Peer, ProtocolConfig, Role, MIN_PEER_FRAME,
 };
 use crate::rpc::subscribe::Subscriptions;
 use crate::rpc::{Handler, Listener, RouterBuilder, Subscription};
@@ -29,6 +31,13 @@ pub struct ClientBuilder {
     reconnect: Option<ReconnectPolicy>,
     /// Shared by clones of the builder (discovery tries several instances).
     early_subscriptions: Arc<Subscriptions>,
+    /// TLS session tickets per server, shared by every connection made from this builder and
+    /// its clones (reconnections included).
+    sessions: Arc<SessionStore>,
+    /// Offer session resumption.
+    resumption: bool,
+    /// Send the hello and idempotent calls as 0-RTT early data when a ticket allows it.
+    zero_rtt: bool,
     /// Client certificate and key log (see `rpc::security`).
     pub(crate) security: crate::rpc::security::ClientSecurity,
 }
@@ -53,6 +62,9 @@ impl Default for ClientBuilder {
             connect_timeout: Duration::from_secs(10),
             reconnect: None,
             early_subscriptions: Arc::default(),
+            sessions: Arc::default(),
+            resumption: true,
+            zero_rtt: true,
             security: Default::default(),
         }
     }
@@ -191,6 +203,40 @@ impl ClientBuilder {
         self
     }
 
+    /// Resume TLS sessions (default: on). The client keeps, in memory, the session tickets each
+    /// server sends, per server address; every connection made from this builder (and its
+    /// clones, and the reconnect supervisor) shares them, so a reconnection skips the
+    /// certificate exchange and, if the server allows it, sends early data (see
+    /// [`ClientBuilder::zero_rtt`]). Turning it off also turns 0-RTT off.
+    pub fn resumption(mut self, enabled: bool) -> Self {
+        self.resumption = enabled;
+        self
+    }
+
+    /// Send early data on resumed connections (default: on; it has an effect only with
+    /// servers that enable 0-RTT, which they do not by default).
+    ///
+    /// When a session ticket allows it, the hello and the calls declared idempotent
+    /// ([`CallOptions::idempotent`] or [`ClientBuilder::idempotent`]) travel in the first
+    /// flight, before the TLS handshake completes, and `connect` returns without waiting for
+    /// the server's welcome. Every other call, events and streams wait for the handshake. If
+    /// the server rejects the early data, everything sent early is sent again after the
+    /// handshake: callers only see the answer. Errors the welcome would have reported at
+    /// `connect` (a refused hello, a version mismatch) then fail the first calls instead.
+    pub fn zero_rtt(mut self, enabled: bool) -> Self {
+        self.zero_rtt = enabled;
+        self
+    }
+
+    /// Declares calls to `method` safe to repeat, so that they may travel as 0-RTT early data
+    /// (like [`CallOptions::idempotent`] on each call). Only for methods whose repetition does
+    /// no harm: early data can be replayed by an attacker. The server runs an early call only
+    /// if its own handler is declared idempotent.
+    pub fn idempotent(mut self, method: impl Into<String>) -> Self {
+        self.protocol.idempotent_methods.insert(method.into());
+        self
+    }
+
     /// Re-establish a dropped connection automatically (see [`ReconnectPolicy`]).
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.reconnect = Some(policy);
@@ -238,6 +284,9 @@ impl ClientBuilder {
                 connect_timeout: self.connect_timeout,
                 router: router.clone(),
                 security: security.clone(),
+                sessions: self.sessions.clone(),
+                resumption: self.resumption,
+                zero_rtt: self.zero_rtt && self.resumption,
             };
             match connect_peer(&endpoint, &params).await {
                 Ok(peer) => return Ok(RpcClient::start(peer, endpoint, params, self.reconnect.clone())),
@@ -268,6 +317,9 @@ struct ConnectParams {
     connect_timeout: Duration,
     router: Arc<crate::rpc::Router>,
     security: Arc<crate::rpc::security::LoadedClientSecurity>,
+    sessions: Arc<SessionStore>,
+    resumption: bool,
+    zero_rtt: bool,
 }
 
 /// How a client re-establishes a dropped connection.
@@ -311,9 +363,27 @@ async fn connect_peer(endpoint: &quinn::Endpoint, p: &ConnectParams) -> Result<P
         addr: addr.to_owned(),
         reason,
     };
-    // A fresh TLS configuration per attempt, so its trust report describes
-    // this handshake only.
-    let (crypto, report) = p.security.client_crypto(&p.trust, addr)?;
+    // Tickets are kept per address string, so servers sharing a host name never see each
+    // other's tickets. With resumption the configuration is kept with them: rustls resumes a
+    // ticket only with the verifier that received it.
+    let host = p.resumption.then(|| p.sessions.host(addr));
+    let (crypto, report) = match &host {
+        Some(h) => {
+            let key = format!("{}|early={}", p.security.config_key(&p.trust), p.zero_rtt);
+            h.tls_config(&key, |tickets| {
+                let (mut crypto, report) = p.security.client_crypto(&p.trust, addr)?;
+                crypto.resumption = rustls::client::Resumption::store(tickets);
+                crypto.enable_early_data = p.zero_rtt;
+                Ok::<_, Error>((crypto, report))
+            })?
+        }
+        None => {
+            let (mut crypto, report) = p.security.client_crypto(&p.trust, addr)?;
+            crypto.resumption = rustls::client::Resumption::disabled();
+            (Arc::new(crypto), report)
+        }
+    };
+    report.clear();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
         .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
@@ -321,6 +391,14 @@ async fn connect_peer(endpoint: &quinn::Endpoint, p: &ConnectParams) -> Result<P
     let connecting = endpoint
         .connect_with(config, p.target, &p.server_name)
         .map_err(|e| connect_err(e.to_string()))?;
+    let connecting = match (&host, p.zero_rtt) {
+        (Some(host), true) => match connecting.into_0rtt() {
+            Ok((conn, accepted)) => return connect_early(conn, accepted, p, host).await,
+            // No ticket that allows early data: a full (or plain resumed) handshake.
+            Err(connecting) => connecting,
+        },
+        _ => connecting,
+    };
     let conn = match tokio::time::timeout(p.connect_timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -368,8 +446,82 @@ async fn connect_peer(endpoint: &quinn::Endpoint, p: &ConnectParams) -> Result<P
             )));
         }
     };
-    let peer = Peer::start(conn, Role::Client, hs, p.protocol.clone(), p.router.clone(), None);
+    if let Some(h) = &host {
+        h.set_peer_max_frame(hs.peer_hello.max_frame_size);
+    }
+    let peer = Peer::start(
+        conn,
+        Role::Client,
+        hs,
+        p.protocol.clone(),
+        p.router.clone(),
+        None,
+        None,
+    );
     tracing::debug!(target = %p.target, id = peer.connection_id(), "connected");
+    Ok(peer)
+}
+
+/// The 0-RTT path of [`connect_peer`]: writes the hello as early data and starts the connection
+/// without waiting for the welcome (its reader task reads it). Calls not declared idempotent
+/// wait until the handshake completes; the writer task closes the connection if it does not
+/// complete within the connect timeout.
+async fn connect_early(
+    conn: quinn::Connection,
+    accepted: quinn::ZeroRttAccepted,
+    p: &ConnectParams,
+    host: &HostSessions,
+) -> Result<Peer> {
+    let addr = p.addr.as_str();
+    let deadline = tokio::time::Instant::now() + p.connect_timeout;
+    let (send, recv, hello) =
+        match tokio::time::timeout_at(deadline, client_send_hello(&conn, &p.protocol)).await {
+            Ok(Ok(sent)) => sent,
+            Ok(Err(e)) => {
+                if let Some(code) = e.close {
+                    conn.close(code.0.into(), e.reason.as_bytes());
+                }
+                return Err(client_error(addr, e));
+            }
+            Err(_) => {
+                conn.close(
+                    CloseCode::HELLO_TIMEOUT.0.into(),
+                    b"could not send the hello in time",
+                );
+                return Err(Error::Connect {
+                    addr: addr.to_owned(),
+                    reason: format!("could not send the hello within {:?}", p.connect_timeout),
+                });
+            }
+        };
+    // Until the welcome arrives, frames are checked against the limit the server announced
+    // last time (a ticket implies an earlier full connection through this store).
+    let hs = HandshakeOutcome {
+        send,
+        recv,
+        leftover: bytes::BytesMut::new(),
+        peer_hello: echostream_types::Hello {
+            version: echostream_types::PROTOCOL_VERSION,
+            max_frame_size: host.peer_max_frame().unwrap_or(MIN_PEER_FRAME),
+            metadata: echostream_types::Metadata::new(),
+        },
+        auth: Default::default(),
+    };
+    let early = EarlyStart::Client {
+        accepted,
+        hello,
+        deadline,
+    };
+    let peer = Peer::start(
+        conn,
+        Role::Client,
+        hs,
+        p.protocol.clone(),
+        p.router.clone(),
+        None,
+        Some(early),
+    );
+    tracing::debug!(target = %p.target, id = peer.connection_id(), "connected with 0-RTT");
     Ok(peer)
 }
 
@@ -441,9 +593,23 @@ async fn supervise(inner: Weak<ClientInner>, policy: ReconnectPolicy) {
             }
             match connect_peer(&client.endpoint, &client.params).await {
                 Ok(peer) => {
-                    *client.current.write().unwrap_or_else(|p| p.into_inner()) = peer;
+                    let addr = client.params.addr.clone();
+                    // Published at once: with 0-RTT, waiting calls marked idempotent go early.
+                    *client.current.write().unwrap_or_else(|p| p.into_inner()) = peer.clone();
                     client.generation.send_modify(|g| *g += 1);
-                    tracing::info!(addr = %client.params.addr, "reconnected");
+                    drop(client);
+                    if let Err(e) = peer.wait_established().await {
+                        // A 0-RTT attempt whose handshake failed counts as a failed attempt.
+                        failures += 1;
+                        tracing::debug!(%addr, error = %e, failures, "reconnect attempt failed");
+                        if policy.max_attempts.is_some_and(|m| failures >= m) {
+                            tracing::warn!(%addr, failures, "giving up reconnecting");
+                            return;
+                        }
+                        backoff = (backoff * 2).min(policy.max_backoff);
+                        continue;
+                    }
+                    tracing::info!(%addr, resumed = ?peer.zero_rtt(), "reconnected");
                     break;
                 }
                 Err(e) => {
@@ -624,6 +790,15 @@ impl RpcClient {
     /// The local address of the client's UDP socket.
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.inner.endpoint.local_addr()?)
+    }
+
+    /// True when this client holds a TLS session ticket for the server, so that the next
+    /// connection to it (a reconnection, or a connection from a clone of the same builder)
+    /// resumes the session and may send 0-RTT early data. Servers send tickets right after the
+    /// handshake; a connection closed at once may not have received any.
+    pub fn can_resume(&self) -> bool {
+        let p = &self.inner.params;
+        p.resumption && p.sessions.get(&p.addr).is_some_and(|h| h.tickets() > 0)
     }
 
     /// The server certificate's SHA-256 fingerprint.

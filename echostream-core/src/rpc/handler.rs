@@ -60,7 +60,10 @@ impl Payload {
 pub trait Handler: Send + Sync + 'static {
     /// The method name it answers.
     fn method(&self) -> &str;
-    /// Whether the handler is safe to run more than once for one call (used for 0-RTT).
+    /// Whether the handler is safe to run more than once for one call. A server with 0-RTT
+    /// enabled runs calls that arrive as early data (which an attacker can replay) only for
+    /// handlers that return true; the others are refused with `Code::EARLY_DATA_REFUSED`.
+    /// `#[handler("name", idempotent)]` and [`FnHandler::mark_idempotent`] set it.
     fn idempotent(&self) -> bool {
         false
     }
@@ -149,6 +152,7 @@ where
     FnHandler {
         method: method.into(),
         f: Arc::new(f),
+        idempotent: false,
         _arg: std::marker::PhantomData,
     }
 }
@@ -157,7 +161,25 @@ where
 pub struct FnHandler<A, F> {
     method: String,
     f: Arc<F>,
+    idempotent: bool,
     _arg: std::marker::PhantomData<fn(A)>,
+}
+
+impl<A, F> FnHandler<A, F> {
+    /// Declares the handler safe to run more than once for one call (see
+    /// [`Handler::idempotent`]): it may then run on 0-RTT early data.
+    ///
+    /// ```
+    /// # use echostream_core::rpc::{handler_fn, Context};
+    /// let get = handler_fn("kv.get", |_ctx: Context, key: String| async move {
+    ///     Ok::<_, echostream_core::Error>(key.len())
+    /// })
+    /// .mark_idempotent();
+    /// ```
+    pub fn mark_idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
 }
 
 impl<A, F> std::fmt::Debug for FnHandler<A, F> {
@@ -175,6 +197,10 @@ where
 {
     fn method(&self) -> &str {
         &self.method
+    }
+
+    fn idempotent(&self) -> bool {
+        self.idempotent
     }
 
     fn call(&self, ctx: Context, args: Payload) -> BoxFuture<'static, Result<Payload, Status>> {

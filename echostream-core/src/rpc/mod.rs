@@ -19,7 +19,7 @@ pub mod security;
 pub mod server;
 pub mod subscribe;
 
-pub use crate::protocol::{CallOptions, ConnectionInfo, Peer};
+pub use crate::protocol::{CallOptions, ConnectionInfo, Peer, ZeroRtt};
 pub use client::{ClientBuilder, ReconnectPolicy, RpcClient};
 pub use context::Context;
 #[cfg(feature = "discovery")]

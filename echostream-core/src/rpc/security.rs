@@ -543,6 +543,16 @@ impl ClientSecurity {
 }
 
 impl LoadedClientSecurity {
+    /// What a TLS configuration built by [`Self::client_crypto`] depends on, to tell whether a
+    /// kept one (for session resumption) can be reused.
+    pub(crate) fn config_key(&self, trust: &crate::connection::tls::ClientTrust) -> String {
+        format!(
+            "{trust:?}|{:?}|{:?}",
+            self.identity.as_ref().map(|i| i.fingerprint),
+            self.key_log
+        )
+    }
+
     /// The rustls client configuration for one attempt.
     pub(crate) fn client_crypto(
         &self,

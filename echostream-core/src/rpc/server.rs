@@ -10,6 +10,7 @@ use crate::rpc::{Handler, Listener, Router, RouterBuilder, Subscription};
 use crate::{Error, Result};
 use bytes::BytesMut;
 use echostream_types::{CloseCode, Codec, EventFrame, Frame, Metadata};
+use futures::FutureExt;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,6 +42,7 @@ pub struct ServerBuilder {
     policy: ConnectionPolicy,
     max_connections: usize,
     slow_peer_timeout: Duration,
+    zero_rtt: bool,
     pub(super) discovery: super::discovery::ServerDiscovery,
     /// Authentication, access control, rate limits, admission (see `rpc::security`).
     pub(crate) security: crate::rpc::security::ServerSecurity,
@@ -68,6 +70,7 @@ impl Default for ServerBuilder {
             policy: ConnectionPolicy::approve_all(),
             max_connections: 10_000,
             slow_peer_timeout: Duration::from_secs(2),
+            zero_rtt: false,
             discovery: Default::default(),
             security: Default::default(),
         }
@@ -146,6 +149,28 @@ impl ServerBuilder {
     /// Full transport settings.
     pub fn transport(mut self, t: TransportOptions) -> Self {
         self.transport = t;
+        self
+    }
+
+    /// Accepts 0-RTT early data from clients resuming a session (default: off).
+    ///
+    /// With it on, a returning client's hello and its calls marked idempotent travel in its
+    /// first flight, saving the round trips of the handshake and the hello. Early data can be
+    /// replayed by an attacker who recorded it, so while the TLS handshake has not completed
+    /// the server runs only handlers declared idempotent (`#[handler("x", idempotent)]`, or
+    /// [`Handler::idempotent`]) and answers other calls with `Code::EARLY_DATA_REFUSED`;
+    /// events are dropped and incoming streams wait for the handshake. The hello is processed
+    /// early too: the authenticator and connection policy see a hello that may be a replay.
+    ///
+    /// Off by default because it is a promise about the application: enable it once the
+    /// handlers marked idempotent really are safe to run twice. Not available together with
+    /// client certificates ([`ServerBuilder::client_auth`]), which are only verified when the
+    /// handshake completes: [`build`](ServerBuilder::build) fails.
+    ///
+    /// With it off, the server still issues session tickets, so clients resume sessions
+    /// (skipping certificate verification), but their first flight carries no data.
+    pub fn zero_rtt(mut self, enabled: bool) -> Self {
+        self.zero_rtt = enabled;
         self
     }
 
@@ -237,7 +262,21 @@ impl ServerBuilder {
         })?;
         let identity = self.identity.load()?;
         let fingerprint = identity.fingerprint;
-        let crypto = crate::connection::client_auth::server_crypto(&identity, &self.security.tls)?;
+        let mut crypto = crate::connection::client_auth::server_crypto(&identity, &self.security.tls)?;
+        if self.zero_rtt {
+            if !matches!(
+                self.security.tls.client_auth,
+                crate::connection::client_auth::ClientAuth::None
+            ) {
+                return Err(Error::Config(
+                    "0-RTT cannot be combined with client certificates: early data is processed before \
+                     the client's certificate is verified; disable one of them"
+                        .into(),
+                ));
+            }
+            // QUIC's value for "0-RTT accepted" (RFC 9001 section 4.6.1).
+            crypto.max_early_data_size = u32::MAX;
+        }
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
             .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -266,6 +305,7 @@ impl ServerBuilder {
                     max_connections: self.max_connections,
                     connecting: AtomicUsize::new(0),
                     slow_peer_timeout: self.slow_peer_timeout,
+                    zero_rtt: self.zero_rtt,
                     local_addr,
                     fingerprint,
                     stopped: watch::channel(false).0,
@@ -291,6 +331,8 @@ struct ServerShared {
     /// Connections past the TLS handshake but not yet admitted.
     connecting: AtomicUsize,
     slow_peer_timeout: Duration,
+    /// Serve clients' 0-RTT early data (see [`ServerBuilder::zero_rtt`]).
+    zero_rtt: bool,
     local_addr: SocketAddr,
     fingerprint: Fingerprint,
     /// Set once the graceful shutdown has finished.
@@ -753,15 +795,44 @@ async fn serve_connection(
 ) {
     let shared = &handle.shared;
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(shared.handshake_timeout, incoming).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+    let (conn, early) = if shared.zero_rtt {
+        // Serve at once (0.5-RTT): the hello and idempotent calls in the client's first flight
+        // are answered before the handshake completes.
+        let connecting = match incoming.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "connection failed");
+                return;
+            }
+        };
+        let Ok((conn, accepted)) = connecting.into_0rtt() else {
+            // quinn always allows 0.5-RTT on incoming connections.
+            tracing::debug!(%remote, "0.5-RTT unavailable; connection dropped");
             return;
-        }
-        Err(_) => {
-            tracing::debug!(%remote, "TLS handshake timed out");
-            return;
+        };
+        let accepted = accepted.shared();
+        let (watch, c, limit) = (accepted.clone(), conn.clone(), shared.handshake_timeout);
+        tokio::spawn(async move {
+            if tokio::time::timeout(limit, watch).await.is_err() {
+                tracing::debug!(%remote, "TLS handshake timed out");
+                c.close(
+                    CloseCode::HELLO_TIMEOUT.0.into(),
+                    b"TLS handshake did not complete in time",
+                );
+            }
+        });
+        (conn, Some(crate::protocol::EarlyStart::Server { accepted }))
+    } else {
+        match tokio::time::timeout(shared.handshake_timeout, incoming).await {
+            Ok(Ok(c)) => (c, None),
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "TLS handshake timed out");
+                return;
+            }
         }
     };
     let admitting = shared.connecting.fetch_add(1, Ordering::AcqRel);
@@ -804,6 +875,7 @@ async fn serve_connection(
         shared.protocol.clone(),
         shared.router.clone(),
         Some(handle.clone()),
+        early,
     );
     let id = peer.connection_id();
     lock(&shared.peers).insert(id, peer.clone());

@@ -220,6 +220,18 @@ impl Peer {
             stream: name.to_owned(),
             after: timeout,
         };
+        // A stream opened as 0-RTT early data could be replayed (and is lost if the server
+        // rejects the early data): wait for the handshake.
+        match tokio::time::timeout_at(deadline, self.wait_established()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(StreamError::ConnectionLost {
+                    stream: name.to_owned(),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => return Err(timed_out()),
+        }
         let (mut send, mut recv) =
             match tokio::time::timeout_at(deadline, self.quinn_connection().open_bi()).await {
                 Ok(Ok(h)) => h,
