@@ -188,10 +188,17 @@ struct Seen {
     puts: AtomicUsize,
 }
 
+/// Declared idempotent through the macro.
+#[echostream::handler("kv.version", idempotent)]
+async fn kv_version(ctx: Context, key: String) -> Result<String> {
+    Ok(format!("v1:{key}:early={}", ctx.peer().is_early()))
+}
+
 /// `kv.get` is idempotent (and says whether it ran on early data); `kv.put` is not.
 fn kv_server(seen: &Arc<Seen>, name: &'static str) -> echostream::rpc::ServerBuilder {
     let (s1, s2) = (seen.clone(), seen.clone());
     RpcServer::builder()
+        .handler(kv_version)
         .handler(
             handler_fn("kv.get", move |ctx: Context, key: String| {
                 let seen = s1.clone();
@@ -288,6 +295,11 @@ async fn a_reconnect_resumes_the_session_and_its_early_data_is_accepted() {
     assert_eq!(v, "a:k");
     assert_eq!(settled(&c).await, ZeroRtt::Accepted);
     assert_eq!(c.info().zero_rtt, ZeroRtt::Accepted);
+    assert_eq!(
+        c.server_fingerprint(),
+        Some(server.fingerprint),
+        "known from the resumed session"
+    );
     // The welcome read by the reader task, not by connect, still reaches the client.
     let v: String = c.request("kv.put", "k").await.unwrap();
     assert_eq!(v, "a:stored k");
@@ -467,10 +479,11 @@ async fn the_server_refuses_a_non_idempotent_call_sent_as_early_data() {
         hello,
         request(0, "kv.put", "replayable"),
         request(2, "kv.get", "k"),
+        request(4, "kv.version", "k"),
     ]))
     .await
     .unwrap();
-    let mut answers = tokio::time::timeout(WAIT, responses(&mut recv, 2))
+    let mut answers = tokio::time::timeout(WAIT, responses(&mut recv, 3))
         .await
         .expect("both calls answered before the handshake completes");
     answers.sort_by_key(|r| r.id);
@@ -479,6 +492,8 @@ async fn the_server_refuses_a_non_idempotent_call_sent_as_early_data() {
     assert!(refused.message().contains("kv.put"), "{}", refused.message());
     let (codec, bytes) = answers[1].result.as_ref().expect("kv.get answered");
     assert_eq!(codec.decode::<String>(bytes).unwrap(), "a:k");
+    let (codec, bytes) = answers[2].result.as_ref().expect("kv.version answered");
+    assert_eq!(codec.decode::<String>(bytes).unwrap(), "v1:k:early=true");
     assert_eq!(
         seen.puts.load(Ordering::SeqCst),
         0,
@@ -492,7 +507,7 @@ async fn the_server_refuses_a_non_idempotent_call_sent_as_early_data() {
         "0-RTT was accepted"
     );
     // After the handshake the same call is not early any more and runs.
-    send.write_all(&encode(&[request(4, "kv.put", "later")]))
+    send.write_all(&encode(&[request(6, "kv.put", "later")]))
         .await
         .unwrap();
     let later = tokio::time::timeout(WAIT, responses(&mut recv, 1)).await.unwrap();

@@ -306,7 +306,9 @@ struct Shared {
     role: Role,
     id: u64,
     remote: SocketAddr,
-    fingerprint: Option<Fingerprint>,
+    /// Read from the connection on first use: a connection started on 0-RTT has no peer
+    /// certificate until its handshake completes (then, resumed, the one from the ticket).
+    fingerprint: OnceLock<Fingerprint>,
     /// The peer's hello metadata; on a client that sent its hello as early data, set when the
     /// welcome arrives.
     peer_hello: OnceLock<Metadata>,
@@ -402,7 +404,10 @@ impl Peer {
             let _ = peer_hello.set(hs.peer_hello.metadata);
         }
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
-        let fingerprint = peer_fingerprint(&conn);
+        let fingerprint = OnceLock::new();
+        if let Some(f) = peer_fingerprint(&conn) {
+            let _ = fingerprint.set(f);
+        }
         let guard = crate::rpc::security::ConnGuard::new(&conn, &config, hs.auth);
         let shared = Arc::new(Shared {
             guard,
@@ -488,7 +493,11 @@ impl Peer {
 
     /// SHA-256 fingerprint of the peer's certificate, when it presented one.
     pub fn fingerprint(&self) -> Option<Fingerprint> {
-        self.shared.fingerprint
+        if let Some(f) = self.shared.fingerprint.get() {
+            return Some(*f);
+        }
+        let f = peer_fingerprint(&self.shared.conn)?;
+        Some(*self.shared.fingerprint.get_or_init(|| f))
     }
 
     /// Metadata the peer sent in its hello. Empty on a client whose hello went out as 0-RTT
@@ -556,7 +565,7 @@ impl Peer {
         ConnectionInfo {
             remote: self.shared.remote,
             connection_id: self.shared.id,
-            fingerprint: self.shared.fingerprint,
+            fingerprint: self.fingerprint(),
             hello_metadata: self.hello_metadata().clone(),
             rtt: stats.path.rtt,
             bytes_sent: stats.udp_tx.bytes,

@@ -877,6 +877,12 @@ async fn serve_connection(
         Some(handle.clone()),
         early,
     );
+    // A connection served on early data is announced once its handshake completes: until then
+    // it may be a replay that never completes.
+    if let Err(e) = peer.wait_established().await {
+        tracing::debug!(%remote, error = %e, "connection ended before its TLS handshake completed");
+        return;
+    }
     let id = peer.connection_id();
     lock(&shared.peers).insert(id, peer.clone());
     drop(guard);
