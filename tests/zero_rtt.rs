@@ -355,6 +355,44 @@ async fn an_idempotent_call_travels_early_and_other_calls_wait_for_the_handshake
     c.close().await;
 }
 
+#[tokio::test]
+async fn a_call_marked_idempotent_only_by_the_client_is_refused_early_then_sent_again() {
+    init_tracing();
+    let seen = Arc::new(Seen::default());
+    let server = start(kv_server(&seen, "a").zero_rtt(true), ServerIdentity::Ephemeral);
+    let relay = HoldRelay::start(server.addr).await;
+    let builder = RpcClient::builder().pin(server.fingerprint);
+    first_connection(&builder, &relay.addr()).await;
+
+    relay.hold();
+    let c = connect_to(&builder, &relay.addr()).await;
+    // The client claims `kv.put` is safe to repeat; the server's handler does not.
+    let put = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.request_with::<_, String>("kv.put", "x", CallOptions::new().idempotent())
+                .await
+        }
+    });
+    // Refused early (not run), then held by the relay after the client's handshake.
+    wait_until("the client's handshake completed", || {
+        c.peer().zero_rtt() == ZeroRtt::Accepted
+    })
+    .await;
+    wait_until("the relay holds the end of the handshake", || relay.held() > 0).await;
+    assert_eq!(seen.puts.load(Ordering::SeqCst), 0);
+    assert!(!put.is_finished());
+    relay.release().await;
+    let put = tokio::time::timeout(WAIT, put).await.expect("answered").unwrap();
+    assert_eq!(
+        put.unwrap(),
+        "a:stored x",
+        "sent again after the handshake, transparently"
+    );
+    assert_eq!(seen.puts.load(Ordering::SeqCst), 1, "run exactly once");
+    c.close().await;
+}
+
 /// A session store that counts the tickets it holds, for the raw client.
 #[derive(Debug)]
 struct CountingStore {

@@ -237,8 +237,9 @@ impl CallOptions {
     /// as 0-RTT early data, before the TLS handshake completes. Early data can be replayed by
     /// an attacker, so mark only calls whose repetition does no harm (reads, idempotent
     /// writes); the server runs an early call only if its handler is declared idempotent too,
-    /// and answers any other with [`Code::EARLY_DATA_REFUSED`]. Calls without this mark (and
-    /// whose method is not in `ClientBuilder::idempotent`) wait for the handshake to complete.
+    /// and answers any other with [`Code::EARLY_DATA_REFUSED`] without running it, in which case
+    /// the client sends the call again once the handshake has completed. Calls without this
+    /// mark (and whose method is not in `ClientBuilder::idempotent`) wait for the handshake.
     pub fn idempotent(mut self) -> Self {
         self.idempotent = true;
         self
@@ -686,6 +687,40 @@ impl Peer {
     /// Calls `method` with an already encoded argument and returns the
     /// encoded result (for proxies and tools that do not know the types).
     pub async fn request_raw(
+        &self,
+        method: &str,
+        args: Payload,
+        opts: CallOptions,
+    ) -> Result<(Codec, Bytes), Error> {
+        let early = self.shared.role == Role::Client && self.is_early();
+        if !early {
+            return self.request_once(method, args, opts).await;
+        }
+        let started = Instant::now();
+        match self.request_once(method, args.clone(), opts.clone()).await {
+            // Marked idempotent here but not on the server: it did not run there, so it is
+            // safe to send again once the handshake has completed (and nothing is early).
+            Err(Error::Remote { status, .. }) if status.code() == Code::EARLY_DATA_REFUSED => {
+                tracing::debug!(
+                    method,
+                    "early call refused by the server; sending it after the handshake"
+                );
+                self.wait_established().await?;
+                let mut opts = opts;
+                if let Some(t) = opts.timeout.or(self.shared.config.default_timeout) {
+                    if !opts.no_timeout {
+                        opts.timeout =
+                            Some(t.saturating_sub(started.elapsed()).max(Duration::from_millis(1)));
+                    }
+                }
+                self.request_once(method, args, opts).await
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of [`Peer::request_raw`].
+    async fn request_once(
         &self,
         method: &str,
         args: Payload,
