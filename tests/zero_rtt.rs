@@ -393,6 +393,41 @@ async fn a_call_marked_idempotent_only_by_the_client_is_refused_early_then_sent_
     c.close().await;
 }
 
+#[tokio::test]
+async fn an_early_connection_to_a_vanished_server_fails_after_the_connect_timeout() {
+    init_tracing();
+    let seen = Arc::new(Seen::default());
+    let server = start(kv_server(&seen, "a").zero_rtt(true), ServerIdentity::Ephemeral);
+    let relay = HoldRelay::start(server.addr).await;
+    let builder = RpcClient::builder()
+        .pin(server.fingerprint)
+        .connect_timeout(Duration::from_millis(300));
+    first_connection(&builder, &relay.addr()).await;
+
+    // A socket that never answers stands for the vanished server.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    relay.switch_to(silent.local_addr().unwrap());
+    let c = connect_to(&builder, &relay.addr()).await;
+    assert_eq!(c.peer().zero_rtt(), ZeroRtt::Pending);
+    let r = tokio::time::timeout(
+        WAIT,
+        c.request_with::<_, String>("kv.get", "k", CallOptions::new().idempotent().no_timeout()),
+    )
+    .await
+    .expect("fails at the connect timeout, not the call's");
+    match r {
+        Err(Error::ConnectionClosed { code, reason }) => {
+            assert_eq!(
+                code,
+                Some(echostream::types::CloseCode::HELLO_TIMEOUT),
+                "{reason}"
+            );
+            assert!(reason.contains("did not complete in time"), "{reason}");
+        }
+        other => panic!("expected the connection to close, got {other:?}"),
+    }
+}
+
 /// A session store that counts the tickets it holds, for the raw client.
 #[derive(Debug)]
 struct CountingStore {

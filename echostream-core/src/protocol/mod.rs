@@ -1412,11 +1412,23 @@ async fn early_phase(
     early: ClientEarly,
 ) -> Option<(quinn::SendStream, Option<FinishRequest>)> {
     let ClientEarly {
-        mut accepted,
+        accepted,
         hello,
         deadline,
         new_recv,
     } = early;
+    // Shared, so that a write blocked by flow control can also watch the deadline.
+    let accepted = accepted.shared();
+    let late = || {
+        let reason = "the TLS handshake (0-RTT) did not complete in time";
+        peer.shared
+            .conn
+            .close(CloseCode::HELLO_TIMEOUT.0.into(), reason.as_bytes());
+        peer.mark_closed(
+            Some(CloseCode::HELLO_TIMEOUT),
+            format!("could not connect: {reason}"),
+        );
+    };
     let mut replay = BytesMut::from(&hello[..]);
     let mut buf = BytesMut::new();
     let mut chunks: Vec<Bytes> = Vec::new();
@@ -1426,7 +1438,7 @@ async fn early_phase(
     let outcome = loop {
         tokio::select! {
             biased;
-            r = tokio::time::timeout_at(deadline, &mut accepted) => break r,
+            r = tokio::time::timeout_at(deadline, accepted.clone()) => break r,
             o = rx.recv(), if finish.is_none() => {
                 let Some(first) = o else {
                     let _ = send.finish();
@@ -1437,7 +1449,20 @@ async fn early_phase(
                     replay.extend_from_slice(c);
                 }
                 if !stream_rejected {
-                    match send.write_all_chunks(&mut chunks).await {
+                    // Gives up only if the deadline passes before the handshake completes.
+                    let too_late = async {
+                        if tokio::time::timeout_at(deadline, accepted.clone()).await.is_ok() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    let written = tokio::select! {
+                        r = send.write_all_chunks(&mut chunks) => r,
+                        () = too_late => {
+                            late();
+                            return None;
+                        }
+                    };
+                    match written {
                         Ok(()) => {}
                         Err(quinn::WriteError::ZeroRttRejected) => stream_rejected = true,
                         Err(quinn::WriteError::ConnectionLost(e)) => {
@@ -1457,12 +1482,7 @@ async fn early_phase(
     let conn = &peer.shared.conn;
     match outcome {
         Err(_) => {
-            let reason = "the TLS handshake (0-RTT) did not complete in time";
-            conn.close(CloseCode::HELLO_TIMEOUT.0.into(), reason.as_bytes());
-            peer.mark_closed(
-                Some(CloseCode::HELLO_TIMEOUT),
-                format!("could not connect: {reason}"),
-            );
+            late();
             None
         }
         Ok(true) => {
