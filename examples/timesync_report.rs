@@ -214,6 +214,15 @@ async fn main() -> Result<()> {
         run,
     )
     .await?;
+    measure(
+        "relay 20 ms ± 10 ms each way",
+        Some(Impairment::delay(
+            Duration::from_millis(20),
+            Duration::from_millis(10),
+        )),
+        run,
+    )
+    .await?;
     jitter_case(run).await?;
     Ok(())
 }
