@@ -78,7 +78,7 @@ impl Sizes {
                 alloc_calls: 20,
             },
             Mode::Quick => Sizes {
-                rounds: 3,
+                rounds: 4,
                 warmup: 500,
                 seq_calls: 3_000,
                 conc_slice: ms(400),
