@@ -683,6 +683,21 @@ fn rpc_client_heap(sz: &Sizes, report: &mut Report) {
     }
 }
 
+/// Samples and checks of case 8.
+#[derive(Debug, Default)]
+struct Connects {
+    es_full: Samples,
+    es_connect: Samples,
+    es_zero: Samples,
+    es_zero_missing: bool,
+    q_full: Samples,
+    q_new_ep: Samples,
+    q_zero: Samples,
+    accepted: u64,
+    wrong_es: u64,
+    wrong_q: u64,
+}
+
 /// Case 8: new connection + first 64-byte call, p50; full handshakes, and
 /// 0-RTT resumption for raw quinn (EchoStream's 0-RTT is not wired yet).
 pub(crate) fn case8(sz: &Sizes, report: &mut Report) {
@@ -718,30 +733,25 @@ pub(crate) fn case8(sz: &Sizes, report: &mut Report) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             conn.close(0u32.into(), b"primed");
         }
-        let (mut es_full, mut q_full, mut q_zero, mut es_zero) = (
-            Samples::default(),
-            Samples::default(),
-            Samples::default(),
-            Samples::default(),
-        );
-        let (mut wrong_es, mut wrong_q, mut accepted, mut es_zero_missing) = (0u64, 0u64, 0u64, false);
+        let mut m = Connects::default();
         for i in 0..k {
-            for which in rotated(&[0, 1, 2, 3], i) {
+            for which in rotated(&[0, 1, 2, 3, 4], i) {
                 match which {
                     0 => {
                         let t = Instant::now();
                         let c = es::connect(&es_addr, es_fp).await?;
+                        m.es_connect.0.push(ns(t.elapsed()));
                         let back: Bytes = c.request("echo", &p).await?;
-                        es_full.0.push(ns(t.elapsed()));
-                        wrong_es += u64::from(back != p);
+                        m.es_full.0.push(ns(t.elapsed()));
+                        m.wrong_es += u64::from(back != p);
                         drop(c);
                     }
                     1 => {
                         let t = Instant::now();
                         let conn = ep.connect_with(full.clone(), q_addr, "localhost")?.await?;
                         let back = quic::echo(&conn, &p).await?;
-                        q_full.0.push(ns(t.elapsed()));
-                        wrong_q += u64::from(back != p);
+                        m.q_full.0.push(ns(t.elapsed()));
+                        m.wrong_q += u64::from(back != p);
                         conn.close(0u32.into(), b"done");
                     }
                     2 => {
@@ -752,68 +762,75 @@ pub(crate) fn case8(sz: &Sizes, report: &mut Report) {
                             Err(connecting) => (connecting.await?, None),
                         };
                         let back = quic::echo(&conn, &p).await?;
-                        q_zero.0.push(ns(t.elapsed()));
-                        wrong_q += u64::from(back != p);
+                        m.q_zero.0.push(ns(t.elapsed()));
+                        m.wrong_q += u64::from(back != p);
                         if let Some(a) = early {
-                            accepted += u64::from(a.await);
+                            m.accepted += u64::from(a.await);
                         }
                         // The next 0-RTT connect needs this connection's tickets.
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         conn.close(0u32.into(), b"done");
                     }
+                    3 => {
+                        // Like an RpcClient: a new UDP endpoint per connection.
+                        let t = Instant::now();
+                        let own = quic::client_endpoint()?;
+                        let conn = own.connect_with(full.clone(), q_addr, "localhost")?.await?;
+                        let back = quic::echo(&conn, &p).await?;
+                        m.q_new_ep.0.push(ns(t.elapsed()));
+                        m.wrong_q += u64::from(back != p);
+                        conn.close(0u32.into(), b"done");
+                    }
                     _ => match es::echostream_zero_rtt_connect(&es_addr, es_fp).await {
-                        Some(r) => es_zero.0.push(ns(r?)),
-                        None => es_zero_missing = true,
+                        Some(r) => m.es_zero.0.push(ns(r?)),
+                        None => m.es_zero_missing = true,
                     },
                 }
             }
         }
-        Res::Ok((
-            es_full,
-            q_full,
-            q_zero,
-            es_zero,
-            wrong_es,
-            wrong_q,
-            accepted,
-            es_zero_missing,
-        ))
+        Res::Ok(m)
     });
     match r {
-        Ok((
-            mut es_full,
-            mut q_full,
-            mut q_zero,
-            mut es_zero,
-            wrong_es,
-            wrong_q,
-            accepted,
-            es_zero_missing,
-        )) => {
-            report.wrong("8", System::EchoStream, wrong_es);
-            report.wrong("8", System::Quinn, wrong_q);
+        Ok(mut m) => {
+            report.wrong("8", System::EchoStream, m.wrong_es);
+            report.wrong("8", System::Quinn, m.wrong_q);
             let full = "connect + first call, full handshake: p50";
             let zero = "connect + first call, 0-RTT: p50";
-            report.add("8", full, l, System::EchoStream, es_full.pct_us(0.5), "µs");
-            report.add("8", full, l, System::Quinn, q_full.pct_us(0.5), "µs");
+            report.add("8", full, l, System::EchoStream, m.es_full.pct_us(0.5), "µs");
+            report.add("8", full, l, System::Quinn, m.q_full.pct_us(0.5), "µs");
+            let own = "connect + first call, full handshake, new UDP endpoint each: p50";
+            report.add("8", own, l, System::Quinn, m.q_new_ep.pct_us(0.5), "µs");
+            let connect = "RpcClient::connect alone (endpoint, handshake, hello): p50";
+            report.add(
+                "8",
+                connect,
+                l,
+                System::EchoStream,
+                m.es_connect.pct_us(0.5),
+                "µs",
+            );
+            let missing = "echostream_zero_rtt_connect() not wired yet (0-RTT is another branch)";
+            let es_zero = m.es_zero.pct_us(0.5);
             report.add_noted(
                 "8",
                 zero,
                 l,
                 System::EchoStream,
-                es_zero.pct_us(0.5),
+                es_zero,
                 "µs",
-                es_zero_missing
-                    .then(|| "echostream_zero_rtt_connect() not wired yet (0-RTT is another branch)".into()),
+                m.es_zero_missing.then(|| missing.into()),
             );
             report.add_noted(
                 "8",
                 zero,
                 l,
                 System::Quinn,
-                q_zero.pct_us(0.5),
+                m.q_zero.pct_us(0.5),
                 "µs",
-                Some(format!("early data accepted on {accepted} of {k} connections")),
+                Some(format!(
+                    "early data accepted on {} of {k} connections",
+                    m.accepted
+                )),
             );
         }
         Err(e) => report.fail(format!("case 8: {e}")),

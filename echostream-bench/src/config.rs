@@ -131,8 +131,8 @@ echostream-bench: EchoStream side by side with raw quinn, tonic and tarpc (loopb
 
 USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--json PATH]
 
-  --quick        about 1.5 minutes on 2 cores (release build)
-  --full         the issue's sizes (default), about 5 minutes
+  --quick        about 1 minute on 2 cores (release build)
+  --full         the issue's sizes (default), about 4 minutes
   --smoke        tiny sizes, checks that every case runs (the crate's test)
   --only CASES   comma-separated: 1,2,3,4,5,6,7,8,9,alloc (default: all)
   --json PATH    where to write the JSON (default target/echostream-bench.json)
