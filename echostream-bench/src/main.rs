@@ -140,8 +140,13 @@ fn run(cfg: &Config) -> Report {
         cases::case8(&sz, &mut report);
     }
     if want("9") {
-        step("case 9: small calls during a bulk stream");
-        cases::case9(&sz, &mut report);
+        for layout in [Layout::Shared, Layout::Split] {
+            step(&format!(
+                "case 9: small calls during a bulk stream ({})",
+                layout.name()
+            ));
+            cases::case9(&sz, layout, &mut report);
+        }
     }
     if want("alloc") {
         step("allocations per call");
