@@ -480,6 +480,8 @@ pub(crate) fn case6(sz: &Sizes, report: &mut Report) {
         for i in rotated(&idx, round) {
             let (sys, handle, _) = &systems[i];
             let handle = handle.clone();
+            // Counting is on while timing here (the peak needs it); both
+            // systems pay the same few atomic updates per allocation.
             alloc::set_counting(true);
             let base = alloc::reset_peak();
             let r = run_on(rts.client(), async move {
