@@ -1087,8 +1087,10 @@ async fn writer_task(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoin
     const COPY_BELOW: usize = 4096;
     // Stop collecting after this much, so one write does not grow without bound.
     const BATCH_BYTES: usize = 256 * 1024;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut chunks: Vec<Bytes> = Vec::with_capacity(16);
+    // Empty until the first write: an idle connection holds no buffer
+    // (16 KiB up front was a quarter of an idle connection's memory).
+    let mut buf = BytesMut::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut batched = 0usize;
         let mut finish = None;
