@@ -128,7 +128,7 @@ async fn jitter_case(run: Duration) -> Result<()> {
         .with_playout_delay(PlayoutDelay::Adaptive {
             min: Duration::from_millis(5),
             max: Duration::from_millis(200),
-            margin: Duration::from_millis(2),
+            margin: Duration::from_millis(3),
         })
         .build()
         .await?;
@@ -158,7 +158,7 @@ async fn jitter_case(run: Duration) -> Result<()> {
     delays.sort();
     let p99_in = stats.transit_p99.unwrap_or_default();
     println!(
-        "jitter buffer, 50 frames/s for {run:?}, relay 20 ms ± 10 ms, adaptive delay [5, 200] ms + 2 ms margin"
+        "jitter buffer, 50 frames/s for {run:?}, relay 20 ms ± 10 ms, adaptive delay [5, 200] ms + 3 ms margin"
     );
     if spread.is_empty() {
         println!("  no frames released after the first second");
@@ -210,6 +210,15 @@ async fn main() -> Result<()> {
         Some(Impairment::delay(
             Duration::from_millis(5),
             Duration::from_millis(2),
+        )),
+        run,
+    )
+    .await?;
+    measure(
+        "relay 20 ms ± 10 ms each way",
+        Some(Impairment::delay(
+            Duration::from_millis(20),
+            Duration::from_millis(10),
         )),
         run,
     )

@@ -260,3 +260,81 @@ async fn plain_stream_receiver_ignores_timestamps() {
     assert_eq!(rx.recv().await, Some((1, 2)));
     assert_eq!(rx.recv().await, Some((4, 5)));
 }
+
+#[tokio::test]
+async fn server_to_client_timed_stream_maps_to_the_client_clock() {
+    init_tracing();
+    let base = SystemClock::new();
+    let server_clock = Arc::new(SkewedClock::new(base, 250_000_000, 0.0));
+    let client_clock = Arc::new(SkewedClock::new(base, -40_000_000, 0.0));
+    let n = 30u64;
+    // The server streams to whoever calls "speaker.start", stamped with its own clock.
+    let sc = server_clock.clone();
+    let start = handler_fn("speaker.start", move |ctx: Context, n: u64| {
+        let sc = sc.clone();
+        async move {
+            let stream = ctx
+                .peer()
+                .create_stream("speaker.sync")
+                .with_playout_delay(PlayoutDelay::Fixed(FIXED))
+                .build()
+                .await?;
+            for seq in 0..n {
+                let ts = sc.now();
+                stream.send_with_timestamp((seq, ts.0), ts).await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            stream.finish().await?;
+            Ok::<(), Status>(())
+        }
+    });
+    let s = serve(
+        RpcServer::builder()
+            .clock(server_clock.clone())
+            .time_sync_interval(Duration::from_millis(200))
+            .handler(start),
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stx, mut srx) = mpsc::unbounded_channel();
+    let receiver = stream_handler_fn("speaker.sync", move |_ctx: Context, s: TimedReceiver<Frame>| {
+        let (tx, stx) = (tx.clone(), stx.clone());
+        async move {
+            let local = s.xstream().peer().local_clock();
+            while let Some(((seq, ts), aligned)) = s.recv_aligned().await {
+                let _ = tx.send(Got {
+                    seq,
+                    sender_ts: Timestamp(ts),
+                    aligned,
+                    released: local.now(),
+                });
+            }
+            let _ = stx.send(s.stats());
+        }
+    });
+    let c = tokio::time::timeout(
+        WAIT,
+        client_for(&s)
+            .clock(client_clock.clone())
+            .time_sync_interval(Duration::from_millis(200))
+            .stream_handler(receiver)
+            .connect(&s.addr),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect succeeds");
+    c.clock().synced(4, WAIT).await.expect("client clock syncs");
+    let () = c.request("speaker.start", n).await.unwrap();
+    let got = collect(&mut rx, n as usize).await;
+    assert_eq!(got.len(), n as usize);
+    // Server clock is 290 ms ahead of the client's.
+    let diff = -40_000_000i64 - 250_000_000;
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g.seq, i as u64, "in order");
+        let expected = g.sender_ts.offset_by(diff);
+        let err = g.aligned.0 as i64 - expected.0 as i64;
+        assert!(err.abs() < ALIGN_NS, "frame {i}: aligned off by {err} ns");
+        assert!(g.released >= g.aligned + FIXED, "frame {i} released early");
+    }
+    let stats = tokio::time::timeout(WAIT, srx.recv()).await.unwrap().unwrap();
+    assert_eq!((stats.received, stats.released, stats.late), (n, n, 0));
+}

@@ -1538,8 +1538,10 @@ async fn writer_task(
         },
         None => (send, None),
     };
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut chunks: Vec<Bytes> = Vec::with_capacity(16);
+    // Empty until the first write: an idle connection holds no buffer
+    // (16 KiB up front was a quarter of an idle connection's memory).
+    let mut buf = BytesMut::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
     loop {
         if finish.is_none() {
             let Some(first) = rx.recv().await else {
@@ -1834,9 +1836,15 @@ impl ClockSync {
     }
 }
 
+/// Probes per burst on a quiet path.
+const BURST: usize = 8;
+/// Spread of the low delays above which a path counts as jittery.
+const JITTERY_SPREAD_NS: f64 = 200_000.0;
+/// How long a probe round waits for its answers before the next.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Sends a burst of probes now and then, while the connection lives.
 async fn clock_sync_task(shared: std::sync::Weak<Shared>, sync: Arc<ClockSync>) {
-    const BURST: usize = 8;
     // Probes are not sent as early data: their timestamps would be wrong in a replay.
     match shared.upgrade() {
         Some(s) => {
@@ -1856,17 +1864,34 @@ async fn clock_sync_task(shared: std::sync::Weak<Shared>, sync: Arc<ClockSync>) 
         let interval = s.config.time_sync_interval;
         let out = s.out.clone();
         drop(s);
-        // Pairs of probes: the first of a pair finds an idle path (the
+        // A jittery path needs more samples for the same accuracy (the
+        // estimate rests on the few whose delay came out lowest), and probes
+        // are ~40 bytes each: take four times as many there.
+        let jittery = lock(&sync.filter)
+            .estimate()
+            .is_some_and(|e| e.spread > JITTERY_SPREAD_NS);
+        // On a quiet path, pairs: the first of a pair finds an idle path (the
         // drivers asleep) and travels slower one way than its answer; the
-        // second, right behind it, travels a warm path both ways. Pairs are
-        // ~1 ms apart so that on a jittery link they are independent
-        // packets. The filter keeps the low-delay, symmetric samples.
-        for _ in 0..BURST / 2 {
-            for _ in 0..2 {
+        // second, right behind it, travels a warm path both ways. On a
+        // jittery path that warm-up is noise, and a probe sent behind
+        // another waits for it (the control stream delivers in order), which
+        // would break the symmetry the filter relies on: send single probes.
+        let (rounds, per_round) = if jittery { (4 * BURST, 1) } else { (BURST / 2, 2) };
+        let mut answers = sync.updates.subscribe();
+        for _ in 0..rounds {
+            let before = *answers.borrow_and_update();
+            for _ in 0..per_round {
                 if out.send(Outgoing::TimeProbe).await.is_err() {
                     return;
                 }
                 tokio::task::yield_now().await;
+            }
+            // Next round once these are answered (or lost), so that no
+            // probe is ever in flight behind another.
+            let answered = answers.wait_for(|n| *n >= before + per_round as u64);
+            match tokio::time::timeout(PROBE_TIMEOUT, answered).await {
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(_)) => return,
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -19,6 +19,10 @@
 //! the 99th percentile of the recent transit times (`arrival − aligned`, the
 //! one-way delay including clock error) plus a margin, clamped. It is
 //! recomputed every [`ADAPT_EVERY`] frames and at once after a late frame.
+//! It grows at once, but after its first estimate shrinks by at most
+//! [`MAX_SHRINK`] per recomputation: a sudden shrink would make every
+//! buffered frame due at once and release them in a burst, a glitch a player
+//! hears, while a slow one is absorbed (one frame shorter now and then).
 //! Network jitter is also estimated as in RFC 3550 (§6.4.1, `J += (|D| − J)/16`).
 
 use crate::protocol::timesync::Timestamp;
@@ -27,6 +31,8 @@ use std::time::Duration;
 
 /// Frames between two recomputations of an adaptive delay.
 pub const ADAPT_EVERY: u64 = 25;
+/// Most an adaptive delay shrinks per recomputation.
+pub const MAX_SHRINK: Duration = Duration::from_millis(2);
 /// Transit samples kept for the adaptive delay.
 const TRANSIT_WINDOW: usize = 500;
 /// Transit samples needed before an adaptive delay moves from its start value.
@@ -124,6 +130,8 @@ pub struct JitterBuffer<T> {
     last_transit: Option<i64>,
     jitter_ns: f64,
     since_adapt: u64,
+    /// An adaptive delay has had its first estimate (later shrinks are slewed).
+    settled: bool,
     stats: JitterStats,
 }
 
@@ -147,6 +155,7 @@ impl<T> JitterBuffer<T> {
             last_transit: None,
             jitter_ns: 0.0,
             since_adapt: 0,
+            settled: false,
             stats: JitterStats {
                 delay,
                 ..JitterStats::default()
@@ -222,7 +231,13 @@ impl<T> JitterBuffer<T> {
         if let PlayoutDelay::Adaptive { min, max, margin } = self.config.delay {
             if self.transits.len() >= MIN_SAMPLES {
                 if let Some(p) = self.transit_p99() {
-                    self.delay = (p + margin).clamp(min, max.max(min));
+                    let target = (p + margin).clamp(min, max.max(min));
+                    self.delay = if target >= self.delay || !self.settled {
+                        target
+                    } else {
+                        target.max(self.delay.saturating_sub(MAX_SHRINK))
+                    };
+                    self.settled = true;
                 }
             }
         }
@@ -365,6 +380,43 @@ mod tests {
         let s = b.stats();
         assert!(s.jitter > Duration::from_millis(3), "{:?}", s.jitter);
         assert!((s.late as f64) < 0.02 * s.received as f64, "{s:?}");
+    }
+
+    #[test]
+    fn adaptive_delay_grows_at_once_and_shrinks_gradually() {
+        let mut b: JitterBuffer<u32> = JitterBuffer::new(JitterConfig {
+            delay: PlayoutDelay::Adaptive {
+                min: Duration::from_millis(1),
+                max: Duration::from_millis(500),
+                margin: Duration::from_millis(2),
+            },
+            max_frames: 4096,
+        });
+        let mut ts = 0;
+        let mut feed = |b: &mut JitterBuffer<u32>, n: u64, transit: u64| {
+            let mut delays = vec![];
+            for _ in 0..n {
+                ts += 20 * MS;
+                b.push(0, Timestamp(ts), Timestamp(ts + transit));
+                while b.poll(Timestamp(ts + transit)).is_some() {}
+                delays.push(b.delay());
+            }
+            delays
+        };
+        // First estimate: straight from the start value to transit + margin.
+        feed(&mut b, 100, 50 * MS);
+        assert_eq!(b.delay(), Duration::from_millis(52));
+        // The path calms down: the delay walks down, never by more than
+        // MAX_SHRINK at a time, and reaches the new target.
+        let delays = feed(&mut b, 2000, 10 * MS);
+        for w in delays.windows(2) {
+            assert!(w[0] <= w[1] + MAX_SHRINK, "{:?} -> {:?}", w[0], w[1]);
+        }
+        assert!(delays[30] > Duration::from_millis(40), "{:?}", delays[30]);
+        assert_eq!(b.delay(), Duration::from_millis(12));
+        // The path worsens: the delay follows at the next recomputation.
+        feed(&mut b, 600, 80 * MS);
+        assert_eq!(b.delay(), Duration::from_millis(82));
     }
 
     #[derive(Debug, Clone)]

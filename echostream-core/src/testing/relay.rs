@@ -101,7 +101,7 @@ impl std::fmt::Debug for Shared {
 impl Relay {
     /// Starts a relay to `upstream` (a loopback address) with an impairment and a random seed.
     pub async fn start(upstream: SocketAddr, impairment: Impairment, seed: u64) -> std::io::Result<Relay> {
-        let front = Arc::new(UdpSocket::bind((upstream.ip(), 0)).await?);
+        let front = Arc::new(bind(upstream.ip())?);
         let local = front.local_addr()?;
         let (tx, rx) = std::sync::mpsc::channel();
         // tokio's timers have 1 ms granularity, too coarse to emulate a
@@ -154,6 +154,22 @@ impl Drop for Relay {
     }
 }
 
+/// A UDP socket on `ip` with buffers as large as EchoStream's own: with the
+/// kernel's default (~208 KiB) a fast sender overflows the relay, which would
+/// add loss nobody asked for.
+fn bind(ip: std::net::IpAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = SocketAddr::new(ip, 0);
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let size = crate::connection::TransportOptions::default().socket_buffer;
+    // Best effort, as for EchoStream's sockets: the kernel caps the size.
+    let _ = socket.set_recv_buffer_size(size);
+    let _ = socket.set_send_buffer_size(size);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// Receives from clients; one upstream socket per client, so the server sees
 /// each client as a distinct address.
 async fn front_loop(front: Arc<UdpSocket>, shared: Arc<Shared>) {
@@ -167,7 +183,7 @@ async fn front_loop(front: Arc<UdpSocket>, shared: Arc<Shared>) {
         let up = match clients.get(&from) {
             Some(s) => s.clone(),
             None => {
-                let Ok(sock) = UdpSocket::bind((shared.upstream.ip(), 0)).await else {
+                let Ok(sock) = bind(shared.upstream.ip()) else {
                     continue;
                 };
                 let sock = Arc::new(sock);

@@ -1,0 +1,172 @@
+//! Command line and the sizes of each mode.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How big a run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Tiny sizes: checks that every case runs and answers correctly (the test).
+    Smoke,
+    /// Under two minutes in release on 2 cores.
+    Quick,
+    /// The sizes the issue names.
+    Full,
+}
+
+impl Mode {
+    /// Name in the output.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::Smoke => "smoke",
+            Mode::Quick => "quick",
+            Mode::Full => "full",
+        }
+    }
+}
+
+/// Sizes of one mode.
+#[derive(Clone, Debug)]
+pub(crate) struct Sizes {
+    /// Rounds over which the systems alternate.
+    pub(crate) rounds: usize,
+    /// Calls before measuring, per system.
+    pub(crate) warmup: usize,
+    /// Case 1: sequential calls per system per round.
+    pub(crate) seq_calls: usize,
+    /// Case 2: time per system per round.
+    pub(crate) conc_slice: Duration,
+    /// Case 3: time per system per round.
+    pub(crate) big_slice: Duration,
+    /// Case 4: bytes per stream.
+    pub(crate) bulk_bytes: u64,
+    /// Case 4: streams per system.
+    pub(crate) bulk_rounds: usize,
+    /// Case 5: events.
+    pub(crate) events: u64,
+    /// Case 6: concurrent streams.
+    pub(crate) streams: usize,
+    /// Case 7: idle connections.
+    pub(crate) idle_conns: usize,
+    /// Case 8: connects per variant.
+    pub(crate) handshakes: usize,
+    /// Case 9: time per system per round.
+    pub(crate) mixed_slice: Duration,
+    /// Calls counted for the allocation figures.
+    pub(crate) alloc_calls: usize,
+}
+
+impl Sizes {
+    /// The sizes of `mode`.
+    pub(crate) fn of(mode: Mode) -> Self {
+        let ms = Duration::from_millis;
+        match mode {
+            Mode::Smoke => Sizes {
+                rounds: 2,
+                warmup: 5,
+                seq_calls: 20,
+                conc_slice: ms(40),
+                big_slice: ms(40),
+                bulk_bytes: 4 << 20,
+                bulk_rounds: 1,
+                events: 2_000,
+                streams: 200,
+                idle_conns: 20,
+                handshakes: 3,
+                mixed_slice: ms(100),
+                alloc_calls: 20,
+            },
+            Mode::Quick => Sizes {
+                rounds: 4,
+                warmup: 500,
+                seq_calls: 3_000,
+                conc_slice: ms(400),
+                big_slice: ms(400),
+                bulk_bytes: 256 << 20,
+                bulk_rounds: 2,
+                events: 200_000,
+                streams: 10_000,
+                idle_conns: 2_000,
+                handshakes: 100,
+                mixed_slice: ms(1000),
+                alloc_calls: 2_000,
+            },
+            Mode::Full => Sizes {
+                rounds: 5,
+                warmup: 2_000,
+                seq_calls: 10_000,
+                conc_slice: ms(1000),
+                big_slice: ms(1000),
+                bulk_bytes: 1 << 30,
+                bulk_rounds: 2,
+                events: 1_000_000,
+                streams: 10_000,
+                idle_conns: 10_000,
+                handshakes: 300,
+                mixed_slice: ms(3000),
+                alloc_calls: 10_000,
+            },
+        }
+    }
+}
+
+/// Every case name, in run order.
+pub(crate) const CASES: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "alloc"];
+
+/// A parsed command line.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    /// Run size.
+    pub(crate) mode: Mode,
+    /// Cases to run.
+    pub(crate) only: BTreeSet<String>,
+    /// Where the JSON goes.
+    pub(crate) json: PathBuf,
+}
+
+/// Usage text.
+pub(crate) const USAGE: &str = "\
+echostream-bench: EchoStream side by side with raw quinn, tonic and tarpc (loopback)
+
+USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--json PATH]
+
+  --quick        about 1 minute on 2 cores (release build)
+  --full         the issue's sizes (default), about 4 minutes
+  --smoke        tiny sizes, checks that every case runs (the crate's test)
+  --only CASES   comma-separated: 1,2,3,4,5,6,7,8,9,alloc (default: all)
+  --json PATH    where to write the JSON (default target/echostream-bench.json)
+";
+
+impl Config {
+    /// Parses the arguments after the program name.
+    pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let mut cfg = Config {
+            mode: Mode::Full,
+            only: CASES.iter().map(|c| c.to_string()).collect(),
+            json: PathBuf::from("target/echostream-bench.json"),
+        };
+        let mut args = args.into_iter();
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--quick" => cfg.mode = Mode::Quick,
+                "--full" => cfg.mode = Mode::Full,
+                "--smoke" => cfg.mode = Mode::Smoke,
+                "--only" => {
+                    let list = args.next().ok_or("--only needs a list of cases")?;
+                    cfg.only.clear();
+                    for c in list.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                        if !CASES.contains(&c) {
+                            return Err(format!("unknown case `{c}` (cases: {})", CASES.join(",")));
+                        }
+                        cfg.only.insert(c.to_string());
+                    }
+                }
+                "--json" => cfg.json = args.next().ok_or("--json needs a path")?.into(),
+                "-h" | "--help" => return Err(String::new()),
+                other => return Err(format!("unknown argument `{other}`")),
+            }
+        }
+        Ok(cfg)
+    }
+}

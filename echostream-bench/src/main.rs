@@ -1,0 +1,165 @@
+//! `echostream-bench`: EchoStream side by side with raw quinn, tonic (h2c
+//! and TLS) and tarpc, in one process, over loopback (issue 8).
+//!
+//! `cargo run --release -p echostream-bench -- --quick` prints one table
+//! (a figure per system and EchoStream's ratio to each baseline, then the
+//! issue's goals with ✓/✗) and writes the same figures as JSON.
+//!
+//! # Layout
+//! - `config`: command line and the sizes of `--smoke`, `--quick`, full.
+//! - `rt`: runtime layouts (one shared 2-worker runtime, or one runtime per side).
+//! - `alloc`: the counting global allocator, attributing bytes to a side.
+//! - `cpu`: CPU time per side from the runtime threads' schedstat.
+//! - `systems`: EchoStream and the baselines: servers and clients.
+//! - `cases`: the nine cases and the allocation count, and the goals.
+//! - `report`: figures, table, JSON.
+
+mod alloc;
+mod cases;
+mod config;
+mod cpu;
+mod report;
+mod rt;
+mod stats;
+mod systems;
+
+use config::{Config, Mode, Sizes, USAGE};
+use report::Report;
+use rt::Layout;
+use std::time::Instant;
+
+/// Error type of the benchmark's fallible steps.
+pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[global_allocator]
+static GLOBAL: alloc::CountingAlloc = alloc::CountingAlloc;
+
+fn main() {
+    let cfg = match Config::parse(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("{e}\n");
+            }
+            eprint!("{USAGE}");
+            std::process::exit(if e.is_empty() { 0 } else { 2 });
+        }
+    };
+    // tonic's TLS server asks rustls for the process-wide provider; make it
+    // the one EchoStream uses (aws-lc-rs) rather than leave it to features.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let report = run(&cfg);
+    println!("{}", report.table());
+    if let Some(dir) = cfg.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match serde_json::to_string_pretty(&report) {
+        Ok(text) => match std::fs::write(&cfg.json, text) {
+            Ok(()) => eprintln!("JSON written to {}", cfg.json.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", cfg.json.display()),
+        },
+        Err(e) => eprintln!("cannot encode the JSON: {e}"),
+    }
+    if !report.failures.is_empty() || report.wrong_answers.values().any(|&n| n > 0) {
+        std::process::exit(1);
+    }
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn run(cfg: &Config) -> Report {
+    let sz = Sizes::of(cfg.mode);
+    let mut report = Report::default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let meta = [
+        ("mode", serde_json::json!(cfg.mode.name())),
+        ("cases", serde_json::json!(cfg.only)),
+        ("cores", serde_json::json!(cores)),
+        ("loadavg_start", serde_json::json!(load())),
+        (
+            "unix_time",
+            serde_json::json!(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)),
+        ),
+        ("debug_build", serde_json::json!(cfg!(debug_assertions))),
+        (
+            "systems",
+            serde_json::json!("EchoStream (this tree), raw quinn 0.11 + rustls 0.23 aws-lc-rs, tonic 0.13 (prost), tarpc 0.38 (bincode over TCP)"),
+        ),
+    ];
+    for (k, v) in meta {
+        report.meta.insert(k.into(), v);
+    }
+    let started = Instant::now();
+    let want = |c: &str| cfg.only.contains(c);
+    let step = |name: &str| eprintln!("[{:6.1} s] {name}", started.elapsed().as_secs_f64());
+    if cfg.mode == Mode::Full {
+        eprintln!("full run: about 4 minutes on 2 cores; --quick takes about 1");
+    }
+    for layout in [Layout::Shared, Layout::Split] {
+        if want("1") {
+            step(&format!("case 1: sequential 64 B echo ({})", layout.name()));
+            cases::case1(&sz, layout, &mut report);
+        }
+        if want("2") {
+            step(&format!(
+                "case 2: 64 and 256 concurrent callers ({})",
+                layout.name()
+            ));
+            cases::case2(&sz, layout, &mut report);
+        }
+    }
+    if want("3") {
+        step("case 3: 1 MiB payloads, 8 callers");
+        cases::case3(&sz, &mut report);
+    }
+    if want("4") {
+        step("case 4: one bulk stream");
+        cases::case4(&sz, &mut report);
+    }
+    if want("5") {
+        step("case 5: one-way events");
+        cases::case5(&sz, &mut report);
+    }
+    if want("6") {
+        step("case 6: concurrent streams");
+        cases::case6(&sz, &mut report);
+    }
+    if want("7") {
+        step("case 7: idle connections");
+        cases::case7(&sz, &mut report);
+    }
+    if want("8") {
+        step("case 8: connect + first call");
+        cases::case8(&sz, &mut report);
+    }
+    if want("9") {
+        for layout in [Layout::Shared, Layout::Split] {
+            step(&format!(
+                "case 9: small calls during a bulk stream ({})",
+                layout.name()
+            ));
+            cases::case9(&sz, layout, &mut report);
+        }
+    }
+    if want("alloc") {
+        step("allocations per call");
+        cases::allocations(&sz, &mut report);
+    }
+    cases::goals(&mut report);
+    step("done");
+    report
+        .meta
+        .insert("loadavg_end".into(), serde_json::json!(load()));
+    report.meta.insert(
+        "seconds".into(),
+        serde_json::json!(started.elapsed().as_secs_f64()),
+    );
+    report
+}
