@@ -315,3 +315,34 @@ async fn with_wait_for_connection_a_call_made_while_disconnected_waits_for_the_n
         "pong"
     );
 }
+
+#[tokio::test]
+async fn clients_of_one_builder_share_a_socket_and_close_independently() {
+    init_tracing();
+    let s = serve(
+        RpcServer::builder().handler(handler_fn("echo", |_c: Context, x: u32| async move {
+            Ok::<u32, Status>(x)
+        })),
+    );
+    let builder = client_for(&s);
+    let a = builder.clone().connect(&s.addr).await.unwrap();
+    let b = builder.clone().connect(&s.addr).await.unwrap();
+    // One UDP socket for both: binding costs time and quinn buffers.
+    assert_eq!(a.local_addr().unwrap(), b.local_addr().unwrap());
+    let other = client_for(&s).connect(&s.addr).await.unwrap();
+    assert_ne!(other.local_addr().unwrap(), a.local_addr().unwrap());
+    // Closing one leaves the other working.
+    a.close().await;
+    let x: u32 = b.request("echo", 7u32).await.unwrap();
+    assert_eq!(x, 7);
+    assert!(a.request::<_, u32>("echo", 1u32).await.is_err());
+    // The builder keeps the socket for its next connection (a reconnect,
+    // the next 0-RTT attempt) even when no client uses it.
+    let local = b.local_addr().unwrap();
+    b.close().await;
+    drop((a, b));
+    let c = builder.connect(&s.addr).await.unwrap();
+    assert_eq!(c.local_addr().unwrap(), local);
+    let x: u32 = c.request("echo", 8u32).await.unwrap();
+    assert_eq!(x, 8);
+}

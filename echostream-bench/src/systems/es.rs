@@ -130,6 +130,34 @@ async fn zero_rtt_connect(addr: &str, fingerprint: Fingerprint) -> Res<std::time
     Ok(elapsed)
 }
 
+/// Connect + first call with a full handshake from a builder kept across
+/// connections (so its UDP socket is reused, as in the 0-RTT case) with
+/// resumption off: the like-for-like reference for 0-RTT in case 8.
+pub(crate) async fn full_connect_kept(addr: &str, fingerprint: Fingerprint) -> Res<std::time::Duration> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+    static BUILDERS: OnceLock<Mutex<HashMap<String, echostream::rpc::ClientBuilder>>> = OnceLock::new();
+    let builders = BUILDERS.get_or_init(Default::default);
+    let key = format!("{addr} {fingerprint}");
+    let builder = builders
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert_with(|| RpcClient::builder().pin(fingerprint).resumption(false))
+        .clone();
+    let payload = Bytes::from(vec![7u8; 64]);
+    let t = Instant::now();
+    let c = builder.connect(addr).await?;
+    let back: Bytes = c.request("echo", &payload).await?;
+    let elapsed = t.elapsed();
+    if back != payload {
+        return Err("echo returned other bytes".into());
+    }
+    tokio::spawn(async move { c.close().await });
+    Ok(elapsed)
+}
+
 /// Waits (at most 2 s) until the client holds a session ticket for its server.
 async fn wait_for_ticket(c: &RpcClient) {
     use std::time::{Duration, Instant};

@@ -3,10 +3,9 @@
 //! Same quinn and rustls versions, the same crypto provider and rustls
 //! configurations (EchoStream's public `tls::server_crypto` /
 //! `tls::client_crypto`: aws-lc-rs, TLS 1.3 only, X25519MLKEM768 first),
-//! and EchoStream's default `TransportOptions` with 4 MiB socket buffers.
-//! EchoStream turns `TransportOptions` into a quinn `TransportConfig` and
-//! binds its sockets in crate-private functions, so [`transport`] and
-//! [`endpoint`] replicate those two steps here line for line.
+//! and EchoStream's default `TransportOptions` with 4 MiB socket buffers,
+//! applied by EchoStream's own `TransportOptions::quinn` and
+//! `connection::endpoint`, so the two cannot drift apart.
 //!
 //! Wire format: every bidirectional stream starts with a tag byte:
 //! [`TAG_ECHO`] (the rest is echoed back, then FIN) or [`TAG_SINK`] (read
@@ -30,40 +29,17 @@ pub(crate) const TAG_SINK: u8 = 1;
 /// Largest echo accepted (the 1 MiB case plus room).
 const MAX_ECHO: usize = 4 << 20;
 
-/// `TransportOptions::quinn()` of echostream-core (crate-private there).
+/// EchoStream's transport configuration, for quinn.
 pub(crate) fn transport(o: &TransportOptions) -> Arc<quinn::TransportConfig> {
-    let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(o.idle_timeout).expect("idle timeout in range"),
-    ));
-    t.keep_alive_interval(o.keep_alive);
-    t.max_concurrent_bidi_streams(o.max_bidi_streams.into());
-    t.max_concurrent_uni_streams(o.max_uni_streams.into());
-    if let Some(w) = o.stream_receive_window {
-        t.stream_receive_window(w.into());
-    }
-    if let Some(w) = o.receive_window {
-        t.receive_window(w.into());
-    }
-    Arc::new(t)
+    o.quinn().expect("default transport options are valid")
 }
 
-/// `connection::endpoint` of echostream-core (crate-private there): a UDP
-/// socket with the configured send and receive buffers, wrapped by quinn.
+/// A UDP socket with EchoStream's default buffers, wrapped by quinn.
 pub(crate) fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Res<quinn::Endpoint> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let opts = TransportOptions::default();
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Best effort, as in EchoStream: the kernel caps them at rmem_max/wmem_max.
-    let _ = socket.set_recv_buffer_size(opts.socket_buffer);
-    let _ = socket.set_send_buffer_size(opts.socket_buffer);
-    socket.bind(&addr.into())?;
-    let runtime = quinn::default_runtime().ok_or("no tokio runtime")?;
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+    Ok(echostream::connection::endpoint(
+        addr,
         server,
-        socket.into(),
-        runtime,
+        &TransportOptions::default(),
     )?)
 }
 

@@ -115,7 +115,10 @@ impl TransportOptions {
         }
     }
 
-    pub(crate) fn quinn(&self) -> Result<Arc<quinn::TransportConfig>, crate::Error> {
+    /// The quinn transport configuration EchoStream builds from these
+    /// options (public so that a raw quinn peer, such as a benchmark
+    /// baseline, can use exactly the same settings).
+    pub fn quinn(&self) -> Result<Arc<quinn::TransportConfig>, crate::Error> {
         let mut t = quinn::TransportConfig::default();
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
             crate::Error::Config(format!("idle timeout {:?} is too large", self.idle_timeout))
@@ -145,8 +148,10 @@ impl TransportOptions {
     }
 }
 
-/// Binds a UDP socket with enlarged buffers and wraps it in a quinn endpoint.
-pub(crate) fn endpoint(
+/// Binds a UDP socket with the buffers of `opts` and wraps it in a quinn
+/// endpoint, as EchoStream's servers and clients do (public for raw quinn
+/// peers that must match them). Must run inside a tokio runtime.
+pub fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
     opts: &TransportOptions,

@@ -38,6 +38,22 @@ impl HandshakeError {
             conn: None,
         }
     }
+
+    /// The connection went away under the handshake: nothing to send.
+    fn lost(c: quinn::ConnectionError) -> Self {
+        Self {
+            close: None,
+            reason: c.to_string(),
+            conn: Some(c),
+        }
+    }
+
+    fn write(e: quinn::WriteError) -> Self {
+        match e {
+            quinn::WriteError::ConnectionLost(c) => Self::lost(c),
+            other => Self::local(CloseCode::PROTOCOL_VIOLATION, format!("control stream: {other}")),
+        }
+    }
 }
 
 fn our_hello(config: &ProtocolConfig) -> Hello {
@@ -56,14 +72,7 @@ async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), 
             format!("cannot encode {}: {e}", frame.kind()),
         )
     })?;
-    send.write_all(&buf).await.map_err(|e| match e {
-        quinn::WriteError::ConnectionLost(c) => HandshakeError {
-            close: None,
-            reason: c.to_string(),
-            conn: Some(c),
-        },
-        other => HandshakeError::local(CloseCode::PROTOCOL_VIOLATION, format!("control stream: {other}")),
-    })
+    send.write_all(&buf).await.map_err(HandshakeError::write)
 }
 
 async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Result<Frame, HandshakeError> {
@@ -87,13 +96,7 @@ async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Result<
                     "control stream ended before the hello".into(),
                 ))
             }
-            Err(quinn::ReadError::ConnectionLost(c)) => {
-                return Err(HandshakeError {
-                    close: None,
-                    reason: c.to_string(),
-                    conn: Some(c),
-                })
-            }
+            Err(quinn::ReadError::ConnectionLost(c)) => return Err(HandshakeError::lost(c)),
             Err(e) => {
                 return Err(HandshakeError::local(
                     CloseCode::PROTOCOL_VIOLATION,
@@ -131,11 +134,7 @@ pub(crate) async fn client_handshake(
     conn: &quinn::Connection,
     config: &ProtocolConfig,
 ) -> Result<HandshakeOutcome, HandshakeError> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|c| HandshakeError {
-        close: None,
-        reason: c.to_string(),
-        conn: Some(c),
-    })?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(HandshakeError::lost)?;
     // The control stream goes ahead of bulk side streams.
     let _ = send.set_priority(1);
     write_frame(&mut send, &Frame::Hello(our_hello(config))).await?;
@@ -167,11 +166,7 @@ pub(crate) async fn client_send_hello(
     conn: &quinn::Connection,
     config: &ProtocolConfig,
 ) -> Result<(quinn::SendStream, quinn::RecvStream, bytes::Bytes), HandshakeError> {
-    let (mut send, recv) = conn.open_bi().await.map_err(|c| HandshakeError {
-        close: None,
-        reason: c.to_string(),
-        conn: Some(c),
-    })?;
+    let (mut send, recv) = conn.open_bi().await.map_err(HandshakeError::lost)?;
     let _ = send.set_priority(1);
     let mut buf = BytesMut::new();
     Frame::Hello(our_hello(config))
@@ -182,19 +177,7 @@ pub(crate) async fn client_send_hello(
         Ok(()) => {}
         // Rejected before the write: the writer task sends the hello again.
         Err(quinn::WriteError::ZeroRttRejected) => {}
-        Err(quinn::WriteError::ConnectionLost(c)) => {
-            return Err(HandshakeError {
-                close: None,
-                reason: c.to_string(),
-                conn: Some(c),
-            })
-        }
-        Err(other) => {
-            return Err(HandshakeError::local(
-                CloseCode::PROTOCOL_VIOLATION,
-                format!("control stream: {other}"),
-            ))
-        }
+        Err(e) => return Err(HandshakeError::write(e)),
     }
     Ok((send, recv, hello))
 }
@@ -221,11 +204,7 @@ pub(crate) fn check_welcome(frame: Frame) -> Result<Hello, HandshakeError> {
 pub(crate) async fn server_read_hello(
     conn: &quinn::Connection,
 ) -> Result<(quinn::SendStream, quinn::RecvStream, BytesMut, Hello), HandshakeError> {
-    let (send, mut recv) = conn.accept_bi().await.map_err(|c| HandshakeError {
-        close: None,
-        reason: c.to_string(),
-        conn: Some(c),
-    })?;
+    let (send, mut recv) = conn.accept_bi().await.map_err(HandshakeError::lost)?;
     let _ = send.set_priority(1);
     let mut buf = BytesMut::new();
     let hello = match read_frame(&mut recv, &mut buf).await? {
@@ -259,8 +238,13 @@ pub(crate) async fn server_send_welcome(
     })
 }
 
-/// Maps a failed client handshake to the public error.
-pub(crate) fn client_error(addr: &str, e: HandshakeError) -> Error {
+/// Maps a failed client handshake to the public error, first closing the
+/// connection with the code the failure calls for (if any).
+pub(crate) fn client_error(conn: &quinn::Connection, addr: &str, e: HandshakeError) -> Error {
+    // Tell the server why, when the failure was ours to report.
+    if let Some(code) = e.close {
+        conn.close(code.0.into(), e.reason.as_bytes());
+    }
     if let Some(c) = &e.conn {
         let (code, reason) = super::describe_close(c);
         return match code {

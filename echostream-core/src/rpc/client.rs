@@ -20,6 +20,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Builds an [`RpcClient`]: trust mode, timeouts, and handlers the server may call.
+///
+/// A builder and its clones share TLS session tickets and UDP sockets:
+/// keep one to connect again cheaply (0-RTT, no new socket); the socket is
+/// released when the builder and every client made from it are gone.
 #[derive(Clone)]
 pub struct ClientBuilder {
     trust: ClientTrust,
@@ -34,6 +38,10 @@ pub struct ClientBuilder {
     /// TLS session tickets per server, shared by every connection made from this builder and
     /// its clones (reconnections included).
     sessions: Arc<SessionStore>,
+    /// UDP endpoints shared the same way: reconnecting, or connecting a
+    /// second client from the same builder, reuses the socket (binding one
+    /// costs a few hundred µs and ~3 MiB of quinn buffers).
+    endpoints: Arc<ClientEndpoints>,
     /// Offer session resumption.
     resumption: bool,
     /// Send the hello and idempotent calls as 0-RTT early data when a ticket allows it.
@@ -63,6 +71,7 @@ impl Default for ClientBuilder {
             reconnect: None,
             early_subscriptions: Arc::default(),
             sessions: Arc::default(),
+            endpoints: Arc::default(),
             resumption: true,
             zero_rtt: true,
             security: Default::default(),
@@ -270,10 +279,13 @@ impl ClientBuilder {
             } else {
                 (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
             };
-            let endpoint = connection::endpoint(bind, None, &self.transport).map_err(|e| Error::Connect {
-                addr: addr.to_owned(),
-                reason: format!("cannot bind a local UDP socket: {e}"),
-            })?;
+            let endpoint = self
+                .endpoints
+                .get(bind, &self.transport)
+                .map_err(|e| Error::Connect {
+                    addr: addr.to_owned(),
+                    reason: format!("cannot bind a local UDP socket: {e}"),
+                })?;
             let params = ConnectParams {
                 addr: addr.to_owned(),
                 target,
@@ -307,6 +319,93 @@ impl ClientBuilder {
 }
 
 /// Everything needed to (re)establish the connection.
+/// Client endpoints of a builder and its clones: one per local bind address
+/// (IPv4 or IPv6 wildcard), socket buffer size and tokio runtime (an
+/// endpoint's driver task lives on the runtime that created it). The
+/// builder keeps them while it lives, so connecting again from it (a
+/// reconnect, the next 0-RTT connection) reuses the socket; drop the
+/// builder to let the last client close it.
+#[derive(Default)]
+struct ClientEndpoints {
+    slots: std::sync::Mutex<Vec<EndpointSlot>>,
+}
+
+struct EndpointSlot {
+    bind: SocketAddr,
+    socket_buffer: usize,
+    runtime: tokio::runtime::Id,
+    endpoint: Arc<SharedEndpoint>,
+}
+
+/// An endpoint and the number of clients using it.
+#[derive(Debug)]
+struct SharedEndpoint {
+    endpoint: quinn::Endpoint,
+    clients: std::sync::atomic::AtomicUsize,
+}
+
+/// One client's use of a shared endpoint (counted while it lives).
+#[derive(Debug)]
+struct EndpointUse(Arc<SharedEndpoint>);
+
+impl EndpointUse {
+    fn new(shared: Arc<SharedEndpoint>) -> Self {
+        shared.clients.fetch_add(1, Ordering::AcqRel);
+        EndpointUse(shared)
+    }
+
+    /// True when no other client uses the endpoint.
+    fn alone(&self) -> bool {
+        self.0.clients.load(Ordering::Acquire) <= 1
+    }
+}
+
+impl std::ops::Deref for EndpointUse {
+    type Target = quinn::Endpoint;
+    fn deref(&self) -> &quinn::Endpoint {
+        &self.0.endpoint
+    }
+}
+
+impl Drop for EndpointUse {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ClientEndpoints {
+    fn get(&self, bind: SocketAddr, transport: &TransportOptions) -> std::io::Result<EndpointUse> {
+        let runtime = tokio::runtime::Handle::current().id();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // Endpoints of runtimes that ended are dead; so is any other idle one.
+        slots.retain(|s| s.runtime == runtime || s.endpoint.clients.load(Ordering::Acquire) > 0);
+        let found = slots
+            .iter()
+            .find(|s| s.bind == bind && s.socket_buffer == transport.socket_buffer && s.runtime == runtime);
+        if let Some(s) = found {
+            return Ok(EndpointUse::new(s.endpoint.clone()));
+        }
+        let endpoint = Arc::new(SharedEndpoint {
+            endpoint: connection::endpoint(bind, None, transport)?,
+            clients: Default::default(),
+        });
+        slots.push(EndpointSlot {
+            bind,
+            socket_buffer: transport.socket_buffer,
+            runtime,
+            endpoint: endpoint.clone(),
+        });
+        Ok(EndpointUse::new(endpoint))
+    }
+}
+
+impl std::fmt::Debug for ClientEndpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.slots.lock().map(|s| s.len()).unwrap_or(0);
+        f.debug_struct("ClientEndpoints").field("endpoints", &n).finish()
+    }
+}
+
 struct ConnectParams {
     addr: String,
     target: SocketAddr,
@@ -432,12 +531,7 @@ async fn connect_peer(endpoint: &quinn::Endpoint, p: &ConnectParams) -> Result<P
     };
     let hs = match tokio::time::timeout(p.connect_timeout, client_handshake(&conn, &p.protocol)).await {
         Ok(Ok(hs)) => hs,
-        Ok(Err(e)) => {
-            if let Some(code) = e.close {
-                conn.close(code.0.into(), e.reason.as_bytes());
-            }
-            return Err(client_error(addr, e));
-        }
+        Ok(Err(e)) => return Err(client_error(&conn, addr, e)),
         Err(_) => {
             conn.close(CloseCode::HELLO_TIMEOUT.0.into(), b"no welcome in time");
             return Err(connect_err(format!(
@@ -477,12 +571,7 @@ async fn connect_early(
     let (send, recv, hello) =
         match tokio::time::timeout_at(deadline, client_send_hello(&conn, &p.protocol)).await {
             Ok(Ok(sent)) => sent,
-            Ok(Err(e)) => {
-                if let Some(code) = e.close {
-                    conn.close(code.0.into(), e.reason.as_bytes());
-                }
-                return Err(client_error(addr, e));
-            }
+            Ok(Err(e)) => return Err(client_error(&conn, addr, e)),
             Err(_) => {
                 conn.close(
                     CloseCode::HELLO_TIMEOUT.0.into(),
@@ -541,7 +630,8 @@ struct ClientInner {
     current: RwLock<Peer>,
     /// Bumped each time a new connection replaces the old one.
     generation: watch::Sender<u64>,
-    endpoint: quinn::Endpoint,
+    /// Shared with other clients of the same builder (see `ClientEndpoints`).
+    endpoint: EndpointUse,
     params: ConnectParams,
     reconnect: Option<ReconnectPolicy>,
     /// Set by `close()`: do not reconnect.
@@ -646,7 +736,7 @@ impl std::fmt::Debug for RpcClient {
 impl RpcClient {
     fn start(
         peer: Peer,
-        endpoint: quinn::Endpoint,
+        endpoint: EndpointUse,
         params: ConnectParams,
         reconnect: Option<ReconnectPolicy>,
     ) -> Self {
@@ -815,6 +905,11 @@ impl RpcClient {
             .finish_and_close(CloseCode::NORMAL, "client closed", Duration::from_secs(2))
             .await;
         // Let the endpoint send the close before the caller (maybe) exits.
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+        // An endpoint still shared with other clients of the same builder
+        // keeps running and sends it anyway: do not wait for their
+        // connections.
+        if self.inner.endpoint.alone() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+        }
     }
 }
