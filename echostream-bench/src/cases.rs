@@ -685,6 +685,14 @@ fn rpc_client_heap(sz: &Sizes, report: &mut Report) {
     }
 }
 
+/// `a / b` when both were measured (and `b` is not zero).
+fn quotient(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
 /// Case 8 row: full handshakes from one kept builder (its socket reused).
 const FULL_KEPT: &str = "connect + first call, full handshake, builder kept: p50";
 
@@ -1097,13 +1105,10 @@ pub(crate) fn goals(report: &mut Report) {
     if report.get("8", full, shared, System::EchoStream).is_some() {
         // Like for like: both from a builder kept across connections (the
         // UDP socket reused), one with a full handshake, one with 0-RTT.
-        let ratio = match (
+        let ratio = quotient(
             report.get("8", zero, shared, System::EchoStream),
             report.get("8", FULL_KEPT, shared, System::EchoStream),
-        ) {
-            (Some(z), Some(f)) if f > 0.0 => Some(z / f),
-            _ => None,
-        };
+        );
         report.push_goal(
             "8",
             "0-RTT connect + call ≤ 0.75 × full handshake, builder kept (EchoStream)",
@@ -1112,13 +1117,10 @@ pub(crate) fn goals(report: &mut Report) {
             0.75,
             true,
         );
-        let q = match (
+        let q = quotient(
             report.get("8", zero, shared, System::Quinn),
             report.get("8", full, shared, System::Quinn),
-        ) {
-            (Some(z), Some(f)) if f > 0.0 => Some(z / f),
-            _ => None,
-        };
+        );
         report.push_goal(
             "8",
             "the same for raw quinn (reference, not a goal)",

@@ -139,16 +139,7 @@ pub(crate) async fn client_handshake(
     let _ = send.set_priority(1);
     write_frame(&mut send, &Frame::Hello(our_hello(config))).await?;
     let mut buf = BytesMut::new();
-    let welcome = match read_frame(&mut recv, &mut buf).await? {
-        Frame::Welcome(w) => w,
-        other => {
-            return Err(HandshakeError::local(
-                CloseCode::PROTOCOL_VIOLATION,
-                format!("expected a welcome, got a {} frame", other.kind()),
-            ))
-        }
-    };
-    check_peer(&welcome, "server")?;
+    let welcome = check_welcome(read_frame(&mut recv, &mut buf).await?)?;
     Ok(HandshakeOutcome {
         send,
         recv,
