@@ -521,6 +521,7 @@ fn ca_and_client(name: &str) -> (CertificateDer<'static>, ServerIdentity) {
     params
         .distinguished_name
         .push(DnType::OrganizationName, "EchoStream tests");
+    // A name inside the certificate, read back by the test; never contacted.
     params
         .subject_alt_names
         .push(SanType::IpAddress("10.1.2.3".parse().unwrap()));

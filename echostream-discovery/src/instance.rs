@@ -270,16 +270,17 @@ mod tests {
 
     #[test]
     fn a_later_resolve_keeps_earlier_addresses_of_the_same_host_and_port() {
-        // Addresses here are only parsed and compared, never contacted.
+        // Addresses here are only parsed and compared, never contacted (loopback
+        // and documentation ranges all the same).
         let earlier = inst("a.local.", 5000, &["[fe80::1%2]:5000"]);
-        let mut later = inst("a.local.", 5000, &["10.0.0.1:5000"]);
+        let mut later = inst("a.local.", 5000, &["127.0.0.2:5000"]);
         later.keep_addrs_of(&earlier);
         assert_eq!(
             later.addrs(),
-            inst("", 0, &["10.0.0.1:5000", "[fe80::1%2]:5000"]).addrs()
+            inst("", 0, &["127.0.0.2:5000", "[fe80::1%2]:5000"]).addrs()
         );
         // A new port or host is a new endpoint: old addresses are dropped.
-        let mut moved = inst("a.local.", 5001, &["10.0.0.1:5001"]);
+        let mut moved = inst("a.local.", 5001, &["127.0.0.2:5001"]);
         moved.keep_addrs_of(&later);
         assert_eq!(moved.addrs().len(), 1);
     }
@@ -291,7 +292,7 @@ mod tests {
             "[fe80::1%3]:5000".parse().unwrap(),
             "[2001:db8::1]:5000".parse().unwrap(),
             "169.254.1.1:5000".parse().unwrap(),
-            "10.0.0.2:5000".parse().unwrap(),
+            "127.0.0.2:5000".parse().unwrap(),
             "127.0.0.1:5000".parse().unwrap(),
         ];
         sort_addrs(&mut v);
@@ -299,8 +300,8 @@ mod tests {
         assert_eq!(
             s,
             [
-                "10.0.0.2:5000",
                 "127.0.0.1:5000",
+                "127.0.0.2:5000",
                 "[2001:db8::1]:5000",
                 "169.254.1.1:5000",
                 "[fe80::1%3]:5000"
