@@ -9,7 +9,7 @@ use crate::cpu;
 use crate::report::Report;
 use crate::rt::{run_on, Layout, Runtimes};
 use crate::stats::{ns, Samples};
-use crate::systems::{es, quic, rotated, start_unary, Client, Keep, System};
+use crate::systems::{es, quic, rotated, start_quinn, start_unary, Client, Keep, System};
 use crate::Res;
 use bytes::Bytes;
 use echostream::prelude::*;
@@ -248,18 +248,6 @@ fn start_es(rts: &Runtimes) -> Res<(es::EsServer, RpcClient)> {
     let (addr, fp) = (srv.addr.clone(), srv.fingerprint);
     let client = run_on(rts.client(), async move { es::connect(&addr, fp).await })?;
     Ok((srv, client))
-}
-
-/// A raw-quinn server, a client endpoint and one connection.
-fn start_quinn(rts: &Runtimes) -> Res<(quic::QuinnServer, quinn::Endpoint, quinn::Connection)> {
-    let srv = run_on(rts.server(), quic::serve(false))?;
-    let (addr, fp) = (srv.addr, srv.fingerprint);
-    let (ep, conn) = run_on(rts.client(), async move {
-        let ep = quic::client_endpoint()?;
-        let conn = quic::connect(&ep, addr, fp, quic::Resume::Default).await?;
-        Res::Ok((ep, conn))
-    })?;
-    Ok((srv, ep, conn))
 }
 
 /// A bulk writer on either system: opens its stream, then writes 64 KiB

@@ -139,13 +139,7 @@ pub(crate) fn start_unary(sys: System, rts: &Runtimes) -> Res<(Client, Keep)> {
             Ok((Client::EchoStream(c), Box::new(srv)))
         }
         System::Quinn => {
-            let srv = run_on(rts.server(), quic::serve(false))?;
-            let (addr, fp) = (srv.addr, srv.fingerprint);
-            let (ep, conn) = run_on(rts.client(), async move {
-                let ep = quic::client_endpoint()?;
-                let conn = quic::connect(&ep, addr, fp, quic::Resume::Default).await?;
-                Res::Ok((ep, conn))
-            })?;
+            let (srv, ep, conn) = start_quinn(rts)?;
             Ok((Client::Quinn(conn), Box::new((srv, ep))))
         }
         System::Tonic | System::TonicTls => {
@@ -162,4 +156,16 @@ pub(crate) fn start_unary(sys: System, rts: &Runtimes) -> Res<(Client, Keep)> {
             Ok((Client::Tarpc(c), Box::new(srv)))
         }
     }
+}
+
+/// A raw-quinn server, a client endpoint and one connection.
+pub(crate) fn start_quinn(rts: &Runtimes) -> Res<(quic::QuinnServer, quinn::Endpoint, quinn::Connection)> {
+    let srv = run_on(rts.server(), quic::serve(false))?;
+    let (addr, fp) = (srv.addr, srv.fingerprint);
+    let (ep, conn) = run_on(rts.client(), async move {
+        let ep = quic::client_endpoint()?;
+        let conn = quic::connect(&ep, addr, fp, quic::Resume::Default).await?;
+        Res::Ok((ep, conn))
+    })?;
+    Ok((srv, ep, conn))
 }
