@@ -296,6 +296,42 @@ async fn thousand_concurrent_requests_from_16_tasks_are_matched() {
     assert_eq!(futures::future::join_all(echoes).await.len(), 8);
 }
 
+/// Handlers that answer on their first poll have their answers batched by the connection's
+/// reader; answers with a payload too big to copy, too big for the control stream, and
+/// handlers that wait go other ways. All of them, mixed and concurrent, reach their callers.
+#[tokio::test]
+async fn answers_of_every_size_and_waiting_handlers_mixed_are_all_matched() {
+    let s = serve(
+        builder().handler(handler_fn("bytes", |_ctx: Context, n: usize| async move {
+            Ok::<_, Error>(vec![(n % 251) as u8; n])
+        })),
+    );
+    let c = connect(&s).await;
+    // 0 and 100 bytes are copied into the batch, 5,000 is handed over uncopied, 200,000 is
+    // above the 64 KiB inline threshold (its own stream); `sleep` answers from its own task.
+    let sizes = [0usize, 100, 5_000, 200_000];
+    let calls = (0..400usize).map(|i| {
+        let c = c.clone();
+        async move {
+            if i % 5 == 4 {
+                let ms: u64 = c.request("sleep", (i % 3) as u64).await.unwrap();
+                assert_eq!(ms, (i % 3) as u64);
+            } else {
+                let n = sizes[i % 5] + i;
+                let back: Vec<u8> = c.request("bytes", n).await.unwrap();
+                assert_eq!(back.len(), n, "call {i}");
+                assert!(back.iter().all(|&b| b == (n % 251) as u8), "call {i}");
+            }
+        }
+    });
+    let done = tokio::time::timeout(WAIT, futures::future::join_all(calls))
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 400);
+    // The connection is still healthy afterwards.
+    assert_eq!(c.request::<_, String>("echo", "after").await.unwrap(), "after");
+}
+
 #[tokio::test]
 async fn request_larger_than_peer_limit_fails_locally_with_frame_too_large() {
     let calls = Arc::new(AtomicUsize::new(0));

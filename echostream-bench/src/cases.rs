@@ -95,6 +95,14 @@ async fn concurrent(c: Client, p: Bytes, callers: usize, dur: Duration) -> Res<R
     Ok(total)
 }
 
+/// The selected systems for which QUIC-level cases make sense.
+fn quic_systems(sz: &Sizes) -> Vec<System> {
+    System::QUIC
+        .into_iter()
+        .filter(|s| sz.systems.contains(s))
+        .collect()
+}
+
 /// Starts every unary system; a system that fails to start is reported and left out.
 fn start_all(
     rts: &Runtimes,
@@ -155,7 +163,7 @@ fn warm_up(rts: &Runtimes, clients: &[(System, Client, Keep)], p: &Bytes, n: usi
 /// Case 1: one caller, sequential 64-byte echo.
 pub(crate) fn case1(sz: &Sizes, layout: Layout, report: &mut Report) {
     let rts = Runtimes::new(layout);
-    let clients = start_all(&rts, &System::ALL, report, "1");
+    let clients = start_all(&rts, &sz.systems, report, "1");
     let p = payload(64);
     warm_up(&rts, &clients, &p, sz.warmup);
     let n = sz.seq_calls;
@@ -177,7 +185,7 @@ pub(crate) fn case1(sz: &Sizes, layout: Layout, report: &mut Report) {
 /// Case 2: 64 and 256 concurrent callers on one connection.
 pub(crate) fn case2(sz: &Sizes, layout: Layout, report: &mut Report) {
     let rts = Runtimes::new(layout);
-    let clients = start_all(&rts, &System::ALL, report, "2");
+    let clients = start_all(&rts, &sz.systems, report, "2");
     let p = payload(64);
     warm_up(&rts, &clients, &p, sz.warmup);
     let l = layout.name();
@@ -224,7 +232,7 @@ pub(crate) fn case2(sz: &Sizes, layout: Layout, report: &mut Report) {
 pub(crate) fn case3(sz: &Sizes, report: &mut Report) {
     let layout = Layout::Shared;
     let rts = Runtimes::new(layout);
-    let clients = start_all(&rts, &System::ALL, report, "3");
+    let clients = start_all(&rts, &sz.systems, report, "3");
     let p = payload(1 << 20);
     warm_up(&rts, &clients, &p, 4);
     let dur = sz.big_slice;
@@ -377,7 +385,7 @@ pub(crate) fn case5(sz: &Sizes, report: &mut Report) {
     let l = layout.name();
     let n = sz.events;
     let limit = Duration::from_secs(120);
-    for sys in System::QUIC {
+    for sys in quic_systems(sz) {
         let result: Res<(Duration, Duration, u64, u64)> = match sys {
             System::EchoStream => start_es(&rts).and_then(|(srv, client)| {
                 let sink = srv.events.clone();
@@ -549,7 +557,7 @@ pub(crate) fn case7(sz: &Sizes, report: &mut Report) {
     let l = layout.name();
     let n = sz.idle_conns;
     const IN_FLIGHT: usize = 16;
-    for sys in System::QUIC {
+    for sys in quic_systems(sz) {
         let rts = Runtimes::new(layout);
         alloc::set_counting(true);
         let r: Res<(Duration, i64, u64)> = (|| {
@@ -943,7 +951,7 @@ pub(crate) fn allocations(sz: &Sizes, report: &mut Report) {
     let layout = Layout::Split;
     let l = layout.name();
     let n = sz.alloc_calls;
-    for sys in System::ALL {
+    for sys in sz.systems.iter().copied() {
         let rts = Runtimes::new(layout);
         let (client, keep) = match start_unary(sys, &rts) {
             Ok(x) => x,

@@ -1,5 +1,7 @@
 //! Command line and the sizes of each mode.
 
+use crate::rt::Layout;
+use crate::systems::System;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,6 +57,8 @@ pub(crate) struct Sizes {
     pub(crate) mixed_slice: Duration,
     /// Calls counted for the allocation figures.
     pub(crate) alloc_calls: usize,
+    /// The systems to run (`--systems`; all unless restricted).
+    pub(crate) systems: Vec<System>,
 }
 
 impl Sizes {
@@ -76,6 +80,7 @@ impl Sizes {
                 handshakes: 3,
                 mixed_slice: ms(100),
                 alloc_calls: 20,
+                systems: System::ALL.to_vec(),
             },
             Mode::Quick => Sizes {
                 rounds: 4,
@@ -91,6 +96,7 @@ impl Sizes {
                 handshakes: 100,
                 mixed_slice: ms(1000),
                 alloc_calls: 2_000,
+                systems: System::ALL.to_vec(),
             },
             Mode::Full => Sizes {
                 rounds: 5,
@@ -106,6 +112,7 @@ impl Sizes {
                 handshakes: 300,
                 mixed_slice: ms(3000),
                 alloc_calls: 10_000,
+                systems: System::ALL.to_vec(),
             },
         }
     }
@@ -123,18 +130,26 @@ pub(crate) struct Config {
     pub(crate) only: BTreeSet<String>,
     /// Where the JSON goes.
     pub(crate) json: PathBuf,
+    /// Systems to run (for profiling one at a time); the table shows only these.
+    pub(crate) systems: BTreeSet<System>,
+    /// Runtime layouts for the cases that have two.
+    pub(crate) layouts: Vec<Layout>,
 }
 
 /// Usage text.
 pub(crate) const USAGE: &str = "\
 echostream-bench: EchoStream side by side with raw quinn, tonic and tarpc (loopback)
 
-USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--json PATH]
+USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--systems LIST]
+                       [--layout shared|split] [--json PATH]
 
   --quick        about 1 minute on 2 cores (release build)
   --full         the issue's sizes (default), about 4 minutes
   --smoke        tiny sizes, checks that every case runs (the crate's test)
   --only CASES   comma-separated: 1,2,3,4,5,6,7,8,9,alloc (default: all)
+  --systems LIST comma-separated: es,quinn,tonic,tonic-tls,tarpc (default: all); for
+                 profiling one system (ratios need the baselines)
+  --layout L     shared or split: cases 1, 2 and 9 in one layout only (default: both)
   --json PATH    where to write the JSON (default target/echostream-bench.json)
 ";
 
@@ -145,6 +160,8 @@ impl Config {
             mode: Mode::Full,
             only: CASES.iter().map(|c| c.to_string()).collect(),
             json: PathBuf::from("target/echostream-bench.json"),
+            systems: System::ALL.into_iter().collect(),
+            layouts: vec![Layout::Shared, Layout::Split],
         };
         let mut args = args.into_iter();
         while let Some(a) = args.next() {
@@ -160,6 +177,23 @@ impl Config {
                             return Err(format!("unknown case `{c}` (cases: {})", CASES.join(",")));
                         }
                         cfg.only.insert(c.to_string());
+                    }
+                }
+                "--systems" => {
+                    let list = args.next().ok_or("--systems needs a list of systems")?;
+                    cfg.systems.clear();
+                    for name in list.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                        let sys = System::ALL.into_iter().find(|s| s.key() == name).ok_or_else(|| {
+                            format!("unknown system `{name}` (systems: es,quinn,tonic,tonic-tls,tarpc)")
+                        })?;
+                        cfg.systems.insert(sys);
+                    }
+                }
+                "--layout" => {
+                    cfg.layouts = match args.next().as_deref() {
+                        Some("shared") => vec![Layout::Shared],
+                        Some("split") => vec![Layout::Split],
+                        _ => return Err("--layout needs `shared` or `split`".into()),
                     }
                 }
                 "--json" => cfg.json = args.next().ok_or("--json needs a path")?.into(),

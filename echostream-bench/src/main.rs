@@ -25,7 +25,6 @@ mod systems;
 
 use config::{Config, Mode, Sizes, USAGE};
 use report::Report;
-use rt::Layout;
 use std::time::Instant;
 
 /// Error type of the benchmark's fallible steps.
@@ -72,7 +71,10 @@ fn load() -> String {
 }
 
 fn run(cfg: &Config) -> Report {
-    let sz = Sizes::of(cfg.mode);
+    let sz = Sizes {
+        systems: cfg.systems.iter().copied().collect(),
+        ..Sizes::of(cfg.mode)
+    };
     let mut report = Report::default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let meta = [
@@ -102,7 +104,7 @@ fn run(cfg: &Config) -> Report {
     if cfg.mode == Mode::Full {
         eprintln!("full run: about 4 minutes on 2 cores; --quick takes about 1");
     }
-    for layout in [Layout::Shared, Layout::Split] {
+    for &layout in &cfg.layouts {
         if want("1") {
             step(&format!("case 1: sequential 64 B echo ({})", layout.name()));
             cases::case1(&sz, layout, &mut report);
@@ -140,7 +142,7 @@ fn run(cfg: &Config) -> Report {
         cases::case8(&sz, &mut report);
     }
     if want("9") {
-        for layout in [Layout::Shared, Layout::Split] {
+        for &layout in &cfg.layouts {
             step(&format!(
                 "case 9: small calls during a bulk stream ({})",
                 layout.name()

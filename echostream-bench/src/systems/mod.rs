@@ -39,6 +39,17 @@ impl System {
     /// The systems for which stream, event and QUIC-level cases make sense.
     pub(crate) const QUIC: [System; 2] = [System::EchoStream, System::Quinn];
 
+    /// Name on the command line (`--systems`).
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            System::EchoStream => "es",
+            System::Quinn => "quinn",
+            System::Tonic => "tonic",
+            System::TonicTls => "tonic-tls",
+            System::Tarpc => "tarpc",
+        }
+    }
+
     /// Column name.
     pub(crate) fn name(self) -> &'static str {
         match self {

@@ -7,8 +7,10 @@
 //!   into one write (batching under load, no extra latency when idle);
 //! - a **reader task** owns the receive half, decodes frames with the sans-IO
 //!   [`FrameDecoder`] and dispatches them: responses complete waiting callers
-//!   through a map of oneshot senders, requests spawn one handler task each,
-//!   events go to one in-order listener task through a bounded queue;
+//!   through a map of oneshot senders, requests run their handler inline for
+//!   one poll (answers are batched to the writer) and move to a task of their
+//!   own only if they wait, events go to one in-order listener task through a
+//!   bounded queue;
 //! - a **side-stream task** accepts unidirectional streams that carry one
 //!   large frame each, so a 16 MiB response does not hold up small calls on
 //!   the control stream.
@@ -1055,13 +1057,14 @@ impl Peer {
         }
     }
 
-    /// Handles one decoded frame. Returns an error to close the connection.
-    fn dispatch(&self, frame: Frame) -> Result<(), (CloseCode, String)> {
+    /// Handles one decoded frame. Returns an answer the caller sends (a request answered at
+    /// once), or an error to close the connection.
+    fn dispatch(&self, frame: Frame) -> Result<Option<Answer>, (CloseCode, String)> {
         match frame {
             Frame::Request(req) => self.on_request(req),
             Frame::Response(resp) => {
                 self.on_response(resp);
-                Ok(())
+                Ok(None)
             }
             Frame::Event(_) => Err((
                 CloseCode::PROTOCOL_VIOLATION,
@@ -1072,7 +1075,7 @@ impl Peer {
                     tracing::debug!(id, "request cancelled by the caller");
                     h.abort();
                 }
-                Ok(())
+                Ok(None)
             }
             Frame::Ping(n) => {
                 let mut head = BytesMut::new();
@@ -1083,13 +1086,13 @@ impl Peer {
                         tail: Bytes::new(),
                     });
                 }
-                Ok(())
+                Ok(None)
             }
-            Frame::Pong(_) => Ok(()),
+            Frame::Pong(_) => Ok(None),
             Frame::GoAway { code, reason } => {
                 tracing::debug!(%code, reason, "peer is going away");
                 self.shared.peer_going_away.store(true, Ordering::Release);
-                Ok(())
+                Ok(None)
             }
             Frame::Hello(_) | Frame::Welcome(_) => Err((
                 CloseCode::PROTOCOL_VIOLATION,
@@ -1113,7 +1116,11 @@ impl Peer {
         }
     }
 
-    fn on_request(&self, req: RequestFrame) -> Result<(), (CloseCode, String)> {
+    /// Checks a request and runs its handler. The handler is polled once right here: most
+    /// answer without waiting, and their answer goes back to the reader to be batched with the
+    /// others from the same read (no task spawned, no hop to another thread). A handler that
+    /// waits continues in a task of its own, registered for cancellation.
+    fn on_request(&self, req: RequestFrame) -> Result<Option<Answer>, (CloseCode, String)> {
         let shared = &self.shared;
         let peer_first = match shared.role {
             Role::Client => Role::Server.first_id(),
@@ -1127,19 +1134,22 @@ impl Peer {
         }
         let id = req.id;
         let method = req.method;
+        let refuse = |status: Status| {
+            Ok(Some(Answer {
+                id,
+                result: Err(status),
+            }))
+        };
         if shared.going_away.load(Ordering::Acquire) {
-            self.respond_later(id, Err(Status::new(Code::UNAVAILABLE, "server is shutting down")));
-            return Ok(());
+            return refuse(Status::new(Code::UNAVAILABLE, "server is shutting down"));
         }
         if let Err(status) = shared.guard.check_rate(&method) {
-            self.respond_later(id, Err(status));
-            return Ok(());
+            return refuse(status);
         }
         let Some(handler) = shared.router.handler(&method) else {
             tracing::debug!(method, id, "unknown method");
             let msg = format!("no handler for method `{method}`");
-            self.respond_later(id, Err(Status::new(Code::UNKNOWN_METHOD, msg)));
-            return Ok(());
+            return refuse(Status::new(Code::UNKNOWN_METHOD, msg));
         };
         if shared.role == Role::Server && !handler.idempotent() && self.is_early() {
             tracing::warn!(
@@ -1151,81 +1161,90 @@ impl Peer {
                 "`{method}` arrived as 0-RTT early data, which can be replayed, and its handler is not \
                  declared idempotent: refused without running; send it after the handshake completes"
             );
-            self.respond_later(id, Err(Status::new(Code::EARLY_DATA_REFUSED, msg)));
-            return Ok(());
+            return refuse(Status::new(Code::EARLY_DATA_REFUSED, msg));
         }
-        let mut inflight = lock(&shared.inflight);
-        if inflight.len() >= shared.config.max_concurrent_requests {
-            drop(inflight);
-            let msg = format!(
-                "too many concurrent requests on this connection (limit {}); `{method}` refused",
-                shared.config.max_concurrent_requests
-            );
-            self.respond_later(id, Err(Status::new(Code::RESOURCE_EXHAUSTED, msg)));
-            return Ok(());
-        }
-        if inflight.contains_key(&id) {
-            return Err((
-                CloseCode::PROTOCOL_VIOLATION,
-                format!("request id {id} reused while in flight"),
-            ));
+        {
+            let inflight = lock(&shared.inflight);
+            if inflight.len() >= shared.config.max_concurrent_requests {
+                drop(inflight);
+                let msg = format!(
+                    "too many concurrent requests on this connection (limit {}); `{method}` refused",
+                    shared.config.max_concurrent_requests
+                );
+                return refuse(Status::new(Code::RESOURCE_EXHAUSTED, msg));
+            }
+            if inflight.contains_key(&id) {
+                return Err((
+                    CloseCode::PROTOCOL_VIOLATION,
+                    format!("request id {id} reused while in flight"),
+                ));
+            }
         }
         let reservation = match shared.guard.reserve_request_bytes(&method, req.payload.len()) {
             Ok(r) => r,
-            Err(status) => {
-                drop(inflight);
-                self.respond_later(id, Err(status));
-                return Ok(());
-            }
+            Err(status) => return refuse(status),
         };
         let deadline = shared
             .guard
             .handler_deadline(req.deadline)
             .map(|d| Instant::now() + d);
-        let method_name = method.clone();
-        let ctx = Context::new(method.clone(), Some(id), req.metadata, deadline, self.clone());
+        let ctx = Context::new(method, Some(id), req.metadata, deadline, self.clone());
+        let span = tracing::debug_span!("call", method = %ctx.method(), id);
         let args = Payload {
             codec: req.codec,
             bytes: req.payload,
         };
+        let mut call = Box::pin(
+            run_handler(self.clone(), handler, ctx.clone(), args, reservation, deadline).instrument(span),
+        );
+        // Polled with a no-op waker: if it is not ready, the task below polls it again at once
+        // with its own waker, as the `Future` contract allows.
+        if let Some(result) = call.as_mut().now_or_never() {
+            return Ok(Some(Answer { id, result }));
+        }
         let peer = self.clone();
-        let span = tracing::debug_span!("call", method = %method, id);
+        let mut inflight = lock(&shared.inflight);
         // The lock is held across spawn so the task cannot remove its entry
         // before it is inserted.
-        let task = tokio::spawn(
-            async move {
-                let call = crate::rpc::security::guarded_call(&peer, handler, ctx, args, reservation);
-                let fut = AssertUnwindSafe(call).catch_unwind();
-                let result = match deadline {
-                    Some(d) => match tokio::time::timeout_at(d.into(), fut).await {
-                        Ok(r) => r,
-                        Err(_) => Ok(Err(Status::new(
-                            Code::DEADLINE_EXCEEDED,
-                            format!("handler for `{method}` did not finish before the caller's deadline"),
-                        ))),
-                    },
-                    None => fut.await,
-                };
-                let result = result.unwrap_or_else(|panic| {
-                    let msg = panic_message(&panic);
-                    tracing::error!(method, panic = msg, "handler panicked");
-                    Err(Status::new(
-                        Code::HANDLER_PANICKED,
-                        format!("handler for `{method}` failed: it panicked: {msg}"),
-                    ))
-                });
-                if let Err(s) = &result {
-                    tracing::debug!(method, code = %s.code(), "handler returned an error");
+        let task = tokio::spawn(async move {
+            let result = call.await;
+            // Still counted as in flight while waiting for room in the write queue, so a
+            // peer that does not read its answers cannot grow the number of tasks.
+            peer.send_response(id, result).await;
+            lock(&peer.shared.inflight).remove(&id);
+        });
+        inflight.insert(id, (task.abort_handle(), ctx.method().to_owned()));
+        Ok(None)
+    }
+
+    /// Sends an answer the reader produced: small ones are appended to `replies` (the reader
+    /// hands the batch to the writer); one too large for that goes from its own task, which
+    /// may use a side stream.
+    fn answer(&self, answer: Answer, replies: &mut BytesMut) -> Option<Bytes> {
+        let Answer { id, result } = answer;
+        let mark = replies.len();
+        let frame = Frame::Response(ResponseFrame {
+            id,
+            result: result.map(|p| (p.codec, p.bytes)),
+        });
+        match frame.encode_split(replies) {
+            Ok(tail) if replies.len() - mark + tail.len() <= self.shared.config.inline_threshold => {
+                if tail.len() < COPY_BELOW {
+                    replies.extend_from_slice(&tail);
+                    None
+                } else {
+                    Some(tail)
                 }
-                // Still counted as in flight while waiting for room in the write queue, so a
-                // peer that does not read its answers cannot grow the number of tasks.
-                peer.send_response(id, result).await;
-                lock(&peer.shared.inflight).remove(&id);
             }
-            .instrument(span),
-        );
-        inflight.insert(id, (task.abort_handle(), method_name));
-        Ok(())
+            _ => {
+                replies.truncate(mark);
+                let Frame::Response(ResponseFrame { id, result }) = frame else {
+                    return None;
+                };
+                self.respond_later(id, result.map(|(codec, bytes)| Payload { codec, bytes }));
+                None
+            }
+        }
     }
 
     /// Answers from a short task; bounded by the guard's reply permits (the reader waits for
@@ -1263,6 +1282,51 @@ impl Peer {
             Err(e) => tracing::debug!(id, error = %e, "response not sent"),
         }
     }
+}
+
+/// A request answered where it was read.
+pub(crate) struct Answer {
+    id: u64,
+    result: Result<Payload, Status>,
+}
+
+/// One call of a handler, with the interceptors, the deadline and panics turned into a status.
+async fn run_handler(
+    peer: Peer,
+    handler: Arc<dyn crate::rpc::Handler>,
+    ctx: Context,
+    args: Payload,
+    reservation: Option<tokio::sync::OwnedSemaphorePermit>,
+    deadline: Option<Instant>,
+) -> Result<Payload, Status> {
+    let method = ctx.clone();
+    let call = crate::rpc::security::guarded_call(&peer, handler, ctx, args, reservation);
+    let fut = AssertUnwindSafe(call).catch_unwind();
+    let result = match deadline {
+        Some(d) => match tokio::time::timeout_at(d.into(), fut).await {
+            Ok(r) => r,
+            Err(_) => Ok(Err(Status::new(
+                Code::DEADLINE_EXCEEDED,
+                format!(
+                    "handler for `{}` did not finish before the caller's deadline",
+                    method.method()
+                ),
+            ))),
+        },
+        None => fut.await,
+    };
+    let result = result.unwrap_or_else(|panic| {
+        let msg = panic_message(&panic);
+        tracing::error!(method = method.method(), panic = msg, "handler panicked");
+        Err(Status::new(
+            Code::HANDLER_PANICKED,
+            format!("handler for `{}` failed: it panicked: {msg}", method.method()),
+        ))
+    });
+    if let Err(s) = &result {
+        tracing::debug!(method = method.method(), code = %s.code(), "handler returned an error");
+    }
+    result
 }
 
 /// Removes a pending call and sends a cancel when the caller stops waiting.
@@ -1577,6 +1641,9 @@ async fn reader_task(
     let decoder = FrameDecoder::new(peer.shared.config.max_frame_size);
     // When the bytes now in `buf` arrived: the receive time of clock-sync frames.
     let mut received_at = peer.shared.config.clock.now().0;
+    // Answers to requests handled during this read, handed to the writer as one frame
+    // batch before the reader waits for anything.
+    let mut replies = BytesMut::new();
     loop {
         loop {
             match decoder.decode(&mut buf) {
@@ -1619,6 +1686,9 @@ async fn reader_task(
                         tracing::warn!(event = ev.name, "event arrived as 0-RTT early data: dropped");
                         continue;
                     }
+                    if !flush_replies(&peer, &mut replies, Bytes::new()).await {
+                        return;
+                    }
                     peer.shared.guard.reserve_event_bytes(ev.payload.len()).await;
                     // Waits while the listener queue is full: the peer's emits
                     // then wait on QUIC flow control instead of piling up here.
@@ -1626,13 +1696,28 @@ async fn reader_task(
                         return;
                     }
                 }
-                Ok(Some(frame)) => {
-                    if let Err((code, reason)) = peer.dispatch(frame) {
+                Ok(Some(frame)) => match peer.dispatch(frame) {
+                    Err((code, reason)) => {
                         peer.close_with(code, &reason);
                         return;
                     }
-                    peer.shared.guard.wait_for_reply_room().await;
-                }
+                    Ok(Some(answer)) => {
+                        let tail = peer.answer(answer, &mut replies);
+                        if (tail.is_some() || replies.len() >= COPY_BELOW * 16)
+                            && !flush_replies(&peer, &mut replies, tail.unwrap_or_default()).await
+                        {
+                            return;
+                        }
+                        // A large answer went to its own task: bounded like the others.
+                        peer.shared.guard.wait_for_reply_room().await;
+                    }
+                    Ok(None) => {
+                        if !flush_replies(&peer, &mut replies, Bytes::new()).await {
+                            return;
+                        }
+                        peer.shared.guard.wait_for_reply_room().await;
+                    }
+                },
                 Ok(None) => break,
                 Err(e) => {
                     let code = match e {
@@ -1643,6 +1728,9 @@ async fn reader_task(
                     return;
                 }
             }
+        }
+        if !flush_replies(&peer, &mut replies, Bytes::new()).await {
+            return;
         }
         match recv.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => {
@@ -1679,6 +1767,16 @@ async fn reader_task(
             }
         }
     }
+}
+
+/// Hands the reader's batched answers (and `tail`, the payload of the last one when it was not
+/// copied) to the writer. Returns false when the connection is closed.
+async fn flush_replies(peer: &Peer, replies: &mut BytesMut, tail: Bytes) -> bool {
+    if replies.is_empty() {
+        return true;
+    }
+    let head = replies.split().freeze();
+    peer.shared.out.send(Outgoing::Frame { head, tail }).await.is_ok()
 }
 
 /// Accepts unidirectional streams (one large frame each, or XStream error
@@ -1759,7 +1857,14 @@ async fn read_side_frame(peer: Peer, kind: u8, mut recv: quinn::RecvStream) {
     let decoder = FrameDecoder::new(peer.shared.config.max_frame_size);
     let result = match decoder.decode(&mut buf) {
         Ok(Some(f)) if buf.is_empty() => match f {
-            Frame::Request(_) | Frame::Response(_) => peer.dispatch(f),
+            Frame::Request(_) | Frame::Response(_) => match peer.dispatch(f) {
+                Ok(Some(Answer { id, result })) => {
+                    peer.send_response(id, result).await;
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
             other => Err((
                 CloseCode::PROTOCOL_VIOLATION,
                 format!("{} frame on a side stream", other.kind()),
