@@ -55,9 +55,16 @@ impl Codec {
     /// Encodes a value.
     pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes, CodecError> {
         match self {
-            Codec::Bincode => bincode::serde::encode_to_vec(value, bincode_config())
-                .map(Bytes::from)
-                .map_err(|e| CodecError::Encode(e.to_string())),
+            Codec::Bincode => {
+                // Measured first, so the buffer is allocated once at its exact size (no
+                // regrowth) and becomes `Bytes` without a second allocation.
+                let err = |e: bincode::error::EncodeError| CodecError::Encode(e.to_string());
+                let mut size = bincode::enc::write::SizeWriter::default();
+                bincode::serde::encode_into_writer(value, &mut size, bincode_config()).map_err(err)?;
+                let mut out = Vec::with_capacity(size.bytes_written);
+                bincode::serde::encode_into_std_write(value, &mut out, bincode_config()).map_err(err)?;
+                Ok(Bytes::from(out))
+            }
             Codec::Json => serde_json::to_vec(value)
                 .map(Bytes::from)
                 .map_err(|e| CodecError::Encode(e.to_string())),
