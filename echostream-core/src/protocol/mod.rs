@@ -627,6 +627,13 @@ impl Peer {
         self.closed_error()
     }
 
+    /// True once this side recorded the connection's end (its reader or writer saw it, or it
+    /// was closed here). Unlike [`Peer::is_closed`] it does not take quinn's connection lock,
+    /// which matters on the path of every call.
+    pub(crate) fn end_recorded(&self) -> bool {
+        self.shared.closed.get().is_some()
+    }
+
     /// True once the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.get().is_some() || self.shared.conn.close_reason().is_some()
@@ -766,6 +773,12 @@ impl Peer {
         let id = shared.next_id.fetch_add(2, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&shared.pending).insert(id, tx);
+        // The end is recorded before the waiting calls are failed: a call that missed that
+        // sweep sees the end here.
+        if shared.closed.get().is_some() {
+            lock(&shared.pending).remove(&id);
+            return Err(self.closed_error());
+        }
         // From here on, leaving early (error, timeout, or the caller dropping
         // this future) must remove the entry and tell the peer.
         let mut guard = CancelGuard {
@@ -855,7 +868,7 @@ impl Peer {
     /// write queue. A peer that cannot take it in time is disconnected with
     /// `SLOW_CONSUMER` (see `ServerHandle::broadcast`).
     pub(crate) async fn send_prepared_event(&self, head: Bytes, tail: Bytes, wait: Duration) -> Delivery {
-        if self.is_closed() {
+        if self.end_recorded() {
             return Delivery::Skipped;
         }
         let size = (head.len() - LENGTH_PREFIX + tail.len()) as u64;
@@ -928,11 +941,12 @@ impl Peer {
         self.shared.conn.close(code.0.into(), reason.as_bytes());
     }
 
+    /// Fails once the connection's end was recorded. Only the recorded end is read: asking
+    /// quinn (`close_reason`) takes the connection's lock, which its driver holds while it
+    /// processes packets, on every call. An end not yet recorded is noticed by the reader or
+    /// the writer, which then fail every waiting call.
     fn check_open(&self) -> Result<(), Error> {
-        if self.is_closed() {
-            if let Some(reason) = self.shared.conn.close_reason() {
-                self.mark_closed_from(&reason);
-            }
+        if self.end_recorded() {
             return Err(self.closed_error());
         }
         Ok(())
@@ -1644,6 +1658,7 @@ async fn reader_task(
     // Answers to requests handled during this read, handed to the writer as one frame
     // batch before the reader waits for anything.
     let mut replies = BytesMut::new();
+    let mut chunks: [Bytes; 16] = Default::default();
     loop {
         loop {
             match decoder.decode(&mut buf) {
@@ -1732,10 +1747,14 @@ async fn reader_task(
         if !flush_replies(&peer, &mut replies, Bytes::new()).await {
             return;
         }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => {
+        // Several chunks per call: each read takes the connection's lock.
+        match recv.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => {
                 received_at = peer.shared.config.clock.now().0;
-                buf.extend_from_slice(&chunk.bytes)
+                for chunk in &mut chunks[..n] {
+                    buf.extend_from_slice(chunk);
+                    *chunk = Bytes::new();
+                }
             }
             Ok(None) => {
                 // The peer finished its control stream: it will send nothing more.

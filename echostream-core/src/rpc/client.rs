@@ -776,7 +776,7 @@ impl RpcClient {
             .reconnect
             .as_ref()
             .is_some_and(|p| p.wait_for_connection);
-        if !peer.is_closed() || !wait || self.inner.closed_by_user.load(Ordering::Acquire) {
+        if !wait || !peer.end_recorded() || self.inner.closed_by_user.load(Ordering::Acquire) {
             return (peer, false);
         }
         let mut rx = self.inner.generation.subscribe();
