@@ -466,13 +466,16 @@ impl Peer {
                 }
             });
         }
-        tokio::spawn(writer_task(hs.send, out_rx, peer.clone(), writer_early).instrument(span.clone()));
-        tokio::spawn(
-            reader_task(peer.clone(), hs.recv, hs.leftover, recv_swap, welcome_pending)
-                .instrument(span.clone()),
-        );
-        tokio::spawn(side_stream_task(peer.clone()).instrument(span.clone()));
-        tokio::spawn(event_task(ev_rx).instrument(span));
+        tokio::spawn(in_span(
+            writer_task(hs.send, out_rx, peer.clone(), writer_early),
+            span.clone(),
+        ));
+        tokio::spawn(in_span(
+            reader_task(peer.clone(), hs.recv, hs.leftover, recv_swap, welcome_pending),
+            span.clone(),
+        ));
+        tokio::spawn(in_span(side_stream_task(peer.clone()), span.clone()));
+        tokio::spawn(in_span(event_task(ev_rx), span));
         peer
     }
 
@@ -1203,14 +1206,21 @@ impl Peer {
             .handler_deadline(req.deadline)
             .map(|d| Instant::now() + d);
         let ctx = Context::new(method, Some(id), req.metadata, deadline, self.clone());
-        let span = tracing::debug_span!("call", method = %ctx.method(), id);
+        // Made only when debug logs are on: even a disabled span costs per call when
+        // tracing's `log` feature is on.
+        let span = if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!("call", method = %ctx.method(), id)
+        } else {
+            tracing::Span::none()
+        };
         let args = Payload {
             codec: req.codec,
             bytes: req.payload,
         };
-        let mut call = Box::pin(
-            run_handler(self.clone(), handler, ctx.clone(), args, reservation, deadline).instrument(span),
-        );
+        let mut call = Box::pin(in_span(
+            run_handler(self.clone(), handler, ctx.clone(), args, reservation, deadline),
+            span,
+        ));
         // Polled with a no-op waker: if it is not ready, the task below polls it again at once
         // with its own waker, as the `Future` contract allows.
         if let Some(result) = call.as_mut().now_or_never() {
@@ -1295,6 +1305,20 @@ impl Peer {
             }
             Err(e) => tracing::debug!(id, error = %e, "response not sent"),
         }
+    }
+}
+
+/// Runs `fut` inside `span`, or bare when the span is disabled (no subscriber wants it):
+/// entering a span costs on every poll, even a disabled one when tracing's `log` feature is
+/// on (some dependency often turns it on), and these futures are polled for every call.
+pub(crate) fn in_span<F: std::future::Future>(
+    fut: F,
+    span: tracing::Span,
+) -> futures::future::Either<F, tracing::instrument::Instrumented<F>> {
+    if span.is_disabled() {
+        futures::future::Either::Left(fut)
+    } else {
+        futures::future::Either::Right(fut.instrument(span))
     }
 }
 

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::Instrument;
 
 /// Builds an [`RpcServer`].
 ///
@@ -741,8 +740,10 @@ impl RpcServer {
                         };
                         let handle = self.handle.clone();
                         let remote = incoming.remote_address();
-                        tokio::spawn(serve_connection(incoming, handle, slot)
-                            .instrument(tracing::debug_span!("accept", peer = %remote)));
+                        tokio::spawn(crate::protocol::in_span(
+                            serve_connection(incoming, handle, slot),
+                            tracing::debug_span!("accept", peer = %remote),
+                        ));
                     }
                     None => break,
                 },
