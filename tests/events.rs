@@ -332,3 +332,106 @@ async fn emit_waits_instead_of_queueing_without_bound() {
     tokio::time::timeout(WAIT * 3, emitter).await.unwrap().unwrap();
     wait_until("all delivered", || done.load(Ordering::SeqCst) == 20_000).await;
 }
+
+/// Frames are written directly by their sender while the connection's writer is idle and
+/// queued to it otherwise; when the receiver stalls (flow control fills, a direct write is
+/// only partly taken) the two paths alternate. Each emitter's events must still arrive in
+/// its order, complete, and calls on the same connection still get their answers.
+#[tokio::test]
+async fn each_emitters_order_survives_stalls_that_mix_direct_and_queued_writes() {
+    const EMITTERS: u64 = 4;
+    const EACH: u64 = 3_000;
+    let seen = Arc::new(Mutex::new(vec![Vec::new(); EMITTERS as usize]));
+    let s2 = seen.clone();
+    let s = serve(
+        RpcServer::builder()
+            .event_queue(16)
+            .handler(handler_fn("echo", |_c: Context, b: Vec<u8>| async move {
+                Ok::<_, Error>(b)
+            }))
+            .listener(listener_fn(
+                "seq",
+                move |_c: Context, (who, n, _pad): (u64, u64, Vec<u8>)| {
+                    s2.lock().unwrap()[who as usize].push(n);
+                    async move {
+                        // Stall now and then: the queues and the flow-control window fill.
+                        if n % 500 == 499 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                },
+            )),
+    );
+    let c = connect(&s).await;
+    let mut tasks = Vec::new();
+    for who in 0..EMITTERS {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                // About 3 KB each: a few hundred fill the peer's stream window.
+                c.emit("seq", (who, n, vec![who as u8; 3_000])).await.unwrap();
+                if n % 100 == 0 {
+                    let back: Vec<u8> = c.request("echo", vec![n as u8; 10]).await.unwrap();
+                    assert_eq!(back, vec![n as u8; 10]);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(WAIT * 3, t).await.unwrap().unwrap();
+    }
+    wait_until("all events", || {
+        seen.lock().unwrap().iter().map(Vec::len).sum::<usize>() == (EMITTERS * EACH) as usize
+    })
+    .await;
+    for (who, got) in seen.lock().unwrap().iter().enumerate() {
+        assert!(
+            got.iter().copied().eq(0..EACH),
+            "emitter {who}: events out of order or missing"
+        );
+    }
+}
+
+/// One emitter of large events toward a receiver that stalls: the stream's flow-control
+/// credit runs out in the middle of a frame written directly, and the writer must send the
+/// rest of that frame before anything else.
+#[tokio::test]
+async fn large_events_toward_a_stalled_receiver_arrive_whole_and_in_order() {
+    const N: u64 = 200;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g2 = gate.clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let s = serve(RpcServer::builder().event_queue(4).listener(listener_fn(
+        "big",
+        move |_c: Context, (n, body): (u64, Vec<u8>)| {
+            let ok = body.len() == 60_000 && body.iter().all(|&b| b == n as u8);
+            s2.lock().unwrap().push((n, ok));
+            let g = g2.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+            }
+        },
+    )));
+    let c = connect(&s).await;
+    let c2 = c.clone();
+    let emitter = tokio::spawn(async move {
+        for n in 0..N {
+            c2.emit("big", (n, vec![n as u8; 60_000])).await.unwrap();
+            // Lets the writer lend the stream again: the next event is written directly.
+            tokio::task::yield_now().await;
+        }
+    });
+    // The listener holds the first events; the window and the queues fill.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gate.add_permits(N as usize);
+    tokio::time::timeout(WAIT * 3, emitter).await.unwrap().unwrap();
+    wait_until("all events", || seen.lock().unwrap().len() == N as usize).await;
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().map(|(n, _)| *n).eq(0..N),
+        "events out of order or missing"
+    );
+    assert!(seen.iter().all(|(_, ok)| *ok), "an event arrived damaged");
+    drop(c);
+}

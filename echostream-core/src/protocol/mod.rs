@@ -19,6 +19,7 @@
 //! and hand the bytes to the writer.
 
 mod handshake;
+mod outbox;
 pub mod timesync;
 
 pub(crate) use handshake::{
@@ -264,6 +265,8 @@ enum Outgoing {
         t1: u64,
         t2: u64,
     },
+    /// A direct write left bytes for the writer (see `outbox`).
+    Wake,
 }
 
 type ReplySender = oneshot::Sender<Result<(Codec, Bytes), Error>>;
@@ -328,7 +331,8 @@ struct Shared {
     zero_rtt: Mutex<ZeroRtt>,
     config: Arc<ProtocolConfig>,
     router: Arc<Router>,
-    out: mpsc::Sender<Outgoing>,
+    /// The way to the control stream: the writer's queue, or a direct write while it is idle.
+    out: Arc<outbox::Outbox>,
     next_id: AtomicU64,
     /// Our calls waiting for a response, by request id.
     pending: Mutex<HashMap<u64, ReplySender>>,
@@ -383,7 +387,7 @@ impl Peer {
         server: Option<crate::rpc::ServerHandle>,
         early: Option<EarlyStart>,
     ) -> Peer {
-        let (out_tx, out_rx) = mpsc::channel(config.write_queue.max(1));
+        let (out_tx, out_rx, lent) = outbox::Outbox::new(config.write_queue);
         let (mut client_early, mut tls_done, mut welcome_pending) = (None, None, false);
         let zero_rtt = match early {
             None => ZeroRtt::NotAttempted,
@@ -428,7 +432,7 @@ impl Peer {
             config,
             router,
             server,
-            out: out_tx,
+            out: Arc::new(out_tx),
             next_id: AtomicU64::new(role.first_id()),
             pending: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
@@ -467,7 +471,7 @@ impl Peer {
             });
         }
         tokio::spawn(in_span(
-            writer_task(hs.send, out_rx, peer.clone(), writer_early),
+            writer_task(hs.send, out_rx, lent, peer.clone(), writer_early),
             span.clone(),
         ));
         tokio::spawn(in_span(
@@ -881,9 +885,12 @@ impl Peer {
                 "broadcast event larger than the peer's frame limit; not sent to it");
             return Delivery::Skipped;
         }
-        match tokio::time::timeout(wait, self.shared.out.send(Outgoing::Frame { head, tail })).await {
+        match tokio::time::timeout(wait, self.shared.out.send(Outgoing::Frame { head, tail }, false)).await {
             Ok(Ok(())) => Delivery::Queued,
-            Ok(Err(_)) => Delivery::Skipped,
+            Ok(Err(e)) => {
+                self.note_write_failure(e);
+                Delivery::Skipped
+            }
             Err(_) => {
                 let reason =
                     format!("it did not keep up with events: its write queue stayed full for {wait:?}");
@@ -912,7 +919,13 @@ impl Peer {
     /// them), then closes the connection with `code`.
     pub(crate) async fn finish_and_close(&self, code: CloseCode, reason: &str, wait: Duration) {
         let (tx, rx) = oneshot::channel();
-        if self.shared.out.send(Outgoing::Finish(tx, wait)).await.is_ok() {
+        if self
+            .shared
+            .out
+            .send(Outgoing::Finish(tx, wait), false)
+            .await
+            .is_ok()
+        {
             let _ = tokio::time::timeout(wait, rx).await;
         }
         // Record the reason first: the tasks that notice the close would
@@ -1046,11 +1059,25 @@ impl Peer {
             self.wait_established().await?;
             return self.send_on_side_stream(head, tail).await;
         }
-        self.shared
-            .out
-            .send(Outgoing::Frame { head, tail })
-            .await
-            .map_err(|_| self.closed_error())
+        match self.shared.out.send(Outgoing::Frame { head, tail }, false).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.note_write_failure(e);
+                Err(self.closed_error())
+            }
+        }
+    }
+
+    /// Records the connection's end when a direct write found it (the writer would have).
+    fn note_write_failure(&self, e: outbox::Closed) {
+        match e {
+            outbox::Closed::Gone => {}
+            outbox::Closed::Write(quinn::WriteError::ConnectionLost(e)) => self.mark_closed_from(&e),
+            outbox::Closed::Write(e) => {
+                tracing::debug!(error = %e, "control stream write failed");
+                self.mark_closed(None, format!("control stream write failed: {e}"));
+            }
+        }
     }
 
     async fn send_on_side_stream(&self, head: Bytes, tail: Bytes) -> Result<(), Error> {
@@ -1396,7 +1423,7 @@ impl Drop for CancelGuard<'_> {
             if let Err(mpsc::error::TrySendError::Full(out)) = self.peer.shared.out.try_send(out) {
                 let tx = self.peer.shared.out.clone();
                 tokio::spawn(async move {
-                    let _ = tx.send(out).await;
+                    let _ = tx.send(out, false).await;
                 });
             }
         }
@@ -1492,6 +1519,8 @@ fn collect_batch(
                 let t3 = peer.shared.config.clock.now().0;
                 let _ = Frame::TimeResponse { t1, t2, t3 }.encode(buf);
             }
+            // The leftover it announces was taken when the stream was reclaimed.
+            Outgoing::Wake => {}
         }
         if batched < BATCH_BYTES {
             next = rx.try_recv().ok();
@@ -1630,6 +1659,7 @@ async fn early_phase(
 async fn writer_task(
     send: quinn::SendStream,
     mut rx: mpsc::Receiver<Outgoing>,
+    lent: Arc<Mutex<outbox::Lent>>,
     peer: Peer,
     early: Option<ClientEarly>,
 ) {
@@ -1646,8 +1676,27 @@ async fn writer_task(
     let mut chunks: Vec<Bytes> = Vec::new();
     loop {
         if finish.is_none() {
-            let Some(first) = rx.recv().await else {
-                break;
+            let first = match rx.try_recv() {
+                Ok(o) => o,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Idle: lend the stream, so that senders write directly, until
+                    // something is queued.
+                    if let Some(back) = outbox::Lent::lend(&lent, send, &rx) {
+                        send = back;
+                        continue;
+                    }
+                    let next = rx.recv().await;
+                    // Only this task takes the stream out of the slot.
+                    let Some(back) = outbox::Lent::reclaim(&lent, &mut chunks) else {
+                        return;
+                    };
+                    send = back;
+                    match next {
+                        Some(o) => o,
+                        None => break,
+                    }
+                }
             };
             finish = collect_batch(first, &mut rx, &mut buf, &mut chunks, &peer);
         }
@@ -1665,6 +1714,10 @@ async fn writer_task(
             let _ = done.send(());
             return;
         }
+    }
+    if !chunks.is_empty() {
+        // What a direct write left, when every sender is gone.
+        let _ = send.write_all_chunks(&mut chunks).await;
     }
     let _ = send.finish();
 }
@@ -1819,7 +1872,13 @@ async fn flush_replies(peer: &Peer, replies: &mut BytesMut, tail: Bytes) -> bool
         return true;
     }
     let head = replies.split().freeze();
-    peer.shared.out.send(Outgoing::Frame { head, tail }).await.is_ok()
+    match peer.shared.out.send(Outgoing::Frame { head, tail }, true).await {
+        Ok(()) => true,
+        Err(e) => {
+            peer.note_write_failure(e);
+            false
+        }
+    }
 }
 
 /// Accepts unidirectional streams (one large frame each, or XStream error
@@ -2029,7 +2088,7 @@ async fn clock_sync_task(shared: std::sync::Weak<Shared>, sync: Arc<ClockSync>) 
         for _ in 0..rounds {
             let before = *answers.borrow_and_update();
             for _ in 0..per_round {
-                if out.send(Outgoing::TimeProbe).await.is_err() {
+                if out.send(Outgoing::TimeProbe, false).await.is_err() {
                     return;
                 }
                 tokio::task::yield_now().await;

@@ -1,0 +1,177 @@
+//! The way to a connection's control-stream send half.
+//!
+//! Frames normally go through a bounded queue to the writer task, which
+//! batches them. When the writer is idle it *lends* the send half here, and a
+//! frame is then written straight into quinn by whoever sends it: one task hop
+//! less on a lightly loaded connection. Order is kept because the direct path
+//! is open only while nothing is queued: the first frame that goes to the
+//! queue closes it until the writer has drained the queue and lends the
+//! stream again.
+//!
+//! A single frame written directly closes the path too (and wakes the writer
+//! to open it again): when many callers send at once, the first goes at once
+//! and the others are batched by the writer, as many small quinn writes cost
+//! more than one large one. The reader's answers are a batch already and keep
+//! the path open.
+
+use super::Outgoing;
+use bytes::Bytes;
+use futures::FutureExt;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// What a direct write did.
+pub(super) enum Direct {
+    /// Written (quinn holds the bytes; anything quinn did not take is left for the writer).
+    Done,
+    /// The direct path is closed (writer busy, frames queued, stream blocked): use the queue.
+    NotNow,
+    /// The stream failed.
+    Failed(quinn::WriteError),
+}
+
+/// State shared by the senders and the writer task, behind one lock.
+#[derive(Default)]
+pub(super) struct Lent {
+    /// The send half, while the writer lends it.
+    send: Option<quinn::SendStream>,
+    /// Something was queued since the writer last lent the stream: the direct path stays
+    /// closed until the writer has drained the queue.
+    queued: bool,
+    /// What a direct write could not hand to quinn (flow control): written by the writer
+    /// before anything else.
+    leftover: Vec<Bytes>,
+}
+
+/// The sending end: the writer's queue plus the lending slot.
+pub(super) struct Outbox {
+    queue: mpsc::Sender<Outgoing>,
+    lent: Arc<Mutex<Lent>>,
+}
+
+impl Outbox {
+    /// An outbox and the writer's ends (its queue and the lending slot).
+    pub(super) fn new(capacity: usize) -> (Self, mpsc::Receiver<Outgoing>, Arc<Mutex<Lent>>) {
+        let (queue, rx) = mpsc::channel(capacity.max(1));
+        let lent = Arc::new(Mutex::new(Lent::default()));
+        (
+            Self {
+                queue,
+                lent: lent.clone(),
+            },
+            rx,
+            lent,
+        )
+    }
+
+    /// Sends `o`, directly when the writer is idle, else through the queue (waiting for room).
+    /// `batch` says that `o` holds many frames (the reader's answers): the direct path then
+    /// stays open after it. `Err` when the writer is gone.
+    pub(super) async fn send(&self, o: Outgoing, batch: bool) -> Result<(), Closed> {
+        let o = match o {
+            Outgoing::Frame { head, tail } => match self.write_direct(&head, &tail, batch) {
+                Direct::Done => return Ok(()),
+                Direct::Failed(e) => return Err(Closed::Write(e)),
+                Direct::NotNow => Outgoing::Frame { head, tail },
+            },
+            other => other,
+        };
+        let permit = self.queue.reserve().await.map_err(|_| Closed::Gone)?;
+        let mut lent = lock(&self.lent);
+        lent.queued = true;
+        permit.send(o);
+        Ok(())
+    }
+
+    /// Queues `o` without waiting (never the direct path: for answers to probes, which are
+    /// stamped by the writer, and for cancels sent from `Drop`).
+    pub(super) fn try_send(&self, o: Outgoing) -> Result<(), mpsc::error::TrySendError<Outgoing>> {
+        let permit = match self.queue.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(())) => return Err(mpsc::error::TrySendError::Full(o)),
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(mpsc::error::TrySendError::Closed(o)),
+        };
+        let mut lent = lock(&self.lent);
+        lent.queued = true;
+        permit.send(o);
+        Ok(())
+    }
+
+    /// Writes one frame straight into quinn if the writer lends the stream and nothing is
+    /// queued. Never waits: quinn is polled once.
+    fn write_direct(&self, head: &Bytes, tail: &Bytes, batch: bool) -> Direct {
+        let mut lent = lock(&self.lent);
+        if lent.queued {
+            return Direct::NotNow;
+        }
+        let Some(send) = lent.send.as_mut() else {
+            return Direct::NotNow;
+        };
+        let mut chunks = [head.clone(), tail.clone()];
+        let written = match send.write_chunks(&mut chunks).now_or_never() {
+            // Blocked by flow control: nothing was written.
+            None => return Direct::NotNow,
+            Some(Err(e)) => return Direct::Failed(e),
+            Some(Ok(w)) => w,
+        };
+        // quinn advanced a partly written chunk in place; `written.chunks` are complete.
+        let rest: Vec<Bytes> = chunks[written.chunks..]
+            .iter()
+            .filter(|c| !c.is_empty())
+            .cloned()
+            .collect();
+        if rest.is_empty() && batch {
+            return Direct::Done;
+        }
+        // Close the direct path and wake the writer, which writes the rest (before anything
+        // else) and lends the stream again once the queue is empty.
+        lent.leftover = rest;
+        lent.queued = true;
+        // Full: the writer is awake anyway. Closed: the connection is over.
+        if let Ok(permit) = self.queue.try_reserve() {
+            permit.send(Outgoing::Wake);
+        }
+        Direct::Done
+    }
+}
+
+/// Why a frame could not be sent.
+pub(super) enum Closed {
+    /// The writer task has ended.
+    Gone,
+    /// A direct write failed.
+    Write(quinn::WriteError),
+}
+
+impl Lent {
+    /// Writer: lends `send` if the queue is empty (then the direct path opens); otherwise
+    /// hands it back.
+    pub(super) fn lend(
+        slot: &Mutex<Lent>,
+        send: quinn::SendStream,
+        rx: &mpsc::Receiver<Outgoing>,
+    ) -> Option<quinn::SendStream> {
+        let mut lent = lock(slot);
+        // Senders set `queued` and send under this lock, so an empty queue here means that
+        // nothing queued is waiting: direct writes cannot overtake a queued frame.
+        if !rx.is_empty() {
+            return Some(send);
+        }
+        lent.queued = false;
+        lent.send = Some(send);
+        None
+    }
+
+    /// Writer: takes the stream back (after the queue woke it), with what a direct write
+    /// left unwritten, to be written first.
+    pub(super) fn reclaim(slot: &Mutex<Lent>, leftover: &mut Vec<Bytes>) -> Option<quinn::SendStream> {
+        let mut lent = lock(slot);
+        lent.queued = true;
+        leftover.append(&mut lent.leftover);
+        lent.send.take()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
