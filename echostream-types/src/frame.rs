@@ -161,6 +161,13 @@ impl Frame {
     /// already counts the payload. This lets a writer send large payloads
     /// without copying them.
     pub fn encode_split(&self, dst: &mut BytesMut) -> Result<Bytes, FrameError> {
+        self.encode_split_ref(dst).cloned()
+    }
+
+    /// [`Frame::encode_split`] returning the payload by reference, for a writer that copies a
+    /// small one (cloning a `Bytes` made from a `Vec` allocates).
+    pub fn encode_split_ref(&self, dst: &mut BytesMut) -> Result<&Bytes, FrameError> {
+        static EMPTY: Bytes = Bytes::new();
         let start = dst.len();
         dst.put_u32(0); // length, patched below
         let tail = match self {
@@ -173,7 +180,7 @@ impl Frame {
                 dst.put_u16(h.version);
                 dst.put_u32(h.max_frame_size);
                 put_metadata(dst, &h.metadata)?;
-                Bytes::new()
+                &EMPTY
             }
             Frame::Request(r) => {
                 dst.put_u8(ty::REQUEST);
@@ -194,21 +201,21 @@ impl Frame {
                 if !r.metadata.is_empty() {
                     put_metadata(dst, &r.metadata)?;
                 }
-                r.payload.clone()
+                &r.payload
             }
             Frame::Response(r) => match &r.result {
                 Ok((codec, payload)) => {
                     dst.put_u8(ty::RESPONSE_OK);
                     dst.put_u64(r.id);
                     dst.put_u8(codec.tag());
-                    payload.clone()
+                    payload
                 }
                 Err(status) => {
                     dst.put_u8(ty::RESPONSE_ERR);
                     dst.put_u64(r.id);
                     dst.put_u32(status.code().0);
                     put_str(dst, "message", status.message())?;
-                    status.details().clone()
+                    status.details()
                 }
             },
             Frame::Event(e) => {
@@ -220,40 +227,40 @@ impl Frame {
                 if !e.metadata.is_empty() {
                     put_metadata(dst, &e.metadata)?;
                 }
-                e.payload.clone()
+                &e.payload
             }
             Frame::Cancel { id } => {
                 dst.put_u8(ty::CANCEL);
                 dst.put_u64(*id);
-                Bytes::new()
+                &EMPTY
             }
             Frame::Ping(n) => {
                 dst.put_u8(ty::PING);
                 dst.put_u64(*n);
-                Bytes::new()
+                &EMPTY
             }
             Frame::Pong(n) => {
                 dst.put_u8(ty::PONG);
                 dst.put_u64(*n);
-                Bytes::new()
+                &EMPTY
             }
             Frame::TimeRequest { t1 } => {
                 dst.put_u8(ty::TIME_REQUEST);
                 dst.put_u64(*t1);
-                Bytes::new()
+                &EMPTY
             }
             Frame::TimeResponse { t1, t2, t3 } => {
                 dst.put_u8(ty::TIME_RESPONSE);
                 dst.put_u64(*t1);
                 dst.put_u64(*t2);
                 dst.put_u64(*t3);
-                Bytes::new()
+                &EMPTY
             }
             Frame::GoAway { code, reason } => {
                 dst.put_u8(ty::GOAWAY);
                 dst.put_u32(code.0);
                 put_str(dst, "reason", reason)?;
-                Bytes::new()
+                &EMPTY
             }
         };
         let len = dst.len() - start - LENGTH_PREFIX + tail.len();

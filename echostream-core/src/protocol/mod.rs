@@ -1039,8 +1039,7 @@ impl Peer {
         what: impl Fn() -> String,
         may_use_side_stream: bool,
     ) -> Result<(), Error> {
-        let mut head = BytesMut::with_capacity(64);
-        let tail = frame.encode_split(&mut head).map_err(|e| match e {
+        let (head, tail) = encode_frame(frame).map_err(|e| match e {
             FrameError::FieldTooLong { .. } => Error::Config(format!("{}: {e}", what())),
             other => Error::Protocol(other.to_string()),
         })?;
@@ -1053,7 +1052,6 @@ impl Peer {
                 limit,
             });
         }
-        let (head, tail) = (head.freeze(), tail);
         if may_use_side_stream && size as usize > self.shared.config.inline_threshold {
             // A side stream opened as early data would be lost if the server rejects it.
             self.wait_established().await?;
@@ -1244,21 +1242,48 @@ impl Peer {
             codec: req.codec,
             bytes: req.payload,
         };
-        let mut call = Box::pin(in_span(
-            run_handler(self.clone(), handler, ctx.clone(), args, reservation, deadline),
-            span,
-        ));
+        // With interceptors the call is the chain, then the handler; without, the handler's
+        // own future (already boxed by `Handler::call`), so the common case boxes nothing more.
+        let mut call: futures::future::BoxFuture<'static, Result<Payload, Status>> =
+            if shared.guard.has_chain() {
+                Box::pin(crate::rpc::security::guarded_call(
+                    self.clone(),
+                    handler,
+                    ctx.clone(),
+                    args,
+                ))
+            } else {
+                handler.call(ctx.clone(), args)
+            };
         // Polled with a no-op waker: if it is not ready, the task below polls it again at once
-        // with its own waker, as the `Future` contract allows.
-        if let Some(result) = call.as_mut().now_or_never() {
-            return Ok(Some(Answer { id, result }));
+        // with its own waker, as the `Future` contract allows. The deadline cannot have passed
+        // during one poll that found the call ready.
+        let first = {
+            let _entered = span.enter();
+            std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().now_or_never()))
+        };
+        match first {
+            Ok(Some(result)) => {
+                return Ok(Some(Answer {
+                    id,
+                    result: finished(&ctx, result),
+                }))
+            }
+            Err(panic) => {
+                return Ok(Some(Answer {
+                    id,
+                    result: panicked(&ctx, &panic),
+                }))
+            }
+            Ok(None) => {}
         }
         let peer = self.clone();
+        let rest = in_span(finish_call(call, ctx.clone(), reservation, deadline), span);
         let mut inflight = lock(&shared.inflight);
         // The lock is held across spawn so the task cannot remove its entry
         // before it is inserted.
         let task = tokio::spawn(async move {
-            let result = call.await;
+            let result = rest.await;
             // Still counted as in flight while waiting for room in the write queue, so a
             // peer that does not read its answers cannot grow the number of tasks.
             peer.send_response(id, result).await;
@@ -1278,13 +1303,13 @@ impl Peer {
             id,
             result: result.map(|p| (p.codec, p.bytes)),
         });
-        match frame.encode_split(replies) {
+        match frame.encode_split_ref(replies) {
             Ok(tail) if replies.len() - mark + tail.len() <= self.shared.config.inline_threshold => {
                 if tail.len() < COPY_BELOW {
-                    replies.extend_from_slice(&tail);
+                    replies.extend_from_slice(tail);
                     None
                 } else {
-                    Some(tail)
+                    Some(tail.clone())
                 }
             }
             _ => {
@@ -1349,23 +1374,50 @@ pub(crate) fn in_span<F: std::future::Future>(
     }
 }
 
+/// Encodes `frame` as one buffer of exactly its size (a payload below [`COPY_BELOW`] copied
+/// in, else returned apart, uncopied). One allocation per frame: encoding into a growing
+/// buffer and freezing it took two (the buffer, and the shared header `Bytes` adds when the
+/// capacity is not the length).
+fn encode_frame(frame: &Frame) -> Result<(Bytes, Bytes), FrameError> {
+    thread_local! {
+        // Scratch space reused by every frame encoded on this thread.
+        static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    }
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
+        let tail = frame.encode_split_ref(&mut buf)?;
+        let tail = if tail.len() < COPY_BELOW {
+            buf.extend_from_slice(tail);
+            Bytes::new()
+        } else {
+            tail.clone()
+        };
+        let head = Bytes::copy_from_slice(&buf);
+        // A large frame's head stays small, but do not keep a buffer grown by an odd one.
+        if buf.capacity() > 4 * COPY_BELOW {
+            *buf = BytesMut::new();
+        }
+        Ok((head, tail))
+    })
+}
+
 /// A request answered where it was read.
 pub(crate) struct Answer {
     id: u64,
     result: Result<Payload, Status>,
 }
 
-/// One call of a handler, with the interceptors, the deadline and panics turned into a status.
-async fn run_handler(
-    peer: Peer,
-    handler: Arc<dyn crate::rpc::Handler>,
+/// The rest of a handler call that did not finish on its first poll: the deadline applies,
+/// panics become a status. `reservation` holds the argument's bytes against the
+/// connection's budget until the call ends.
+async fn finish_call(
+    call: futures::future::BoxFuture<'static, Result<Payload, Status>>,
     ctx: Context,
-    args: Payload,
     reservation: Option<tokio::sync::OwnedSemaphorePermit>,
     deadline: Option<Instant>,
 ) -> Result<Payload, Status> {
-    let method = ctx.clone();
-    let call = crate::rpc::security::guarded_call(&peer, handler, ctx, args, reservation);
+    let _reservation = reservation;
     let fut = AssertUnwindSafe(call).catch_unwind();
     let result = match deadline {
         Some(d) => match tokio::time::timeout_at(d.into(), fut).await {
@@ -1374,24 +1426,34 @@ async fn run_handler(
                 Code::DEADLINE_EXCEEDED,
                 format!(
                     "handler for `{}` did not finish before the caller's deadline",
-                    method.method()
+                    ctx.method()
                 ),
             ))),
         },
         None => fut.await,
     };
-    let result = result.unwrap_or_else(|panic| {
-        let msg = panic_message(&panic);
-        tracing::error!(method = method.method(), panic = msg, "handler panicked");
-        Err(Status::new(
-            Code::HANDLER_PANICKED,
-            format!("handler for `{}` failed: it panicked: {msg}", method.method()),
-        ))
-    });
+    match result {
+        Ok(result) => finished(&ctx, result),
+        Err(panic) => panicked(&ctx, &panic),
+    }
+}
+
+/// A handler's result, logged when it is an error.
+fn finished(ctx: &Context, result: Result<Payload, Status>) -> Result<Payload, Status> {
     if let Err(s) = &result {
-        tracing::debug!(method = method.method(), code = %s.code(), "handler returned an error");
+        tracing::debug!(method = ctx.method(), code = %s.code(), "handler returned an error");
     }
     result
+}
+
+/// The status answering a call whose handler panicked.
+fn panicked(ctx: &Context, panic: &Box<dyn std::any::Any + Send>) -> Result<Payload, Status> {
+    let msg = panic_message(panic);
+    tracing::error!(method = ctx.method(), panic = msg, "handler panicked");
+    Err(Status::new(
+        Code::HANDLER_PANICKED,
+        format!("handler for `{}` failed: it panicked: {msg}", ctx.method()),
+    ))
 }
 
 /// Removes a pending call and sends a cancel when the caller stops waiting.

@@ -69,11 +69,17 @@ impl Outbox {
     /// stays open after it. `Err` when the writer is gone.
     pub(super) async fn send(&self, o: Outgoing, batch: bool) -> Result<(), Closed> {
         let o = match o {
-            Outgoing::Frame { head, tail } => match self.write_direct(&head, &tail, batch) {
-                Direct::Done => return Ok(()),
-                Direct::Failed(e) => return Err(Closed::Write(e)),
-                Direct::NotNow => Outgoing::Frame { head, tail },
-            },
+            Outgoing::Frame { head, tail } => {
+                let mut chunks = [head, tail];
+                match self.write_direct(&mut chunks, batch) {
+                    Direct::Done => return Ok(()),
+                    Direct::Failed(e) => return Err(Closed::Write(e)),
+                    Direct::NotNow => {
+                        let [head, tail] = chunks;
+                        Outgoing::Frame { head, tail }
+                    }
+                }
+            }
             other => other,
         };
         let permit = self.queue.reserve().await.map_err(|_| Closed::Gone)?;
@@ -97,18 +103,29 @@ impl Outbox {
         Ok(())
     }
 
-    /// Writes one frame straight into quinn if the writer lends the stream and nothing is
-    /// queued. Never waits: quinn is polled once.
-    fn write_direct(&self, head: &Bytes, tail: &Bytes, batch: bool) -> Direct {
+    /// Writes one frame (`[head, tail]`) straight into quinn if the writer lends the stream
+    /// and nothing is queued. Never waits: quinn is polled once. On `NotNow` the chunks are
+    /// untouched.
+    fn write_direct(&self, chunks: &mut [Bytes; 2], batch: bool) -> Direct {
         let mut lent = lock(&self.lent);
-        if lent.queued {
+        if lent.queued || lent.send.is_none() {
             return Direct::NotNow;
+        }
+        let mut woken = false;
+        if !batch {
+            // One frame closes the path. The writer is woken before quinn's driver (which the
+            // write wakes), so that the driver, woken last, runs first and sends the frame.
+            let Ok(permit) = self.queue.try_reserve() else {
+                return Direct::NotNow;
+            };
+            lent.queued = true;
+            permit.send(Outgoing::Wake);
+            woken = true;
         }
         let Some(send) = lent.send.as_mut() else {
             return Direct::NotNow;
         };
-        let mut chunks = [head.clone(), tail.clone()];
-        let written = match send.write_chunks(&mut chunks).now_or_never() {
+        let written = match send.write_chunks(chunks).now_or_never() {
             // Blocked by flow control: nothing was written.
             None => return Direct::NotNow,
             Some(Err(e)) => return Direct::Failed(e),
@@ -116,20 +133,22 @@ impl Outbox {
         };
         // quinn advanced a partly written chunk in place; `written.chunks` are complete.
         let rest: Vec<Bytes> = chunks[written.chunks..]
-            .iter()
+            .iter_mut()
             .filter(|c| !c.is_empty())
-            .cloned()
+            .map(std::mem::take)
             .collect();
-        if rest.is_empty() && batch {
+        if rest.is_empty() {
             return Direct::Done;
         }
-        // Close the direct path and wake the writer, which writes the rest (before anything
-        // else) and lends the stream again once the queue is empty.
+        // The writer writes the rest before anything else, then lends the stream again once
+        // the queue is empty.
         lent.leftover = rest;
         lent.queued = true;
         // Full: the writer is awake anyway. Closed: the connection is over.
-        if let Ok(permit) = self.queue.try_reserve() {
-            permit.send(Outgoing::Wake);
+        if !woken {
+            if let Ok(permit) = self.queue.try_reserve() {
+                permit.send(Outgoing::Wake);
+            }
         }
         Direct::Done
     }

@@ -21,7 +21,6 @@ use crate::rpc::limits::{
 };
 use crate::rpc::{ClientBuilder, Context, Handler, Payload, ServerBuilder, ServerHandle};
 use echostream_types::{Metadata, Status};
-use futures::future::BoxFuture;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -211,7 +210,8 @@ impl ConnGuard {
         Ok(())
     }
 
-    fn has_chain(&self) -> bool {
+    /// Whether any interceptor is registered.
+    pub(crate) fn has_chain(&self) -> bool {
         !self.policy.chain.is_empty()
     }
 
@@ -260,23 +260,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Wraps a handler call with the interceptor chain (the rate limits were checked by the reader).
-pub(crate) fn guarded_call(
-    peer: &Peer,
+/// Runs a handler call behind the interceptor chain (the rate limits were checked by the
+/// reader).
+pub(crate) async fn guarded_call(
+    peer: Peer,
     handler: Arc<dyn Handler>,
     ctx: Context,
     args: Payload,
-    reservation: Option<OwnedSemaphorePermit>,
-) -> BoxFuture<'static, Result<Payload, Status>> {
-    let peer = peer.clone();
-    Box::pin(async move {
-        // Holds the argument's bytes against the connection's budget until the call ends.
-        let _reservation = reservation;
-        if peer.guard().has_chain() {
-            peer.guard().check_chain(&ctx, CallKind::Request).await?;
-        }
-        handler.call(ctx, args).await
-    })
+) -> Result<Payload, Status> {
+    if peer.guard().has_chain() {
+        peer.guard().check_chain(&ctx, CallKind::Request).await?;
+    }
+    handler.call(ctx, args).await
 }
 
 /// Rate limits and interceptors for an incoming event; `Err` means drop it.
