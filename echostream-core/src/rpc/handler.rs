@@ -68,6 +68,12 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
     /// Runs the handler on an encoded argument, returning the encoded result.
+    ///
+    /// The connection polls the returned future once where it read the request, and moves it
+    /// to a task of its own only if it is not ready: most handlers answer without waiting, and
+    /// then no task is spawned. So a handler must not block its thread (as in any async
+    /// code): before its first `.await` it would also hold up the other requests of its
+    /// connection. Move long computations to `tokio::task::spawn_blocking`.
     fn call(&self, ctx: Context, args: Payload) -> BoxFuture<'static, Result<Payload, Status>>;
 }
 
