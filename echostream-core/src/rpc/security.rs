@@ -261,16 +261,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Runs a handler call behind the interceptor chain (the rate limits were checked by the
-/// reader).
+/// reader, which calls the handler directly when there is no chain).
 pub(crate) async fn guarded_call(
     peer: Peer,
     handler: Arc<dyn Handler>,
     ctx: Context,
     args: Payload,
 ) -> Result<Payload, Status> {
-    if peer.guard().has_chain() {
-        peer.guard().check_chain(&ctx, CallKind::Request).await?;
-    }
+    peer.guard().check_chain(&ctx, CallKind::Request).await?;
     handler.call(ctx, args).await
 }
 
