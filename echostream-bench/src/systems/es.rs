@@ -85,11 +85,7 @@ pub(crate) async fn connect(addr: &str, fingerprint: Fingerprint) -> Res<RpcClie
 pub(crate) async fn echostream_zero_rtt_connect(
     addr: &str,
     fingerprint: Fingerprint,
-) -> Option<Res<std::time::Duration>> {
-    Some(zero_rtt_connect(addr, fingerprint).await)
-}
-
-async fn zero_rtt_connect(addr: &str, fingerprint: Fingerprint) -> Res<std::time::Duration> {
+) -> Res<std::time::Duration> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     use std::time::Instant;
