@@ -267,6 +267,13 @@ enum Outgoing {
     },
     /// A direct write left bytes for the writer (see `outbox`).
     Wake,
+    /// A batch of the reader's answers; `_budget` holds its bytes against the outbox's bound
+    /// on queued answers until the writer takes it.
+    Replies {
+        head: Bytes,
+        tail: Bytes,
+        _budget: tokio::sync::OwnedSemaphorePermit,
+    },
 }
 
 type ReplySender = oneshot::Sender<Result<(Codec, Bytes), Error>>;
@@ -885,7 +892,7 @@ impl Peer {
                 "broadcast event larger than the peer's frame limit; not sent to it");
             return Delivery::Skipped;
         }
-        match tokio::time::timeout(wait, self.shared.out.send(Outgoing::Frame { head, tail }, false)).await {
+        match tokio::time::timeout(wait, self.shared.out.send(Outgoing::Frame { head, tail })).await {
             Ok(Ok(())) => Delivery::Queued,
             Ok(Err(e)) => {
                 self.note_write_failure(e);
@@ -919,13 +926,7 @@ impl Peer {
     /// them), then closes the connection with `code`.
     pub(crate) async fn finish_and_close(&self, code: CloseCode, reason: &str, wait: Duration) {
         let (tx, rx) = oneshot::channel();
-        if self
-            .shared
-            .out
-            .send(Outgoing::Finish(tx, wait), false)
-            .await
-            .is_ok()
-        {
+        if self.shared.out.send(Outgoing::Finish(tx, wait)).await.is_ok() {
             let _ = tokio::time::timeout(wait, rx).await;
         }
         // Record the reason first: the tasks that notice the close would
@@ -1057,7 +1058,7 @@ impl Peer {
             self.wait_established().await?;
             return self.send_on_side_stream(head, tail).await;
         }
-        match self.shared.out.send(Outgoing::Frame { head, tail }, false).await {
+        match self.shared.out.send(Outgoing::Frame { head, tail }).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.note_write_failure(e);
@@ -1485,7 +1486,7 @@ impl Drop for CancelGuard<'_> {
             if let Err(mpsc::error::TrySendError::Full(out)) = self.peer.shared.out.try_send(out) {
                 let tx = self.peer.shared.out.clone();
                 tokio::spawn(async move {
-                    let _ = tx.send(out, false).await;
+                    let _ = tx.send(out).await;
                 });
             }
         }
@@ -1559,7 +1560,8 @@ fn collect_batch(
     let mut next = Some(first);
     while let Some(o) = next.take() {
         match o {
-            Outgoing::Frame { head, tail } => {
+            // An answer batch's budget is given back here: the queue no longer holds it.
+            Outgoing::Frame { head, tail } | Outgoing::Replies { head, tail, .. } => {
                 batched += head.len() + tail.len();
                 buf.extend_from_slice(&head);
                 if tail.len() < COPY_BELOW {
@@ -1934,7 +1936,7 @@ async fn flush_replies(peer: &Peer, replies: &mut BytesMut, tail: Bytes) -> bool
         return true;
     }
     let head = replies.split().freeze();
-    match peer.shared.out.send(Outgoing::Frame { head, tail }, true).await {
+    match peer.shared.out.send_replies(head, tail).await {
         Ok(()) => true,
         Err(e) => {
             peer.note_write_failure(e);
@@ -2150,7 +2152,7 @@ async fn clock_sync_task(shared: std::sync::Weak<Shared>, sync: Arc<ClockSync>) 
         for _ in 0..rounds {
             let before = *answers.borrow_and_update();
             for _ in 0..per_round {
-                if out.send(Outgoing::TimeProbe, false).await.is_err() {
+                if out.send(Outgoing::TimeProbe).await.is_err() {
                     return;
                 }
                 tokio::task::yield_now().await;

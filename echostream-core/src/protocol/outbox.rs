@@ -18,7 +18,13 @@ use super::Outgoing;
 use bytes::Bytes;
 use futures::FutureExt;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
+
+/// Bytes of the reader's answer batches that may wait in the writer's queue. The queue
+/// counts frames (1,024), and a batch can hold 64 KiB of answers: without this bound a peer
+/// that sends requests and never reads the answers would park 64 MiB here before the reader
+/// stops reading (and QUIC flow control holds the peer back).
+const QUEUED_REPLY_BYTES: usize = 256 * 1024;
 
 /// What a direct write did.
 pub(super) enum Direct {
@@ -47,6 +53,8 @@ pub(super) struct Lent {
 pub(super) struct Outbox {
     queue: mpsc::Sender<Outgoing>,
     lent: Arc<Mutex<Lent>>,
+    /// Budget of [`QUEUED_REPLY_BYTES`] for answer batches in the queue.
+    reply_bytes: Arc<Semaphore>,
 }
 
 impl Outbox {
@@ -58,6 +66,7 @@ impl Outbox {
             Self {
                 queue,
                 lent: lent.clone(),
+                reply_bytes: Arc::new(Semaphore::new(QUEUED_REPLY_BYTES)),
             },
             rx,
             lent,
@@ -65,13 +74,12 @@ impl Outbox {
     }
 
     /// Sends `o`, directly when the writer is idle, else through the queue (waiting for room).
-    /// `batch` says that `o` holds many frames (the reader's answers): the direct path then
-    /// stays open after it. `Err` when the writer is gone.
-    pub(super) async fn send(&self, o: Outgoing, batch: bool) -> Result<(), Closed> {
+    /// `Err` when the writer is gone.
+    pub(super) async fn send(&self, o: Outgoing) -> Result<(), Closed> {
         let o = match o {
             Outgoing::Frame { head, tail } => {
                 let mut chunks = [head, tail];
-                match self.write_direct(&mut chunks, batch) {
+                match self.write_direct(&mut chunks, false) {
                     Direct::Done => return Ok(()),
                     Direct::Failed(e) => return Err(Closed::Write(e)),
                     Direct::NotNow => {
@@ -82,6 +90,38 @@ impl Outbox {
             }
             other => other,
         };
+        self.enqueue(o).await
+    }
+
+    /// Sends the reader's batch of answers (`head`, then `tail` uncopied): directly when the
+    /// writer is idle (the direct path stays open after it), else through the queue once the
+    /// queued answers are within [`QUEUED_REPLY_BYTES`] (the reader waits meanwhile, and so
+    /// stops reading). `Err` when the writer is gone.
+    pub(super) async fn send_replies(&self, head: Bytes, tail: Bytes) -> Result<(), Closed> {
+        let mut chunks = [head, tail];
+        match self.write_direct(&mut chunks, true) {
+            Direct::Done => return Ok(()),
+            Direct::Failed(e) => return Err(Closed::Write(e)),
+            Direct::NotNow => {}
+        }
+        let [head, tail] = chunks;
+        let len = (head.len() + tail.len()).clamp(1, QUEUED_REPLY_BYTES);
+        let budget = self
+            .reply_bytes
+            .clone()
+            .acquire_many_owned(u32::try_from(len).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| Closed::Gone)?;
+        self.enqueue(Outgoing::Replies {
+            head,
+            tail,
+            _budget: budget,
+        })
+        .await
+    }
+
+    /// Puts `o` in the writer's queue, waiting for room; closes the direct path.
+    async fn enqueue(&self, o: Outgoing) -> Result<(), Closed> {
         let permit = self.queue.reserve().await.map_err(|_| Closed::Gone)?;
         let mut lent = lock(&self.lent);
         lent.queued = true;
