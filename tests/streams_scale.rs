@@ -172,3 +172,88 @@ async fn ten_thousand_concurrent_echo_streams_on_one_connection_all_complete_and
         elapsed.as_secs_f64() * 1e3
     );
 }
+
+#[echostream::handler("echo")]
+async fn echo_number(_ctx: Context, x: u64) -> Result<u64> {
+    Ok(x)
+}
+
+/// The congestion window the client's side of the connection uses now.
+fn client_window(client: &RpcClient) -> u64 {
+    client.peer().quinn_connection().stats().path.cwnd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_limit_the_congestion_window_of_a_bulk_stream_until_they_stop() {
+    // While calls run, the side sending them keeps little stream data in flight (at least
+    // `CallPriority::min_window`, 32 KiB): the window the bulk stream had alone comes down,
+    // and goes back up once the calls stop and the hold (50 ms) has passed.
+    const ALONE: u64 = 128 << 10;
+    const WITH_CALLS: u64 = 64 << 10;
+    init_tracing();
+    let srv = serve_streams(RpcServer::builder().handler(echo_number));
+    let mut incoming = srv.streams.accept("bulk").expect("accept bulk");
+    let client = connect(&srv.server).await;
+    let (opener, accepted) = bounded("pairing", async {
+        tokio::join!(client.open_stream("bulk"), incoming.next_stream())
+    })
+    .await;
+    let (opener, (_, acceptor)) = (opener.unwrap(), accepted.unwrap());
+    let sink = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Ok(Some(c)) = acceptor.read_chunk().await {
+            n += c.len() as u64;
+        }
+        n
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let chunk = Bytes::from(vec![7u8; 64 << 10]);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                opener.write_chunk(chunk.clone()).await.unwrap();
+                n += chunk.len() as u64;
+            }
+            opener.write_eof().await.unwrap();
+            n
+        }
+    });
+
+    eventually("the bulk stream's window grows past 128 KiB", || {
+        client_window(&client) > ALONE
+    })
+    .await;
+    let calling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let caller = tokio::spawn({
+        let (client, calling) = (client.clone(), calling.clone());
+        async move {
+            let mut calls = 0u64;
+            while calling.load(std::sync::atomic::Ordering::Relaxed) {
+                let back: u64 = client.request("echo", calls).await.unwrap();
+                assert_eq!(back, calls);
+                calls += 1;
+            }
+            calls
+        }
+    });
+    eventually("the window comes down to 64 KiB or less while calls run", || {
+        client_window(&client) <= WITH_CALLS
+    })
+    .await;
+    calling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let calls = bounded("the caller stops", caller).await.unwrap();
+    eventually("the window grows past 128 KiB again after the calls", || {
+        client_window(&client) > ALONE
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = bounded("the writer stops", writer).await.unwrap();
+    let received = bounded("the sink drains", sink).await.unwrap();
+    assert_eq!(received, sent, "all bulk data arrived");
+    println!(
+        "{calls} calls during the bulk stream; {} MB moved",
+        sent / 1_000_000
+    );
+}

@@ -2,14 +2,17 @@
 //!
 //! - [`tls`]: identities, trust modes, fingerprints, rustls configurations.
 //! - [`client_auth`]: client certificates (mutual TLS), the TLS key log, peer certificates.
+//! - [`priority`]: small calls before bulk data (a congestion-window limit while calls run).
 //! - `resumption`: the TLS session tickets a client keeps per server (resumption, 0-RTT).
 //! - this module: UDP sockets with enlarged buffers, quinn endpoints and the
 //!   transport settings EchoStream applies to every connection.
 
 pub mod client_auth;
+pub mod priority;
 pub(crate) mod resumption;
 pub mod tls;
 
+pub use priority::CallPriority;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +76,11 @@ pub struct TransportOptions {
     /// trip varies a lot (±50 %), packets that are merely slow pass 9/8 and
     /// are resent needlessly; raise it there.
     pub loss_time_threshold: f32,
+    /// Small calls before bulk data: while this side sends requests, answers or events, its
+    /// congestion window is limited so that little stream data is on the way ahead of them
+    /// (see [`priority`]). Default on ([`CallPriority::default`]); `None` turns it off and
+    /// bulk streams keep their full speed while calls wait behind their data.
+    pub call_priority: Option<CallPriority>,
 }
 
 /// Which congestion controller a connection uses.
@@ -107,6 +115,7 @@ impl Default for TransportOptions {
             congestion: Congestion::Cubic,
             reordering_threshold: 3,
             loss_time_threshold: 9.0 / 8.0,
+            call_priority: Some(CallPriority::default()),
         }
     }
 }
@@ -114,8 +123,9 @@ impl Default for TransportOptions {
 impl TransportOptions {
     /// Settings for a lossy, jittery path (Wi-Fi, radio links): BBR instead
     /// of CUBIC, loss detection that tolerates reordering (64 packets,
-    /// twice the round trip), and quinn's larger stream window (1.25 MB, for
-    /// the longer round trip). Measured through the test relay at 5 % loss
+    /// twice the round trip), quinn's larger stream window (1.25 MB, for
+    /// the longer round trip) and no call priority (jitter would pass for
+    /// queueing). Measured through the test relay at 5 % loss
     /// and 20 ms ± 10 ms each way: one stream moves about 5 MB/s, against
     /// about 0.1 MB/s with the defaults (see `tests/faults_streams.rs`).
     /// The price: more needless retransmissions (packets declared lost late
@@ -127,6 +137,9 @@ impl TransportOptions {
             stream_receive_window: Some(1_250_000),
             reordering_threshold: 64,
             loss_time_threshold: 2.0,
+            // Round trips that swing ±50 % look like queueing to the call priority's limit,
+            // which would then hold bulk streams at its least window whenever calls run.
+            call_priority: None,
             ..Self::default()
         }
     }
@@ -151,15 +164,18 @@ impl TransportOptions {
         }
         t.packet_threshold(self.reordering_threshold.max(3));
         t.time_threshold(self.loss_time_threshold.max(9.0 / 8.0));
-        match self.congestion {
-            Congestion::Cubic => {}
-            Congestion::NewReno => {
-                t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()));
-            }
-            Congestion::Bbr => {
-                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
-            }
-        }
+        let controller: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> = match self.congestion {
+            Congestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+            Congestion::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
+            Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        };
+        match self.call_priority {
+            Some(cfg) => t.congestion_controller_factory(Arc::new(priority::PriorityFactory {
+                inner: controller,
+                cfg,
+            })),
+            None => t.congestion_controller_factory(controller),
+        };
         Ok(Arc::new(t))
     }
 }

@@ -394,7 +394,10 @@ impl Peer {
         server: Option<crate::rpc::ServerHandle>,
         early: Option<EarlyStart>,
     ) -> Peer {
-        let (out_tx, out_rx, lent) = outbox::Outbox::new(config.write_queue);
+        let (out_tx, out_rx, lent) = outbox::Outbox::new(
+            config.write_queue,
+            crate::connection::priority::activity_of(&conn),
+        );
         let (mut client_early, mut tls_done, mut welcome_pending) = (None, None, false);
         let zero_rtt = match early {
             None => ZeroRtt::NotAttempted,

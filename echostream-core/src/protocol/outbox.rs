@@ -15,6 +15,7 @@
 //! the path open.
 
 use super::Outgoing;
+use crate::connection::priority::CallActivity;
 use bytes::Bytes;
 use futures::FutureExt;
 use std::sync::{Arc, Mutex};
@@ -55,11 +56,17 @@ pub(super) struct Outbox {
     lent: Arc<Mutex<Lent>>,
     /// Budget of [`QUEUED_REPLY_BYTES`] for answer batches in the queue.
     reply_bytes: Arc<Semaphore>,
+    /// Told of every frame, so that bulk data yields to calls (`None` when the connection's
+    /// call priority is off).
+    calls: Option<Arc<CallActivity>>,
 }
 
 impl Outbox {
     /// An outbox and the writer's ends (its queue and the lending slot).
-    pub(super) fn new(capacity: usize) -> (Self, mpsc::Receiver<Outgoing>, Arc<Mutex<Lent>>) {
+    pub(super) fn new(
+        capacity: usize,
+        calls: Option<Arc<CallActivity>>,
+    ) -> (Self, mpsc::Receiver<Outgoing>, Arc<Mutex<Lent>>) {
         let (queue, rx) = mpsc::channel(capacity.max(1));
         let lent = Arc::new(Mutex::new(Lent::default()));
         (
@@ -67,6 +74,7 @@ impl Outbox {
                 queue,
                 lent: lent.clone(),
                 reply_bytes: Arc::new(Semaphore::new(QUEUED_REPLY_BYTES)),
+                calls,
             },
             rx,
             lent,
@@ -78,6 +86,7 @@ impl Outbox {
     pub(super) async fn send(&self, o: Outgoing) -> Result<(), Closed> {
         let o = match o {
             Outgoing::Frame { head, tail } => {
+                self.mark();
                 let mut chunks = [head, tail];
                 match self.write_direct(&mut chunks, false) {
                     Direct::Done => return Ok(()),
@@ -98,6 +107,7 @@ impl Outbox {
     /// queued answers are within [`QUEUED_REPLY_BYTES`] (the reader waits meanwhile, and so
     /// stops reading). `Err` when the writer is gone.
     pub(super) async fn send_replies(&self, head: Bytes, tail: Bytes) -> Result<(), Closed> {
+        self.mark();
         let mut chunks = [head, tail];
         match self.write_direct(&mut chunks, true) {
             Direct::Done => return Ok(()),
@@ -132,6 +142,9 @@ impl Outbox {
     /// Queues `o` without waiting (never the direct path: for answers to probes, which are
     /// stamped by the writer, and for cancels sent from `Drop`).
     pub(super) fn try_send(&self, o: Outgoing) -> Result<(), mpsc::error::TrySendError<Outgoing>> {
+        if let Outgoing::Frame { .. } = o {
+            self.mark();
+        }
         let permit = match self.queue.try_reserve() {
             Ok(p) => p,
             Err(mpsc::error::TrySendError::Full(())) => return Err(mpsc::error::TrySendError::Full(o)),
@@ -141,6 +154,15 @@ impl Outbox {
         lent.queued = true;
         permit.send(o);
         Ok(())
+    }
+
+    /// Tells the call priority that an application frame (request, answer, event, cancel)
+    /// goes out. Clock probes do not count: they are a second's background work, and the
+    /// clock filter keeps the samples that were not delayed.
+    fn mark(&self) {
+        if let Some(c) = &self.calls {
+            c.mark();
+        }
     }
 
     /// Writes one frame (`[head, tail]`) straight into quinn if the writer lends the stream
