@@ -1960,11 +1960,13 @@ async fn side_stream_task(peer: Peer) {
                     tokio::spawn(async move {
                         let mut recv = recv;
                         let mut kind = [0u8; 1];
+                        // Boxed: the task is only as large as what it awaits, and thousands
+                        // of error halves can be arriving at once.
                         match recv.read_exact(&mut kind).await {
                             Ok(()) if kind[0] == crate::stream::ERROR_HALF => {
-                                crate::stream::incoming_uni(peer, recv).await
+                                Box::pin(crate::stream::incoming_uni(peer, recv)).await
                             }
-                            Ok(()) => read_side_frame(peer, kind[0], recv).await,
+                            Ok(()) => Box::pin(read_side_frame(peer, kind[0], recv)).await,
                             Err(e) => tracing::debug!(error = %e, "side stream read failed"),
                         }
                     });

@@ -782,11 +782,10 @@ pub(crate) async fn run_stream_handler(handler: Arc<dyn StreamHandler>, ctx: Con
         }
         Err(status) => {
             tracing::debug!(stream = name, error = %status, "stream handler failed");
-            if keep
-                .error_write(&wire::encode_status(&status), true)
-                .await
-                .is_err()
-            {
+            // Boxed: a rare path whose future (about 600 bytes) would otherwise enlarge every
+            // stream handler's task.
+            let written = Box::pin(keep.error_write(&wire::encode_status(&status), true)).await;
+            if written.is_err() {
                 let _ = keep.close().await;
             }
         }
