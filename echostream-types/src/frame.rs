@@ -183,24 +183,7 @@ impl Frame {
                 &EMPTY
             }
             Frame::Request(r) => {
-                dst.put_u8(ty::REQUEST);
-                dst.put_u64(r.id);
-                let mut flags = 0;
-                if r.deadline.is_some() {
-                    flags |= FLAG_DEADLINE;
-                }
-                if !r.metadata.is_empty() {
-                    flags |= FLAG_METADATA;
-                }
-                dst.put_u8(flags);
-                put_str(dst, "method", &r.method)?;
-                dst.put_u8(r.codec.tag());
-                if let Some(d) = r.deadline {
-                    dst.put_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-                }
-                if !r.metadata.is_empty() {
-                    put_metadata(dst, &r.metadata)?;
-                }
+                RequestRef::from(r).put_body(dst)?;
                 &r.payload
             }
             Frame::Response(r) => match &r.result {
@@ -263,12 +246,7 @@ impl Frame {
                 &EMPTY
             }
         };
-        let len = dst.len() - start - LENGTH_PREFIX + tail.len();
-        let len = u32::try_from(len).map_err(|_| FrameError::TooLarge {
-            declared: len as u64,
-            limit: u32::MAX,
-        })?;
-        dst[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+        patch_length(dst, start, tail.len())?;
         Ok(tail)
     }
 
@@ -487,6 +465,85 @@ pub enum FrameError {
     /// Any other malformation.
     #[error("malformed frame: {0}")]
     Malformed(String),
+}
+
+/// Writes the length of the frame that starts at `start` in `dst` (its prefix reserved as zero),
+/// counting a payload of `tail` bytes still to follow.
+fn patch_length(dst: &mut BytesMut, start: usize, tail: usize) -> Result<(), FrameError> {
+    let len = dst.len() - start - LENGTH_PREFIX + tail;
+    let len = u32::try_from(len).map_err(|_| FrameError::TooLarge {
+        declared: len as u64,
+        limit: u32::MAX,
+    })?;
+    dst[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// A request frame that borrows its method name, metadata and payload: the caller encodes it
+/// without building a [`RequestFrame`] (whose `String` method would be an allocation per call).
+/// Encodes exactly as `Frame::Request`.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRef<'a> {
+    /// Request id (see [`RequestFrame::id`]).
+    pub id: u64,
+    /// Method name.
+    pub method: &'a str,
+    /// Codec of the payload.
+    pub codec: Codec,
+    /// Time the caller will wait, relative to when the frame was sent.
+    pub deadline: Option<Duration>,
+    /// Call metadata.
+    pub metadata: &'a Metadata,
+    /// Encoded arguments.
+    pub payload: &'a Bytes,
+}
+
+impl<'a> From<&'a RequestFrame> for RequestRef<'a> {
+    fn from(r: &'a RequestFrame) -> Self {
+        RequestRef {
+            id: r.id,
+            method: &r.method,
+            codec: r.codec,
+            deadline: r.deadline,
+            metadata: &r.metadata,
+            payload: &r.payload,
+        }
+    }
+}
+
+impl<'a> RequestRef<'a> {
+    /// [`Frame::encode_split_ref`] for this request: everything but the payload into `dst`,
+    /// and the payload to write right after it.
+    pub fn encode_split_ref(&self, dst: &mut BytesMut) -> Result<&'a Bytes, FrameError> {
+        let start = dst.len();
+        dst.put_u32(0); // length, patched below
+        self.put_body(dst)?;
+        patch_length(dst, start, self.payload.len())?;
+        Ok(self.payload)
+    }
+
+    /// Type byte and body up to the payload.
+    fn put_body(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
+        dst.put_u8(ty::REQUEST);
+        dst.put_u64(self.id);
+        let mut flags = 0;
+        if self.deadline.is_some() {
+            flags |= FLAG_DEADLINE;
+        }
+        if !self.metadata.is_empty() {
+            flags |= FLAG_METADATA;
+        }
+        dst.put_u8(flags);
+        put_str(dst, "method", self.method)?;
+        dst.put_u8(self.codec.tag());
+        if let Some(d) = self.deadline {
+            dst.put_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        }
+        if !self.metadata.is_empty() {
+            put_metadata(dst, self.metadata)?;
+        }
+        Ok(())
+    }
 }
 
 fn put_str(dst: &mut BytesMut, field: &'static str, s: &str) -> Result<(), FrameError> {
@@ -874,6 +931,18 @@ mod tests {
         #[test]
         fn encode_then_decode_is_identity(f in arb_frame()) {
             prop_assert_eq!(round_trip(&f), f);
+        }
+
+        #[test]
+        fn a_borrowed_request_encodes_exactly_as_the_owned_one(f in arb_frame()) {
+            if let Frame::Request(r) = &f {
+                let mut owned = BytesMut::new();
+                let owned_tail = f.encode_split_ref(&mut owned).unwrap().clone();
+                let mut borrowed = BytesMut::new();
+                let borrowed_tail = RequestRef::from(r).encode_split_ref(&mut borrowed).unwrap();
+                prop_assert_eq!(&owned, &borrowed);
+                prop_assert_eq!(&owned_tail, borrowed_tail);
+            }
         }
 
         #[test]

@@ -25,7 +25,9 @@ pub mod metadata;
 pub mod status;
 
 pub use codec::{Codec, CodecError};
-pub use frame::{EventFrame, Frame, FrameDecoder, FrameError, Hello, RequestFrame, ResponseFrame};
+pub use frame::{
+    EventFrame, Frame, FrameDecoder, FrameError, Hello, RequestFrame, RequestRef, ResponseFrame,
+};
 pub use metadata::Metadata;
 pub use status::{CloseCode, Code, Status};
 

@@ -33,7 +33,7 @@ use crate::Error;
 use bytes::{Bytes, BytesMut};
 use echostream_types::frame::LENGTH_PREFIX;
 use echostream_types::{
-    CloseCode, Code, Codec, EventFrame, Frame, FrameDecoder, FrameError, Metadata, RequestFrame,
+    CloseCode, Code, Codec, EventFrame, Frame, FrameDecoder, FrameError, Metadata, RequestFrame, RequestRef,
     ResponseFrame, Status,
 };
 use futures::FutureExt;
@@ -803,17 +803,18 @@ impl Peer {
             id,
             armed: true,
         };
-        let frame = Frame::Request(RequestFrame {
+        let request = RequestRef {
             id,
-            method: method.to_owned(),
+            method,
             codec: args.codec,
             deadline: timeout,
-            metadata: opts.metadata,
-            payload: args.bytes,
-        });
+            metadata: &opts.metadata,
+            payload: &args.bytes,
+        };
         tracing::debug!(method, id, "request");
+        let encoded = encode_with(|buf| request.encode_split_ref(buf));
         let sent = self
-            .send_frame(&frame, || format!("request `{method}`"), true)
+            .send_encoded(encoded, || format!("request `{method}`"), true)
             .await;
         if let Err(e) = sent {
             guard.forget();
@@ -1043,7 +1044,18 @@ impl Peer {
         what: impl Fn() -> String,
         may_use_side_stream: bool,
     ) -> Result<(), Error> {
-        let (head, tail) = encode_frame(frame).map_err(|e| match e {
+        self.send_encoded(encode_frame(frame), what, may_use_side_stream)
+            .await
+    }
+
+    /// [`Peer::send_frame`] for a frame already encoded as (head, payload).
+    async fn send_encoded(
+        &self,
+        encoded: Result<(Bytes, Bytes), FrameError>,
+        what: impl Fn() -> String,
+        may_use_side_stream: bool,
+    ) -> Result<(), Error> {
+        let (head, tail) = encoded.map_err(|e| match e {
             FrameError::FieldTooLong { .. } => Error::Config(format!("{}: {e}", what())),
             other => Error::Protocol(other.to_string()),
         })?;
@@ -1383,6 +1395,15 @@ pub(crate) fn in_span<F: std::future::Future>(
 /// buffer and freezing it took two (the buffer, and the shared header `Bytes` adds when the
 /// capacity is not the length).
 fn encode_frame(frame: &Frame) -> Result<(Bytes, Bytes), FrameError> {
+    encode_with(|buf| frame.encode_split_ref(buf))
+}
+
+/// Runs `encode` (which writes a frame up to its payload and returns the payload) in the
+/// thread's scratch buffer; returns the frame as (head, payload), small payloads copied into
+/// the head.
+fn encode_with<'a>(
+    encode: impl FnOnce(&mut BytesMut) -> Result<&'a Bytes, FrameError>,
+) -> Result<(Bytes, Bytes), FrameError> {
     thread_local! {
         // Scratch space reused by every frame encoded on this thread.
         static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
@@ -1390,7 +1411,7 @@ fn encode_frame(frame: &Frame) -> Result<(Bytes, Bytes), FrameError> {
     SCRATCH.with(|scratch| {
         let mut buf = scratch.borrow_mut();
         buf.clear();
-        let tail = frame.encode_split_ref(&mut buf)?;
+        let tail = encode(&mut buf)?;
         let tail = if tail.len() < COPY_BELOW {
             buf.extend_from_slice(tail);
             Bytes::new()
