@@ -29,6 +29,26 @@ use std::time::{Duration, Instant};
 
 /// Settings of the small-call priority (see [`TransportOptions::call_priority`]).
 ///
+/// A longer hold suits calls or events that come at a slower pace than every 50 ms (the
+/// limit should not lapse between them); a larger least window keeps more of a bulk
+/// stream's speed on a path with a long round trip. It acts on the side that sends: calls
+/// (or answers, or events) wait behind the bulk data of the side they leave from. `None`
+/// turns it off.
+///
+/// ```
+/// use echostream_core::connection::{CallPriority, TransportOptions};
+/// use std::time::Duration;
+///
+/// let opts = TransportOptions {
+///     call_priority: Some(CallPriority {
+///         hold: Duration::from_millis(200),
+///         min_window: 64 * 1024,
+///     }),
+///     ..TransportOptions::default()
+/// };
+/// # let _ = opts;
+/// ```
+///
 /// [`TransportOptions::call_priority`]: super::TransportOptions::call_priority
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallPriority {
