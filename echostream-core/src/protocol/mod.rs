@@ -340,6 +340,9 @@ struct Shared {
     router: Arc<Router>,
     /// The way to the control stream: the writer's queue, or a direct write while it is idle.
     out: Arc<outbox::Outbox>,
+    /// What the call priority sees (the outbox marks control frames; stream writes mark
+    /// bulk data); `None` when it is off.
+    calls: Option<Arc<crate::connection::priority::CallActivity>>,
     next_id: AtomicU64,
     /// Our calls waiting for a response, by request id.
     pending: Mutex<HashMap<u64, ReplySender>>,
@@ -394,10 +397,8 @@ impl Peer {
         server: Option<crate::rpc::ServerHandle>,
         early: Option<EarlyStart>,
     ) -> Peer {
-        let (out_tx, out_rx, lent) = outbox::Outbox::new(
-            config.write_queue,
-            crate::connection::priority::activity_of(&conn),
-        );
+        let calls = crate::connection::priority::activity_of(&conn);
+        let (out_tx, out_rx, lent) = outbox::Outbox::new(config.write_queue, calls.clone());
         let (mut client_early, mut tls_done, mut welcome_pending) = (None, None, false);
         let zero_rtt = match early {
             None => ZeroRtt::NotAttempted,
@@ -443,6 +444,7 @@ impl Peer {
             router,
             server,
             out: Arc::new(out_tx),
+            calls,
             next_id: AtomicU64::new(role.first_id()),
             pending: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
@@ -659,6 +661,14 @@ impl Peer {
     /// Number of the peer's requests running here now.
     pub fn inflight_requests(&self) -> usize {
         lock(&self.shared.inflight).len()
+    }
+
+    /// Tells the call priority that stream data (bulk, as opposed to control frames) is being
+    /// written on this connection: only while both run is the congestion window limited.
+    pub(crate) fn note_bulk(&self) {
+        if let Some(c) = &self.shared.calls {
+            c.mark_bulk();
+        }
     }
 
     /// The underlying quinn connection (statistics, advanced use).
@@ -1100,6 +1110,7 @@ impl Peer {
             self.closed_error()
         };
         let mut s = self.shared.conn.open_uni().await.map_err(conn_err)?;
+        self.note_bulk();
         let mut chunks = [Bytes::from_static(&[UNI_FRAME]), head, tail];
         let res = s.write_all_chunks(&mut chunks).await;
         match res {

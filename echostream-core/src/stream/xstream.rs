@@ -296,6 +296,7 @@ impl XStream {
         inner.check_writable("write")?;
         let mut send = inner.send.lock().await;
         inner.check_writable("write")?;
+        inner.peer.note_bulk();
         let r = tokio::select! {
             biased;
             e = inner.interrupted(Dir::Write, "write") => return Err(e),
@@ -319,6 +320,7 @@ impl XStream {
         inner.check_writable("write")?;
         let mut send = inner.send.lock().await;
         inner.check_writable("write")?;
+        inner.peer.note_bulk();
         let r = tokio::select! {
             biased;
             e = inner.interrupted(Dir::Write, "write") => return Err(e),
@@ -338,6 +340,7 @@ impl XStream {
         inner.check_writable("write")?;
         let mut send = inner.send.lock().await;
         inner.check_writable("write")?;
+        inner.peer.note_bulk();
         let r = tokio::select! {
             biased;
             e = inner.interrupted(Dir::Write, "write") => return Err(e),
