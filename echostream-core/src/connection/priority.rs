@@ -8,9 +8,9 @@
 //! already on the way.
 //!
 //! So while this side sends both control frames and stream data (each seen within
-//! [`CallPriority::hold`]), its congestion window is limited, delay-based like TCP Vegas: once per round trip
-//! the limit shrinks by a quarter if the smoothed round trip is more than twice the least
-//! seen (data is queueing), and grows by an eighth otherwise, never below
+//! [`CallPriority::hold`]), its congestion window is limited, delay-based like TCP Vegas:
+//! once per round trip the limit shrinks by a quarter if the smoothed round trip is more than
+//! twice the least seen (data is queueing), and grows by an eighth otherwise, never below
 //! [`CallPriority::min_window`] nor above the congestion controller's own window. Bulk
 //! streams slow down while calls run and get their full speed back when calls stop. Control
 //! frames are sent first within the window (the control stream has a higher quinn priority),
