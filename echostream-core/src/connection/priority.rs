@@ -174,10 +174,10 @@ impl Limit {
         } = a;
         let floor = u64::from(self.cfg.min_window);
         if a.calls {
-            self.calls_until = Some(now + self.cfg.hold);
+            self.calls_until = Some(after(now, self.cfg.hold));
         }
         if a.bulk {
-            self.bulk_until = Some(now + self.cfg.hold);
+            self.bulk_until = Some(after(now, self.cfg.hold));
         }
         let live = |t: Option<Instant>| t.is_some_and(|t| now < t);
         if !(live(self.calls_until) && live(self.bulk_until)) {
@@ -194,11 +194,11 @@ impl Limit {
         if now < self.next_change {
             return;
         }
-        self.next_change = now + srtt;
-        self.window = if srtt > min_rtt * 2 {
+        self.next_change = after(now, srtt);
+        self.window = if srtt > min_rtt.saturating_mul(2) {
             self.window - self.window / 4
         } else {
-            self.window + self.window / 8
+            self.window.saturating_add(self.window / 8)
         }
         .clamp(floor, inner.max(floor));
     }
@@ -211,6 +211,13 @@ impl Limit {
             inner
         }
     }
+}
+
+/// `now + d`, or `now` if that is past what an `Instant` holds: this runs in quinn's
+/// connection driver, where a panic would end the connection (a configured hold or a round
+/// trip can be any `Duration`).
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).unwrap_or(now)
 }
 
 /// A congestion controller wrapped with the [`Limit`].
@@ -449,6 +456,20 @@ mod tests {
         });
         l.on_acks(both(now + 70 * MS, 10 * MS, MS, 512 << 10));
         assert_eq!(l.window(BIG), 384 << 10);
+    }
+
+    #[test]
+    fn extreme_durations_do_not_panic() {
+        let now = Instant::now();
+        let mut l = Limit::new(
+            CallPriority {
+                hold: Duration::MAX,
+                min_window: 32 << 10,
+            },
+            now,
+        );
+        l.on_acks(both(now, Duration::MAX, Duration::MAX, u64::MAX));
+        assert!(l.window(u64::MAX) >= 32 << 10);
     }
 
     #[test]
