@@ -671,6 +671,12 @@ impl Peer {
         }
     }
 
+    /// Whether a stream read should let other tasks run first because calls are running
+    /// on this connection (see `CallActivity::read_yields`).
+    pub(crate) fn read_yields(&self) -> bool {
+        self.shared.calls.as_ref().is_some_and(|c| c.read_yields())
+    }
+
     /// The underlying quinn connection (statistics, advanced use).
     pub fn quinn_connection(&self) -> &quinn::Connection {
         &self.shared.conn

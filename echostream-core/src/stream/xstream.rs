@@ -699,6 +699,9 @@ impl Inner {
 
     async fn next_chunk(&self, op: &'static str, max: usize) -> Result<Option<Bytes>, StreamError> {
         self.check_readable(op)?;
+        if self.peer.read_yields() {
+            tokio::task::yield_now().await;
+        }
         let mut recv = self.recv.lock().await;
         self.check_readable(op)?;
         let r = tokio::select! {
