@@ -663,12 +663,11 @@ impl Peer {
         lock(&self.shared.inflight).len()
     }
 
-    /// Tells the call priority that stream data (bulk, as opposed to control frames) is being
-    /// written on this connection: only while both run is the congestion window limited.
-    pub(crate) fn note_bulk(&self) {
-        if let Some(c) = &self.shared.calls {
-            c.mark_bulk();
-        }
+    /// Runs a stream write, telling the call priority at every poll that stream data (bulk,
+    /// as opposed to control frames) is moving on this connection: only while both run is
+    /// the congestion window limited.
+    pub(crate) async fn bulk_write<F: std::future::Future>(&self, write: F) -> F::Output {
+        crate::connection::priority::marking_bulk(self.shared.calls.as_deref(), write).await
     }
 
     /// Whether a stream read should let other tasks run first because calls are running
@@ -1116,9 +1115,8 @@ impl Peer {
             self.closed_error()
         };
         let mut s = self.shared.conn.open_uni().await.map_err(conn_err)?;
-        self.note_bulk();
         let mut chunks = [Bytes::from_static(&[UNI_FRAME]), head, tail];
-        let res = s.write_all_chunks(&mut chunks).await;
+        let res = self.bulk_write(s.write_all_chunks(&mut chunks)).await;
         match res {
             Ok(()) => {
                 let _ = s.finish();

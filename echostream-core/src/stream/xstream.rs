@@ -296,11 +296,10 @@ impl XStream {
         inner.check_writable("write")?;
         let mut send = inner.send.lock().await;
         inner.check_writable("write")?;
-        inner.peer.note_bulk();
         let r = tokio::select! {
             biased;
             e = inner.interrupted(Dir::Write, "write") => return Err(e),
-            r = send.write(buf) => r,
+            r = inner.peer.bulk_write(send.write(buf)) => r,
         };
         drop(send);
         match r {
@@ -320,11 +319,10 @@ impl XStream {
         inner.check_writable("write")?;
         let mut send = inner.send.lock().await;
         inner.check_writable("write")?;
-        inner.peer.note_bulk();
         let r = tokio::select! {
             biased;
             e = inner.interrupted(Dir::Write, "write") => return Err(e),
-            r = send.write_chunk(chunk) => r,
+            r = inner.peer.bulk_write(send.write_chunk(chunk)) => r,
         };
         drop(send);
         match r {
@@ -340,11 +338,10 @@ impl XStream {
         inner.check_writable("write")?;
         let mut send = inner.send.lock().await;
         inner.check_writable("write")?;
-        inner.peer.note_bulk();
         let r = tokio::select! {
             biased;
             e = inner.interrupted(Dir::Write, "write") => return Err(e),
-            r = send.write_all_chunks(chunks) => r,
+            r = inner.peer.bulk_write(send.write_all_chunks(chunks)) => r,
         };
         drop(send);
         match r {
