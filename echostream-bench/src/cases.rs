@@ -873,21 +873,31 @@ pub(crate) fn case9(sz: &Sizes, layout: Layout, report: &mut Report) {
         Err(e) => report.fail(format!("case 9: raw quinn did not start: {e}")),
     }
     let idx: Vec<usize> = (0..systems.len()).collect();
-    let mut acc: BTreeMap<System, (Samples, u64, Duration, u64)> = BTreeMap::new();
+    let mut acc: BTreeMap<System, (Samples, u64, Duration, u64, Samples)> = BTreeMap::new();
     let slice = sz.mixed_slice;
     for round in 0..sz.rounds.min(2) {
         for i in rotated(&idx, round) {
             let (sys, bulk, client, _) = &systems[i];
             let (bulk, client) = (bulk.clone(), client.clone());
             let r = run_on(rts.client(), async move {
+                let p = payload(64);
+                let mut c = client;
+                let mut wrong = 0;
+                // The same calls without the bulk stream, on this connection just before: a
+                // baseline taken in the same process state as the figure it is set against.
+                let mut alone = Vec::new();
+                let start = Instant::now();
+                while start.elapsed() < slice / 2 {
+                    let t = Instant::now();
+                    let back = c.echo(&p).await?;
+                    alone.push(ns(t.elapsed()));
+                    wrong += u64::from(back != p);
+                }
                 let stop = Arc::new(AtomicBool::new(false));
                 let writer = tokio::spawn(bulk.run(u64::MAX, Some(stop.clone())));
                 // Let the bulk stream reach full speed first.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let p = payload(64);
-                let mut c = client;
                 let mut lat = Vec::new();
-                let mut wrong = 0;
                 let start = Instant::now();
                 while start.elapsed() < slice {
                     let t = Instant::now();
@@ -898,23 +908,25 @@ pub(crate) fn case9(sz: &Sizes, layout: Layout, report: &mut Report) {
                 stop.store(true, Relaxed);
                 let (sent, counted, took) = writer.await??;
                 wrong += u64::from(sent != counted);
-                Res::Ok((lat, sent, took, wrong))
+                Res::Ok((lat, sent, took, wrong, alone))
             });
             match r {
-                Ok((lat, sent, took, wrong)) => {
+                Ok((lat, sent, took, wrong, alone)) => {
                     let a = acc.entry(*sys).or_default();
                     a.0 .0.extend(lat);
                     a.1 += sent;
                     a.2 += took;
                     a.3 += wrong;
+                    a.4 .0.extend(alone);
                 }
                 Err(e) => report.fail(format!("case 9: {}: {e}", sys.name())),
             }
         }
     }
-    for (sys, (mut lat, bytes, took, wrong)) in acc {
+    for (sys, (mut lat, bytes, took, wrong, mut alone)) in acc {
         report.wrong("9", sys, wrong);
         let p99 = lat.pct_us(0.99);
+        let alone_p99 = alone.pct_us(0.99);
         report.add("9", "small-call p50 during bulk", l, sys, lat.pct_us(0.50), "µs");
         report.add("9", "small-call p99 during bulk", l, sys, p99, "µs");
         let base = report.get("1", "p99", l, sys);
@@ -923,6 +935,19 @@ pub(crate) fn case9(sz: &Sizes, layout: Layout, report: &mut Report) {
             _ => None,
         };
         report.add("9", "p99 during bulk / case 1 p99", l, sys, ratio, "×");
+        report.add(
+            "9",
+            "small-call p99 just before, no bulk",
+            l,
+            sys,
+            alone_p99,
+            "µs",
+        );
+        let in_place = match (p99, alone_p99) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        report.add("9", "p99 during bulk / p99 just before", l, sys, in_place, "×");
         report.add(
             "9",
             "bulk stream meanwhile",
