@@ -78,8 +78,9 @@ pub struct TransportOptions {
     pub loss_time_threshold: f32,
     /// Small calls before bulk data: while this side sends requests, answers or events and
     /// also writes stream data, its congestion window is limited so that little stream data
-    /// is on the way ahead of the calls (see [`priority`]). Default on ([`CallPriority::default`]); `None` turns it off and
-    /// bulk streams keep their full speed while calls wait behind their data.
+    /// is on the way ahead of the calls, and stream reads take turns with other tasks (see
+    /// [`priority`]). Default on ([`CallPriority::default`]); `None` turns it off and bulk
+    /// streams keep their full speed while calls wait behind their data.
     pub call_priority: Option<CallPriority>,
 }
 

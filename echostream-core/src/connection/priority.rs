@@ -23,9 +23,9 @@
 //! A call also waits for the CPU when both sides share few cores: a stream read that finds
 //! data in quinn's buffers returns at once (quinn's reads do not count against tokio's
 //! cooperative budget; the stream's lock counts one unit of 128), so a bulk reader held a
-//! worker thread while the call's tasks waited behind it. So during the [`TURN_READS`] stream
-//! reads after this side sends a control frame, every [`YIELD_EVERY`]th read lets other
-//! tasks run first (`CallActivity::read_yields`). Without calls no read yields.
+//! worker thread while the call's tasks waited behind it. So during the 256 stream reads
+//! (`TURN_READS`) after this side sends a control frame, every 4th read (`YIELD_EVERY`) lets
+//! other tasks run first (`CallActivity::read_yields`). Without calls no read yields.
 //!
 //! The state is sans-IO (`Limit`): quinn's controller callbacks pass the time in.
 
@@ -83,8 +83,9 @@ impl Default for CallPriority {
 }
 
 /// What this side sent since the controller last looked: control frames (set by the
-/// connection's outbox) and bulk data (set by stream and side-stream writes). Read and
-/// cleared by the controller on each batch of acknowledgements.
+/// connection's outbox) and bulk data (set by stream and side-stream writes), read and
+/// cleared by the controller on each batch of acknowledgements; and the turns the
+/// connection's stream reads take after a control frame (`read_yields`).
 #[derive(Debug, Default)]
 pub(crate) struct CallActivity {
     calls: AtomicBool,
