@@ -186,7 +186,7 @@ fn client_window(client: &RpcClient) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_limit_the_congestion_window_of_a_bulk_stream_until_they_stop() {
     // While calls run, the side sending them keeps little stream data in flight (at least
-    // `CallPriority::min_window`, 32 KiB): the window the bulk stream had alone comes down,
+    // `CallPriority::min_window`, 16 KiB): the window the bulk stream had alone comes down,
     // and goes back up once the calls stop and the hold (50 ms) has passed.
     const ALONE: u64 = 128 << 10;
     const WITH_CALLS: u64 = 64 << 10;

@@ -1803,7 +1803,12 @@ async fn writer_task(
             };
             finish = collect_batch(first, &mut rx, &mut buf, &mut chunks, &peer);
         }
-        if let Err(e) = send.write_all_chunks(&mut chunks).await {
+        // Room in the call priority's limit for the batch, before the write wakes quinn's
+        // driver and after (a bulk packet sent meanwhile may have taken it).
+        peer.shared.out.written();
+        let written = send.write_all_chunks(&mut chunks).await;
+        peer.shared.out.written();
+        if let Err(e) = written {
             tracing::debug!(error = %e, "control stream write failed");
             if let quinn::WriteError::ConnectionLost(e) = e {
                 peer.mark_closed_from(&e);

@@ -165,6 +165,14 @@ impl Outbox {
         }
     }
 
+    /// Tells the call priority that control-stream data was just handed to quinn, so that the
+    /// packet carrying it is not held back by the limit (see `CallActivity::written`).
+    pub(super) fn written(&self) {
+        if let Some(c) = &self.calls {
+            c.written();
+        }
+    }
+
     /// Writes one frame (`[head, tail]`) straight into quinn if the writer lends the stream
     /// and nothing is queued. Never waits: quinn is polled once. On `NotNow` the chunks are
     /// untouched.
@@ -193,6 +201,7 @@ impl Outbox {
             Some(Err(e)) => return Direct::Failed(e),
             Some(Ok(w)) => w,
         };
+        self.written();
         // quinn advanced a partly written chunk in place; `written.chunks` are complete.
         let rest: Vec<Bytes> = chunks[written.chunks..]
             .iter_mut()
