@@ -110,6 +110,7 @@ pub fn two_hosts(test: &str) -> Option<Host> {
     let out_a = a.join().expect("host A runner");
     let _ = std::fs::remove_file(&done);
     drop(link);
+    // Labels only: the veth addresses inside the namespaces made above.
     assert_passed(test, "host A (10.231.0.1)", &out_a);
     assert_passed(test, "host B (10.231.0.2)", &out_b);
     None
