@@ -507,6 +507,55 @@ async fn pairing_timeout_drops_a_data_half_whose_header_never_completes() {
 }
 
 #[tokio::test]
+async fn reads_of_any_size_return_every_byte_in_order_and_take_waiting_packets_at_once() {
+    let p = pair().await;
+    let data = pattern(768 * 1024 + 3);
+    let opener = p.opener.clone();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        opener.write_all(&sent).await.unwrap();
+        opener.write_eof().await.unwrap();
+    });
+    // Let a window's worth of packets arrive first, so that reads find them waiting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sizes = [1usize, 7, 1000, 1500, 4096, 65536, 3, 20000];
+    let (mut got, mut largest_read) = (Vec::new(), 0);
+    for i in 0.. {
+        let want = sizes[i % sizes.len()];
+        match i % 3 {
+            0 => {
+                let mut buf = vec![0u8; want];
+                let n = bounded("read", p.acceptor.read(&mut buf)).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                largest_read = largest_read.max(n);
+                got.extend_from_slice(&buf[..n]);
+            }
+            1 => match bounded("read_chunk", p.acceptor.read_chunk()).await.unwrap() {
+                Some(c) => got.extend_from_slice(&c),
+                None => break,
+            },
+            _ => {
+                let mut buf = vec![0u8; want.min(data.len() - got.len())];
+                bounded("read_exact", p.acceptor.read_exact(&mut buf))
+                    .await
+                    .unwrap();
+                got.extend_from_slice(&buf);
+            }
+        }
+    }
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the bytes arrive in order");
+    // A packet carries at most about 1,450 bytes on loopback: a larger read took several.
+    assert!(
+        largest_read > 1500,
+        "a large read takes every waiting packet that fits (largest read: {largest_read} bytes)"
+    );
+    bounded("writer", writer).await.unwrap();
+}
+
+#[tokio::test]
 async fn xstream_works_as_tokio_async_read_and_write() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let p = pair().await;
