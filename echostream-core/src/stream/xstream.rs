@@ -810,6 +810,9 @@ impl Inner {
         };
         let mut n = first.len();
         buf[..n].copy_from_slice(&first);
+        if n == buf.len() {
+            return Ok(n);
+        }
         // Another task reading meanwhile just means this read returns less.
         if let Ok(mut recv) = self.recv.try_lock() {
             while n < buf.len() {
