@@ -64,6 +64,9 @@ async fn sequential(mut c: Client, p: Bytes, n: usize) -> Res<Run> {
     Ok(run)
 }
 
+/// Longest a single call of the concurrent cases may take before the run counts as failed.
+const CALL_BOUND: Duration = Duration::from_secs(30);
+
 /// `callers` tasks calling in a loop for `dur`, each with its own client clone.
 async fn concurrent(c: Client, p: Bytes, callers: usize, dur: Duration) -> Res<Run> {
     let start = Instant::now();
@@ -76,7 +79,18 @@ async fn concurrent(c: Client, p: Bytes, callers: usize, dur: Duration) -> Res<R
                 let mut run = Run::default();
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let back = c.echo(&p).await?;
+                    // A call that never ends (a wedged connection) fails the system's run
+                    // instead of hanging the benchmark.
+                    let back = match tokio::time::timeout(CALL_BOUND, c.echo(&p)).await {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            return Err(format!(
+                            "a {}-byte call with {callers} callers did not complete within {CALL_BOUND:?}",
+                            p.len()
+                        )
+                            .into())
+                        }
+                    };
                     run.lat.push(ns(t.elapsed()));
                     run.wrong += u64::from(back != p);
                 }
@@ -228,25 +242,51 @@ pub(crate) fn case2(sz: &Sizes, layout: Layout, report: &mut Report) {
     }
 }
 
-/// Case 3: 1 MiB payloads, 8 concurrent callers.
+/// Case 3: large payloads: 1 MiB with 8 and 64 concurrent callers, 256 KiB with 256 (the
+/// wide shapes once wedged a connection whose receiver left side streams unread).
 pub(crate) fn case3(sz: &Sizes, report: &mut Report) {
     let layout = Layout::Shared;
     let rts = Runtimes::new(layout);
     let clients = start_all(&rts, &sz.systems, report, "3");
-    let p = payload(1 << 20);
-    warm_up(&rts, &clients, &p, 4);
+    warm_up(&rts, &clients, &payload(1 << 20), 4);
     let dur = sz.big_slice;
-    let acc = rounds(&rts, &clients, sz.rounds, |c| concurrent(c, p.clone(), 8, dur));
     let l = layout.name();
-    for (sys, mut a) in acc {
-        report.wrong("3", sys, a.wrong);
-        if let Some(e) = &a.failed {
-            report.fail(format!("case 3: {}: {e}", sys.name()));
+    for (callers, size, label) in [
+        (8usize, 1usize << 20, "1 MiB"),
+        (64, 1 << 20, "1 MiB"),
+        (256, 256 << 10, "256 KiB"),
+    ] {
+        let p = payload(size);
+        let acc = rounds(&rts, &clients, sz.rounds, |c| {
+            concurrent(c, p.clone(), callers, dur)
+        });
+        for (sys, mut a) in acc {
+            report.wrong("3", sys, a.wrong);
+            if let Some(e) = &a.failed {
+                report.fail(format!(
+                    "case 3 ({label}, {callers} callers): {}: {e}",
+                    sys.name()
+                ));
+            }
+            // Payload bytes per second in each direction (request = reply).
+            let mbs = (a.calls > 0).then(|| a.calls as f64 * p.len() as f64 / 1e6 / a.elapsed.as_secs_f64());
+            report.add(
+                "3",
+                &format!("{label} echo, {callers} callers"),
+                l,
+                sys,
+                mbs,
+                "MB/s",
+            );
+            report.add(
+                "3",
+                &format!("p50, {label}, {callers} callers"),
+                l,
+                sys,
+                a.lat.pct_us(0.50),
+                "µs",
+            );
         }
-        // Payload bytes per second in each direction (request = reply = 1 MiB).
-        let mbs = (a.calls > 0).then(|| a.calls as f64 * p.len() as f64 / 1e6 / a.elapsed.as_secs_f64());
-        report.add("3", "1 MiB echo, 8 callers", l, sys, mbs, "MB/s");
-        report.add("3", "p50, 1 MiB, 8 callers", l, sys, a.lat.pct_us(0.50), "µs");
     }
 }
 

@@ -118,7 +118,7 @@ fn run(cfg: &Config) -> Report {
         }
     }
     if want("3") {
-        step("case 3: 1 MiB payloads, 8 callers");
+        step("case 3: large payloads (1 MiB with 8 and 64 callers, 256 KiB with 256)");
         cases::case3(&sz, &mut report);
     }
     if want("4") {

@@ -13,6 +13,8 @@
 //! - [`status`]: the wire status of a failed call ([`Status`], [`Code`]) and the
 //!   QUIC close codes ([`CloseCode`]).
 //! - [`metadata`]: string-keyed metadata carried by hellos, requests and events.
+//! - [`side`]: side streams, which carry one large request or response each: the head a
+//!   receiver checks before buffering, and the stream codes that end one early.
 //!
 //! The byte layout is specified in `ARCHITECTURE.md` at the repository root.
 
@@ -22,6 +24,7 @@
 pub mod codec;
 pub mod frame;
 pub mod metadata;
+pub mod side;
 pub mod status;
 
 pub use codec::{Codec, CodecError};

@@ -20,6 +20,7 @@
 
 mod handshake;
 mod outbox;
+mod side;
 pub mod timesync;
 
 pub(crate) use handshake::{
@@ -47,9 +48,6 @@ use std::time::{Duration, Instant};
 use timesync::{Clock, ClockFilter, Sample, SystemClock, Timestamp};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
-
-/// First byte of a unidirectional stream that carries one large frame.
-pub(crate) const UNI_FRAME: u8 = 0x01;
 
 /// Settings of the protocol layer for one side of a connection.
 #[derive(Clone)]
@@ -81,6 +79,13 @@ pub(crate) struct ProtocolConfig {
     /// Client: methods declared idempotent, which may travel as 0-RTT early data (besides calls
     /// marked with [`CallOptions::idempotent`]).
     pub(crate) idempotent_methods: HashSet<String>,
+    /// A side stream (one large frame) with no data for this long is dropped.
+    pub(crate) assembly_timeout: Duration,
+    /// Bytes of the peer's large frames assembled at once (at least one largest frame).
+    pub(crate) assembly_budget: usize,
+    /// The peer's side streams that may wait unread for the budget (set from the transport's
+    /// windows by [`ProtocolConfig::fit_windows`]).
+    pub(crate) assembly_waiting: usize,
 }
 
 impl std::fmt::Debug for ProtocolConfig {
@@ -108,7 +113,18 @@ impl Default for ProtocolConfig {
             time_sync_interval: Duration::from_secs(1),
             security: Arc::default(),
             idempotent_methods: HashSet::new(),
+            assembly_timeout: side::DEFAULT_ASSEMBLY_TIMEOUT,
+            assembly_budget: side::DEFAULT_ASSEMBLY_BUDGET,
+            assembly_waiting: 16,
         }
+    }
+}
+
+impl ProtocolConfig {
+    /// Lets only as many of the peer's side streams wait unread as the transport's flow-control
+    /// windows allow without starving the rest of the connection (see `protocol::side`).
+    pub(crate) fn fit_windows(&mut self, t: &crate::connection::TransportOptions) {
+        self.assembly_waiting = side::max_waiting(t.receive_window, t.stream_receive_window);
     }
 }
 
@@ -364,6 +380,8 @@ struct Shared {
     guard: crate::rpc::security::ConnGuard,
     /// Application streams of this connection (pairing table, limits).
     streams: crate::stream::ConnStreams,
+    /// Large frames on side streams: send slots, the assembly budget.
+    side: side::SideStreams,
 }
 
 /// A handle to one connection, usable from either side: send requests and
@@ -428,6 +446,7 @@ impl Peer {
         }
         let guard = crate::rpc::security::ConnGuard::new(&conn, &config, hs.auth);
         let shared = Arc::new(Shared {
+            side: side::SideStreams::new(&config),
             guard,
             streams: crate::stream::ConnStreams::new(&conn, router.stream_registry()),
             remote: conn.remote_address(),
@@ -760,7 +779,9 @@ impl Peer {
         }
     }
 
-    /// One attempt of [`Peer::request_raw`].
+    /// One attempt of [`Peer::request_raw`]. The timeout covers the whole call from here:
+    /// waiting for the handshake, sending the request (which may wait for flow-control
+    /// credit) and waiting for the answer.
     async fn request_once(
         &self,
         method: &str,
@@ -778,29 +799,44 @@ impl Peer {
                 ),
             });
         }
-        let mut timeout = if opts.no_timeout {
+        let timeout = if opts.no_timeout {
             None
         } else {
             opts.timeout.or(shared.config.default_timeout)
         };
+        let started = Instant::now();
+        let call = self.call(method, args, &opts, timeout, started);
+        match timeout {
+            Some(t) => match tokio::time::timeout(t, call).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::debug!(method, ?t, "request timed out");
+                    Err(Error::Timeout {
+                        method: method.to_owned(),
+                        after: t,
+                    })
+                }
+            },
+            None => call.await,
+        }
+    }
+
+    /// The body of [`Peer::request_once`], under its timeout. Dropped at the timeout or by the
+    /// caller, it sends a cancel and resets a side stream still being written.
+    async fn call(
+        &self,
+        method: &str,
+        args: Payload,
+        opts: &CallOptions,
+        timeout: Option<Duration>,
+        started: Instant,
+    ) -> Result<(Codec, Bytes), Error> {
+        let shared = &self.shared;
         let may_go_early = opts.idempotent || shared.config.idempotent_methods.contains(method);
         if shared.role == Role::Client && !may_go_early && self.is_early() {
             // Not safe to replay: hold it until the handshake completes.
             tracing::debug!(method, "call held until the TLS handshake completes");
-            let started = Instant::now();
-            match timeout {
-                Some(t) => match tokio::time::timeout(t, self.wait_established()).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(Error::Timeout {
-                            method: method.to_owned(),
-                            after: t,
-                        })
-                    }
-                },
-                None => self.wait_established().await?,
-            }
-            timeout = timeout.map(|t| t.saturating_sub(started.elapsed()).max(Duration::from_millis(1)));
+            self.wait_established().await?;
         }
         let id = shared.next_id.fetch_add(2, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -818,11 +854,14 @@ impl Peer {
             id,
             armed: true,
         };
+        // What is left of the timeout travels with the request (relative, so clock skew does
+        // not matter).
+        let deadline = timeout.map(|t| t.saturating_sub(started.elapsed()).max(Duration::from_millis(1)));
         let request = RequestRef {
             id,
             method,
             codec: args.codec,
-            deadline: timeout,
+            deadline,
             metadata: &opts.metadata,
             payload: &args.bytes,
         };
@@ -833,21 +872,13 @@ impl Peer {
             .await;
         if let Err(e) = sent {
             guard.forget();
-            return Err(e);
+            return Err(match e {
+                // The peer stopped the request's side stream (busy, stalled).
+                Error::Status(status) => Error::from_remote(method, status),
+                e => e,
+            });
         }
-        let reply = match timeout {
-            Some(t) => match tokio::time::timeout(t, rx).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::debug!(method, id, ?t, "request timed out");
-                    return Err(Error::Timeout {
-                        method: method.to_owned(),
-                        after: t,
-                    });
-                }
-            },
-            None => rx.await,
-        };
+        let reply = rx.await;
         guard.armed = false;
         match reply {
             Ok(Ok(ok)) => Ok(ok),
@@ -861,6 +892,11 @@ impl Peer {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(self.closed_error()),
         }
+    }
+
+    /// Whether a call of ours with this id still waits for its response.
+    fn awaits_response(&self, id: u64) -> bool {
+        lock(&self.shared.pending).contains_key(&id)
     }
 
     /// Sends a one-way event. Returns once the event is handed to the
@@ -1086,7 +1122,7 @@ impl Peer {
         if may_use_side_stream && size as usize > self.shared.config.inline_threshold {
             // A side stream opened as early data would be lost if the server rejects it.
             self.wait_established().await?;
-            return self.send_on_side_stream(head, tail).await;
+            return self.send_on_side_stream(head, tail, what).await;
         }
         match self.shared.out.send(Outgoing::Frame { head, tail }).await {
             Ok(()) => Ok(()),
@@ -1106,27 +1142,6 @@ impl Peer {
                 tracing::debug!(error = %e, "control stream write failed");
                 self.mark_closed(None, format!("control stream write failed: {e}"));
             }
-        }
-    }
-
-    async fn send_on_side_stream(&self, head: Bytes, tail: Bytes) -> Result<(), Error> {
-        let conn_err = |e: quinn::ConnectionError| {
-            self.mark_closed_from(&e);
-            self.closed_error()
-        };
-        let mut s = self.shared.conn.open_uni().await.map_err(conn_err)?;
-        let mut chunks = [Bytes::from_static(&[UNI_FRAME]), head, tail];
-        let res = self.bulk_write(s.write_all_chunks(&mut chunks)).await;
-        match res {
-            Ok(()) => {
-                let _ = s.finish();
-                Ok(())
-            }
-            Err(quinn::WriteError::ConnectionLost(e)) => Err(conn_err(e)),
-            Err(e) => Err(Error::ConnectionClosed {
-                code: None,
-                reason: format!("side stream failed: {e}"),
-            }),
         }
     }
 
@@ -2001,14 +2016,24 @@ async fn side_stream_task(peer: Peer) {
                     tokio::spawn(async move {
                         let mut recv = recv;
                         let mut kind = [0u8; 1];
+                        let wait = peer.shared.config.assembly_timeout;
                         // Boxed: the task is only as large as what it awaits, and thousands
                         // of error halves can be arriving at once.
-                        match recv.read_exact(&mut kind).await {
-                            Ok(()) if kind[0] == crate::stream::ERROR_HALF => {
+                        match tokio::time::timeout(wait, recv.read_exact(&mut kind)).await {
+                            Ok(Ok(())) if kind[0] == crate::stream::ERROR_HALF => {
                                 Box::pin(crate::stream::incoming_uni(peer, recv)).await
                             }
-                            Ok(()) => Box::pin(read_side_frame(peer, kind[0], recv)).await,
-                            Err(e) => tracing::debug!(error = %e, "side stream read failed"),
+                            Ok(Ok(())) if kind[0] == echostream_types::side::SIDE_FRAME => {
+                                Box::pin(side::receive(peer, recv)).await
+                            }
+                            Ok(Ok(())) => peer.close_with(
+                                CloseCode::PROTOCOL_VIOLATION,
+                                &format!("unidirectional stream of unknown type {:#04x}", kind[0]),
+                            ),
+                            Ok(Err(e)) => tracing::debug!(error = %e, "unidirectional stream ended before its type"),
+                            Err(_) => {
+                                let _ = recv.stop(echostream_types::side::code::STALLED.into());
+                            }
                         }
                     });
                 }
@@ -2034,66 +2059,6 @@ async fn side_stream_task(peer: Peer) {
                 }
             },
         }
-    }
-}
-
-async fn read_side_frame(peer: Peer, kind: u8, mut recv: quinn::RecvStream) {
-    if kind != UNI_FRAME {
-        peer.close_with(
-            CloseCode::PROTOCOL_VIOLATION,
-            &format!("unidirectional stream of unknown type {kind:#04x}"),
-        );
-        return;
-    }
-    // Bounds the large frames being reassembled per connection; other streams wait unread.
-    let _slot = peer.shared.guard.side_frame_slot().await;
-    let limit = peer.shared.config.max_frame_size as usize + LENGTH_PREFIX;
-    let data = match recv.read_to_end(limit).await {
-        Ok(d) => d,
-        Err(quinn::ReadToEndError::TooLong) => {
-            peer.close_with(
-                CloseCode::FRAME_TOO_LARGE,
-                &format!(
-                    "side stream longer than the frame limit of {} bytes",
-                    peer.shared.config.max_frame_size
-                ),
-            );
-            return;
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "side stream read failed");
-            return;
-        }
-    };
-    let mut buf = BytesMut::from(&data[..]);
-    let decoder = FrameDecoder::new(peer.shared.config.max_frame_size);
-    let result = match decoder.decode(&mut buf) {
-        Ok(Some(f)) if buf.is_empty() => match f {
-            Frame::Request(_) | Frame::Response(_) => match peer.dispatch(f) {
-                Ok(Some(Answer { id, result })) => {
-                    peer.send_response(id, result).await;
-                    Ok(())
-                }
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            },
-            other => Err((
-                CloseCode::PROTOCOL_VIOLATION,
-                format!("{} frame on a side stream", other.kind()),
-            )),
-        },
-        Ok(Some(_)) => Err((
-            CloseCode::PROTOCOL_VIOLATION,
-            "side stream holds more than one frame".into(),
-        )),
-        Ok(None) => Err((
-            CloseCode::PROTOCOL_VIOLATION,
-            "side stream ends inside its frame".into(),
-        )),
-        Err(e) => Err((CloseCode::PROTOCOL_VIOLATION, format!("side stream: {e}"))),
-    };
-    if let Err((code, reason)) = result {
-        peer.close_with(code, &reason);
     }
 }
 

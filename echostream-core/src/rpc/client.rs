@@ -181,6 +181,20 @@ impl ClientBuilder {
         self
     }
 
+    /// How long a large response or request from the server (one that travels on a side
+    /// stream of its own) may go without receiving data before it is dropped (default 10 s).
+    pub fn assembly_timeout(mut self, d: Duration) -> Self {
+        self.protocol.assembly_timeout = d;
+        self
+    }
+
+    /// Bytes of large messages from the server received at once (default 64 MiB, at least one
+    /// largest frame).
+    pub fn max_assembly_bytes(mut self, bytes: usize) -> Self {
+        self.protocol.assembly_budget = bytes;
+        self
+    }
+
     /// Largest frame accepted from the server (default 32 MiB).
     pub fn max_frame_size(mut self, bytes: u32) -> Self {
         self.protocol.max_frame_size = bytes;
@@ -269,6 +283,7 @@ impl ClientBuilder {
         let mut router = self.router.build()?;
         router.subscriptions = self.early_subscriptions;
         let router = Arc::new(router);
+        self.protocol.fit_windows(&self.transport);
         let protocol = Arc::new(self.protocol.clone());
         let security = Arc::new(self.security.load()?);
         let targets = connection::resolve(addr).await?;

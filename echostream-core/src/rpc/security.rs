@@ -34,9 +34,6 @@ pub const DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 /// Payload bytes of events queued for listeners per connection (at least the frame limit).
 const DEFAULT_EVENT_BYTES: usize = 64 * 1024 * 1024;
 
-/// Large frames (side streams) reassembled at once per connection.
-const SIDE_FRAME_SLOTS: usize = 2;
-
 /// Default most connections from one source IP address.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1000;
 
@@ -91,8 +88,6 @@ pub(crate) struct ConnGuard {
     /// One permit per payload byte of running requests.
     request_bytes: Arc<Semaphore>,
     request_bytes_limit: usize,
-    /// Large frames being reassembled from side streams.
-    side_frames: Semaphore,
     /// One permit per payload byte of events queued for listeners (released when the event
     /// has been processed); the reader waits for permits, pushing back on the sender.
     event_bytes: Arc<Semaphore>,
@@ -134,7 +129,6 @@ impl ConnGuard {
             replies: Arc::new(Semaphore::new(reply_backlog.max(1))),
             request_bytes: Arc::new(Semaphore::new(request_bytes_limit)),
             request_bytes_limit,
-            side_frames: Semaphore::new(SIDE_FRAME_SLOTS),
             event_bytes: Arc::new(Semaphore::new(
                 DEFAULT_EVENT_BYTES.max(config.max_frame_size as usize),
             )),
@@ -184,11 +178,6 @@ impl ConnGuard {
             .try_acquire_many_owned(n)
             .map(Some)
             .map_err(|_| refused())
-    }
-
-    /// Waits for one of the connection's large-frame reassembly slots.
-    pub(crate) async fn side_frame_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.side_frames.acquire().await.ok()
     }
 
     /// Takes a token from the connection's bucket and from the bucket of every per-method rule

@@ -126,6 +126,21 @@ impl ServerBuilder {
         self
     }
 
+    /// How long a large request (one that travels on a side stream of its own) may go without
+    /// receiving data before it is dropped, with a log line, to free the room it holds
+    /// (default 10 s). The sender's call fails with `RESOURCE_EXHAUSTED` naming the request.
+    pub fn assembly_timeout(mut self, d: Duration) -> Self {
+        self.protocol.assembly_timeout = d;
+        self
+    }
+
+    /// Bytes of large requests received at once per connection (default 64 MiB, at least one
+    /// largest frame); more wait, and a peer that sends far more is told to send again later.
+    pub fn max_assembly_bytes(mut self, bytes: usize) -> Self {
+        self.protocol.assembly_budget = bytes;
+        self
+    }
+
     /// Requests one connection may have running at once (default 1024);
     /// beyond it calls are refused with `RESOURCE_EXHAUSTED`.
     pub fn max_concurrent_requests(mut self, n: usize) -> Self {
@@ -285,7 +300,9 @@ impl ServerBuilder {
         let local_addr = endpoint.local_addr()?;
         let (shutdown_tx, _) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
-        let (protocol, guard) = self.security.finish(self.protocol, self.max_connections);
+        let mut protocol = self.protocol;
+        protocol.fit_windows(&self.transport);
+        let (protocol, guard) = self.security.finish(protocol, self.max_connections);
         tracing::info!(%local_addr, %fingerprint, methods = ?router.methods(), "server ready");
         Ok(RpcServer {
             endpoint,
