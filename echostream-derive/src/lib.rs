@@ -1,12 +1,14 @@
 //! Attribute macros for EchoStream; use them through the `echostream` crate.
 //!
 //! `#[echostream::handler("service.method")]` turns an `async fn` into a
-//! request handler, and `#[echostream::listener("service.event")]` into a
-//! listener for one-way events. The macros are thin sugar: everything they
-//! generate can be written by hand by implementing `echostream::Handler` or
-//! `echostream::Listener` for a type, and the generated code reaches the
-//! runtime only through the hidden `echostream::__private` module, so user
-//! crates depend on `echostream` alone.
+//! request handler, `#[echostream::listener("service.event")]` into a
+//! listener for one-way events, and `#[echostream::stream_handler("name")]`
+//! into an acceptor of streams. The macros are thin sugar: everything they
+//! generate can be written by hand by implementing `echostream::Handler`,
+//! `echostream::Listener` or `echostream::stream::StreamHandler` for a type,
+//! and the generated code reaches the runtime only through the hidden
+//! `echostream::__private` module, so user crates depend on `echostream`
+//! alone.
 //!
 //! # Layout
 //! All three macros run one pipeline, and differ only in a table of per-kind
