@@ -1,30 +1,38 @@
 //! Attribute macros for EchoStream; use them through the `echostream` crate.
 //!
 //! `#[echostream::handler("service.method")]` turns an `async fn` into a
-//! request handler, and `#[echostream::listener("service.event")]` into a
-//! listener for one-way events. The macros are thin sugar: everything they
-//! generate can be written by hand by implementing `echostream::Handler` or
-//! `echostream::Listener` for a type, and the generated code reaches the
-//! runtime only through the hidden `echostream::__private` module, so user
-//! crates depend on `echostream` alone.
+//! request handler, `#[echostream::listener("service.event")]` into a
+//! listener for one-way events, and `#[echostream::stream_handler("name")]`
+//! into an acceptor of streams. The macros are thin sugar: everything they
+//! generate can be written by hand by implementing `echostream::Handler`,
+//! `echostream::Listener` or `echostream::stream::StreamHandler` for a type,
+//! and the generated code reaches the runtime only through the hidden
+//! `echostream::__private` module, so user crates depend on `echostream`
+//! alone.
 //!
 //! # Layout
-//! - [`handler()`], [`listener()`]: the entry points.
-//! - `args`: parsing and checking the attributes' arguments (the method or
-//!   event name, and options).
+//! All three macros run one pipeline, and differ only in a table of per-kind
+//! parts:
+//! - [`handler()`], [`listener()`], [`stream_handler()`]: the entry points,
+//!   which name their kind.
+//! - `kind`: the per-kind parts: words for error messages, options, how the
+//!   parameters are obtained, and the runtime names (trait, constant,
+//!   registration).
+//! - `args`: parsing and checking the attribute's arguments (the name, and
+//!   options).
 //! - `signature`: checking the function's signature and splitting its
-//!   parameters into the optional context and the decoded arguments.
-//! - `expand`: generating the handler type, its `Handler` impl and its
-//!   registration.
-//! - `listener`: the same for a listener and its `Listener` impl.
+//!   parameters into the optional context and the rest.
+//! - `generator`: `FnGenerator`, one method per emitted item: the unit
+//!   struct, its inherent impl, the runtime trait's impl, the registration.
 
 use proc_macro::TokenStream;
 
 mod args;
-mod expand;
-mod listener;
+mod generator;
+mod kind;
 mod signature;
-mod stream_handler;
+
+use kind::Kind;
 
 /// Turns an `async fn` into an EchoStream request handler named by a method.
 ///
@@ -70,7 +78,7 @@ mod stream_handler;
 ///   once for one call, which allows it to be served from 0-RTT data.
 #[proc_macro_attribute]
 pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
-    expand::handler(attr.into(), item.into()).into()
+    generator::expand(Kind::Handler, attr.into(), item.into()).into()
 }
 
 /// Turns an `async fn` into an EchoStream listener for one-way events of a name.
@@ -122,7 +130,7 @@ pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// None for now: the attribute takes the event name alone.
 #[proc_macro_attribute]
 pub fn listener(attr: TokenStream, item: TokenStream) -> TokenStream {
-    listener::listener(attr.into(), item.into()).into()
+    generator::expand(Kind::Listener, attr.into(), item.into()).into()
 }
 
 /// Turns an `async fn` into an EchoStream stream handler: it accepts the
@@ -145,5 +153,5 @@ pub fn listener(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// (`NAME::STREAM`, `NAME::invoke`) and a registration for `register_all()`.
 #[proc_macro_attribute]
 pub fn stream_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
-    stream_handler::expand(attr.into(), item.into()).into()
+    generator::expand(Kind::StreamHandler, attr.into(), item.into()).into()
 }

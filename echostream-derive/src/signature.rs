@@ -1,103 +1,81 @@
-//! Checking a handler's or listener's signature and splitting its parameters.
+//! Checking a function's signature against its kind and splitting its
+//! parameters into the optional context and the rest.
+//!
+//! The checks read a [`Signature`] alone, not the function's body, so they
+//! apply as well to a method declared in a trait.
 
-use syn::{Error, FnArg, ItemFn, PatType, ReturnType, Type, TypeReference};
+use crate::kind::{Input, Kind};
+use syn::{Error, FnArg, PatType, ReturnType, Signature, Type, TypeReference};
 
-/// A handler signature that passed the checks.
-pub(crate) struct HandlerSig<'a> {
+/// A signature that passed the checks for its kind.
+pub(crate) struct CheckedSig<'a> {
     /// Whether the first parameter is the `Context`.
     pub(crate) has_context: bool,
-    /// The types of the parameters decoded from the request, in order.
-    pub(crate) args: Vec<&'a Type>,
-    /// The declared return type.
-    pub(crate) output: &'a Type,
-}
-
-/// A listener signature that passed the checks.
-pub(crate) struct ListenerSig<'a> {
-    /// Whether the first parameter is the `Context`.
-    pub(crate) has_context: bool,
-    /// The types of the parameters decoded from the event, in order.
-    pub(crate) args: Vec<&'a Type>,
-    /// The declared return type; `None` for `()`, written or not.
+    /// The types of the other parameters, in order: the decoded arguments,
+    /// or the one stream parameter.
+    pub(crate) params: Vec<&'a Type>,
+    /// The declared return type; `None` for `()` left out (never for a
+    /// handler, which must declare one).
     pub(crate) output: Option<&'a Type>,
 }
 
-/// What the function becomes, for the wording of the errors.
-#[derive(Clone, Copy)]
-enum Kind {
-    Handler,
-    Listener,
-}
-
-impl Kind {
-    fn noun(self) -> &'static str {
-        match self {
-            Kind::Handler => "handler",
-            Kind::Listener => "listener",
-        }
-    }
-
-    /// What the arguments are decoded from.
-    fn source(self) -> &'static str {
-        match self {
-            Kind::Handler => "request",
-            Kind::Listener => "event",
-        }
-    }
-}
-
-/// Checks that `item` can be a handler, reporting every problem found at the
-/// tokens that cause it.
-pub(crate) fn check(item: &ItemFn) -> syn::Result<HandlerSig<'_>> {
+/// Checks that `sig` can be a function of `kind`, reporting every problem
+/// found at the tokens that cause it. A return type that is written is
+/// checked by the compiler, against the kind's result trait.
+pub(crate) fn check(kind: Kind, sig: &Signature) -> syn::Result<CheckedSig<'_>> {
+    let spec = kind.spec();
+    let noun = spec.noun;
     let mut errors = Errors::default();
-    let (has_context, args) = check_common(item, Kind::Handler, &mut errors);
-    let sig = &item.sig;
-    let output = match &sig.output {
-        ReturnType::Type(_, ty) => Some(&**ty),
-        ReturnType::Default => {
-            errors.push(Error::new(
+
+    check_qualifiers(sig, noun, spec.not_generic, &mut errors);
+    let (has_context, params) = split_params(sig, kind, &mut errors);
+
+    if spec.input == Input::Stream {
+        match params.as_slice() {
+            [_] => {}
+            [] => errors.push(Error::new(
                 sig.paren_token.span.join(),
-                "a handler must return `Result<T, E>`: add a return type \
-                 such as `-> echostream::Result<()>`",
-            ));
-            None
+                format!(
+                    "a {noun} takes the stream as a parameter: \
+                     `(ctx: Context, stream: StreamReceiver<T>)`"
+                ),
+            )),
+            [_, extra @ ..] => {
+                for extra in extra {
+                    errors.push(Error::new_spanned(
+                        extra,
+                        format!("a {noun} takes one stream parameter (and optionally a `Context` first)"),
+                    ));
+                }
+            }
         }
-    };
+    }
 
-    errors.finish()?;
-    Ok(HandlerSig {
-        has_context,
-        args,
-        output: output.expect("a missing return type is reported as an error above"),
-    })
-}
-
-/// Checks that `item` can be a listener, reporting every problem found at the
-/// tokens that cause it. The return type is checked by the compiler, against
-/// `ListenerResult`.
-pub(crate) fn check_listener(item: &ItemFn) -> syn::Result<ListenerSig<'_>> {
-    let mut errors = Errors::default();
-    let (has_context, args) = check_common(item, Kind::Listener, &mut errors);
-    let output = match &item.sig.output {
+    let output = match &sig.output {
         ReturnType::Type(_, ty) => Some(&**ty),
         ReturnType::Default => None,
     };
+    if output.is_none() && spec.output_required {
+        errors.push(Error::new(
+            sig.paren_token.span.join(),
+            format!(
+                "a {noun} must return `Result<T, E>`: add a return type \
+                 such as `-> echostream::Result<()>`"
+            ),
+        ));
+    }
+
     errors.finish()?;
-    Ok(ListenerSig {
+    Ok(CheckedSig {
         has_context,
-        args,
+        params,
         output,
     })
 }
 
-/// The checks handlers and listeners share: everything but the return type.
-/// Returns whether the first parameter is the context, and the types of the
-/// decoded parameters.
-fn check_common<'a>(item: &'a ItemFn, kind: Kind, errors: &mut Errors) -> (bool, Vec<&'a Type>) {
-    let sig = &item.sig;
-    let noun = kind.noun();
-    let source = kind.source();
-
+/// Everything but the parameters and the return type: the function must be a
+/// plain, concrete `async fn`.
+fn check_qualifiers(sig: &Signature, noun: &str, not_generic: &str, errors: &mut Errors) {
     if let Some(constness) = &sig.constness {
         errors.push(Error::new_spanned(
             constness,
@@ -120,16 +98,9 @@ fn check_common<'a>(item: &'a ItemFn, kind: Kind, errors: &mut Errors) -> (bool,
         errors.push(Error::new_spanned(abi, format!("a {noun} cannot declare an ABI")));
     }
     if !sig.generics.params.is_empty() {
-        let why = match kind {
-            Kind::Handler => {
-                "its arguments are decoded from the request \
-                 and its result encoded into the reply, so their types must be concrete"
-            }
-            Kind::Listener => "its arguments are decoded from the event, so their types must be concrete",
-        };
         errors.push(Error::new_spanned(
             &sig.generics,
-            format!("a {noun} cannot be generic: {why}"),
+            format!("a {noun} cannot be generic: {not_generic}"),
         ));
     }
     if let Some(where_clause) = &sig.generics.where_clause {
@@ -144,68 +115,89 @@ fn check_common<'a>(item: &'a ItemFn, kind: Kind, errors: &mut Errors) -> (bool,
             format!("a {noun} cannot be variadic"),
         ));
     }
+}
 
+/// Returns whether the first parameter is the context, and the types of the
+/// other parameters. A parameter reported as wrong is still returned, so a
+/// stream handler's one borrowed stream is not also reported as missing.
+fn split_params<'a>(sig: &'a Signature, kind: Kind, errors: &mut Errors) -> (bool, Vec<&'a Type>) {
+    let noun = kind.spec().noun;
     let mut has_context = false;
-    let mut args = Vec::new();
+    let mut params = Vec::new();
     // Counts typed parameters only: a `self` receiver is reported on its own,
     // without also reporting the `Context` after it as misplaced.
     let mut typed_before = 0;
     for input in &sig.inputs {
-        match input {
-            FnArg::Receiver(receiver) => errors.push(Error::new_spanned(
-                receiver,
-                format!(
-                    "a {noun} cannot take `self`: write it as a free `async fn` \
-                     outside the `impl` block"
-                ),
-            )),
-            FnArg::Typed(PatType { ty, .. }) => {
-                let first = typed_before == 0;
-                typed_before += 1;
-                if is_context(ty) {
-                    if first {
-                        has_context = true;
-                    } else {
-                        errors.push(Error::new_spanned(
-                            ty,
-                            "the `Context` parameter must come first, before the arguments",
-                        ));
-                    }
-                } else if let Some(reference) = as_reference(ty) {
-                    if is_context(&reference.elem) {
-                        errors.push(Error::new_spanned(
-                            ty,
-                            "take the context by value, as `ctx: Context` (it is cheap to clone)",
-                        ));
-                    } else {
-                        errors.push(Error::new_spanned(
-                            ty,
-                            format!(
-                                "a {noun} argument must be an owned type, since it is decoded \
-                                 from the {source}: use `String` rather than `&str`, \
-                                 `Vec<T>` rather than `&[T]`"
-                            ),
-                        ));
-                    }
-                } else if matches!(strip_groups(ty), Type::ImplTrait(_)) {
-                    errors.push(Error::new_spanned(
-                        ty,
-                        format!(
-                            "a {noun} argument cannot be `impl Trait`: name a concrete type \
-                             that implements `serde::Deserialize`"
-                        ),
-                    ));
-                } else {
-                    args.push(&**ty);
-                }
+        let ty = match input {
+            FnArg::Receiver(receiver) => {
+                errors.push(Error::new_spanned(
+                    receiver,
+                    format!(
+                        "a {noun} cannot take `self`: write it as a free `async fn` \
+                         outside the `impl` block"
+                    ),
+                ));
+                continue;
             }
+            FnArg::Typed(PatType { ty, .. }) => &**ty,
+        };
+        let first = typed_before == 0;
+        typed_before += 1;
+        if is_context(ty) {
+            if first {
+                has_context = true;
+            } else {
+                errors.push(Error::new_spanned(
+                    ty,
+                    format!(
+                        "the `Context` parameter must come first, before {}",
+                        params_noun(kind)
+                    ),
+                ));
+            }
+            continue;
         }
+        if let Some(reference) = as_reference(ty) {
+            let message = if is_context(&reference.elem) {
+                "take the context by value, as `ctx: Context` (it is cheap to clone)".to_owned()
+            } else {
+                match kind.spec().input {
+                    Input::Decoded(source) => format!(
+                        "a {noun} argument must be an owned type, since it is decoded \
+                         from the {source}: use `String` rather than `&str`, \
+                         `Vec<T>` rather than `&[T]`"
+                    ),
+                    Input::Stream => "take the stream by value, as `stream: StreamReceiver<T>`".to_owned(),
+                }
+            };
+            errors.push(Error::new_spanned(ty, message));
+        } else if matches!(strip_groups(ty), Type::ImplTrait(_)) {
+            let message = match kind.spec().input {
+                Input::Decoded(_) => format!(
+                    "a {noun} argument cannot be `impl Trait`: name a concrete type \
+                     that implements `serde::Deserialize`"
+                ),
+                Input::Stream => "the stream parameter cannot be `impl Trait`: use \
+                                  `StreamReceiver<T>`, `StreamDuplex<T>` or `XStream`"
+                    .to_owned(),
+            };
+            errors.push(Error::new_spanned(ty, message));
+        }
+        params.push(ty);
     }
-    (has_context, args)
+    (has_context, params)
+}
+
+/// What the parameters after the context are, for "must come first" errors.
+fn params_noun(kind: Kind) -> &'static str {
+    match kind.spec().input {
+        Input::Decoded(_) => "the arguments",
+        Input::Stream => "the stream",
+    }
 }
 
 /// Whether `ty` names the context: a path whose last segment is `Context`.
-pub(crate) fn is_context(ty: &Type) -> bool {
+fn is_context(ty: &Type) -> bool {
     match strip_groups(ty) {
         Type::Path(path) if path.qself.is_none() => path
             .path
@@ -216,7 +208,7 @@ pub(crate) fn is_context(ty: &Type) -> bool {
     }
 }
 
-pub(crate) fn as_reference(ty: &Type) -> Option<&TypeReference> {
+fn as_reference(ty: &Type) -> Option<&TypeReference> {
     match strip_groups(ty) {
         Type::Reference(reference) => Some(reference),
         _ => None,
@@ -225,7 +217,7 @@ pub(crate) fn as_reference(ty: &Type) -> Option<&TypeReference> {
 
 /// Looks through the invisible groups `macro_rules!` wraps captured types in,
 /// and through parentheses.
-pub(crate) fn strip_groups(mut ty: &Type) -> &Type {
+fn strip_groups(mut ty: &Type) -> &Type {
     loop {
         match ty {
             Type::Group(group) => ty = &group.elem,
