@@ -37,8 +37,11 @@
 //! through a listener, to show both.
 
 use echostream::prelude::*;
-use echostream::rpc::ConnectionEvents;
-use echostream::Metadata;
+
+use echostream::{ClientTrust, Metadata, ServerIdentity};
+
+use echostream::rpc::{handler_fn, listener_fn, ConnectionEvent, ConnectionEvents, ServerHandle};
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -16,6 +16,8 @@
 mod shared;
 
 use echostream::prelude::*;
+
+use echostream::Codec;
 use shared::{Session, DEFAULT_ADDR};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;

@@ -18,6 +18,7 @@
 
 use echostream::discovery::{BrowseEvent, Discovery, Interfaces};
 use echostream::prelude::*;
+use echostream::{DiscoverOptions, ServerIdentity};
 use std::time::Duration;
 
 /// `audio.play`: pretends to play a file.

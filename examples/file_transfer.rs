@@ -24,6 +24,7 @@
 use bytes::Bytes;
 use echostream::prelude::*;
 use echostream::types::Metadata;
+use echostream::ServerIdentity;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};

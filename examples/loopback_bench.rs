@@ -5,6 +5,10 @@
 //! `cargo run --release --example loopback_bench`
 
 use echostream::prelude::*;
+
+use echostream::ServerIdentity;
+
+use echostream::rpc::handler_fn;
 use std::time::{Duration, Instant};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

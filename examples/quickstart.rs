@@ -22,6 +22,8 @@
 //! The server uses a throw-away identity, so running this writes no files.
 
 use echostream::prelude::*;
+
+use echostream::{Codec, ServerIdentity};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

@@ -20,6 +20,8 @@
 mod shared;
 
 use echostream::prelude::*;
+
+use echostream::ServerIdentity;
 use shared::{Session, DEFAULT_ADDR};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

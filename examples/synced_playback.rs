@@ -13,6 +13,12 @@
 //! ```
 
 use echostream::prelude::*;
+
+use echostream::ServerIdentity;
+
+use echostream::stream::TimedReceiver;
+
+use echostream::timesync::PlayoutDelay;
 use echostream::timesync::{Clock, SkewedClock, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;

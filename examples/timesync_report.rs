@@ -17,8 +17,14 @@
 //! ```
 
 use echostream::prelude::*;
+
+use echostream::ServerIdentity;
+
+use echostream::stream::{stream_handler_fn, TimedReceiver};
+
 use echostream::testing::{Impairment, Relay};
 use echostream::timesync::{Clock, JitterStats, SkewedClock, SystemClock};
+use echostream::timesync::{PlayoutDelay, Timestamp};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

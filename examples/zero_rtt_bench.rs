@@ -5,6 +5,10 @@
 //! `cargo run --release --example zero_rtt_bench [connections per case, default 200]`
 
 use echostream::prelude::*;
+
+use echostream::ServerIdentity;
+
+use echostream::rpc::handler_fn;
 use echostream::ZeroRtt;
 use std::time::{Duration, Instant};
 

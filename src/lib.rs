@@ -68,26 +68,18 @@ pub use echostream_core::rpc::DiscoverOptions;
 pub use echostream_discovery as discovery;
 
 /// The names most programs need: `use echostream::prelude::*;`.
+///
+/// The server and client, a call's context and the peer handle, call options, the result and
+/// error types with the wire status, the three attributes, and the stream types. Everything
+/// else stays one path away: trust and identities at the crate root
+/// ([`ServerIdentity`], [`ClientTrust`], [`Fingerprint`], [`Codec`], [`Metadata`]) and under
+/// [`tls`]; handler helpers, access control and connection policy under [`rpc`]; stream
+/// options and the stream control handle under [`stream`]; clocks under [`timesync`].
 pub mod prelude {
-    pub use crate::rpc::{
-        authenticator_fn, interceptor_fn, require_authenticated, require_role, AuthRequest, CallKind,
-        HandlerExt, Interceptor, PeerIdentity, RateLimit, StaticTokens,
-    };
-    pub use crate::rpc::{handler_fn, listener_fn, Handler, Listener, ShutdownHandle};
-    pub use crate::stream::{stream_handler_fn, StreamHandler, StreamOptions};
-    pub use crate::timesync::{PlayoutDelay, Timestamp};
-    #[cfg(feature = "discovery")]
-    pub use crate::DiscoverOptions;
     pub use crate::{handler, listener, stream_handler};
     pub use crate::{
-        CallOptions, ClientTrust, Code, Codec, ConnectionEvent, ConnectionEvents, ConnectionPolicy, Context,
-        Error, Fingerprint, Metadata, Peer, ReconnectPolicy, Result, RpcClient, RpcServer, ServerHandle,
-        ServerIdentity, Status, Subscription,
-    };
-    pub use crate::{ClientAuth, ClientCertTrust, ClientIdentity, KeyLog};
-    pub use crate::{
-        IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,
-        TimedReceiver, XStream,
+        CallOptions, Code, Context, Error, Peer, Result, RpcClient, RpcServer, Status, StreamReceiver,
+        StreamSender, XStream,
     };
 }
 

@@ -7,7 +7,9 @@ mod common;
 use bytes::{BufMut, BytesMut};
 use common::*;
 use echostream::prelude::*;
+use echostream::rpc::{handler_fn, listener_fn};
 use echostream::types::{CloseCode, Frame, Hello, Metadata, RequestFrame};
+use echostream::{ClientTrust, Codec, ServerIdentity};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -11,6 +11,8 @@ mod netns;
 use echostream::discovery::{Announcement, BrowseEvent, Discovery, Interfaces};
 use echostream::prelude::*;
 use echostream::rpc::ServerBuilder;
+use echostream::rpc::{handler_fn, ShutdownHandle};
+use echostream::{DiscoverOptions, Fingerprint, ServerIdentity};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -5,6 +5,8 @@ mod common;
 use common::*;
 use echostream::prelude::*;
 use echostream::rpc::ServerBuilder;
+use echostream::rpc::{handler_fn, listener_fn};
+use echostream::ServerIdentity;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use echostream::prelude::*;
+use echostream::rpc::{handler_fn, ReconnectPolicy};
 use echostream::testing::{Impairment, Relay};
+use echostream::ServerIdentity;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

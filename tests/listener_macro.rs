@@ -7,7 +7,9 @@ mod common;
 
 use common::*;
 use echostream::prelude::*;
+use echostream::rpc::Listener;
 use echostream::rpc::{registered_listeners, ServerHandle};
+use echostream::ServerIdentity;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use echostream::prelude::*;
 use echostream::rpc::registered_handlers;
+use echostream::rpc::Handler;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 

@@ -4,7 +4,9 @@ mod common;
 
 use common::*;
 use echostream::prelude::*;
+use echostream::rpc::handler_fn;
 use echostream::rpc::RpcServer;
+use echostream::{ClientTrust, Codec, ServerIdentity};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

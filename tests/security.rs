@@ -4,8 +4,14 @@ mod common;
 
 use common::*;
 use echostream::prelude::*;
+use echostream::rpc::{
+    authenticator_fn, handler_fn, interceptor_fn, listener_fn, require_role, AuthRequest, CallKind, Handler,
+    HandlerExt, PeerIdentity, RateLimit, StaticTokens,
+};
 use echostream::rpc::{AddressValidation, ServerBuilder};
+use echostream::stream::StreamError;
 use echostream::types::Code;
+use echostream::{ClientAuth, ClientCertTrust, ClientTrust, Fingerprint, KeyLog, ServerIdentity};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -6,7 +6,9 @@ mod streams_common;
 
 use common::*;
 use echostream::prelude::*;
+use echostream::stream::{stream_handler_fn, StreamError, StreamOptions};
 use echostream::types::Metadata;
+
 use futures::StreamExt;
 use streams_common::*;
 

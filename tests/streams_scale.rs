@@ -9,6 +9,7 @@ mod streams_common;
 use bytes::Bytes;
 use common::*;
 use echostream::prelude::*;
+use echostream::stream::{stream_handler_fn, StreamError};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,6 +6,9 @@ mod streams_common;
 
 use common::*;
 use echostream::prelude::*;
+use echostream::rpc::handler_fn;
+use echostream::stream::{stream_handler_fn, StreamDuplex, StreamError, StreamOptions};
+use echostream::Codec;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::time::Duration;

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use echostream::prelude::*;
+use echostream::rpc::handler_fn;
 use echostream::timesync::{Clock, SkewedClock, SystemClock};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

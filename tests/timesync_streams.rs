@@ -6,8 +6,11 @@ mod common;
 
 use common::*;
 use echostream::prelude::*;
+use echostream::rpc::handler_fn;
+use echostream::stream::{stream_handler_fn, TimedReceiver};
 use echostream::testing::{Impairment, Relay};
 use echostream::timesync::{Clock, JitterStats, SkewedClock, SystemClock};
+use echostream::timesync::{PlayoutDelay, Timestamp};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;

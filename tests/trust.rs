@@ -5,6 +5,8 @@ mod common;
 
 use common::*;
 use echostream::prelude::*;
+use echostream::rpc::handler_fn;
+use echostream::{ClientTrust, ServerIdentity};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

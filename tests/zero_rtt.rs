@@ -13,7 +13,9 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::*;
 use echostream::prelude::*;
+use echostream::rpc::{handler_fn, ReconnectPolicy};
 use echostream::types::{Frame, FrameDecoder, Hello, RequestFrame, PROTOCOL_VERSION};
+use echostream::{ClientAuth, ClientCertTrust, Codec, Fingerprint, Metadata};
 use echostream::{ServerIdentity, ZeroRtt};
 use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue,

@@ -8,6 +8,8 @@
 use bytes::Bytes;
 use echostream::connection::TransportOptions;
 use echostream::prelude::*;
+use echostream::rpc::handler_fn;
+use echostream::ServerIdentity;
 use std::time::{Duration, Instant};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,8 @@
 
 use bytes::Bytes;
 use echostream::prelude::*;
+use echostream::rpc::handler_fn;
+use echostream::ServerIdentity;
 
 const WARMUP: usize = 500;
 

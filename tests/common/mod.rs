@@ -3,7 +3,9 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use echostream::prelude::*;
+
 use echostream::rpc::ServerBuilder;
+use echostream::{Fingerprint, ServerIdentity};
 use std::time::Duration;
 
 /// Generous bound for anything a test waits on (loaded CI machines).

@@ -5,6 +5,8 @@
 use crate::common::*;
 use echostream::prelude::*;
 use echostream::rpc::ServerBuilder;
+use echostream::stream::{IncomingStreams, StreamOptions, Streams};
+use echostream::ServerIdentity;
 use std::sync::Arc;
 
 pub struct StreamServer {

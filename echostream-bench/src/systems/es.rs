@@ -5,6 +5,9 @@ use super::EventSink;
 use crate::Res;
 use bytes::Bytes;
 use echostream::prelude::*;
+use echostream::rpc::{handler_fn, listener_fn, ServerHandle};
+use echostream::stream::{stream_handler_fn, StreamError};
+use echostream::{Fingerprint, ServerIdentity};
 use std::sync::Arc;
 
 /// A running EchoStream benchmark server.

@@ -2,7 +2,7 @@
 //! frames), a typed one, a duplex one and a raw XStream one, registered on
 //! server and client builders; and the sender side of the sketch.
 
-use echostream::prelude::*;
+use echostream::prelude::*; use echostream::stream::{StreamDuplex, StreamError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
