@@ -33,7 +33,8 @@
 //! - [`stream`]: [`XStream`], the [`Streams`] control handle, typed message
 //!   streams; `#[stream_handler]` turns an `async fn` into a stream acceptor.
 //!
-//! The architecture and the wire protocol are described in `ARCHITECTURE.md`.
+//! The architecture is described in `ARCHITECTURE.md`, the wire protocol byte by byte in
+//! `docs/PROTOCOL.md`, the security model in `docs/SECURITY.md`.
 
 pub use echostream_core::connection::client_auth::{
     ClientAuth, ClientCertTrust, ClientIdentity, KeyLog, PeerCertificate,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use streams_common::*;
 
-/// Refusal codes of the answer byte `0x01` (ARCHITECTURE.md, "Streams").
+/// Refusal codes of the answer byte `0x01` (docs/PROTOCOL.md, "XStream pairing protocol").
 const NO_ACCEPTOR: u8 = 1;
 const BUSY: u8 = 2;
 const BAD_HEADER: u8 = 4;

@@ -16,7 +16,7 @@
 //! - [`side`]: side streams, which carry one large request or response each: the head a
 //!   receiver checks before buffering, and the stream codes that end one early.
 //!
-//! The byte layout is specified in `ARCHITECTURE.md` at the repository root.
+//! The byte layout is specified in `docs/PROTOCOL.md` at the repository root.
 
 // Peer input must never panic the process: no unwrap/expect outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
