@@ -441,7 +441,10 @@ async fn stalled_side_streams_do_not_block_other_calls_and_are_dropped() {
         })
         .encode(&mut req)
         .unwrap();
-        ctl_send.write_all(&req).await.unwrap();
+        tokio::time::timeout(WAIT, ctl_send.write_all(&req))
+            .await
+            .expect("the control stream has credit while side streams stall")
+            .unwrap();
         let answer = tokio::time::timeout(WAIT, ctl_recv.read_chunk(64 * KIB, true))
             .await
             .expect("a small call answers while side streams stall")
