@@ -3,7 +3,7 @@
 //! error half out, answer).
 
 use super::control::{Registry, RouteError, Routed, Verdict};
-use super::typed::StreamHandler;
+use super::handler::StreamHandler;
 use super::wire::{self, code, DataHeader, Refusal};
 use super::xstream::ErrorHalfEnd;
 use super::{Side, StreamError, XStream};
@@ -505,7 +505,7 @@ pub(crate) async fn incoming_bi(peer: Peer, send: quinn::SendStream, recv: quinn
         }
     };
     let ctx = Context::new(stream.name().to_owned(), None, metadata, None, peer);
-    super::typed::run_stream_handler(handler, ctx, stream).await;
+    super::handler::run_stream_handler(handler, ctx, stream).await;
 }
 
 /// Reads the header of an incoming data half and decides: `Some` when a stream handler takes
