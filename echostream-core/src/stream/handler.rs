@@ -2,9 +2,9 @@
 //! trait, [`stream_handler_fn`], running a handler on an accepted stream, and the registry of
 //! handlers submitted by `#[stream_handler]`.
 
-use super::wire;
 use super::{StreamDuplex, StreamReceiver, StreamState, TimedReceiver, XStream};
 use crate::rpc::Context;
+use echostream_types::message::encode_status;
 use echostream_types::{Code, Codec, Status};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -122,7 +122,7 @@ pub(crate) async fn run_stream_handler(handler: Arc<dyn StreamHandler>, ctx: Con
             tracing::debug!(stream = name, error = %status, "stream handler failed");
             // Boxed: a rare path whose future (about 600 bytes) would otherwise enlarge every
             // stream handler's task.
-            let written = Box::pin(keep.error_write(&wire::encode_status(&status), true)).await;
+            let written = Box::pin(keep.error_write(&encode_status(&status), true)).await;
             if written.is_err() {
                 let _ = keep.close().await;
             }

@@ -4,7 +4,8 @@
 //! top ([`StreamSender`], [`StreamReceiver`], [`StreamDuplex`]).
 //!
 //! # Layout
-//! - `wire`: the pairing protocol's bytes (sans-IO, unit-tested).
+//! The bytes of the pairing protocol and of typed messages are in
+//! `echostream_types::{pairing, message}` (sans-IO, unit-tested, fuzzed).
 //! - `xstream`: [`XStream`] and its states.
 //! - `control`: [`Streams`], [`IncomingStreams`], the decision policy.
 //! - `conn`: per-connection state: pairing table, stream-limit growth, the
@@ -27,12 +28,13 @@ pub mod jitter;
 mod message;
 mod timed;
 mod typed;
-mod wire;
 mod xstream;
 
 pub(crate) use conn::{incoming_bi, incoming_uni, ConnStreams};
 pub(crate) use control::Registry;
 pub use control::{IncomingStreams, StreamDecision, StreamRequest, StreamRequests, Streams};
+pub use echostream_types::message::TIMED_FLAG;
+pub(crate) use echostream_types::pairing::ERROR_HALF;
 pub use error::StreamError;
 pub use handler::{
     registered_stream_handlers, stream_handler_fn, FnStreamHandler, FromXStream, StreamHandler,
@@ -40,10 +42,8 @@ pub use handler::{
 };
 pub use io::XStreamIo;
 pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PlayoutDelay, PushOutcome};
-pub use message::TIMED_FLAG;
 pub use timed::TimedReceiver;
 pub use typed::{CreateStream, StreamDuplex, StreamReceiver, StreamSender, PLAYOUT_METADATA};
-pub(crate) use wire::ERROR_HALF;
 pub use xstream::{StreamState, XStream};
 
 use std::time::Duration;

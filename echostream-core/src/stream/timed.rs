@@ -2,7 +2,7 @@
 //! sender timestamp (mapped to the local clock) plus a playout delay.
 
 use super::jitter::{JitterBuffer, JitterConfig, JitterStats};
-use super::message::{end_after_bad_message, fail_with, is_bad_message, typed_error, MessageReader};
+use super::message::{fail_with, MessageReader};
 use super::typed::{decode_playout, PLAYOUT_METADATA};
 use super::XStream;
 use crate::protocol::timesync::Timestamp;
@@ -247,12 +247,7 @@ async fn timed_reader<T: DeserializeOwned + Send + 'static>(stream: XStream, sha
                     shared.notify.notify_one();
                 }
                 Ok(None) => break None,
-                Err(e) => {
-                    if is_bad_message(&e) {
-                        end_after_bad_message(&stream, &e).await;
-                    }
-                    break Some(typed_error(e));
-                }
+                Err(e) => break Some(e),
             }
         };
         let mut st = lock_state(&shared.state);

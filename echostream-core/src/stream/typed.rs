@@ -3,9 +3,7 @@
 //! The framing they share is in `message`; the time-synced receiver in `timed`.
 
 use super::jitter::PlayoutDelay;
-use super::message::{
-    end_after_bad_message, fail_with, is_bad_message, send_message, typed_error, MessageReader,
-};
+use super::message::{fail_with, send_message, typed_error, MessageReader};
 use super::{StreamError, Streams, XStream};
 use crate::protocol::timesync::Timestamp;
 use crate::protocol::Peer;
@@ -64,16 +62,7 @@ impl<T: DeserializeOwned + Send + 'static> StreamReceiver<T> {
     /// over the size limit, or one that does not decode, ends the stream
     /// on both sides with that error.
     pub async fn try_recv(&self) -> Result<Option<T>, Error> {
-        let mut reader = self.reader.lock().await;
-        match reader.next::<T>(&self.stream).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if is_bad_message(&e) {
-                    end_after_bad_message(&self.stream, &e).await;
-                }
-                Err(typed_error(e))
-            }
-        }
+        self.reader.lock().await.next::<T>(&self.stream).await
     }
 
     /// Ends the stream with an error the sender receives as `Error::Remote`
@@ -203,16 +192,7 @@ impl<T: DeserializeOwned + Send + 'static> StreamDuplex<T> {
 
     /// The next message, `Ok(None)` at the clean end, or the error.
     pub async fn try_recv(&self) -> Result<Option<T>, Error> {
-        let mut reader = self.reader.lock().await;
-        match reader.next::<T>(&self.stream).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if is_bad_message(&e) {
-                    end_after_bad_message(&self.stream, &e).await;
-                }
-                Err(typed_error(e))
-            }
-        }
+        self.reader.lock().await.next::<T>(&self.stream).await
     }
 
     /// Ends this side's messages; receiving goes on.
