@@ -6,6 +6,9 @@
 //! only then does it parse. The full layout of each body is in
 //! `ARCHITECTURE.md`.
 
+use crate::cursor::{
+    get_metadata, get_str, get_u16, get_u32, get_u64, get_u8, put_metadata, put_str, CursorError,
+};
 use crate::{metadata::Metadata, status::CloseCode, Code, Codec, Status};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::time::Duration;
@@ -467,6 +470,20 @@ pub enum FrameError {
     Malformed(String),
 }
 
+impl From<CursorError> for FrameError {
+    fn from(e: CursorError) -> Self {
+        match e {
+            CursorError::Truncated(what) => FrameError::Truncated(what),
+            CursorError::Utf8(what) => FrameError::InvalidUtf8(what),
+            CursorError::TooLong { what, len, limit } => FrameError::FieldTooLong {
+                field: what,
+                len,
+                limit,
+            },
+        }
+    }
+}
+
 /// Writes the length of the frame that starts at `start` in `dst` (its prefix reserved as zero),
 /// counting a payload of `tail` bytes still to follow.
 fn patch_length(dst: &mut BytesMut, start: usize, tail: usize) -> Result<(), FrameError> {
@@ -544,97 +561,6 @@ impl<'a> RequestRef<'a> {
         }
         Ok(())
     }
-}
-
-fn put_str(dst: &mut BytesMut, field: &'static str, s: &str) -> Result<(), FrameError> {
-    let len = u16::try_from(s.len()).map_err(|_| FrameError::FieldTooLong {
-        field,
-        len: s.len(),
-        limit: u16::MAX as usize,
-    })?;
-    dst.put_u16(len);
-    dst.put_slice(s.as_bytes());
-    Ok(())
-}
-
-fn put_metadata(dst: &mut BytesMut, m: &Metadata) -> Result<(), FrameError> {
-    let count = u16::try_from(m.len()).map_err(|_| FrameError::FieldTooLong {
-        field: "metadata entries",
-        len: m.len(),
-        limit: u16::MAX as usize,
-    })?;
-    dst.put_u16(count);
-    for (k, v) in m.iter() {
-        put_str(dst, "metadata key", k)?;
-        let len = u32::try_from(v.len()).map_err(|_| FrameError::FieldTooLong {
-            field: "metadata value",
-            len: v.len(),
-            limit: u32::MAX as usize,
-        })?;
-        dst.put_u32(len);
-        dst.put_slice(v);
-    }
-    Ok(())
-}
-
-fn get_u8(b: &mut Bytes, what: &'static str) -> Result<u8, FrameError> {
-    if b.remaining() < 1 {
-        return Err(FrameError::Truncated(what));
-    }
-    Ok(b.get_u8())
-}
-
-fn get_u16(b: &mut Bytes, what: &'static str) -> Result<u16, FrameError> {
-    if b.remaining() < 2 {
-        return Err(FrameError::Truncated(what));
-    }
-    Ok(b.get_u16())
-}
-
-fn get_u32(b: &mut Bytes, what: &'static str) -> Result<u32, FrameError> {
-    if b.remaining() < 4 {
-        return Err(FrameError::Truncated(what));
-    }
-    Ok(b.get_u32())
-}
-
-fn get_u64(b: &mut Bytes, what: &'static str) -> Result<u64, FrameError> {
-    if b.remaining() < 8 {
-        return Err(FrameError::Truncated(what));
-    }
-    Ok(b.get_u64())
-}
-
-fn get_bytes(b: &mut Bytes, len: usize, what: &'static str) -> Result<Bytes, FrameError> {
-    // The length was read from the peer: check it against what is actually
-    // there before slicing (slicing never allocates, but must not panic).
-    if b.remaining() < len {
-        return Err(FrameError::Truncated(what));
-    }
-    Ok(b.split_to(len))
-}
-
-fn get_str(b: &mut Bytes, what: &'static str) -> Result<String, FrameError> {
-    let len = get_u16(b, what)? as usize;
-    let raw = get_bytes(b, len, what)?;
-    String::from_utf8(raw.to_vec()).map_err(|_| FrameError::InvalidUtf8(what))
-}
-
-fn get_metadata(b: &mut Bytes) -> Result<Metadata, FrameError> {
-    let count = get_u16(b, "metadata count")? as usize;
-    // Each entry takes at least 6 bytes: refuse counts the frame cannot hold
-    // before reserving room for them.
-    if count * 6 > b.remaining() {
-        return Err(FrameError::Truncated("metadata"));
-    }
-    let mut entries = Vec::with_capacity(count);
-    for _ in 0..count {
-        let key = get_str(b, "metadata key")?;
-        let len = get_u32(b, "metadata value length")? as usize;
-        let value = get_bytes(b, len, "metadata value")?;
-        entries.push((key, value));
-    }
-    Ok(Metadata::from_entries(entries))
 }
 
 fn expect_end(b: &Bytes, frame: &'static str) -> Result<(), FrameError> {

@@ -15,6 +15,13 @@
 //! - [`metadata`]: string-keyed metadata carried by hellos, requests and events.
 //! - [`side`]: side streams, which carry one large request or response each: the head a
 //!   receiver checks before buffering, and the stream codes that end one early.
+//! - [`pairing`]: the XStream pairing protocol: the data half's header
+//!   ([`pairing::DataHeader`]), the acceptor's answer, the error half and its
+//!   error block, the stream reset codes ([`pairing::code`]).
+//! - [`message`]: typed-message framing on an XStream (the incremental
+//!   [`message::MessageDecoder`]) and the status typed streams fail with.
+//! - `cursor` (private): the bounds-checked reads and the string and metadata
+//!   encodings all of the formats above share.
 //!
 //! The byte layout is specified in `docs/PROTOCOL.md` at the repository root.
 
@@ -22,8 +29,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod codec;
+mod cursor;
 pub mod frame;
+pub mod message;
 pub mod metadata;
+pub mod pairing;
 pub mod side;
 pub mod status;
 

@@ -10,12 +10,14 @@
 //! [`ClientIdentity`]): a persistent or ephemeral self-signed certificate (for pinning), or a
 //! CA-issued chain.
 
-use super::tls::{crypto_provider, read_pem_certs, Fingerprint, LoadedIdentity, ServerIdentity, TlsError};
-use rustls::client::danger::HandshakeSignatureValid;
+use super::tls::{
+    crypto_provider, pinned, read_pem_certs, root_store, signature_methods, Fingerprint, LoadedIdentity,
+    ServerIdentity, TlsError, VerifierCore,
+};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{CertificateError, DistinguishedName};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -195,32 +197,17 @@ pub fn client_crypto(
 
 fn client_verifier(trust: &ClientCertTrust, required: bool) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let provider = crypto_provider();
-    let roots = match trust {
+    let store = match trust {
         ClientCertTrust::Pinned(pins) => {
-            if pins.is_empty() {
-                return Err(TlsError::NoPinnedFingerprints);
-            }
             return Ok(Arc::new(PinnedClientVerifier {
-                pins: pins.clone(),
+                pins: pinned(pins)?,
                 required,
-                provider,
+                core: VerifierCore::new(provider),
             }));
         }
-        ClientCertTrust::CaRoots(roots) => (roots.clone(), "ClientCertTrust::CaRoots".to_string()),
-        ClientCertTrust::CaFile(path) => (read_pem_certs(path)?, path.display().to_string()),
+        ClientCertTrust::CaRoots(roots) => root_store(roots, "ClientCertTrust::CaRoots")?,
+        ClientCertTrust::CaFile(path) => root_store(&read_pem_certs(path)?, &path.display().to_string())?,
     };
-    let (roots, origin) = roots;
-    if roots.is_empty() {
-        return Err(TlsError::NoCaRoots { origin });
-    }
-    let mut store = rustls::RootCertStore::empty();
-    for (index, root) in roots.into_iter().enumerate() {
-        store.add(root).map_err(|source| TlsError::BadCaRoot {
-            origin: origin.clone(),
-            index,
-            source,
-        })?;
-    }
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider);
     let builder = if required {
         builder
@@ -238,7 +225,7 @@ fn client_verifier(trust: &ClientCertTrust, required: bool) -> Result<Arc<dyn Cl
 struct PinnedClientVerifier {
     pins: Vec<Fingerprint>,
     required: bool,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    core: VerifierCore,
 }
 
 impl ClientCertVerifier for PinnedClientVerifier {
@@ -267,36 +254,7 @@ impl ClientCertVerifier for PinnedClientVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "EchoStream accepts only TLS 1.3; refusing a TLS 1.2 handshake signature".to_string(),
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    signature_methods!();
 }
 
 /// What the certificate the other side presented says: its fingerprint and names.

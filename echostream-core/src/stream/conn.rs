@@ -3,12 +3,12 @@
 //! error half out, answer).
 
 use super::control::{Registry, RouteError, Routed, Verdict};
-use super::typed::StreamHandler;
-use super::wire::{self, code, DataHeader, Refusal};
+use super::handler::StreamHandler;
 use super::xstream::ErrorHalfEnd;
 use super::{Side, StreamError, XStream};
 use crate::protocol::{describe_close, Peer};
 use crate::rpc::Context;
+use echostream_types::pairing::{self, code, DataHeader, Refusal};
 use echostream_types::Metadata;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -346,24 +346,18 @@ async fn read_answer(recv: &mut quinn::RecvStream, name: &str) -> Result<(), Str
     let mut b = [0u8; 1];
     recv.read_exact(&mut b).await.map_err(read_failed)?;
     match b[0] {
-        wire::ANSWER_ACCEPTED => Ok(()),
-        wire::ANSWER_REFUSED => {
+        pairing::ANSWER_ACCEPTED => Ok(()),
+        pairing::ANSWER_REFUSED => {
             let mut head = [0u8; 3];
             recv.read_exact(&mut head).await.map_err(read_failed)?;
-            let len = u16::from_be_bytes([head[1], head[2]]) as usize;
-            if len > wire::MAX_REASON {
-                return Err(StreamError::Protocol {
-                    stream: stream(),
-                    detail: format!(
-                        "refusal reason of {len} bytes exceeds the limit of {} bytes",
-                        wire::MAX_REASON
-                    ),
-                });
-            }
+            let (refusal, len) = pairing::decode_refusal_prefix(head).map_err(|e| StreamError::Protocol {
+                stream: stream(),
+                detail: e.to_string(),
+            })?;
             let mut reason = vec![0u8; len];
             recv.read_exact(&mut reason).await.map_err(read_failed)?;
             let reason = String::from_utf8_lossy(&reason).into_owned();
-            Err(match Refusal::from_code(head[0]) {
+            Err(match refusal {
                 Some(Refusal::NoAcceptor) => StreamError::NoAcceptor { stream: stream() },
                 Some(Refusal::Busy) => StreamError::Busy {
                     stream: stream(),
@@ -423,7 +417,7 @@ impl Incoming {
                 detail: format!("while answering: {other}"),
             },
         };
-        err.write_chunk(wire::encode_error_header(self.header.id))
+        err.write_chunk(pairing::encode_error_header(self.header.id))
             .await
             .map_err(map_write)?;
         let (Some(mut send), Some(recv)) = (self.send.take(), self.recv.take()) else {
@@ -433,7 +427,7 @@ impl Incoming {
             });
         };
         if let Err(e) = send
-            .write_chunk(bytes::Bytes::from_static(&[wire::ANSWER_ACCEPTED]))
+            .write_chunk(bytes::Bytes::from_static(&[pairing::ANSWER_ACCEPTED]))
             .await
         {
             let _ = err.reset(code::PEER_DROPPED.into());
@@ -464,7 +458,7 @@ impl Incoming {
 
     async fn refuse_now(mut self, refusal: Refusal, reason: &str) {
         if let Some(mut send) = self.send.take() {
-            let _ = send.write_chunk(wire::encode_refusal(refusal, reason)).await;
+            let _ = send.write_chunk(pairing::encode_refusal(refusal, reason)).await;
             let _ = send.finish();
         }
         if let Some(mut recv) = self.recv.take() {
@@ -505,7 +499,7 @@ pub(crate) async fn incoming_bi(peer: Peer, send: quinn::SendStream, recv: quinn
         }
     };
     let ctx = Context::new(stream.name().to_owned(), None, metadata, None, peer);
-    super::typed::run_stream_handler(handler, ctx, stream).await;
+    super::handler::run_stream_handler(handler, ctx, stream).await;
 }
 
 /// Reads the header of an incoming data half and decides: `Some` when a stream handler takes
@@ -635,7 +629,7 @@ async fn read_header(recv: &mut quinn::RecvStream) -> Result<DataHeader, HeaderE
     let lost = |e: quinn::ReadExactError| HeaderError::Lost(e.to_string());
     let mut head = [0u8; 3];
     recv.read_exact(&mut head[..1]).await.map_err(lost)?;
-    if head[0] != wire::DATA_HALF {
+    if head[0] != pairing::DATA_HALF {
         return Err(HeaderError::NotAStream(head[0]));
     }
     recv.read_exact(&mut head[1..]).await.map_err(lost)?;

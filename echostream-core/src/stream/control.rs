@@ -1,7 +1,7 @@
 //! The control handle: accepting names, opening streams, the decision policy.
 
 use super::conn::Incoming;
-use super::typed::StreamHandler;
+use super::handler::StreamHandler;
 use super::{StreamError, StreamOptions, XStream};
 use crate::protocol::Peer;
 use echostream_types::Metadata;
@@ -84,10 +84,10 @@ impl Registry {
     /// Registers a handler at build time (duplicates are a configuration error).
     pub(crate) fn add_handler(&self, h: Arc<dyn StreamHandler>) -> Result<(), crate::Error> {
         let name = h.name().to_owned();
-        if name.is_empty() || name.len() > super::wire::MAX_NAME {
+        if name.is_empty() || name.len() > echostream_types::pairing::MAX_NAME {
             return Err(crate::Error::Config(format!(
                 "stream handler name must be 1 to {} bytes, got {} bytes",
-                super::wire::MAX_NAME,
+                echostream_types::pairing::MAX_NAME,
                 name.len()
             )));
         }
@@ -224,10 +224,13 @@ impl Streams {
     /// [`Streams::accept`] with a queue of `capacity` streams waiting for
     /// the application; further streams are refused as busy.
     pub fn accept_with_queue(&self, name: &str, capacity: usize) -> Result<IncomingStreams, StreamError> {
-        if name.is_empty() || name.len() > super::wire::MAX_NAME {
+        if name.is_empty() || name.len() > echostream_types::pairing::MAX_NAME {
             return Err(StreamError::Invalid {
                 stream: name.to_owned(),
-                detail: format!("a stream name must be 1 to {} bytes", super::wire::MAX_NAME),
+                detail: format!(
+                    "a stream name must be 1 to {} bytes",
+                    echostream_types::pairing::MAX_NAME
+                ),
             });
         }
         let capacity = capacity.max(1);

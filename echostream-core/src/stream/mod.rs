@@ -4,36 +4,46 @@
 //! top ([`StreamSender`], [`StreamReceiver`], [`StreamDuplex`]).
 //!
 //! # Layout
-//! - `wire`: the pairing protocol's bytes (sans-IO, unit-tested).
+//! The bytes of the pairing protocol and of typed messages are in
+//! `echostream_types::{pairing, message}` (sans-IO, unit-tested, fuzzed).
 //! - `xstream`: [`XStream`] and its states.
 //! - `control`: [`Streams`], [`IncomingStreams`], the decision policy.
 //! - `conn`: per-connection state: pairing table, stream-limit growth, the
 //!   opening and accepting handshakes (called from the protocol layer).
-//! - `typed`: message framing, [`StreamHandler`], `create_stream`.
+//! - `message`: typed-message framing over an XStream (write one, read the next).
+//! - `typed`: the typed endpoints [`StreamSender`], [`StreamReceiver`],
+//!   [`StreamDuplex`] and the `create_stream` builder.
+//! - `timed`: [`TimedReceiver`], messages released at their sender timestamp.
+//! - `handler`: [`StreamHandler`], `stream_handler_fn`, the `#[stream_handler]`
+//!   registry.
 //! - `io`: [`XStreamIo`], tokio `AsyncRead`/`AsyncWrite` over an XStream.
 //! - `error`: [`StreamError`].
 
 mod conn;
 mod control;
 mod error;
+mod handler;
 mod io;
 pub mod jitter;
+mod message;
+mod timed;
 mod typed;
-mod wire;
 mod xstream;
 
 pub(crate) use conn::{incoming_bi, incoming_uni, ConnStreams};
 pub(crate) use control::Registry;
 pub use control::{IncomingStreams, StreamDecision, StreamRequest, StreamRequests, Streams};
+pub use echostream_types::message::TIMED_FLAG;
+pub(crate) use echostream_types::pairing::ERROR_HALF;
 pub use error::StreamError;
+pub use handler::{
+    registered_stream_handlers, stream_handler_fn, FnStreamHandler, FromXStream, StreamHandler,
+    StreamHandlerRegistration, StreamHandlerResult,
+};
 pub use io::XStreamIo;
 pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PlayoutDelay, PushOutcome};
-pub use typed::{
-    registered_stream_handlers, stream_handler_fn, CreateStream, FnStreamHandler, FromXStream, StreamDuplex,
-    StreamHandler, StreamHandlerRegistration, StreamHandlerResult, StreamReceiver, StreamSender,
-    TimedReceiver, PLAYOUT_METADATA, TIMED_FLAG,
-};
-pub(crate) use wire::ERROR_HALF;
+pub use timed::TimedReceiver;
+pub use typed::{CreateStream, StreamDuplex, StreamReceiver, StreamSender, PLAYOUT_METADATA};
 pub use xstream::{StreamState, XStream};
 
 use std::time::Duration;

@@ -9,10 +9,10 @@
 //! operation selects on it, so an error ends a blocked read or write at once.
 
 use super::error::StreamError;
-use super::wire::{self, code};
 use super::{Side, StreamOptions};
 use crate::protocol::{describe_close, Peer};
 use bytes::Bytes;
+use echostream_types::pairing::{self, code};
 use echostream_types::Metadata;
 use std::future::Future;
 use std::pin::Pin;
@@ -954,7 +954,7 @@ impl Inner {
         let Some(mut s) = self.err_send.lock().await.take() else {
             return Err(self.state_error("error_write", StreamState::Closed));
         };
-        let block = wire::encode_error_block(flushed, data);
+        let block = pairing::encode_error_block(flushed, data);
         match s.write_chunk(block).await {
             Ok(()) => {
                 let _ = s.finish();
@@ -1061,7 +1061,7 @@ async fn read_error_half(recv: &mut quinn::RecvStream, max: usize, name: &str) -
     if let Err(e) = recv.read_exact(&mut prefix[1..]).await {
         return exact_failed(e);
     }
-    let (flushed, len) = match wire::decode_error_prefix(prefix, max) {
+    let (flushed, len) = match pairing::decode_error_prefix(prefix, max) {
         Ok(v) => v,
         Err(e) => {
             return ErrorHalf::Failed(StreamError::Protocol {
