@@ -28,6 +28,7 @@
 use proc_macro::TokenStream;
 
 mod args;
+mod descriptor;
 mod generator;
 mod kind;
 mod signature;
