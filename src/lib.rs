@@ -50,7 +50,7 @@ pub use echostream_core::stream::{
     TimedReceiver, XStream,
 };
 pub use echostream_core::{connection, protocol, rpc, stream, testing, Error, Result};
-pub use echostream_derive::{handler, listener, stream_handler};
+pub use echostream_derive::{handler, listener, service, stream_handler};
 pub use echostream_types as types;
 pub use echostream_types::descriptor::{Event, Method, ServiceDescription, StreamKind};
 pub use echostream_types::{Code, Codec, Metadata, Status};
