@@ -277,3 +277,12 @@ async fn a_name_used_twice_is_a_build_error_naming_both() {
     assert!(text.contains("service `math`"), "{text}");
     assert!(text.contains("free handler"), "{text}");
 }
+
+/// The service macro's compile-time checks: `tests/ui/service_pass` and
+/// `tests/ui/service_fail` with their expected messages.
+#[test]
+fn service_compile_time_checks() {
+    let cases = trybuild::TestCases::new();
+    cases.pass("tests/ui/service_pass/*.rs");
+    cases.compile_fail("tests/ui/service_fail/*.rs");
+}

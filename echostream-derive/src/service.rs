@@ -46,8 +46,25 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         });
     result.unwrap_or_else(|e| {
         let error = e.into_compile_error();
+        let item = without_method_attributes(item);
         quote!(#error #item)
     })
+}
+
+/// The item emitted next to an error: the trait without the method
+/// attributes only this macro knows, so the only diagnostics are its own
+/// rather than "cannot find attribute" for each.
+fn without_method_attributes(item: TokenStream) -> TokenStream {
+    let Ok(mut item) = syn::parse2::<ItemTrait>(item.clone()) else {
+        return item;
+    };
+    for trait_item in &mut item.items {
+        if let TraitItem::Fn(f) = trait_item {
+            f.attrs
+                .retain(|a| PASSED_THROUGH.iter().any(|known| a.path().is_ident(known)));
+        }
+    }
+    item.into_token_stream()
 }
 
 /// One trait method, its attributes read.
