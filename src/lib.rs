@@ -42,16 +42,17 @@ pub use echostream_core::connection::client_auth::{
 pub use echostream_core::connection::tls;
 pub use echostream_core::connection::tls::{ClientTrust, Fingerprint, ServerIdentity};
 pub use echostream_core::rpc::{
-    CallOptions, ConnectionEvent, ConnectionEvents, ConnectionInfo, ConnectionPolicy, Context, Handler,
-    Listener, Peer, ReconnectPolicy, RpcClient, RpcServer, ServerHandle, Subscription, ZeroRtt,
+    CallOptions, Caller, ConnectionEvent, ConnectionEvents, ConnectionInfo, ConnectionPolicy, Context,
+    Handler, Listener, Peer, ReconnectPolicy, RpcClient, RpcServer, ServerHandle, Subscription, ZeroRtt,
 };
 pub use echostream_core::stream::{
     IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,
     TimedReceiver, XStream,
 };
 pub use echostream_core::{connection, protocol, rpc, stream, testing, Error, Result};
-pub use echostream_derive::{handler, listener, stream_handler};
+pub use echostream_derive::{handler, listener, service, stream_handler};
 pub use echostream_types as types;
+pub use echostream_types::descriptor::{Event, Method, ServiceDescription, StreamKind};
 pub use echostream_types::{Code, Codec, Metadata, Status};
 
 /// Clock synchronisation: clocks, timestamps, the synced clock of a connection.
@@ -87,12 +88,19 @@ pub mod prelude {
 /// Runtime items used by the code `#[handler]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use echostream_core::rpc::reflect::Described;
+    pub use echostream_core::rpc::service::{EventFn, ReplyOk, Unnamed};
     pub use echostream_core::rpc::{
-        decode_args, encode_reply, Context, Handler, HandlerRegistration, Listener, ListenerRegistration,
-        ListenerResult, Payload,
+        decode_args, encode_reply, handler_fn, Caller, Context, Handler, HandlerRegistration, Listener,
+        ListenerRegistration, ListenerResult, Payload, Routes, RpcClient, Service, TypedSender,
     };
+    pub use echostream_core::stream::stream_handler_fn;
     pub use echostream_core::stream::{
         FromXStream, StreamHandler, StreamHandlerRegistration, StreamHandlerResult, XStream,
+    };
+    pub use echostream_core::{Error, Result};
+    pub use echostream_types::descriptor::{
+        Event, EventInfo, Method, MethodInfo, ServiceDescription, StreamInfo, StreamKind,
     };
     pub use echostream_types::{Codec, Status};
     pub use futures::future::BoxFuture;

@@ -15,9 +15,10 @@
 //! `Signature` alone, and reuse the methods that need no body.
 
 use crate::args::Args;
+use crate::descriptor;
 use crate::kind::{Input, Kind, Spec};
 use crate::signature::{self, CheckedSig};
-use proc_macro2::{Delimiter, Group, Span, TokenStream};
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{Attribute, Error, Ident, ItemFn};
@@ -156,13 +157,15 @@ impl<'a> FnGenerator<'a> {
         let lit = &self.args.name;
         let ident = runtime_ident(self.spec.name_const);
         let doc = format!(
-            "{}: `\"{}\"`.",
+            "{}: `\"{}\"`, with its types (a typed descriptor).",
             self.spec.name_const_doc,
             lit.value().escape_default()
         );
+        let ty = descriptor::descriptor_type(self.kind, self.sig, self.item.sig.paren_token.span.join());
+        let idempotent = self.args.idempotent.then(|| quote!(.idempotent()));
         quote! {
             #[doc = #doc]
-            #vis const #ident: &str = #lit;
+            #vis const #ident: #ty = <#ty>::new(#lit) #idempotent;
         }
     }
 
@@ -191,6 +194,7 @@ impl<'a> FnGenerator<'a> {
         let name_fn = runtime_ident(self.spec.name_fn);
         let name_const = runtime_ident(self.spec.name_const);
         let idempotent = self.idempotent_fn();
+        let info = runtime_ident(self.spec.info);
         let (input, reply) = match self.kind {
             Kind::Handler => (quote!(#private::Payload), quote!(#private::Payload)),
             Kind::Listener => (quote!(#private::Payload), quote!(())),
@@ -201,10 +205,14 @@ impl<'a> FnGenerator<'a> {
             #(#cfg)*
             impl #private::#runtime_trait for #name {
                 fn #name_fn(&self) -> &str {
-                    Self::#name_const
+                    Self::#name_const.name()
                 }
 
                 #idempotent
+
+                fn describe(&self) -> #private::#info {
+                    Self::#name_const.info()
+                }
 
                 // `ctx` is unused when the function does not take it and
                 // nothing is decoded.
@@ -308,21 +316,9 @@ impl<'a> FnGenerator<'a> {
         }
     }
 
-    /// The type the parameters after the context are decoded as: `()` for
-    /// none, the type for one, a tuple for several.
+    /// The type the parameters after the context are decoded as.
     fn decoded_type(&self) -> TokenStream {
-        match self.sig.params.as_slice() {
-            [ty] => quote!(#ty),
-            types => {
-                // The tuple type gets the span of the parameter list, so an
-                // argument type that is not `Deserialize` is reported there
-                // (rustc points at the offending type argument of
-                // `decode_args`).
-                let mut tuple = Group::new(Delimiter::Parenthesis, quote!(#(#types,)*));
-                tuple.set_span(self.item.sig.paren_token.span.join());
-                tuple.into_token_stream()
-            }
-        }
+        descriptor::decoded_type(self.sig, self.item.sig.paren_token.span.join())
     }
 
     /// Converts `invoke`'s result into what `call` returns. Spanned at the

@@ -59,6 +59,8 @@ pub(crate) struct Spec {
     pub(crate) registration: &'static str,
     /// The registration's field holding the name.
     pub(crate) registration_name: &'static str,
+    /// What reflection reports, in `__private`: `MethodInfo`.
+    pub(crate) info: &'static str,
 }
 
 const HANDLER: Spec = Spec {
@@ -82,6 +84,7 @@ const HANDLER: Spec = Spec {
     name_fn: "method",
     registration: "HandlerRegistration",
     registration_name: "method",
+    info: "MethodInfo",
 };
 
 const LISTENER: Spec = Spec {
@@ -104,6 +107,7 @@ const LISTENER: Spec = Spec {
     name_fn: "event",
     registration: "ListenerRegistration",
     registration_name: "event",
+    info: "EventInfo",
 };
 
 const STREAM_HANDLER: Spec = Spec {
@@ -123,6 +127,7 @@ const STREAM_HANDLER: Spec = Spec {
     name_fn: "name",
     registration: "StreamHandlerRegistration",
     registration_name: "name",
+    info: "StreamInfo",
 };
 
 impl Kind {

@@ -28,8 +28,10 @@
 use proc_macro::TokenStream;
 
 mod args;
+mod descriptor;
 mod generator;
 mod kind;
+mod service;
 mod signature;
 
 use kind::Kind;
@@ -154,4 +156,37 @@ pub fn listener(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn stream_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     generator::expand(Kind::StreamHandler, attr.into(), item.into()).into()
+}
+
+/// Turns a trait into a typed service: descriptors, a client and a server.
+///
+/// ```ignore
+/// #[echostream::service("math")]           // wire names "math.add", ...
+/// pub trait Math {
+///     async fn add(&self, ctx: Context, a: i64, b: i64) -> Result<i64>;
+///     #[idempotent] async fn read(&self, id: u32) -> Result<f32>;
+///     #[method(name = "legacy.sum")] async fn sum(&self, xs: Vec<i64>) -> Result<i64>;
+///     #[event] async fn overflow(&self, n: u64);
+///     #[stream] async fn samples(&self, rx: StreamReceiver<f32>) -> Result<()>;
+/// }
+/// ```
+///
+/// # What it generates
+///
+/// - the trait, each method written `fn -> impl Future<Output = ..> + Send` so
+///   implementations (`async fn` in `impl Math for MyMath`) can be served;
+/// - `mod math` (the trait's name in snake case) with one typed descriptor per
+///   method (`math::ADD: Method<(i64, i64), i64>`, `math::OVERFLOW: Event<u64>`,
+///   `math::SAMPLES: StreamKind<f32>`) and `math::SERVICE`;
+/// - `MathClient<C = RpcClient>`, one typed method per trait method, over any
+///   `Caller` (`RpcClient`, `Peer`): `MathClient::new(client).add(2, 3).await?`;
+/// - `MathServer<T: Math>`, a `Service`: `RpcServer::builder().service(MathServer::new(my_impl))`,
+///   which registers one ordinary handler, listener or stream handler per method.
+///
+/// Parameters are as for `#[handler]` (an optional `Context` first, owned
+/// serde types), after `&self`. The wire name is `"prefix.method"` unless
+/// `#[method(name = "...")]` gives it.
+#[proc_macro_attribute]
+pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
+    service::expand(attr.into(), item.into()).into()
 }

@@ -13,6 +13,9 @@
 //! - [`status`]: the wire status of a failed call ([`Status`], [`Code`]) and the
 //!   QUIC close codes ([`CloseCode`]).
 //! - [`metadata`]: string-keyed metadata carried by hellos, requests and events.
+//! - [`descriptor`]: typed descriptors of methods, events and streams
+//!   ([`Method`], [`Event`], [`StreamKind`]) and the reflection answer
+//!   ([`ServiceDescription`]).
 //! - [`side`]: side streams, which carry one large request or response each: the head a
 //!   receiver checks before buffering, and the stream codes that end one early.
 //! - [`pairing`]: the XStream pairing protocol: the data half's header
@@ -30,6 +33,7 @@
 
 pub mod codec;
 mod cursor;
+pub mod descriptor;
 pub mod frame;
 pub mod message;
 pub mod metadata;
@@ -38,6 +42,7 @@ pub mod side;
 pub mod status;
 
 pub use codec::{Codec, CodecError};
+pub use descriptor::{Event, Method, ServiceDescription, StreamKind};
 pub use frame::{
     EventFrame, Frame, FrameDecoder, FrameError, Hello, RequestFrame, RequestRef, ResponseFrame,
 };

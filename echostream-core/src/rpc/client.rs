@@ -28,7 +28,8 @@ use tokio::sync::watch;
 pub struct ClientBuilder {
     trust: ClientTrust,
     server_name: Option<String>,
-    router: RouterBuilder,
+    /// `pub(super)`: `rpc::service` adds the `service` setter.
+    pub(super) router: RouterBuilder,
     transport: TransportOptions,
     protocol: ProtocolConfig,
     connect_timeout: Duration,

@@ -2,6 +2,7 @@
 
 use crate::rpc::Context;
 use bytes::Bytes;
+use echostream_types::descriptor::MethodInfo;
 use echostream_types::{Code, Codec, Status};
 use futures::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};
@@ -75,6 +76,10 @@ pub trait Handler: Send + Sync + 'static {
     /// code): before its first `.await` it would also hold up the other requests of its
     /// connection. Move long computations to `tokio::task::spawn_blocking`.
     fn call(&self, ctx: Context, args: Payload) -> BoxFuture<'static, Result<Payload, Status>>;
+    /// What reflection (`echostream.describe`) reports about it; by default its name alone.
+    fn describe(&self) -> MethodInfo {
+        MethodInfo::unknown(self.method()).with_idempotent(self.idempotent())
+    }
 }
 
 impl<H: Handler + ?Sized> Handler for Arc<H> {
@@ -86,6 +91,9 @@ impl<H: Handler + ?Sized> Handler for Arc<H> {
     }
     fn call(&self, ctx: Context, args: Payload) -> BoxFuture<'static, Result<Payload, Status>> {
         (**self).call(ctx, args)
+    }
+    fn describe(&self) -> MethodInfo {
+        (**self).describe()
     }
 }
 
@@ -216,6 +224,12 @@ where
             let out = f(ctx.clone(), a).await;
             encode_reply(&ctx, args.codec, out)
         })
+    }
+
+    fn describe(&self) -> MethodInfo {
+        MethodInfo::unknown(self.method())
+            .with_types::<A, Fut::Output>()
+            .with_idempotent(self.idempotent)
     }
 }
 

@@ -209,6 +209,10 @@ impl<H: Handler> Handler for Guarded<H> {
         self.inner.idempotent()
     }
 
+    fn describe(&self) -> echostream_types::descriptor::MethodInfo {
+        self.inner.describe()
+    }
+
     fn call(&self, ctx: Context, args: Payload) -> BoxFuture<'static, Result<Payload, Status>> {
         let check = self.guard.intercept(&ctx, CallKind::Request);
         let run = self.inner.call(ctx, args);

@@ -1,6 +1,7 @@
 //! Listeners: functions run for each one-way event of a name.
 
 use crate::rpc::{decode_args, Context, Payload};
+use echostream_types::descriptor::EventInfo;
 use echostream_types::Status;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
@@ -20,6 +21,11 @@ pub trait Listener: Send + Sync + 'static {
     /// listener that was also registered explicitly.
     fn type_name(&self) -> &'static str {
         std::any::type_name::<Self>()
+    }
+
+    /// What reflection (`echostream.describe`) reports about it; by default its name alone.
+    fn describe(&self) -> EventInfo {
+        EventInfo::unknown(self.event())
     }
 }
 
@@ -107,5 +113,9 @@ where
             f(ctx, v).await;
             Ok(())
         })
+    }
+
+    fn describe(&self) -> EventInfo {
+        EventInfo::unknown(self.event()).with_type::<T>()
     }
 }

@@ -15,8 +15,10 @@ pub mod handler;
 pub mod interceptor;
 pub mod limits;
 pub mod listener;
+pub mod reflect;
 pub mod security;
 pub mod server;
+pub mod service;
 pub mod subscribe;
 
 pub use crate::protocol::{CallOptions, ConnectionInfo, Peer, ZeroRtt};
@@ -35,6 +37,7 @@ pub use server::{
     BroadcastReport, ConnectionEvent, ConnectionEvents, ConnectionPolicy, ConnectionRequest,
     ConnectionRequests, RpcServer, ServerBuilder, ServerHandle, ShutdownHandle,
 };
+pub use service::{Caller, Routes, Service, TypedSender};
 pub use subscribe::Subscription;
 
 pub use auth::{authenticator_fn, AuthRequest, AuthResult, Authenticator, PeerIdentity, StaticTokens};
@@ -99,6 +102,8 @@ pub(crate) struct RouterBuilder {
     stream_options: crate::stream::StreamOptions,
     /// The transport's initial stream limits, the floor of their growth.
     stream_limits: (u32, u32),
+    /// `.reflection(false)`: no `echostream.describe` handler (see `reflect`).
+    no_reflection: bool,
 }
 
 impl RouterBuilder {
@@ -162,10 +167,8 @@ impl RouterBuilder {
                     name.len()
                 )));
             }
-            if handlers.insert(name.clone(), h.clone()).is_some() {
-                return Err(crate::Error::Config(format!(
-                    "two handlers are registered for method `{name}`"
-                )));
+            if let Some(first) = handlers.insert(name.clone(), h.clone()) {
+                return Err(reflect::duplicate_method(&name, &*first, &**h));
             }
             explicit.insert(name);
         }
@@ -197,6 +200,9 @@ impl RouterBuilder {
                     list.push(l);
                 }
             }
+        }
+        if !self.no_reflection {
+            reflect::add_describe(self, &mut handlers, &listeners)?;
         }
         Ok(Router {
             handlers,

@@ -33,7 +33,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 pub struct ServerBuilder {
     bind: String,
     identity: ServerIdentity,
-    router: RouterBuilder,
+    /// `pub(super)`: `rpc::service` adds the `service` setter.
+    pub(super) router: RouterBuilder,
     transport: TransportOptions,
     protocol: ProtocolConfig,
     handshake_timeout: Duration,

@@ -85,6 +85,10 @@ pub trait StreamHandler: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Runs on one accepted stream. An error is written on the error half.
     fn call(&self, ctx: Context, stream: XStream) -> BoxFuture<'static, Result<(), Status>>;
+    /// What reflection (`echostream.describe`) reports about it; by default its name alone.
+    fn describe(&self) -> echostream_types::descriptor::StreamInfo {
+        echostream_types::descriptor::StreamInfo::unknown(self.name())
+    }
 }
 
 impl std::fmt::Debug for dyn StreamHandler {
