@@ -558,17 +558,35 @@ async fn connect_peer(endpoint: &quinn::Endpoint, p: &ConnectParams) -> Result<P
     if let Some(h) = &host {
         h.set_peer_max_frame(hs.peer_hello.max_frame_size);
     }
-    let peer = Peer::start(
+    let peer = start_peer(conn, hs, p, None);
+    tracing::debug!(target = %p.target, id = peer.connection_id(), "connected");
+    Ok(peer)
+}
+
+/// Starts a client connection's tasks. A client runs the server's calls under the default
+/// security policy (no interceptors or rate limits).
+fn start_peer(
+    conn: quinn::Connection,
+    hs: HandshakeOutcome,
+    p: &ConnectParams,
+    early: Option<EarlyStart>,
+) -> Peer {
+    let inbound = crate::rpc::inbound::ConnInbound::new(
+        &conn,
+        p.router.clone(),
+        None,
+        Arc::default(),
+        Default::default(),
+    );
+    Peer::start(
         conn,
         Role::Client,
         hs,
         p.protocol.clone(),
-        p.router.clone(),
-        None,
-        None,
-    );
-    tracing::debug!(target = %p.target, id = peer.connection_id(), "connected");
-    Ok(peer)
+        p.router.stream_registry(),
+        inbound,
+        early,
+    )
 }
 
 /// The 0-RTT path of [`connect_peer`]: writes the hello as early data and starts the connection
@@ -609,22 +627,13 @@ async fn connect_early(
             max_frame_size: host.peer_max_frame().unwrap_or(MIN_PEER_FRAME),
             metadata: echostream_types::Metadata::new(),
         },
-        auth: Default::default(),
     };
     let early = EarlyStart::Client {
         accepted,
         hello,
         deadline,
     };
-    let peer = Peer::start(
-        conn,
-        Role::Client,
-        hs,
-        p.protocol.clone(),
-        p.router.clone(),
-        None,
-        Some(early),
-    );
+    let peer = start_peer(conn, hs, p, Some(early));
     tracing::debug!(target = %p.target, id = peer.connection_id(), "connected with 0-RTT");
     Ok(peer)
 }

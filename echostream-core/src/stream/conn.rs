@@ -3,12 +3,12 @@
 //! error half out, answer).
 
 use super::control::{Registry, RouteError, Routed, Verdict};
+use super::incoming::{conn_lost, Incoming};
 use super::typed::StreamHandler;
 use super::wire::{self, code, DataHeader, Refusal};
 use super::xstream::ErrorHalfEnd;
 use super::{Side, StreamError, XStream};
-use crate::protocol::{describe_close, Peer};
-use crate::rpc::Context;
+use crate::protocol::{Context, Peer};
 use echostream_types::Metadata;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -33,7 +33,7 @@ pub(crate) struct ConnStreams {
     /// Streams we opened and that are live, or being opened.
     opened: AtomicUsize,
     /// Streams we accepted and that are live, or being accepted.
-    accepted: AtomicUsize,
+    pub(super) accepted: AtomicUsize,
     /// Error halves held in the pairing table without their data half.
     orphans: AtomicUsize,
     bidi_limit: AtomicU32,
@@ -159,13 +159,6 @@ impl<'a> PendingGuard<'a> {
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.0.pending.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-fn conn_lost(name: &str, e: &quinn::ConnectionError) -> StreamError {
-    StreamError::ConnectionLost {
-        stream: name.to_owned(),
-        reason: describe_close(e).1,
     }
 }
 
@@ -386,107 +379,6 @@ async fn read_answer(recv: &mut quinn::RecvStream, name: &str) -> Result<(), Str
     }
 }
 
-/// An accepted-by-policy stream waiting for its acceptor. If dropped before
-/// it is completed (queue dropped, acceptor gone), both directions are
-/// aborted with `NO_ACCEPTOR`, which the opener reports as "no acceptor".
-pub(crate) struct Incoming {
-    pub(crate) peer: Peer,
-    pub(crate) header: DataHeader,
-    send: Option<quinn::SendStream>,
-    recv: Option<quinn::RecvStream>,
-    count: bool,
-}
-
-impl Incoming {
-    /// Opens the error half, answers "accepted", and makes the XStream.
-    pub(crate) async fn complete(mut self) -> Result<(Peer, XStream), StreamError> {
-        let name = self.header.name.clone();
-        let st = self.peer.stream_state();
-        let opts = st.registry.opts.clone();
-        let conn = self.peer.quinn_connection().clone();
-        let wait = opts.pairing_timeout;
-        let mut err = match tokio::time::timeout(wait, conn.open_uni()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(conn_lost(&name, &e)),
-            Err(_) => {
-                return Err(StreamError::PairingTimeout {
-                    stream: name,
-                    missing: "credit to open the error half",
-                    after: wait,
-                })
-            }
-        };
-        let map_write = |e: quinn::WriteError| match e {
-            quinn::WriteError::ConnectionLost(e) => conn_lost(&name, &e),
-            other => StreamError::Protocol {
-                stream: name.clone(),
-                detail: format!("while answering: {other}"),
-            },
-        };
-        err.write_chunk(wire::encode_error_header(self.header.id))
-            .await
-            .map_err(map_write)?;
-        let (Some(mut send), Some(recv)) = (self.send.take(), self.recv.take()) else {
-            return Err(StreamError::Protocol {
-                stream: name,
-                detail: "incoming stream completed twice".into(),
-            });
-        };
-        if let Err(e) = send
-            .write_chunk(bytes::Bytes::from_static(&[wire::ANSWER_ACCEPTED]))
-            .await
-        {
-            let _ = err.reset(code::PEER_DROPPED.into());
-            return Err(map_write(e));
-        }
-        // From here the XStream owns the count.
-        self.count = false;
-        let peer = self.peer.clone();
-        let s = XStream::new(
-            name,
-            self.header.id,
-            Side::Acceptor,
-            peer.clone(),
-            std::mem::take(&mut self.header.metadata),
-            opts,
-            send,
-            recv,
-            ErrorHalfEnd::Send(err),
-        );
-        Ok((peer, s))
-    }
-
-    /// Tells the opener why its stream is refused, and drops it. Boxed: a rare path, and its
-    /// future (about 500 bytes) would otherwise enlarge every incoming stream's task.
-    async fn refuse(self, refusal: Refusal, reason: &str) {
-        Box::pin(self.refuse_now(refusal, reason)).await
-    }
-
-    async fn refuse_now(mut self, refusal: Refusal, reason: &str) {
-        if let Some(mut send) = self.send.take() {
-            let _ = send.write_chunk(wire::encode_refusal(refusal, reason)).await;
-            let _ = send.finish();
-        }
-        if let Some(mut recv) = self.recv.take() {
-            let _ = recv.stop(code::REFUSED.into());
-        }
-    }
-}
-
-impl Drop for Incoming {
-    fn drop(&mut self) {
-        if let Some(s) = &mut self.send {
-            let _ = s.reset(code::NO_ACCEPTOR.into());
-        }
-        if let Some(r) = &mut self.recv {
-            let _ = r.stop(code::NO_ACCEPTOR.into());
-        }
-        if self.count {
-            self.peer.stream_state().accepted.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// A bidirectional stream the peer opened (other than the control stream):
 /// an XStream data half, or refused.
 pub(crate) async fn incoming_bi(peer: Peer, send: quinn::SendStream, recv: quinn::RecvStream) {
@@ -587,7 +479,11 @@ async fn admit_bi(
         return None;
     }
     // Rate limits and interceptors see a stream open like a request.
-    if let Err(status) = crate::rpc::security::check_stream_open(&peer, &name, &inc.header.metadata).await {
+    if let Err(status) = peer
+        .inbound()
+        .stream_open(&peer, &name, &inc.header.metadata)
+        .await
+    {
         let reason = format!("stream `{name}` refused: {}", status.message());
         tracing::debug!(stream = %name, code = %status.code(), "stream open denied");
         inc.refuse(Refusal::Rejected, &reason).await;

@@ -1,6 +1,6 @@
 //! The control handle: accepting names, opening streams, the decision policy.
 
-use super::conn::Incoming;
+use super::incoming::Incoming;
 use super::typed::StreamHandler;
 use super::{StreamError, StreamOptions, XStream};
 use crate::protocol::Peer;

@@ -7,6 +7,8 @@
 //! - `wire`: the pairing protocol's bytes (sans-IO, unit-tested).
 //! - `xstream`: [`XStream`] and its states.
 //! - `control`: [`Streams`], [`IncomingStreams`], the decision policy.
+//! - `incoming`: a stream the peer opened, waiting for its acceptor (used by `conn` and
+//!   `control`, which do not import each other).
 //! - `conn`: per-connection state: pairing table, stream-limit growth, the
 //!   opening and accepting handshakes (called from the protocol layer).
 //! - `typed`: message framing, [`StreamHandler`], `create_stream`.
@@ -16,6 +18,7 @@
 mod conn;
 mod control;
 mod error;
+mod incoming;
 mod io;
 pub mod jitter;
 mod typed;
