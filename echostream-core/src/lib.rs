@@ -19,8 +19,9 @@
 //! `protocol` → `stream` → `rpc` → the `echostream` facade. A layer may name
 //! its own and lower layers, never a higher one; where a lower layer needs
 //! what only a higher one knows (which handler, which policy) it calls a small
-//! trait the higher layer implements (`protocol::Inbound`, implemented in
-//! `rpc::inbound`). `error.rs` sits with `connection`. The test
+//! trait the higher layer implements: `protocol::Inbound` (implemented in
+//! `rpc::inbound`) and `protocol::StreamHost` (implemented by the stream
+//! layer's `ConnStreams`). `error.rs` sits with `connection`. The test
 //! `tests/layers.rs` reads the `use` lines and `crate::` paths and fails on a
 //! path that points up.
 //!

@@ -581,16 +581,13 @@ async fn side_stream_task(peer: Peer) {
                         // Boxed: the task is only as large as what it awaits, and thousands
                         // of error halves can be arriving at once.
                         match tokio::time::timeout(wait, recv.read_exact(&mut kind)).await {
-                            Ok(Ok(())) if kind[0] == crate::stream::ERROR_HALF => {
-                                Box::pin(crate::stream::incoming_uni(peer, recv)).await
-                            }
                             Ok(Ok(())) if kind[0] == echostream_types::side::SIDE_FRAME => {
                                 Box::pin(side::receive(peer, recv)).await
                             }
-                            Ok(Ok(())) => peer.close_with(
-                                CloseCode::PROTOCOL_VIOLATION,
-                                &format!("unidirectional stream of unknown type {:#04x}", kind[0]),
-                            ),
+                            Ok(Ok(())) => {
+                                let host = peer.shared.streams.accept_uni(peer.clone(), kind[0], recv);
+                                host.await
+                            }
                             Ok(Err(e)) => tracing::debug!(error = %e, "unidirectional stream ended before its type"),
                             Err(_) => {
                                 let _ = recv.stop(echostream_types::side::code::STALLED.into());
@@ -610,7 +607,8 @@ async fn side_stream_task(peer: Peer) {
                         // A stream opened in early data could be a replay: serve it only once
                         // the handshake has completed.
                         if peer.wait_established().await.is_ok() {
-                            crate::stream::incoming_bi(peer, send, recv).await
+                            let host = peer.shared.streams.accept_bi(peer.clone(), send, recv);
+                            host.await
                         }
                     });
                 }

@@ -52,7 +52,7 @@ pub(crate) use handshake::{
     client_error, client_handshake, client_send_hello, server_read_hello, server_send_welcome,
     HandshakeOutcome, MIN_PEER_FRAME,
 };
-pub(crate) use inbound::Inbound;
+pub(crate) use inbound::{Inbound, StreamHost};
 pub use peer::Peer;
 
 use crate::connection::tls::Fingerprint;
@@ -349,7 +349,7 @@ struct Shared {
     /// Reply permits and the byte budgets of running requests and queued events.
     pub(super) budgets: Budgets,
     /// Application streams of this connection (pairing table, limits).
-    streams: crate::stream::ConnStreams,
+    streams: Box<dyn StreamHost>,
     /// Large frames on side streams: send slots, the assembly budget.
     pub(super) side: side::SideStreams,
 }

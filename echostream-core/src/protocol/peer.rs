@@ -10,7 +10,7 @@ use super::timesync;
 use super::Shared;
 use super::{
     describe_close, outbox, peer_fingerprint, side, CallOptions, ConnectionInfo, Delivery, EarlyStart,
-    HandshakeOutcome, Inbound, Payload, ProtocolConfig, Role, SyncedClock, ZeroRtt,
+    HandshakeOutcome, Inbound, Payload, ProtocolConfig, Role, StreamHost, SyncedClock, ZeroRtt,
 };
 use crate::connection::tls::Fingerprint;
 use crate::Error;
@@ -55,7 +55,7 @@ impl Peer {
         role: Role,
         hs: HandshakeOutcome,
         config: Arc<ProtocolConfig>,
-        streams: Arc<crate::stream::Registry>,
+        streams: Box<dyn StreamHost>,
         inbound: Arc<dyn Inbound>,
         early: Option<EarlyStart>,
     ) -> Peer {
@@ -92,7 +92,7 @@ impl Peer {
             side: side::SideStreams::new(&config),
             budgets: Budgets::new(&config),
             state: CallState::new(role, config.max_concurrent_requests, welcome_pending, zero_rtt),
-            streams: crate::stream::ConnStreams::new(&conn, streams),
+            streams,
             remote: conn.remote_address(),
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             conn,
@@ -124,8 +124,9 @@ impl Peer {
         &self.shared.inbound
     }
 
-    pub(crate) fn stream_state(&self) -> &crate::stream::ConnStreams {
-        &self.shared.streams
+    /// The stream layer's state of this connection (see `stream::ConnStreams`).
+    pub(crate) fn stream_host(&self) -> &dyn StreamHost {
+        &*self.shared.streams
     }
 
     /// The peer's address.

@@ -578,12 +578,13 @@ fn start_peer(
         Arc::default(),
         Default::default(),
     );
+    let streams = Box::new(crate::stream::ConnStreams::new(&conn, p.router.stream_registry()));
     Peer::start(
         conn,
         Role::Client,
         hs,
         p.protocol.clone(),
-        p.router.stream_registry(),
+        streams,
         inbound,
         early,
     )

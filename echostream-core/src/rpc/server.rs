@@ -898,7 +898,10 @@ async fn serve_connection(
         Role::Server,
         hs,
         shared.protocol.clone(),
-        shared.router.stream_registry(),
+        Box::new(crate::stream::ConnStreams::new(
+            &conn,
+            shared.router.stream_registry(),
+        )),
         inbound,
         early,
     );

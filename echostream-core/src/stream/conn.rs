@@ -8,8 +8,11 @@ use super::typed::StreamHandler;
 use super::wire::{self, code, DataHeader, Refusal};
 use super::xstream::ErrorHalfEnd;
 use super::{Side, StreamError, XStream};
-use crate::protocol::{Context, Peer};
+use crate::protocol::{Context, Peer, StreamHost};
+use echostream_types::CloseCode;
 use echostream_types::Metadata;
+use futures::future::BoxFuture;
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +27,7 @@ enum Slot {
     Arrived(quinn::RecvStream),
 }
 
-/// Stream state of one connection (a field of the protocol layer's shared state).
+/// Stream state of one connection, held by the protocol layer as its `StreamHost`.
 pub(crate) struct ConnStreams {
     pub(crate) registry: Arc<Registry>,
     conn: quinn::Connection,
@@ -162,7 +165,43 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// The streams the peer opens, handed over by the protocol layer.
+impl StreamHost for ConnStreams {
+    fn accept_uni(&self, peer: Peer, kind: u8, recv: quinn::RecvStream) -> BoxFuture<'static, ()> {
+        if kind == wire::ERROR_HALF {
+            // Boxed: the task is only as large as what it awaits, and thousands of error
+            // halves can be arriving at once.
+            return Box::pin(incoming_uni(peer, recv));
+        }
+        peer.close_with(
+            CloseCode::PROTOCOL_VIOLATION,
+            &format!("unidirectional stream of unknown type {kind:#04x}"),
+        );
+        Box::pin(std::future::ready(()))
+    }
+
+    fn accept_bi(
+        &self,
+        peer: Peer,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(incoming_bi(peer, send, recv))
+    }
+}
+
+/// The stream table and stream opening, added to [`Peer`] by the stream layer.
 impl Peer {
+    /// This connection's stream state.
+    pub(crate) fn stream_state(&self) -> &ConnStreams {
+        let host: &dyn Any = self.stream_host();
+        match host.downcast_ref() {
+            Some(streams) => streams,
+            // `Peer::start` is only ever given a `ConnStreams` (by the RPC layer).
+            None => unreachable!("a connection's stream host is not the stream layer's"),
+        }
+    }
+
     /// Opens a stream named `name` toward this peer (see [`super::Streams::open_stream`]).
     pub async fn open_stream(&self, name: &str) -> Result<XStream, StreamError> {
         self.open_stream_with(name, Metadata::new()).await
@@ -381,7 +420,7 @@ async fn read_answer(recv: &mut quinn::RecvStream, name: &str) -> Result<(), Str
 
 /// A bidirectional stream the peer opened (other than the control stream):
 /// an XStream data half, or refused.
-pub(crate) async fn incoming_bi(peer: Peer, send: quinn::SendStream, recv: quinn::RecvStream) {
+async fn incoming_bi(peer: Peer, send: quinn::SendStream, recv: quinn::RecvStream) {
     // Admission and pairing run in boxes of their own, freed before the handler runs: a
     // future is as large as its largest state, and every stream's task would otherwise hold
     // their ~1.4 KiB while its handler runs (10,000 concurrent streams: ~14 MB).
@@ -544,7 +583,7 @@ async fn read_header(recv: &mut quinn::RecvStream) -> Result<DataHeader, HeaderE
 
 /// A unidirectional stream whose type byte is `0x03`: an error half for a
 /// stream this side opened. The type byte is already consumed.
-pub(crate) async fn incoming_uni(peer: Peer, mut recv: quinn::RecvStream) {
+async fn incoming_uni(peer: Peer, mut recv: quinn::RecvStream) {
     let st = peer.stream_state();
     let wait = st.registry.opts.pairing_timeout;
     let mut id = [0u8; 8];

@@ -10,7 +10,8 @@
 //! - `incoming`: a stream the peer opened, waiting for its acceptor (used by `conn` and
 //!   `control`, which do not import each other).
 //! - `conn`: per-connection state: pairing table, stream-limit growth, the
-//!   opening and accepting handshakes (called from the protocol layer).
+//!   opening and accepting handshakes; implements `protocol::StreamHost`, through which
+//!   the protocol layer hands over the streams the peer opens.
 //! - `typed`: message framing, [`StreamHandler`], `create_stream`.
 //! - `io`: [`XStreamIo`], tokio `AsyncRead`/`AsyncWrite` over an XStream.
 //! - `error`: [`StreamError`].
@@ -25,7 +26,7 @@ mod typed;
 mod wire;
 mod xstream;
 
-pub(crate) use conn::{incoming_bi, incoming_uni, ConnStreams};
+pub(crate) use conn::ConnStreams;
 pub(crate) use control::Registry;
 pub use control::{IncomingStreams, StreamDecision, StreamRequest, StreamRequests, Streams};
 pub use error::StreamError;
@@ -36,7 +37,6 @@ pub use typed::{
     StreamHandler, StreamHandlerRegistration, StreamHandlerResult, StreamReceiver, StreamSender,
     TimedReceiver, PLAYOUT_METADATA, TIMED_FLAG,
 };
-pub(crate) use wire::ERROR_HALF;
 pub use xstream::{StreamState, XStream};
 
 use std::time::Duration;
