@@ -286,9 +286,11 @@ impl CallOptions {
     /// as 0-RTT early data, before the TLS handshake completes. Early data can be replayed by
     /// an attacker, so mark only calls whose repetition does no harm (reads, idempotent
     /// writes); the server runs an early call only if its handler is declared idempotent too,
-    /// and answers any other with [`Code::EARLY_DATA_REFUSED`] without running it, in which case
-    /// the client sends the call again once the handshake has completed. Calls without this
-    /// mark (and whose method is not in `ClientBuilder::idempotent`) wait for the handshake.
+    /// and answers any other with
+    /// [`Code::EARLY_DATA_REFUSED`](echostream_types::Code::EARLY_DATA_REFUSED) without running
+    /// it, in which case the client sends the call again once the handshake has completed.
+    /// Calls without this mark (and whose method is not in `ClientBuilder::idempotent`) wait
+    /// for the handshake.
     pub fn idempotent(mut self) -> Self {
         self.idempotent = true;
         self
@@ -315,43 +317,43 @@ pub(crate) enum EarlyStart {
 
 /// State shared by the handles and tasks of one connection.
 struct Shared {
-    pub(super) conn: quinn::Connection,
-    pub(super) id: u64,
-    pub(super) remote: SocketAddr,
+    conn: quinn::Connection,
+    id: u64,
+    remote: SocketAddr,
     /// Read from the connection on first use: a connection started on 0-RTT has no peer
     /// certificate until its handshake completes (then, resumed, the one from the ticket).
     fingerprint: OnceLock<Fingerprint>,
     /// The peer's hello metadata; on a client that sent its hello as early data, set when the
     /// welcome arrives.
-    pub(super) peer_hello: OnceLock<Metadata>,
+    peer_hello: OnceLock<Metadata>,
     /// The largest frame the peer accepts; before an early client's welcome arrives, the value
     /// remembered from the server's previous welcome.
-    pub(super) peer_max_frame: AtomicU32,
+    peer_max_frame: AtomicU32,
     /// False while the TLS handshake has not completed (0-RTT / 0.5-RTT): what a server
     /// receives then may be a replay, and a client holds calls not marked idempotent.
-    pub(super) established: watch::Sender<bool>,
+    established: watch::Sender<bool>,
     /// Server: resolves when the TLS handshake completes, for the synchronous check in
     /// [`Peer::is_early`] (quinn signals completion before it delivers the 1-RTT data).
     tls_done: Option<futures::future::Shared<quinn::ZeroRttAccepted>>,
-    pub(super) config: Arc<ProtocolConfig>,
+    config: Arc<ProtocolConfig>,
     /// The RPC layer's side of this connection: what runs the peer's requests and events.
-    pub(super) inbound: Arc<dyn Inbound>,
+    inbound: Arc<dyn Inbound>,
     /// The way to the control stream: the writer's queue, or a direct write while it is idle.
-    pub(super) out: Arc<outbox::Outbox>,
+    out: Arc<outbox::Outbox>,
     /// What the call priority sees (the outbox marks control frames; stream writes mark
     /// bulk data); `None` when it is off.
     calls: Option<Arc<crate::connection::priority::CallActivity>>,
     /// Ids, waiting and running calls, go-away, the close record, 0-RTT status.
-    pub(super) state: CallState<ReplySender, tokio::task::AbortHandle>,
-    pub(super) events: mpsc::Sender<(EventFrame, Peer)>,
+    state: CallState<ReplySender, tokio::task::AbortHandle>,
+    events: mpsc::Sender<(EventFrame, Peer)>,
     /// Clock synchronisation with the peer, started on first use.
-    pub(super) clock_sync: OnceLock<Arc<ClockSync>>,
+    clock_sync: OnceLock<Arc<ClockSync>>,
     /// Reply permits and the byte budgets of running requests and queued events.
-    pub(super) budgets: Budgets,
+    budgets: Budgets,
     /// Application streams of this connection (pairing table, limits).
     streams: Box<dyn StreamHost>,
     /// Large frames on side streams: send slots, the assembly budget.
-    pub(super) side: side::SideStreams,
+    side: side::SideStreams,
 }
 
 /// Runs `fut` inside `span`, or bare when the span is disabled (no subscriber wants it):

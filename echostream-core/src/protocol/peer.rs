@@ -795,8 +795,8 @@ impl Peer {
         }
     }
 
-    /// Answers from a short task; bounded by the guard's reply permits (the reader waits for
-    /// one before reading more).
+    /// Answers from a short task; bounded by the connection's reply permits (`Budgets`): the
+    /// reader waits for one before reading more.
     fn respond_later(&self, id: u64, result: Result<Payload, Status>) {
         let peer = self.clone();
         let permit = self.shared.budgets.reply_permit();
