@@ -214,7 +214,7 @@ impl Error {
             Code::CANCELLED => Error::Cancelled { method },
             Code::RATE_LIMITED => Error::RateLimited {
                 method,
-                retry_after: crate::rpc::retry_after(&status),
+                retry_after: retry_after(&status),
                 message: status.message().to_owned(),
             },
             Code::PERMISSION_DENIED => Error::PermissionDenied {
@@ -269,4 +269,14 @@ impl From<Error> for std::io::Error {
         };
         std::io::Error::new(kind, e)
     }
+}
+
+/// The retry delay carried by a `RATE_LIMITED` status, if it has one (milliseconds, big-endian,
+/// in the status details).
+pub fn retry_after(status: &Status) -> Option<Duration> {
+    if status.code() != Code::RATE_LIMITED {
+        return None;
+    }
+    let bytes: [u8; 8] = status.details().get(..8)?.try_into().ok()?;
+    Some(Duration::from_millis(u64::from_be_bytes(bytes)))
 }

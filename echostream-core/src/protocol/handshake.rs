@@ -18,8 +18,6 @@ pub(crate) struct HandshakeOutcome {
     /// Bytes read after the peer's hello/welcome (frames it pipelined).
     pub(crate) leftover: BytesMut,
     pub(crate) peer_hello: Hello,
-    /// Who the peer is (set by the server's authenticator after the hello).
-    pub(crate) auth: crate::rpc::auth::PeerAuth,
 }
 
 /// Why a handshake failed, with the close code sent to the peer (if any).
@@ -145,7 +143,6 @@ pub(crate) async fn client_handshake(
         recv,
         leftover: buf,
         peer_hello: welcome,
-        auth: Default::default(),
     })
 }
 
@@ -225,7 +222,6 @@ pub(crate) async fn server_send_welcome(
         recv,
         leftover,
         peer_hello: hello,
-        auth: Default::default(),
     })
 }
 

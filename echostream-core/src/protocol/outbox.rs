@@ -14,7 +14,7 @@
 //! more than one large one. The reader's answers are a batch already and keep
 //! the path open.
 
-use super::Outgoing;
+use super::driver::Outgoing;
 use crate::connection::priority::CallActivity;
 use bytes::Bytes;
 use futures::FutureExt;

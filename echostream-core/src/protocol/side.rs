@@ -34,7 +34,10 @@
 //! A stream that ends cleanly inside its frame, or carries more than one frame, is still a
 //! protocol violation.
 
-use super::{Answer, Peer};
+use super::driver::perform;
+use super::peer::Answer;
+use super::state::Origin;
+use super::Peer;
 use crate::Error;
 use bytes::{Bytes, BytesMut};
 use echostream_types::side::{code, CallHead, CallKind, HEAD_LEN, SIDE_FRAME};
@@ -120,56 +123,54 @@ impl Drop for Sending {
     }
 }
 
-impl Peer {
-    /// Sends one encoded frame on a side stream of its own. Waits for one of the
-    /// connection's [`SEND_SLOTS`]; sends again after a pause while the receiver refuses it as
-    /// busy (nothing of it was processed), for up to the assembly timeout.
-    pub(super) async fn send_on_side_stream(
-        &self,
-        head: Bytes,
-        tail: Bytes,
-        what: impl Fn() -> String,
-    ) -> Result<(), Error> {
-        let side = &self.shared.side;
-        let conn_err = |e: quinn::ConnectionError| {
-            self.mark_closed_from(&e);
-            self.closed_error()
+/// Sends one encoded frame on a side stream of its own. Waits for one of the
+/// connection's [`SEND_SLOTS`]; sends again after a pause while the receiver refuses it as
+/// busy (nothing of it was processed), for up to the assembly timeout.
+pub(super) async fn send(
+    peer: &Peer,
+    head: Bytes,
+    tail: Bytes,
+    what: impl Fn() -> String,
+) -> Result<(), Error> {
+    let side = &peer.shared.side;
+    let conn_err = |e: quinn::ConnectionError| {
+        peer.mark_closed_from(&e);
+        peer.closed_error()
+    };
+    // Never closed, so acquiring cannot fail; without a slot we still send.
+    let _slot = side.send_slots.acquire().await.ok();
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let s = peer.shared.conn.open_uni().await.map_err(conn_err)?;
+        let mut sending = Sending(Some(s));
+        let mut chunks = [Bytes::from_static(&[SIDE_FRAME]), head.clone(), tail.clone()];
+        let written = match &mut sending.0 {
+            Some(s) => peer.bulk_write(s.write_all_chunks(&mut chunks)).await,
+            None => Ok(()),
         };
-        // Never closed, so acquiring cannot fail; without a slot we still send.
-        let _slot = side.send_slots.acquire().await.ok();
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(2);
-        loop {
-            let s = self.shared.conn.open_uni().await.map_err(conn_err)?;
-            let mut sending = Sending(Some(s));
-            let mut chunks = [Bytes::from_static(&[SIDE_FRAME]), head.clone(), tail.clone()];
-            let written = match &mut sending.0 {
-                Some(s) => self.bulk_write(s.write_all_chunks(&mut chunks)).await,
-                None => Ok(()),
-            };
-            match written {
-                Ok(()) => {
-                    sending.finish();
-                    return Ok(());
+        match written {
+            Ok(()) => {
+                sending.finish();
+                return Ok(());
+            }
+            Err(quinn::WriteError::Stopped(c)) => {
+                sending.disarm();
+                let c = u32::try_from(c.into_inner()).unwrap_or(u32::MAX);
+                if c == code::BUSY && started.elapsed() < side.idle_timeout {
+                    tracing::debug!(what = %what(), ?pause, "peer busy assembling large frames; sending again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_BUSY_BACKOFF);
+                    continue;
                 }
-                Err(quinn::WriteError::Stopped(c)) => {
-                    sending.disarm();
-                    let c = u32::try_from(c.into_inner()).unwrap_or(u32::MAX);
-                    if c == code::BUSY && started.elapsed() < side.idle_timeout {
-                        tracing::debug!(what = %what(), ?pause, "peer busy assembling large frames; sending again");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(MAX_BUSY_BACKOFF);
-                        continue;
-                    }
-                    return Err(stopped_error(&what(), c, side.idle_timeout));
-                }
-                Err(quinn::WriteError::ConnectionLost(e)) => return Err(conn_err(e)),
-                Err(e) => {
-                    return Err(Error::ConnectionClosed {
-                        code: None,
-                        reason: format!("side stream of {} failed: {e}", what()),
-                    })
-                }
+                return Err(stopped_error(&what(), c, side.idle_timeout));
+            }
+            Err(quinn::WriteError::ConnectionLost(e)) => return Err(conn_err(e)),
+            Err(e) => {
+                return Err(Error::ConnectionClosed {
+                    code: None,
+                    reason: format!("side stream of {} failed: {e}", what()),
+                })
             }
         }
     }
@@ -297,7 +298,8 @@ pub(super) async fn receive(peer: Peer, mut recv: quinn::RecvStream) {
     let decoder = FrameDecoder::new(peer.shared.config.max_frame_size);
     let result = match decoder.decode(&mut frame) {
         Ok(Some(f @ (Frame::Request(_) | Frame::Response(_)))) if frame.is_empty() => {
-            match peer.dispatch(f) {
+            let step = peer.shared.state.classify(f, Origin::Side, || false);
+            match perform(&peer, step) {
                 Ok(Some(Answer { id, result })) => {
                     peer.send_response(id, result).await;
                     Ok(())

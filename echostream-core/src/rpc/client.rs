@@ -559,17 +559,36 @@ async fn connect_peer(endpoint: &quinn::Endpoint, p: &ConnectParams) -> Result<P
     if let Some(h) = &host {
         h.set_peer_max_frame(hs.peer_hello.max_frame_size);
     }
-    let peer = Peer::start(
+    let peer = start_peer(conn, hs, p, None);
+    tracing::debug!(target = %p.target, id = peer.connection_id(), "connected");
+    Ok(peer)
+}
+
+/// Starts a client connection's tasks. A client runs the server's calls under the default
+/// security policy (no interceptors or rate limits).
+fn start_peer(
+    conn: quinn::Connection,
+    hs: HandshakeOutcome,
+    p: &ConnectParams,
+    early: Option<EarlyStart>,
+) -> Peer {
+    let inbound = crate::rpc::inbound::ConnInbound::new(
+        &conn,
+        p.router.clone(),
+        None,
+        Arc::default(),
+        Default::default(),
+    );
+    let streams = Box::new(crate::stream::ConnStreams::new(&conn, p.router.stream_registry()));
+    Peer::start(
         conn,
         Role::Client,
         hs,
         p.protocol.clone(),
-        p.router.clone(),
-        None,
-        None,
-    );
-    tracing::debug!(target = %p.target, id = peer.connection_id(), "connected");
-    Ok(peer)
+        streams,
+        inbound,
+        early,
+    )
 }
 
 /// The 0-RTT path of [`connect_peer`]: writes the hello as early data and starts the connection
@@ -610,22 +629,13 @@ async fn connect_early(
             max_frame_size: host.peer_max_frame().unwrap_or(MIN_PEER_FRAME),
             metadata: echostream_types::Metadata::new(),
         },
-        auth: Default::default(),
     };
     let early = EarlyStart::Client {
         accepted,
         hello,
         deadline,
     };
-    let peer = Peer::start(
-        conn,
-        Role::Client,
-        hs,
-        p.protocol.clone(),
-        p.router.clone(),
-        None,
-        Some(early),
-    );
+    let peer = start_peer(conn, hs, p, Some(early));
     tracing::debug!(target = %p.target, id = peer.connection_id(), "connected with 0-RTT");
     Ok(peer)
 }
@@ -927,5 +937,28 @@ impl RpcClient {
         if self.inner.endpoint.alone() {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
         }
+    }
+}
+
+/// Streams toward the server (the stream layer's operations, reached through the client's peer).
+impl RpcClient {
+    /// The stream control handle: accept names, open streams, set the decision policy.
+    pub fn streams(&self) -> crate::stream::Streams {
+        self.peer().streams()
+    }
+
+    /// Opens a byte stream named `name` toward the server.
+    pub async fn open_stream(
+        &self,
+        name: &str,
+    ) -> Result<crate::stream::XStream, crate::stream::StreamError> {
+        self.peer().open_stream(name).await
+    }
+
+    /// A typed message stream toward the server:
+    /// `client.create_stream("audio.stream").await?` or, with settings,
+    /// `client.create_stream(name).with_metadata(k, v).build().await?`.
+    pub fn create_stream(&self, name: &str) -> crate::stream::CreateStream {
+        self.peer().create_stream(name)
     }
 }

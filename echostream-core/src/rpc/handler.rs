@@ -1,35 +1,13 @@
 //! The handler trait: what `#[handler]` generates, and what can be written by hand.
 
+pub use crate::protocol::Payload;
 use crate::rpc::Context;
-use bytes::Bytes;
 use echostream_types::descriptor::MethodInfo;
 use echostream_types::{Code, Codec, Status};
 use futures::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};
 use std::future::Future;
 use std::sync::Arc;
-
-/// An encoded argument or result, with the codec it is encoded in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Payload {
-    /// The codec.
-    pub codec: Codec,
-    /// The bytes.
-    pub bytes: Bytes,
-}
-
-impl Payload {
-    /// Encodes `value` with `codec`.
-    pub fn encode<T: Serialize + ?Sized>(
-        codec: Codec,
-        value: &T,
-    ) -> Result<Self, echostream_types::CodecError> {
-        Ok(Self {
-            codec,
-            bytes: codec.encode(value)?,
-        })
-    }
-}
 
 /// A request handler registered under a method name.
 ///

@@ -103,14 +103,7 @@ pub(crate) fn rate_limited(method: &str, scope: &str, limit: RateLimit, wait: Du
     .with_details(ms.to_be_bytes().to_vec())
 }
 
-/// The retry delay carried by a `RATE_LIMITED` status, if it has one.
-pub fn retry_after(status: &Status) -> Option<Duration> {
-    if status.code() != Code::RATE_LIMITED {
-        return None;
-    }
-    let bytes: [u8; 8] = status.details().get(..8)?.try_into().ok()?;
-    Some(Duration::from_millis(u64::from_be_bytes(bytes)))
-}
+pub use crate::error::retry_after;
 
 /// A name pattern: `*` (everything), `prefix.*` (everything starting with `prefix.`), or an
 /// exact name.

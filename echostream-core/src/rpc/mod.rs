@@ -3,7 +3,11 @@
 //! - [`handler`]: the [`Handler`] trait (what `#[handler]` implements) and
 //!   [`handler_fn`] for closures.
 //! - [`listener`]: the [`Listener`] trait for one-way events.
-//! - [`context`]: [`Context`], what a handler knows about its call.
+//! - [`context`]: [`Context`], what a handler knows about its call (made by the protocol
+//!   layer, re-exported here).
+//! - `inbound`: the RPC side of each connection, which the protocol layer calls into
+//!   (`protocol::Inbound`): rate limits, handler lookup, interceptors, listeners.
+//! - `peer_server`: [`Peer::server`] and [`Context::server`], which the RPC layer adds.
 //! - [`server`] / [`client`]: [`RpcServer`] and [`RpcClient`] with their builders.
 //! - [`discovery`]: `enable_discovery`, `RpcClient::discover` (feature `discovery`).
 
@@ -12,9 +16,11 @@ pub mod client;
 pub mod context;
 pub mod discovery;
 pub mod handler;
+pub(crate) mod inbound;
 pub mod interceptor;
 pub mod limits;
 pub mod listener;
+mod peer_server;
 pub mod reflect;
 pub mod security;
 pub mod server;

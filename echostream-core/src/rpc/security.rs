@@ -2,13 +2,13 @@
 //!
 //! - `SecurityPolicy` (one per side, shared by its connections): the interceptor chain, rate
 //!   limits, the default handler timeout.
-//! - `ConnGuard` (one per connection): who the peer is, its token buckets, and the bound on
-//!   answers waiting for the write queue.
+//! - `ConnGuard` (one per connection): who the peer is and its token buckets (the byte and
+//!   reply budgets are the protocol's, `protocol::budget`).
 //! - the builder methods for authentication, access control, limits and TLS options
 //!   (`RpcServer::builder().authenticator(..).protect(..).rate_limit(..)`,
 //!   `RpcClient::builder().token(..).client_identity(..)`).
-//! - [`check_stream_open`]: the function the stream manager calls before accepting a stream, so
-//!   stream opens pass the same rate limits and interceptors as requests.
+//! - [`check_stream_open`]: what the stream manager runs (through `protocol::Inbound`) before
+//!   accepting a stream, so stream opens pass the same rate limits and interceptors as requests.
 
 use crate::connection::client_auth::{ClientAuth, ClientIdentity, KeyLog, PeerCertificate, ServerTls};
 use crate::connection::tls::LoadedIdentity;
@@ -23,16 +23,11 @@ use crate::rpc::{ClientBuilder, Context, Handler, Payload, ServerBuilder, Server
 use echostream_types::{Metadata, Status};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Default deadline of a handler whose request carries none (`CallOptions::no_timeout`).
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Default most payload bytes of running requests per connection (at least the frame limit).
-pub const DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
-
-/// Payload bytes of events queued for listeners per connection (at least the frame limit).
-const DEFAULT_EVENT_BYTES: usize = 64 * 1024 * 1024;
+pub use crate::protocol::budget::DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT;
 
 /// Default most connections from one source IP address.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1000;
@@ -81,16 +76,6 @@ pub(crate) struct ConnGuard {
     connection_bucket: Option<Mutex<TokenBucket>>,
     /// One bucket per `policy.method_rates` rule, same order.
     method_buckets: Vec<Mutex<TokenBucket>>,
-    /// Permits for answers sent from short tasks (refusals, errors) while the write queue is
-    /// full; the reader stops reading while none is left, so a peer that sends requests without
-    /// reading the answers cannot make them pile up.
-    replies: Arc<Semaphore>,
-    /// One permit per payload byte of running requests.
-    request_bytes: Arc<Semaphore>,
-    request_bytes_limit: usize,
-    /// One permit per payload byte of events queued for listeners (released when the event
-    /// has been processed); the reader waits for permits, pushing back on the sender.
-    event_bytes: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for ConnGuard {
@@ -102,15 +87,7 @@ impl std::fmt::Debug for ConnGuard {
 }
 
 impl ConnGuard {
-    pub(crate) fn new(
-        conn: &quinn::Connection,
-        config: &crate::protocol::ProtocolConfig,
-        mut auth: PeerAuth,
-    ) -> Self {
-        let policy = config.security.clone();
-        let reply_backlog = config.max_concurrent_requests;
-        // A request as large as the frame limit must always be able to run alone.
-        let request_bytes_limit = policy.request_bytes.max(config.max_frame_size as usize);
+    pub(crate) fn new(conn: &quinn::Connection, policy: Arc<SecurityPolicy>, mut auth: PeerAuth) -> Self {
         if auth.certificate.is_none() {
             auth.certificate = PeerCertificate::of_connection(conn).map(Arc::new);
         }
@@ -126,58 +103,7 @@ impl ConnGuard {
                 .map(|(_, r)| Mutex::new(TokenBucket::new(*r, now)))
                 .collect(),
             policy,
-            replies: Arc::new(Semaphore::new(reply_backlog.max(1))),
-            request_bytes: Arc::new(Semaphore::new(request_bytes_limit)),
-            request_bytes_limit,
-            event_bytes: Arc::new(Semaphore::new(
-                DEFAULT_EVENT_BYTES.max(config.max_frame_size as usize),
-            )),
         }
-    }
-
-    /// Waits until `len` bytes of queued events fit in the budget, then takes them; they come
-    /// back through [`ConnGuard::release_event_bytes_on_drop`].
-    pub(crate) async fn reserve_event_bytes(&self, len: usize) {
-        let n = u32::try_from(len).unwrap_or(u32::MAX);
-        if let Ok(permit) = self.event_bytes.acquire_many(n).await {
-            permit.forget();
-        }
-    }
-
-    /// Gives `len` event bytes back to the budget when the returned value drops.
-    pub(crate) fn release_event_bytes_on_drop(&self, len: usize) -> EventBytes {
-        EventBytes {
-            budget: self.event_bytes.clone(),
-            len: u32::try_from(len).unwrap_or(u32::MAX) as usize,
-        }
-    }
-
-    /// Reserves `len` payload bytes for a request of `method` until the returned permit drops,
-    /// or refuses it with `RESOURCE_EXHAUSTED` naming the limit.
-    pub(crate) fn reserve_request_bytes(
-        &self,
-        method: &str,
-        len: usize,
-    ) -> Result<Option<OwnedSemaphorePermit>, Status> {
-        if len == 0 {
-            return Ok(None);
-        }
-        let refused = || {
-            Status::new(
-                echostream_types::Code::RESOURCE_EXHAUSTED,
-                format!(
-                    "`{method}` refused: its {len}-byte argument would take the payload bytes of \
-                     requests running on this connection over the limit of {} bytes; retry later",
-                    self.request_bytes_limit
-                ),
-            )
-        };
-        let n = u32::try_from(len).map_err(|_| refused())?;
-        self.request_bytes
-            .clone()
-            .try_acquire_many_owned(n)
-            .map(Some)
-            .map_err(|_| refused())
     }
 
     /// Takes a token from the connection's bucket and from the bucket of every per-method rule
@@ -206,42 +132,17 @@ impl ConnGuard {
 
     /// Runs the interceptors that match the call's name, in order.
     pub(crate) async fn check_chain(&self, ctx: &Context, kind: CallKind) -> Result<(), Status> {
-        for (pattern, interceptor) in &self.policy.chain {
-            if pattern.matches(ctx.method()) {
-                interceptor.intercept(ctx, kind).await?;
-            }
-        }
-        Ok(())
+        self.policy.check_chain(ctx, kind).await
+    }
+
+    /// The interceptors and limits this guard applies.
+    pub(crate) fn policy(&self) -> &Arc<SecurityPolicy> {
+        &self.policy
     }
 
     /// The deadline a handler runs with: the caller's, else the default handler timeout.
     pub(crate) fn handler_deadline(&self, requested: Option<Duration>) -> Option<Duration> {
         requested.or(self.policy.handler_timeout)
-    }
-
-    /// A permit for one answer sent from its own task; `None` when the backlog is full (the
-    /// reader then waits in [`ConnGuard::wait_for_reply_room`] before reading more).
-    pub(crate) fn reply_permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.replies.clone().try_acquire_owned().ok()
-    }
-
-    /// Waits until an answer permit is free.
-    pub(crate) async fn wait_for_reply_room(&self) {
-        if self.replies.available_permits() == 0 {
-            let _ = self.replies.acquire().await;
-        }
-    }
-}
-
-/// Event bytes held while an event is processed (see [`ConnGuard::release_event_bytes_on_drop`]).
-pub(crate) struct EventBytes {
-    budget: Arc<Semaphore>,
-    len: usize,
-}
-
-impl Drop for EventBytes {
-    fn drop(&mut self) {
-        self.budget.add_permits(self.len);
     }
 }
 
@@ -252,18 +153,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Runs a handler call behind the interceptor chain (the rate limits were checked by the
 /// reader, which calls the handler directly when there is no chain).
 pub(crate) async fn guarded_call(
-    peer: Peer,
+    policy: Arc<SecurityPolicy>,
     handler: Arc<dyn Handler>,
     ctx: Context,
     args: Payload,
 ) -> Result<Payload, Status> {
-    peer.guard().check_chain(&ctx, CallKind::Request).await?;
+    policy.check_chain(&ctx, CallKind::Request).await?;
     handler.call(ctx, args).await
 }
 
+impl SecurityPolicy {
+    /// Runs the interceptors that match the call's name, in order.
+    async fn check_chain(&self, ctx: &Context, kind: CallKind) -> Result<(), Status> {
+        for (pattern, interceptor) in &self.chain {
+            if pattern.matches(ctx.method()) {
+                interceptor.intercept(ctx, kind).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Rate limits and interceptors for an incoming event; `Err` means drop it.
-pub(crate) async fn check_event(peer: &Peer, name: &str, metadata: &Metadata) -> Result<(), Status> {
-    let guard = peer.guard();
+pub(crate) async fn check_event(
+    guard: &ConnGuard,
+    peer: &Peer,
+    name: &str,
+    metadata: &Metadata,
+) -> Result<(), Status> {
     guard.check_rate(name)?;
     if guard.has_chain() {
         let ctx = Context::new(name.to_owned(), None, metadata.clone(), None, peer.clone());
@@ -297,7 +214,16 @@ async fn catching_panics(
 /// the reason. On `Ok` it returns the [`Context`] the stream handler receives (its
 /// [`Context::identity`] is the opener's).
 pub async fn check_stream_open(peer: &Peer, name: &str, metadata: &Metadata) -> Result<Context, Status> {
-    let guard = peer.guard();
+    peer.inbound().stream_open(peer, name, metadata).await
+}
+
+/// [`check_stream_open`] with the connection's guard at hand (`rpc::inbound`).
+pub(crate) async fn stream_open_with(
+    guard: &ConnGuard,
+    peer: &Peer,
+    name: &str,
+    metadata: &Metadata,
+) -> Result<Context, Status> {
     guard.check_rate(name)?;
     let ctx = Context::new(name.to_owned(), None, metadata.clone(), None, peer.clone());
     catching_panics(name, guard.check_chain(&ctx, CallKind::StreamOpen)).await?;
@@ -336,8 +262,9 @@ impl ServerSecurity {
         mut protocol: crate::protocol::ProtocolConfig,
         max_connections: usize,
     ) -> (crate::protocol::ProtocolConfig, Arc<ServerGuard>) {
-        protocol.security = Arc::new(self.policy);
+        protocol.max_request_bytes = self.policy.request_bytes;
         let guard = ServerGuard {
+            policy: Arc::new(self.policy),
             authenticator: self.authenticator,
             admission: Arc::new(Admission::new(
                 max_connections,
@@ -351,6 +278,8 @@ impl ServerSecurity {
 
 /// What the accept loop and the admission of each connection need.
 pub(crate) struct ServerGuard {
+    /// Interceptors and limits applied to every connection's calls.
+    pub(crate) policy: Arc<SecurityPolicy>,
     authenticator: Option<Arc<dyn Authenticator>>,
     admission: Arc<Admission>,
 }
@@ -611,14 +540,15 @@ impl Context {
     }
 }
 
+/// Identity, added by the RPC layer (the protocol layer does not know who the peer is).
 impl Peer {
     /// Who the peer is (see [`Context::identity`]).
     pub fn identity(&self) -> Option<&PeerIdentity> {
-        self.guard().auth.identity.as_deref()
+        crate::rpc::inbound::of(self)?.guard.auth.identity.as_deref()
     }
 
     /// The certificate the peer presented, with its names.
     pub fn peer_certificate(&self) -> Option<&PeerCertificate> {
-        self.guard().auth.certificate.as_deref()
+        crate::rpc::inbound::of(self)?.guard.auth.certificate.as_deref()
     }
 }

@@ -866,8 +866,8 @@ async fn serve_connection(
         return;
     }
     let admitted = tokio::time::timeout(shared.protocol.hello_timeout, admit(&conn, shared)).await;
-    let hs = match admitted {
-        Ok(Ok(hs)) => hs,
+    let (hs, auth) = match admitted {
+        Ok(Ok(admitted)) => admitted,
         Ok(Err((code, reason))) => {
             if let Some(code) = code {
                 tracing::warn!(%remote, %code, reason, "connection refused");
@@ -887,13 +887,23 @@ async fn serve_connection(
             return;
         }
     };
+    let inbound = crate::rpc::inbound::ConnInbound::new(
+        &conn,
+        shared.router.clone(),
+        Some(handle.clone()),
+        shared.guard.policy.clone(),
+        auth,
+    );
     let peer = Peer::start(
         conn.clone(),
         Role::Server,
         hs,
         shared.protocol.clone(),
-        shared.router.clone(),
-        Some(handle.clone()),
+        Box::new(crate::stream::ConnStreams::new(
+            &conn,
+            shared.router.stream_registry(),
+        )),
+        inbound,
         early,
     );
     // A connection served on early data is announced once its handshake completes: until then
@@ -917,11 +927,15 @@ async fn serve_connection(
     });
 }
 
-/// Reads the hello, applies the connection policy, answers.
+/// Reads the hello, applies the connection policy, answers. Returns the handshake and who the
+/// client is.
 async fn admit(
     conn: &quinn::Connection,
     shared: &ServerShared,
-) -> std::result::Result<crate::protocol::HandshakeOutcome, (Option<CloseCode>, String)> {
+) -> std::result::Result<
+    (crate::protocol::HandshakeOutcome, crate::rpc::auth::PeerAuth),
+    (Option<CloseCode>, String),
+> {
     let (send, recv, leftover, hello) = server_read_hello(conn).await.map_err(|e| (e.close, e.reason))?;
     let auth = shared
         .guard
@@ -953,11 +967,10 @@ async fn admit(
             }
         }
     }
-    let mut hs = server_send_welcome(send, recv, leftover, hello, &shared.protocol)
+    let hs = server_send_welcome(send, recv, leftover, hello, &shared.protocol)
         .await
         .map_err(|e| (e.close, e.reason))?;
-    hs.auth = auth;
-    Ok(hs)
+    Ok((hs, auth))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

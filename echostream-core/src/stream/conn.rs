@@ -4,12 +4,15 @@
 
 use super::control::{Registry, RouteError, Routed, Verdict};
 use super::handler::StreamHandler;
+use super::incoming::{conn_lost, Incoming};
 use super::xstream::ErrorHalfEnd;
 use super::{Side, StreamError, XStream};
-use crate::protocol::{describe_close, Peer};
-use crate::rpc::Context;
+use crate::protocol::{Context, Peer, StreamHost};
 use echostream_types::pairing::{self, code, DataHeader, Refusal};
+use echostream_types::CloseCode;
 use echostream_types::Metadata;
+use futures::future::BoxFuture;
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +27,7 @@ enum Slot {
     Arrived(quinn::RecvStream),
 }
 
-/// Stream state of one connection (a field of the protocol layer's shared state).
+/// Stream state of one connection, held by the protocol layer as its `StreamHost`.
 pub(crate) struct ConnStreams {
     pub(crate) registry: Arc<Registry>,
     conn: quinn::Connection,
@@ -33,7 +36,7 @@ pub(crate) struct ConnStreams {
     /// Streams we opened and that are live, or being opened.
     opened: AtomicUsize,
     /// Streams we accepted and that are live, or being accepted.
-    accepted: AtomicUsize,
+    pub(super) accepted: AtomicUsize,
     /// Error halves held in the pairing table without their data half.
     orphans: AtomicUsize,
     bidi_limit: AtomicU32,
@@ -162,14 +165,43 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-fn conn_lost(name: &str, e: &quinn::ConnectionError) -> StreamError {
-    StreamError::ConnectionLost {
-        stream: name.to_owned(),
-        reason: describe_close(e).1,
+/// The streams the peer opens, handed over by the protocol layer.
+impl StreamHost for ConnStreams {
+    fn accept_uni(&self, peer: Peer, kind: u8, recv: quinn::RecvStream) -> BoxFuture<'static, ()> {
+        if kind == pairing::ERROR_HALF {
+            // Boxed: the task is only as large as what it awaits, and thousands of error
+            // halves can be arriving at once.
+            return Box::pin(incoming_uni(peer, recv));
+        }
+        peer.close_with(
+            CloseCode::PROTOCOL_VIOLATION,
+            &format!("unidirectional stream of unknown type {kind:#04x}"),
+        );
+        Box::pin(std::future::ready(()))
+    }
+
+    fn accept_bi(
+        &self,
+        peer: Peer,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(incoming_bi(peer, send, recv))
     }
 }
 
+/// The stream table and stream opening, added to [`Peer`] by the stream layer.
 impl Peer {
+    /// This connection's stream state.
+    pub(crate) fn stream_state(&self) -> &ConnStreams {
+        let host: &dyn Any = self.stream_host();
+        match host.downcast_ref() {
+            Some(streams) => streams,
+            // `Peer::start` is only ever given a `ConnStreams` (by the RPC layer).
+            None => unreachable!("a connection's stream host is not the stream layer's"),
+        }
+    }
+
     /// Opens a stream named `name` toward this peer (see [`super::Streams::open_stream`]).
     pub async fn open_stream(&self, name: &str) -> Result<XStream, StreamError> {
         self.open_stream_with(name, Metadata::new()).await
@@ -380,110 +412,9 @@ async fn read_answer(recv: &mut quinn::RecvStream, name: &str) -> Result<(), Str
     }
 }
 
-/// An accepted-by-policy stream waiting for its acceptor. If dropped before
-/// it is completed (queue dropped, acceptor gone), both directions are
-/// aborted with `NO_ACCEPTOR`, which the opener reports as "no acceptor".
-pub(crate) struct Incoming {
-    pub(crate) peer: Peer,
-    pub(crate) header: DataHeader,
-    send: Option<quinn::SendStream>,
-    recv: Option<quinn::RecvStream>,
-    count: bool,
-}
-
-impl Incoming {
-    /// Opens the error half, answers "accepted", and makes the XStream.
-    pub(crate) async fn complete(mut self) -> Result<(Peer, XStream), StreamError> {
-        let name = self.header.name.clone();
-        let st = self.peer.stream_state();
-        let opts = st.registry.opts.clone();
-        let conn = self.peer.quinn_connection().clone();
-        let wait = opts.pairing_timeout;
-        let mut err = match tokio::time::timeout(wait, conn.open_uni()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(conn_lost(&name, &e)),
-            Err(_) => {
-                return Err(StreamError::PairingTimeout {
-                    stream: name,
-                    missing: "credit to open the error half",
-                    after: wait,
-                })
-            }
-        };
-        let map_write = |e: quinn::WriteError| match e {
-            quinn::WriteError::ConnectionLost(e) => conn_lost(&name, &e),
-            other => StreamError::Protocol {
-                stream: name.clone(),
-                detail: format!("while answering: {other}"),
-            },
-        };
-        err.write_chunk(pairing::encode_error_header(self.header.id))
-            .await
-            .map_err(map_write)?;
-        let (Some(mut send), Some(recv)) = (self.send.take(), self.recv.take()) else {
-            return Err(StreamError::Protocol {
-                stream: name,
-                detail: "incoming stream completed twice".into(),
-            });
-        };
-        if let Err(e) = send
-            .write_chunk(bytes::Bytes::from_static(&[pairing::ANSWER_ACCEPTED]))
-            .await
-        {
-            let _ = err.reset(code::PEER_DROPPED.into());
-            return Err(map_write(e));
-        }
-        // From here the XStream owns the count.
-        self.count = false;
-        let peer = self.peer.clone();
-        let s = XStream::new(
-            name,
-            self.header.id,
-            Side::Acceptor,
-            peer.clone(),
-            std::mem::take(&mut self.header.metadata),
-            opts,
-            send,
-            recv,
-            ErrorHalfEnd::Send(err),
-        );
-        Ok((peer, s))
-    }
-
-    /// Tells the opener why its stream is refused, and drops it. Boxed: a rare path, and its
-    /// future (about 500 bytes) would otherwise enlarge every incoming stream's task.
-    async fn refuse(self, refusal: Refusal, reason: &str) {
-        Box::pin(self.refuse_now(refusal, reason)).await
-    }
-
-    async fn refuse_now(mut self, refusal: Refusal, reason: &str) {
-        if let Some(mut send) = self.send.take() {
-            let _ = send.write_chunk(pairing::encode_refusal(refusal, reason)).await;
-            let _ = send.finish();
-        }
-        if let Some(mut recv) = self.recv.take() {
-            let _ = recv.stop(code::REFUSED.into());
-        }
-    }
-}
-
-impl Drop for Incoming {
-    fn drop(&mut self) {
-        if let Some(s) = &mut self.send {
-            let _ = s.reset(code::NO_ACCEPTOR.into());
-        }
-        if let Some(r) = &mut self.recv {
-            let _ = r.stop(code::NO_ACCEPTOR.into());
-        }
-        if self.count {
-            self.peer.stream_state().accepted.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// A bidirectional stream the peer opened (other than the control stream):
 /// an XStream data half, or refused.
-pub(crate) async fn incoming_bi(peer: Peer, send: quinn::SendStream, recv: quinn::RecvStream) {
+async fn incoming_bi(peer: Peer, send: quinn::SendStream, recv: quinn::RecvStream) {
     // Admission and pairing run in boxes of their own, freed before the handler runs: a
     // future is as large as its largest state, and every stream's task would otherwise hold
     // their ~1.4 KiB while its handler runs (10,000 concurrent streams: ~14 MB).
@@ -581,7 +512,11 @@ async fn admit_bi(
         return None;
     }
     // Rate limits and interceptors see a stream open like a request.
-    if let Err(status) = crate::rpc::security::check_stream_open(&peer, &name, &inc.header.metadata).await {
+    if let Err(status) = peer
+        .inbound()
+        .stream_open(&peer, &name, &inc.header.metadata)
+        .await
+    {
         let reason = format!("stream `{name}` refused: {}", status.message());
         tracing::debug!(stream = %name, code = %status.code(), "stream open denied");
         inc.refuse(Refusal::Rejected, &reason).await;
@@ -642,7 +577,7 @@ async fn read_header(recv: &mut quinn::RecvStream) -> Result<DataHeader, HeaderE
 
 /// A unidirectional stream whose type byte is `0x03`: an error half for a
 /// stream this side opened. The type byte is already consumed.
-pub(crate) async fn incoming_uni(peer: Peer, mut recv: quinn::RecvStream) {
+async fn incoming_uni(peer: Peer, mut recv: quinn::RecvStream) {
     let st = peer.stream_state();
     let wait = st.registry.opts.pairing_timeout;
     let mut id = [0u8; 8];

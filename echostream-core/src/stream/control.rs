@@ -1,7 +1,7 @@
 //! The control handle: accepting names, opening streams, the decision policy.
 
-use super::conn::Incoming;
 use super::handler::StreamHandler;
+use super::incoming::Incoming;
 use super::{StreamError, StreamOptions, XStream};
 use crate::protocol::Peer;
 use echostream_types::Metadata;

@@ -3,7 +3,7 @@
 //! handlers submitted by `#[stream_handler]`.
 
 use super::{StreamDuplex, StreamReceiver, StreamState, TimedReceiver, XStream};
-use crate::rpc::Context;
+use crate::protocol::Context;
 use echostream_types::message::encode_status;
 use echostream_types::{Code, Codec, Status};
 use futures::future::BoxFuture;

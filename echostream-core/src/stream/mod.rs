@@ -8,8 +8,11 @@
 //! `echostream_types::{pairing, message}` (sans-IO, unit-tested, fuzzed).
 //! - `xstream`: [`XStream`] and its states.
 //! - `control`: [`Streams`], [`IncomingStreams`], the decision policy.
+//! - `incoming`: a stream the peer opened, waiting for its acceptor (used by `conn` and
+//!   `control`, which do not import each other).
 //! - `conn`: per-connection state: pairing table, stream-limit growth, the
-//!   opening and accepting handshakes (called from the protocol layer).
+//!   opening and accepting handshakes; implements `protocol::StreamHost`, through which
+//!   the protocol layer hands over the streams the peer opens.
 //! - `message`: typed-message framing over an XStream (write one, read the next).
 //! - `typed`: the typed endpoints [`StreamSender`], [`StreamReceiver`],
 //!   [`StreamDuplex`] and the `create_stream` builder.
@@ -23,6 +26,7 @@ mod conn;
 mod control;
 mod error;
 mod handler;
+mod incoming;
 mod io;
 pub mod jitter;
 mod message;
@@ -30,11 +34,10 @@ mod timed;
 mod typed;
 mod xstream;
 
-pub(crate) use conn::{incoming_bi, incoming_uni, ConnStreams};
+pub(crate) use conn::ConnStreams;
 pub(crate) use control::Registry;
 pub use control::{IncomingStreams, StreamDecision, StreamRequest, StreamRequests, Streams};
 pub use echostream_types::message::TIMED_FLAG;
-pub(crate) use echostream_types::pairing::ERROR_HALF;
 pub use error::StreamError;
 pub use handler::{
     registered_stream_handlers, stream_handler_fn, FnStreamHandler, FromXStream, StreamHandler,

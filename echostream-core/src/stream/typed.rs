@@ -4,10 +4,9 @@
 
 use super::jitter::PlayoutDelay;
 use super::message::{fail_with, send_message, typed_error, MessageReader};
-use super::{StreamError, Streams, XStream};
+use super::{Streams, XStream};
 use crate::protocol::timesync::Timestamp;
 use crate::protocol::Peer;
-use crate::rpc::RpcClient;
 use crate::Error;
 use bytes::Bytes;
 use echostream_types::{Codec, Metadata, Status};
@@ -339,24 +338,5 @@ impl Peer {
     /// The stream control handle of the server or client this connection belongs to.
     pub fn streams(&self) -> Streams {
         Streams::new(self.stream_state().registry.clone())
-    }
-}
-
-impl RpcClient {
-    /// The stream control handle: accept names, open streams, set the decision policy.
-    pub fn streams(&self) -> Streams {
-        self.peer().streams()
-    }
-
-    /// Opens a byte stream named `name` toward the server.
-    pub async fn open_stream(&self, name: &str) -> Result<XStream, StreamError> {
-        self.peer().open_stream(name).await
-    }
-
-    /// A typed message stream toward the server:
-    /// `client.create_stream("audio.stream").await?` or, with settings,
-    /// `client.create_stream(name).with_metadata(k, v).build().await?`.
-    pub fn create_stream(&self, name: &str) -> CreateStream {
-        self.peer().create_stream(name)
     }
 }

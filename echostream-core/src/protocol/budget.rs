@@ -1,0 +1,113 @@
+//! Per-connection budgets the reader enforces: permits for answers sent from their own tasks,
+//! the payload bytes of the peer's running requests and of its events queued for listeners.
+//! They bound what a peer can make this side hold, whatever the RPC layer's policy.
+
+use super::ProtocolConfig;
+use echostream_types::{Code, Status};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Default most payload bytes of running requests per connection (at least the frame limit).
+pub const DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
+/// Payload bytes of events queued for listeners per connection (at least the frame limit).
+const DEFAULT_EVENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The budgets of one connection.
+pub(crate) struct Budgets {
+    /// Permits for answers sent from short tasks (refusals, errors) while the write queue is
+    /// full; the reader stops reading while none is left, so a peer that sends requests without
+    /// reading the answers cannot make them pile up.
+    replies: Arc<Semaphore>,
+    /// One permit per payload byte of running requests.
+    request_bytes: Arc<Semaphore>,
+    request_bytes_limit: usize,
+    /// One permit per payload byte of events queued for listeners (released when the event
+    /// has been processed); the reader waits for permits, pushing back on the sender.
+    event_bytes: Arc<Semaphore>,
+}
+
+impl Budgets {
+    pub(crate) fn new(config: &ProtocolConfig) -> Self {
+        // A request as large as the frame limit must always be able to run alone.
+        let request_bytes_limit = config.max_request_bytes.max(config.max_frame_size as usize);
+        Self {
+            replies: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            request_bytes: Arc::new(Semaphore::new(request_bytes_limit)),
+            request_bytes_limit,
+            event_bytes: Arc::new(Semaphore::new(
+                DEFAULT_EVENT_BYTES.max(config.max_frame_size as usize),
+            )),
+        }
+    }
+
+    /// Waits until `len` bytes of queued events fit in the budget, then takes them; they come
+    /// back through [`Budgets::release_event_bytes_on_drop`].
+    pub(crate) async fn reserve_event_bytes(&self, len: usize) {
+        let n = u32::try_from(len).unwrap_or(u32::MAX);
+        if let Ok(permit) = self.event_bytes.acquire_many(n).await {
+            permit.forget();
+        }
+    }
+
+    /// Gives `len` event bytes back to the budget when the returned value drops.
+    pub(crate) fn release_event_bytes_on_drop(&self, len: usize) -> EventBytes {
+        EventBytes {
+            budget: self.event_bytes.clone(),
+            len: u32::try_from(len).unwrap_or(u32::MAX) as usize,
+        }
+    }
+
+    /// Reserves `len` payload bytes for a request of `method` until the returned permit drops,
+    /// or refuses it with `RESOURCE_EXHAUSTED` naming the limit.
+    pub(crate) fn reserve_request_bytes(
+        &self,
+        method: &str,
+        len: usize,
+    ) -> Result<Option<OwnedSemaphorePermit>, Status> {
+        if len == 0 {
+            return Ok(None);
+        }
+        let refused = || {
+            Status::new(
+                Code::RESOURCE_EXHAUSTED,
+                format!(
+                    "`{method}` refused: its {len}-byte argument would take the payload bytes of \
+                     requests running on this connection over the limit of {} bytes; retry later",
+                    self.request_bytes_limit
+                ),
+            )
+        };
+        let n = u32::try_from(len).map_err(|_| refused())?;
+        self.request_bytes
+            .clone()
+            .try_acquire_many_owned(n)
+            .map(Some)
+            .map_err(|_| refused())
+    }
+
+    /// A permit for one answer sent from its own task; `None` when the backlog is full (the
+    /// reader then waits in [`Budgets::wait_for_reply_room`] before reading more).
+    pub(crate) fn reply_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.replies.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits until an answer permit is free.
+    pub(crate) async fn wait_for_reply_room(&self) {
+        if self.replies.available_permits() == 0 {
+            let _ = self.replies.acquire().await;
+        }
+    }
+}
+
+/// Event bytes held while an event is processed (see [`Budgets::release_event_bytes_on_drop`]).
+pub(crate) struct EventBytes {
+    budget: Arc<Semaphore>,
+    len: usize,
+}
+
+impl Drop for EventBytes {
+    fn drop(&mut self) {
+        self.budget.add_permits(self.len);
+    }
+}

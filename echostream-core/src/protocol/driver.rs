@@ -1,0 +1,632 @@
+//! The tasks that drive one connection: the writer (batches frames into writes, 0-RTT
+//! replay), the reader (decodes frames, carries out what [`CallState::classify`] decided), the
+//! side-stream acceptor and the in-order event task. The handles ([`Peer`]) talk to them through
+//! the outbox and the shared state.
+//!
+//! [`CallState::classify`]: super::state::CallState::classify
+
+use super::encode::COPY_BELOW;
+use super::peer::Answer;
+use super::state::{Origin, Step};
+use super::{in_span, outbox, side, Peer, Role, ZeroRtt};
+use crate::Error;
+use bytes::{Bytes, BytesMut};
+use echostream_types::{CloseCode, Codec, EventFrame, Frame, FrameDecoder, FrameError};
+use futures::FutureExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// An encoded frame on its way to the writer: head bytes plus an optional
+/// uncopied payload.
+pub(super) enum Outgoing {
+    Frame {
+        head: Bytes,
+        tail: Bytes,
+    },
+    /// Write what is queued, finish the stream, wait for the peer to read it all.
+    Finish(oneshot::Sender<()>, Duration),
+    /// A clock-sync probe; the writer stamps `t1` as it writes it.
+    TimeProbe,
+    /// The answer to a probe; the writer stamps `t3` as it writes it.
+    TimeReply {
+        t1: u64,
+        t2: u64,
+    },
+    /// A direct write left bytes for the writer (see `outbox`).
+    Wake,
+    /// A batch of the reader's answers; `_budget` holds its bytes against the outbox's bound
+    /// on queued answers until the writer takes it.
+    Replies {
+        head: Bytes,
+        tail: Bytes,
+        _budget: tokio::sync::OwnedSemaphorePermit,
+    },
+}
+
+/// Completes one of our calls with the peer's answer.
+pub(super) type ReplySender = oneshot::Sender<Result<(Codec, Bytes), Error>>;
+
+/// A client's 0-RTT start as [`Peer::start`] hands it over: the handshake's completion, the
+/// encoded hello, the deadline.
+pub(super) type ClientEarlyStart = (quinn::ZeroRttAccepted, Bytes, tokio::time::Instant);
+
+/// The writer task's part of a client's 0-RTT start.
+struct ClientEarly {
+    accepted: quinn::ZeroRttAccepted,
+    hello: Bytes,
+    deadline: tokio::time::Instant,
+    /// Hands the reader the receive half of the new control stream after a rejection.
+    new_recv: oneshot::Sender<quinn::RecvStream>,
+}
+
+/// Starts the tasks of a new connection.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn spawn(
+    peer: &Peer,
+    (send, recv, leftover): (quinn::SendStream, quinn::RecvStream, BytesMut),
+    out_rx: mpsc::Receiver<Outgoing>,
+    lent: Arc<Mutex<outbox::Lent>>,
+    client_early: Option<ClientEarlyStart>,
+    ev_rx: mpsc::Receiver<(EventFrame, Peer)>,
+    tls_done: Option<futures::future::Shared<quinn::ZeroRttAccepted>>,
+) {
+    let role = peer.shared.state.role();
+    let span = tracing::debug_span!("conn", id = peer.shared.id, peer = %peer.shared.remote, role = ?role);
+    let (recv_swap, writer_early) = match client_early {
+        Some((accepted, hello, deadline)) => {
+            let (tx, rx) = oneshot::channel();
+            let early = ClientEarly {
+                accepted,
+                hello,
+                deadline,
+                new_recv: tx,
+            };
+            (Some(rx), Some(early))
+        }
+        None => (None, None),
+    };
+    if let Some(done) = tls_done {
+        let weak = Arc::downgrade(&peer.shared);
+        tokio::spawn(async move {
+            let _ = done.await;
+            if let Some(shared) = weak.upgrade() {
+                // Resolved by a failed handshake too: then the data stays early.
+                if shared.conn.close_reason().is_none() {
+                    shared.established.send_replace(true);
+                }
+            }
+        });
+    }
+    tokio::spawn(in_span(
+        writer_task(send, out_rx, lent, peer.clone(), writer_early),
+        span.clone(),
+    ));
+    tokio::spawn(in_span(
+        reader_task(peer.clone(), recv, leftover, recv_swap),
+        span.clone(),
+    ));
+    tokio::spawn(in_span(side_stream_task(peer.clone()), span.clone()));
+    tokio::spawn(in_span(event_task(ev_rx), span));
+}
+
+// Stop collecting after this much, so one write does not grow without bound.
+const BATCH_BYTES: usize = 256 * 1024;
+
+type FinishRequest = (oneshot::Sender<()>, Duration);
+
+/// Moves `first` and whatever else is queued (up to [`BATCH_BYTES`]) into `chunks`, stopping at
+/// a finish request, which it returns.
+fn collect_batch(
+    first: Outgoing,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    buf: &mut BytesMut,
+    chunks: &mut Vec<Bytes>,
+    peer: &Peer,
+) -> Option<FinishRequest> {
+    let mut batched = 0usize;
+    let mut finish = None;
+    let mut next = Some(first);
+    while let Some(o) = next.take() {
+        match o {
+            // An answer batch's budget is given back here: the queue no longer holds it.
+            Outgoing::Frame { head, tail } | Outgoing::Replies { head, tail, .. } => {
+                batched += head.len() + tail.len();
+                buf.extend_from_slice(&head);
+                if tail.len() < COPY_BELOW {
+                    buf.extend_from_slice(&tail);
+                } else {
+                    chunks.push(buf.split().freeze());
+                    chunks.push(tail);
+                }
+            }
+            Outgoing::Finish(done, wait) => {
+                finish = Some((done, wait));
+                break;
+            }
+            Outgoing::TimeProbe => {
+                let t1 = peer.shared.config.clock.now().0;
+                let _ = Frame::TimeRequest { t1 }.encode(buf);
+            }
+            Outgoing::TimeReply { t1, t2 } => {
+                let t3 = peer.shared.config.clock.now().0;
+                let _ = Frame::TimeResponse { t1, t2, t3 }.encode(buf);
+            }
+            // The leftover it announces was taken when the stream was reclaimed.
+            Outgoing::Wake => {}
+        }
+        if batched < BATCH_BYTES {
+            next = rx.try_recv().ok();
+        }
+    }
+    if !buf.is_empty() {
+        chunks.push(buf.split().freeze());
+    }
+    finish
+}
+
+/// A client's 0-RTT phase: writes frames as early data, keeping a copy, until the TLS handshake
+/// completes. If the server rejected the early data, opens a new control stream and sends the
+/// hello and every early frame again. Returns the stream to go on with and a finish request
+/// that arrived meanwhile, or `None` when the connection is over.
+async fn early_phase(
+    mut send: quinn::SendStream,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    peer: &Peer,
+    early: ClientEarly,
+) -> Option<(quinn::SendStream, Option<FinishRequest>)> {
+    let ClientEarly {
+        accepted,
+        hello,
+        deadline,
+        new_recv,
+    } = early;
+    // Shared, so that a write blocked by flow control can also watch the deadline.
+    let accepted = accepted.shared();
+    let late = || {
+        let reason = "the TLS handshake (0-RTT) did not complete in time";
+        peer.shared
+            .conn
+            .close(CloseCode::HELLO_TIMEOUT.0.into(), reason.as_bytes());
+        peer.mark_closed(
+            Some(CloseCode::HELLO_TIMEOUT),
+            format!("could not connect: {reason}"),
+        );
+    };
+    let mut replay = BytesMut::from(&hello[..]);
+    let mut buf = BytesMut::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    // Set once a write failed because the early data was rejected: keep copying, stop writing.
+    let mut stream_rejected = false;
+    let mut finish = None;
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            r = tokio::time::timeout_at(deadline, accepted.clone()) => break r,
+            o = rx.recv(), if finish.is_none() => {
+                let Some(first) = o else {
+                    let _ = send.finish();
+                    return None;
+                };
+                finish = collect_batch(first, rx, &mut buf, &mut chunks, peer);
+                for c in &chunks {
+                    replay.extend_from_slice(c);
+                }
+                if !stream_rejected {
+                    // Gives up only if the deadline passes before the handshake completes.
+                    let too_late = async {
+                        if tokio::time::timeout_at(deadline, accepted.clone()).await.is_ok() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    let written = tokio::select! {
+                        r = send.write_all_chunks(&mut chunks) => r,
+                        () = too_late => {
+                            late();
+                            return None;
+                        }
+                    };
+                    match written {
+                        Ok(()) => {}
+                        Err(quinn::WriteError::ZeroRttRejected) => stream_rejected = true,
+                        Err(quinn::WriteError::ConnectionLost(e)) => {
+                            peer.mark_closed_from(&e);
+                            return None;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "control stream write failed");
+                            return None;
+                        }
+                    }
+                }
+                chunks.clear();
+            }
+        }
+    };
+    let conn = &peer.shared.conn;
+    match outcome {
+        Err(_) => {
+            late();
+            None
+        }
+        Ok(true) => {
+            peer.shared.state.set_zero_rtt(ZeroRtt::Accepted);
+            tracing::debug!("0-RTT early data accepted");
+            peer.shared.established.send_replace(true);
+            Some((send, finish))
+        }
+        Ok(false) => {
+            if let Some(e) = conn.close_reason() {
+                peer.mark_closed_from(&e);
+                return None;
+            }
+            peer.shared.state.set_zero_rtt(ZeroRtt::Rejected);
+            tracing::debug!(
+                bytes = replay.len(),
+                "0-RTT early data rejected; sending it again"
+            );
+            let (mut send, recv) = match conn.open_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    peer.mark_closed_from(&e);
+                    return None;
+                }
+            };
+            let _ = send.set_priority(1);
+            if let Err(e) = send.write_all(&replay).await {
+                tracing::debug!(error = %e, "control stream write failed");
+                if let quinn::WriteError::ConnectionLost(e) = e {
+                    peer.mark_closed_from(&e);
+                }
+                return None;
+            }
+            if new_recv.send(recv).is_err() {
+                return None;
+            }
+            peer.shared.established.send_replace(true);
+            Some((send, finish))
+        }
+    }
+}
+
+async fn writer_task(
+    send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Outgoing>,
+    lent: Arc<Mutex<outbox::Lent>>,
+    peer: Peer,
+    early: Option<ClientEarly>,
+) {
+    let (mut send, mut finish) = match early {
+        Some(early) => match early_phase(send, &mut rx, &peer, early).await {
+            Some(s) => s,
+            None => return,
+        },
+        None => (send, None),
+    };
+    // Empty until the first write: an idle connection holds no buffer
+    // (16 KiB up front was a quarter of an idle connection's memory).
+    let mut buf = BytesMut::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        if finish.is_none() {
+            let first = match rx.try_recv() {
+                Ok(o) => o,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Idle: lend the stream, so that senders write directly, until
+                    // something is queued.
+                    if let Some(back) = outbox::Lent::lend(&lent, send, &rx) {
+                        send = back;
+                        continue;
+                    }
+                    let next = rx.recv().await;
+                    // Only this task takes the stream out of the slot.
+                    let Some(back) = outbox::Lent::reclaim(&lent, &mut chunks) else {
+                        return;
+                    };
+                    send = back;
+                    match next {
+                        Some(o) => o,
+                        None => break,
+                    }
+                }
+            };
+            finish = collect_batch(first, &mut rx, &mut buf, &mut chunks, &peer);
+        }
+        // Room in the call priority's limit for the batch, before the write wakes quinn's
+        // driver and after (a bulk packet sent meanwhile may have taken it).
+        peer.shared.out.written();
+        let written = send.write_all_chunks(&mut chunks).await;
+        peer.shared.out.written();
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "control stream write failed");
+            if let quinn::WriteError::ConnectionLost(e) = e {
+                peer.mark_closed_from(&e);
+            }
+            break;
+        }
+        chunks.clear();
+        if let Some((done, wait)) = finish.take() {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(wait, send.stopped()).await;
+            let _ = done.send(());
+            return;
+        }
+    }
+    if !chunks.is_empty() {
+        // What a direct write left, when every sender is gone.
+        let _ = send.write_all_chunks(&mut chunks).await;
+    }
+    let _ = send.finish();
+}
+
+async fn reader_task(
+    peer: Peer,
+    mut recv: quinn::RecvStream,
+    mut buf: BytesMut,
+    mut new_recv: Option<oneshot::Receiver<quinn::RecvStream>>,
+) {
+    let decoder = FrameDecoder::new(peer.shared.config.max_frame_size);
+    // When the bytes now in `buf` arrived: the receive time of clock-sync frames.
+    let mut received_at = peer.shared.config.clock.now().0;
+    // Answers to requests handled during this read, handed to the writer as one frame
+    // batch before the reader waits for anything.
+    let mut replies = BytesMut::new();
+    let mut chunks: [Bytes; 16] = Default::default();
+    let is_server = peer.shared.state.role() == Role::Server;
+    loop {
+        loop {
+            let frame = match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    let code = match e {
+                        FrameError::TooLarge { .. } => CloseCode::FRAME_TOO_LARGE,
+                        _ => CloseCode::PROTOCOL_VIOLATION,
+                    };
+                    peer.close_with(code, &format!("control stream: {e}"));
+                    return;
+                }
+            };
+            let origin = Origin::Control { received_at };
+            let step = peer
+                .shared
+                .state
+                .classify(frame, origin, || is_server && peer.is_early());
+            // What the welcome, a probe or a sample needs is done by `perform`, without the
+            // reply-room wait below.
+            let quiet = matches!(
+                step,
+                Step::Welcome(_) | Step::TimeReply { .. } | Step::ClockSample(_)
+            );
+            let answer = match step {
+                Step::Event(ev) => {
+                    if !flush_replies(&peer, &mut replies, Bytes::new()).await {
+                        return;
+                    }
+                    peer.shared.budgets.reserve_event_bytes(ev.payload.len()).await;
+                    // Waits while the listener queue is full: the peer's emits
+                    // then wait on QUIC flow control instead of piling up here.
+                    if peer.shared.events.send((ev, peer.clone())).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                step => match perform(&peer, step) {
+                    Ok(answer) => answer,
+                    Err((code, reason)) => {
+                        peer.close_with(code, &reason);
+                        return;
+                    }
+                },
+            };
+            if quiet {
+                continue;
+            }
+            match answer {
+                Some(answer) => {
+                    let tail = peer.answer(answer, &mut replies);
+                    if (tail.is_some() || replies.len() >= COPY_BELOW * 16)
+                        && !flush_replies(&peer, &mut replies, tail.unwrap_or_default()).await
+                    {
+                        return;
+                    }
+                }
+                None => {
+                    if !flush_replies(&peer, &mut replies, Bytes::new()).await {
+                        return;
+                    }
+                }
+            }
+            // A large answer went to its own task: bounded like the others.
+            peer.shared.budgets.wait_for_reply_room().await;
+        }
+        if !flush_replies(&peer, &mut replies, Bytes::new()).await {
+            return;
+        }
+        // Several chunks per call: each read takes the connection's lock.
+        match recv.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => {
+                received_at = peer.shared.config.clock.now().0;
+                for chunk in &mut chunks[..n] {
+                    buf.extend_from_slice(chunk);
+                    *chunk = Bytes::new();
+                }
+            }
+            Ok(None) => {
+                // The peer finished its control stream: it will send nothing more.
+                let e = peer.shared.conn.closed().await;
+                peer.mark_closed_from(&e);
+                return;
+            }
+            Err(quinn::ReadError::ConnectionLost(e)) => {
+                peer.mark_closed_from(&e);
+                return;
+            }
+            Err(quinn::ReadError::ZeroRttRejected) if new_recv.is_some() => {
+                // The server never saw this stream; the writer opens a new one.
+                let Some(rx) = new_recv.take() else { return };
+                match rx.await {
+                    Ok(r) => {
+                        recv = r;
+                        buf.clear();
+                    }
+                    Err(_) => return,
+                }
+            }
+            Err(e) => {
+                peer.close_with(
+                    CloseCode::PROTOCOL_VIOLATION,
+                    &format!("control stream failed: {e}"),
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Carries out what [`CallState::classify`](super::state::CallState::classify) decided for
+/// one frame (the reader queues events itself). Returns an answer to send (a request answered
+/// at once or refused), or the violation to close the connection with.
+pub(super) fn perform(
+    peer: &Peer,
+    step: Step<ReplySender, tokio::task::AbortHandle>,
+) -> Result<Option<Answer>, (CloseCode, String)> {
+    let shared = &peer.shared;
+    match step {
+        Step::Request(req) => {
+            let id = req.id;
+            Ok(shared
+                .inbound
+                .request(peer, req)
+                .map(|result| Answer { id, result }))
+        }
+        Step::Refuse(id, status) => Ok(Some(Answer {
+            id,
+            result: Err(status),
+        })),
+        Step::Complete(tx, result) => {
+            let _ = tx.send(result.map_err(Error::Status));
+            Ok(None)
+        }
+        Step::Abort(handle) => {
+            handle.abort();
+            Ok(None)
+        }
+        Step::Pong(n) => {
+            let mut head = BytesMut::new();
+            if Frame::Pong(n).encode(&mut head).is_ok() {
+                // A pong is only a probe answer: drop it rather than wait.
+                let _ = shared.out.try_send(Outgoing::Frame {
+                    head: head.freeze(),
+                    tail: Bytes::new(),
+                });
+            }
+            Ok(None)
+        }
+        Step::Welcome(welcome) => {
+            shared
+                .peer_max_frame
+                .store(welcome.max_frame_size, std::sync::atomic::Ordering::Release);
+            let _ = shared.peer_hello.set(welcome.metadata);
+            tracing::debug!("welcome received");
+            Ok(None)
+        }
+        Step::TimeReply { t1, t2 } => {
+            // A probe answer is only useful if prompt: drop it rather than wait.
+            let _ = shared.out.try_send(Outgoing::TimeReply { t1, t2 });
+            Ok(None)
+        }
+        Step::ClockSample(sample) => {
+            if let Some(sync) = shared.clock_sync.get() {
+                tracing::trace!(?sample, "clock sample");
+                sync.add(sample);
+            }
+            Ok(None)
+        }
+        Step::Event(_) | Step::Nothing => Ok(None),
+        Step::Violation(code, reason) => Err((code, reason)),
+    }
+}
+
+/// Hands the reader's batched answers (and `tail`, the payload of the last one when it was not
+/// copied) to the writer. Returns false when the connection is closed.
+async fn flush_replies(peer: &Peer, replies: &mut BytesMut, tail: Bytes) -> bool {
+    if replies.is_empty() {
+        return true;
+    }
+    let head = replies.split().freeze();
+    match peer.shared.out.send_replies(head, tail).await {
+        Ok(()) => true,
+        Err(e) => {
+            peer.note_write_failure(e);
+            false
+        }
+    }
+}
+
+/// Accepts unidirectional streams (one large frame each, or XStream error
+/// halves) and bidirectional streams (XStream data halves).
+async fn side_stream_task(peer: Peer) {
+    let conn = peer.shared.conn.clone();
+    loop {
+        tokio::select! {
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    let peer = peer.clone();
+                    tokio::spawn(async move {
+                        let mut recv = recv;
+                        let mut kind = [0u8; 1];
+                        let wait = peer.shared.config.assembly_timeout;
+                        // Boxed: the task is only as large as what it awaits, and thousands
+                        // of error halves can be arriving at once.
+                        match tokio::time::timeout(wait, recv.read_exact(&mut kind)).await {
+                            Ok(Ok(())) if kind[0] == echostream_types::side::SIDE_FRAME => {
+                                Box::pin(side::receive(peer, recv)).await
+                            }
+                            Ok(Ok(())) => {
+                                let host = peer.shared.streams.accept_uni(peer.clone(), kind[0], recv);
+                                host.await
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "unidirectional stream ended before its type"),
+                            Err(_) => {
+                                let _ = recv.stop(echostream_types::side::code::STALLED.into());
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    peer.mark_closed_from(&e);
+                    return;
+                }
+            },
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let peer = peer.clone();
+                    tokio::spawn(async move {
+                        // A stream opened in early data could be a replay: serve it only once
+                        // the handshake has completed.
+                        if peer.wait_established().await.is_ok() {
+                            let host = peer.shared.streams.accept_bi(peer.clone(), send, recv);
+                            host.await
+                        }
+                    });
+                }
+                Err(e) => {
+                    peer.mark_closed_from(&e);
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Hands events to the RPC layer one at a time, in arrival order, each event's bytes held
+/// against the connection's event budget until it has been processed.
+async fn event_task(mut rx: mpsc::Receiver<(EventFrame, Peer)>) {
+    while let Some((ev, peer)) = rx.recv().await {
+        let _bytes = peer.shared.budgets.release_event_bytes_on_drop(ev.payload.len());
+        let inbound = peer.shared.inbound.clone();
+        inbound.event(&peer, ev).await;
+    }
+}
