@@ -20,6 +20,7 @@ pub(crate) mod inbound;
 pub mod interceptor;
 pub mod limits;
 pub mod listener;
+mod options;
 mod peer_server;
 pub mod reflect;
 pub mod security;

@@ -238,7 +238,7 @@ macro_rules! service_setters {
             /// `#[echostream::service]`): registers its methods, events and streams.
             pub fn service(mut self, service: impl Service) -> Self {
                 service.register(&mut Routes {
-                    router: &mut self.router,
+                    router: &mut self.opts.router,
                 });
                 self
             }
@@ -247,7 +247,7 @@ macro_rules! service_setters {
             /// with what it offers (default: on). It passes the interceptors like
             /// any call, so `.protect("echostream.*", ..)` can restrict it.
             pub fn reflection(mut self, enabled: bool) -> Self {
-                self.router.no_reflection = !enabled;
+                self.opts.router.no_reflection = !enabled;
                 self
             }
         }

@@ -1,0 +1,178 @@
+//! What the server and client builders share: the handlers this side serves and the
+//! transport and protocol settings, in one struct both hold, with their setters written once
+//! (`shared_setters!`, expanded inside each builder's own `impl`).
+
+use crate::connection::TransportOptions;
+use crate::protocol::ProtocolConfig;
+use crate::rpc::RouterBuilder;
+
+/// Options both builders hold.
+#[derive(Clone, Default)]
+pub(crate) struct SharedOptions {
+    /// Handlers, listeners and stream handlers this side serves to its peers.
+    pub(crate) router: RouterBuilder,
+    /// QUIC transport settings.
+    pub(crate) transport: TransportOptions,
+    /// Protocol settings of each connection.
+    pub(crate) protocol: ProtocolConfig,
+}
+
+impl SharedOptions {
+    /// Settles what depends on several options: the stream limits' floor from the transport's,
+    /// and how many side streams may wait unread from its flow-control windows.
+    pub(crate) fn settle(&mut self) {
+        let t = &self.transport;
+        self.router.stream_limits(t.max_bidi_streams, t.max_uni_streams);
+        self.protocol.fit_windows(t);
+    }
+}
+
+/// The setters of [`SharedOptions`], for a builder with a field `opts: SharedOptions`.
+/// `$peer` names the other side in the docs ("the server", "clients").
+macro_rules! shared_setters {
+    ($peer:literal) => {
+        #[doc = concat!("Registers a handler ", $peer, " can call.")]
+        pub fn handler(mut self, h: impl crate::rpc::Handler) -> Self {
+            self.opts.router.handler(std::sync::Arc::new(h));
+            self
+        }
+
+        #[doc = concat!("Registers a listener for events ", $peer, " emits.")]
+        pub fn listener(mut self, l: impl crate::rpc::Listener) -> Self {
+            self.opts.router.listener(std::sync::Arc::new(l));
+            self
+        }
+
+        #[doc = concat!(
+                    "Registers a stream handler: it accepts the streams of its name that ",
+                    $peer,
+                    " opens, each in its own task."
+                )]
+        pub fn stream_handler(mut self, h: impl crate::stream::StreamHandler) -> Self {
+            self.opts.router.stream_handler(std::sync::Arc::new(h));
+            self
+        }
+
+        /// Stream limits and timeouts (queue sizes, pairing timeout, message size).
+        pub fn stream_options(mut self, o: crate::stream::StreamOptions) -> Self {
+            self.opts.router.stream_options(o);
+            self
+        }
+
+        /// Registers every `#[handler]`, `#[listener]` and `#[stream_handler]` function
+        /// linked into the binary.
+        pub fn register_all(mut self) -> Self {
+            self.opts.router.register_all();
+            self
+        }
+
+        #[doc = concat!(
+                    "Default timeout of the calls this side makes to ",
+                    $peer,
+                    " (default 30 s); per-call options override it."
+                )]
+        pub fn timeout(mut self, d: std::time::Duration) -> Self {
+            self.opts.protocol.default_timeout = Some(d);
+            self
+        }
+
+        /// Calls wait without a deadline unless they set one.
+        pub fn no_default_timeout(mut self) -> Self {
+            self.opts.protocol.default_timeout = None;
+            self
+        }
+
+        /// Codec of calls and events that do not choose one (default bincode).
+        pub fn codec(mut self, codec: echostream_types::Codec) -> Self {
+            self.opts.protocol.default_codec = codec;
+            self
+        }
+
+        /// The clock timestamps are read from (default: the system clock).
+        /// Tests inject an offset, drift or step with `timesync::SkewedClock`.
+        pub fn clock(mut self, clock: std::sync::Arc<dyn crate::protocol::timesync::Clock>) -> Self {
+            self.opts.protocol.clock = clock;
+            self
+        }
+
+        /// Time between clock-sync bursts on connections whose clock is in use (default 1 s).
+        pub fn time_sync_interval(mut self, d: std::time::Duration) -> Self {
+            self.opts.protocol.time_sync_interval = d;
+            self
+        }
+
+        /// Events queued per connection for listeners before the connection
+        /// stops reading (default 1024); a full queue pushes back on the sender
+        /// through QUIC flow control.
+        pub fn event_queue(mut self, n: usize) -> Self {
+            self.opts.protocol.event_queue = n;
+            self
+        }
+
+        /// Adds a metadata entry to this side's hello (name, version, credentials, ...).
+        pub fn metadata(mut self, key: impl Into<String>, value: impl Into<bytes::Bytes>) -> Self {
+            self.opts.protocol.hello_metadata.insert(key, value);
+            self
+        }
+
+        #[doc = concat!("Largest frame accepted from ", $peer, " (default 32 MiB).")]
+        pub fn max_frame_size(mut self, bytes: u32) -> Self {
+            self.opts.protocol.max_frame_size = bytes;
+            self
+        }
+
+        #[doc = concat!(
+                    "Requests from ",
+                    $peer,
+                    " that one connection may have running at once (default 1024); beyond it calls ",
+                    "are refused with `RESOURCE_EXHAUSTED`."
+                )]
+        pub fn max_concurrent_requests(mut self, n: usize) -> Self {
+            self.opts.protocol.max_concurrent_requests = n;
+            self
+        }
+
+        #[doc = concat!(
+                    "How long a large request or response from ",
+                    $peer,
+                    " (one that travels on a side stream of its own) may go without receiving data ",
+                    "before it is dropped, with a log line, to free the room it holds (default 10 s). ",
+                    "The sender's call fails with `RESOURCE_EXHAUSTED` naming it."
+                )]
+        pub fn assembly_timeout(mut self, d: std::time::Duration) -> Self {
+            self.opts.protocol.assembly_timeout = d;
+            self
+        }
+
+        #[doc = concat!(
+                    "Bytes of large messages from ",
+                    $peer,
+                    " received at once per connection (default 64 MiB, at least one largest frame); ",
+                    "more wait, and a peer that sends far more is told to send again later."
+                )]
+        pub fn max_assembly_bytes(mut self, bytes: usize) -> Self {
+            self.opts.protocol.assembly_budget = bytes;
+            self
+        }
+
+        /// Idle timeout (default 30 s): a connection with no traffic for this long is closed.
+        pub fn idle_timeout(mut self, d: std::time::Duration) -> Self {
+            self.opts.transport.idle_timeout = d;
+            self
+        }
+
+        /// Keep-alive interval (default 10 s; `None` disables).
+        pub fn keep_alive(mut self, d: Option<std::time::Duration>) -> Self {
+            self.opts.transport.keep_alive = d;
+            self
+        }
+
+        /// Full transport settings (windows, stream credit, congestion control, call priority).
+        pub fn transport(mut self, t: crate::connection::TransportOptions) -> Self {
+            self.opts.transport = t;
+            self
+        }
+    };
+}
+
+pub(crate) use shared_setters;
