@@ -400,20 +400,10 @@ fn server_announced_by_python_zeroconf_is_browsed_and_discovered() {
                     Ok::<_, Error>("pong")
                 })),
         );
-        let mut peer = Command::new(python)
-            .arg(peer_script())
-            .args(["announce", "Attic Speaker", &port.to_string(), &fp.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(peer.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "registered");
+        let mut peer = announce_with_zeroconf(
+            &python,
+            &["announce", "Attic Speaker", &port.to_string(), &fp.to_string()],
+        );
 
         let watcher = Discovery::with_interfaces(Interfaces::Loopback).unwrap();
         let mut browser = watcher.browse("Attic Speaker").unwrap();
@@ -467,20 +457,10 @@ fn an_instance_that_dies_silently_disappears_when_its_records_expire() {
         // mdns-sd does not let us shorten our own records' TTL (120 s), so an
         // independent responder announces with a 3 s TTL and is then killed:
         // no goodbye is ever sent.
-        let mut peer = Command::new(python)
-            .arg(peer_script())
-            .args(["announce", "Short Lived", "4242", &"ab".repeat(32), "3"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(peer.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "registered");
+        let mut peer = announce_with_zeroconf(
+            &python,
+            &["announce", "Short Lived", "4242", &"ab".repeat(32), "3"],
+        );
         let watcher = Discovery::with_interfaces(Interfaces::Loopback).unwrap();
         let mut browser = watcher.browse("Short Lived").unwrap();
         match tokio::time::timeout(WAIT, browser.next())
@@ -582,4 +562,24 @@ fn discovery_and_connection_cross_a_veth_link_between_two_namespaces() {
             }
         }
     });
+}
+
+/// Starts the python-zeroconf peer announcing with `args`, and waits until it says it has
+/// registered.
+fn announce_with_zeroconf(python: &std::path::Path, args: &[&str]) -> std::process::Child {
+    let mut peer = Command::new(python)
+        .arg(peer_script())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(peer.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "registered");
+    peer
 }

@@ -445,17 +445,7 @@ async fn admit_bi(
     if let Some(reason) = st.over_limit("the") {
         tracing::debug!(peer = %peer.remote_addr(), %reason, "incoming stream refused");
         // Refused before its header is read: the opener's answer says why.
-        let inc = Incoming {
-            peer: peer.clone(),
-            header: DataHeader {
-                id: 0,
-                name: String::new(),
-                metadata: Metadata::new(),
-            },
-            send: Some(send),
-            recv: Some(recv),
-            count: true,
-        };
+        let inc = Incoming::new(&peer, send, recv);
         inc.refuse(Refusal::Busy, &reason).await;
         return None;
     }
@@ -468,17 +458,7 @@ async fn admit_bi(
         Ok(Err(e)) => Err(e),
         Err(_) => Err(HeaderError::Timeout),
     };
-    let mut inc = Incoming {
-        peer: peer.clone(),
-        header: DataHeader {
-            id: 0,
-            name: String::new(),
-            metadata: Metadata::new(),
-        },
-        send: Some(send),
-        recv: Some(recv),
-        count: true,
-    };
+    let mut inc = Incoming::new(&peer, send, recv);
     let header = match header {
         Ok(h) => h,
         Err(e) => {

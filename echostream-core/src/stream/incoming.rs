@@ -29,6 +29,22 @@ pub(crate) struct Incoming {
 }
 
 impl Incoming {
+    /// A data half just accepted, counted in the connection's accepted streams; its header
+    /// is filled in once read.
+    pub(super) fn new(peer: &Peer, send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+        Incoming {
+            peer: peer.clone(),
+            header: DataHeader {
+                id: 0,
+                name: String::new(),
+                metadata: echostream_types::Metadata::new(),
+            },
+            send: Some(send),
+            recv: Some(recv),
+            count: true,
+        }
+    }
+
     /// Opens the error half, answers "accepted", and makes the XStream.
     pub(crate) async fn complete(mut self) -> Result<(Peer, XStream), StreamError> {
         let name = self.header.name.clone();
