@@ -5,8 +5,8 @@
 //!
 //! [`CallState::classify`]: super::state::CallState::classify
 
+use super::call::Answer;
 use super::encode::COPY_BELOW;
-use super::peer::Answer;
 use super::state::{Origin, Step};
 use super::{in_span, outbox, side, Peer, Role, ZeroRtt};
 use crate::Error;

@@ -25,6 +25,9 @@
 //!   means.
 //! - `driver`: the reader, writer, side-stream and event tasks.
 //! - `peer`: [`Peer`], the per-connection handle, and all its methods.
+//! - `call`: what those methods use that is not a method: the guard that cancels a dropped
+//!   call, `Answer` (a request answered where it was read), and small helpers for a call's
+//!   payloads, deadline and failures.
 //! - `inbound`: the trait through which the protocol hands requests, events and stream
 //!   opens up to the RPC layer (which implements it).
 //! - `context`: [`Context`] (a call's context on a connection) and [`Payload`].
@@ -34,6 +37,7 @@
 //! - `clock`: clock sync with the peer ([`SyncedClock`]); [`timesync`]: its sans-IO math.
 
 pub(crate) mod budget;
+mod call;
 mod clock;
 mod context;
 mod driver;

@@ -2,15 +2,17 @@
 //! what the driver tasks call to carry out the frames they read.
 
 use super::budget::Budgets;
+use super::call::{
+    call_error, decode_result, encode_value, going_away, time_left, too_large_response, Answer, CancelGuard,
+};
 use super::clock::ClockSync;
 use super::driver::{self, Outgoing};
 use super::encode::{encode_frame, encode_with, COPY_BELOW};
 use super::state::{CallState, Closed};
-use super::timesync;
-use super::Shared;
 use super::{
-    describe_close, outbox, peer_fingerprint, side, CallOptions, ConnectionInfo, Delivery, EarlyStart,
-    HandshakeOutcome, Inbound, Payload, ProtocolConfig, Role, StreamHost, SyncedClock, ZeroRtt,
+    describe_close, outbox, peer_fingerprint, side, timesync, CallOptions, ConnectionInfo, Delivery,
+    EarlyStart, HandshakeOutcome, Inbound, Payload, ProtocolConfig, Role, Shared, StreamHost, SyncedClock,
+    ZeroRtt,
 };
 use crate::connection::tls::Fingerprint;
 use crate::Error;
@@ -316,10 +318,7 @@ impl Peer {
         R: DeserializeOwned,
     {
         let codec = opts.codec.unwrap_or(self.shared.config.default_codec);
-        let payload = codec.encode(&args).map_err(|e| Error::BadPayload {
-            method: method.to_owned(),
-            detail: format!("argument did not encode ({}): {e}", codec.name()),
-        })?;
+        let payload = encode_value(codec, &args, method, "argument")?;
         let (codec, bytes) = self
             .request_raw(
                 method,
@@ -330,14 +329,7 @@ impl Peer {
                 opts,
             )
             .await?;
-        codec.decode::<R>(&bytes).map_err(|e| Error::BadPayload {
-            method: method.to_owned(),
-            detail: format!(
-                "result did not decode as {} ({}): {e}",
-                std::any::type_name::<R>(),
-                codec.name()
-            ),
-        })
+        decode_result(codec, &bytes, method)
     }
 
     /// Calls `method` with an already encoded argument and returns the
@@ -365,8 +357,7 @@ impl Peer {
                 let mut opts = opts;
                 if let Some(t) = opts.timeout.or(self.shared.config.default_timeout) {
                     if !opts.no_timeout {
-                        opts.timeout =
-                            Some(t.saturating_sub(started.elapsed()).max(Duration::from_millis(1)));
+                        opts.timeout = Some(time_left(t, started));
                     }
                 }
                 self.request_once(method, args, opts).await
@@ -387,13 +378,7 @@ impl Peer {
         let shared = &self.shared;
         self.check_open()?;
         if shared.state.peer_going_away() {
-            return Err(Error::ConnectionClosed {
-                code: Some(CloseCode::GOING_AWAY),
-                reason: format!(
-                    "the peer at {} is shutting down and takes no new requests",
-                    shared.remote
-                ),
-            });
+            return Err(going_away(shared.remote));
         }
         let timeout = if opts.no_timeout {
             None
@@ -445,14 +430,10 @@ impl Peer {
         }
         // From here on, leaving early (error, timeout, or the caller dropping
         // this future) must remove the entry and tell the peer.
-        let mut guard = CancelGuard {
-            peer: self,
-            id,
-            armed: true,
-        };
+        let mut guard = CancelGuard::new(self, id);
         // What is left of the timeout travels with the request (relative, so clock skew does
         // not matter).
-        let deadline = timeout.map(|t| t.saturating_sub(started.elapsed()).max(Duration::from_millis(1)));
+        let deadline = timeout.map(|t| time_left(t, started));
         let request = RequestRef {
             id,
             method,
@@ -477,15 +458,7 @@ impl Peer {
         let reply = rx.await;
         guard.armed = false;
         match reply {
-            Ok(Ok(ok)) => Ok(ok),
-            Ok(Err(Error::Status(status))) => Err(match status.code() {
-                Code::DEADLINE_EXCEEDED => Error::Timeout {
-                    method: method.to_owned(),
-                    after: timeout.unwrap_or_default(),
-                },
-                _ => Error::from_remote(method, status),
-            }),
-            Ok(Err(e)) => Err(e),
+            Ok(r) => r.map_err(|e| call_error(method, timeout, e)),
             Err(_) => Err(self.closed_error()),
         }
     }
@@ -515,10 +488,7 @@ impl Peer {
             self.wait_established().await?;
         }
         let codec = opts.codec.unwrap_or(self.shared.config.default_codec);
-        let payload = codec.encode(&value).map_err(|e| Error::BadPayload {
-            method: name.to_owned(),
-            detail: format!("event did not encode ({}): {e}", codec.name()),
-        })?;
+        let payload = encode_value(codec, &value, name, "event")?;
         let frame = Frame::Event(EventFrame {
             name: name.to_owned(),
             codec,
@@ -817,59 +787,11 @@ impl Peer {
         {
             Ok(()) => {}
             Err(Error::FrameTooLarge { size, limit, .. }) => {
-                let msg = format!(
-                    "the result is {size} bytes, larger than the caller's frame limit of {limit} bytes"
-                );
                 tracing::warn!(id, size, limit, "response too large for the peer");
-                let frame = Frame::Response(ResponseFrame {
-                    id,
-                    result: Err(Status::new(Code::RESPONSE_TOO_LARGE, msg)),
-                });
+                let frame = too_large_response(id, size, limit);
                 let _ = self.send_frame(&frame, || "error response".into(), false).await;
             }
             Err(e) => tracing::debug!(id, error = %e, "response not sent"),
-        }
-    }
-}
-
-/// A request answered where it was read.
-pub(crate) struct Answer {
-    pub(crate) id: u64,
-    pub(crate) result: Result<Payload, Status>,
-}
-
-/// Removes a pending call and sends a cancel when the caller stops waiting.
-struct CancelGuard<'a> {
-    peer: &'a Peer,
-    id: u64,
-    armed: bool,
-}
-
-impl CancelGuard<'_> {
-    fn forget(&mut self) {
-        self.peer.shared.state.remove_pending(self.id);
-        self.armed = false;
-    }
-}
-
-impl Drop for CancelGuard<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        self.peer.shared.state.remove_pending(self.id);
-        let mut head = BytesMut::new();
-        if (Frame::Cancel { id: self.id }).encode(&mut head).is_ok() {
-            let out = Outgoing::Frame {
-                head: head.freeze(),
-                tail: Bytes::new(),
-            };
-            if let Err(mpsc::error::TrySendError::Full(out)) = self.peer.shared.out.try_send(out) {
-                let tx = self.peer.shared.out.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(out).await;
-                });
-            }
         }
     }
 }

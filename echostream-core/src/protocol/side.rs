@@ -34,8 +34,8 @@
 //! A stream that ends cleanly inside its frame, or carries more than one frame, is still a
 //! protocol violation.
 
+use super::call::Answer;
 use super::driver::perform;
-use super::peer::Answer;
 use super::state::Origin;
 use super::Peer;
 use crate::Error;

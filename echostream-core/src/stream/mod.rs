@@ -6,7 +6,11 @@
 //! # Layout
 //! The bytes of the pairing protocol and of typed messages are in
 //! `echostream_types::{pairing, message}` (sans-IO, unit-tested, fuzzed).
-//! - `xstream`: [`XStream`] and its states.
+//! - `xstream`: [`XStream`], one file per job: `mod.rs` holds the type, its states
+//!   ([`StreamState`]), construction, accessors and `close`; `read`, `write` and `error_half`
+//!   hold the read path, the write path and the error half (`error_write`, `error_read`,
+//!   the opener's watch for the peer's error), each as an `impl XStream` block; `interrupt`
+//!   runs an operation while watching for the stream failing or closing.
 //! - `control`: [`Streams`], [`IncomingStreams`], the decision policy.
 //! - `incoming`: a stream the peer opened, waiting for its acceptor (used by `conn` and
 //!   `control`, which do not import each other).
