@@ -511,6 +511,8 @@ mod tests {
     }
 
     #[test]
+    // The two borrows are the autoref specialization, not needless.
+    #[allow(clippy::needless_borrow)]
     fn a_schema_probe_falls_back_to_no_schema() {
         struct NoSchema;
         assert_eq!((&&SchemaProbe::<NoSchema>::new()).json_schema(), None);
