@@ -52,7 +52,7 @@ pub use echostream_core::stream::{
 pub use echostream_core::{connection, protocol, rpc, stream, testing, Error, Result};
 pub use echostream_derive::{handler, listener, service, stream_handler};
 pub use echostream_types as types;
-pub use echostream_types::descriptor::{Event, Method, ServiceDescription, StreamKind};
+pub use echostream_types::descriptor::{Event, Method, RawStream, ServiceDescription, StreamKind};
 pub use echostream_types::{Code, Codec, Metadata, Status};
 
 /// Clock synchronisation: clocks, timestamps, the synced clock of a connection.
@@ -68,6 +68,12 @@ pub use echostream_core::rpc::DiscoverOptions;
 /// LAN discovery over mDNS: announce, browse, find (the `echostream-discovery` crate).
 #[cfg(feature = "discovery")]
 pub use echostream_discovery as discovery;
+/// The `schemars` version whose `JsonSchema` reflection reads (feature
+/// `schema`): derive it as `#[derive(echostream::schemars::JsonSchema)]`
+/// with `#[schemars(crate = "echostream::schemars")]`, or depend on the same
+/// `schemars` major version.
+#[cfg(feature = "schema")]
+pub use schemars;
 
 /// The names most programs need: `use echostream::prelude::*;`.
 ///
@@ -96,11 +102,12 @@ pub mod __private {
     };
     pub use echostream_core::stream::stream_handler_fn;
     pub use echostream_core::stream::{
-        FromXStream, StreamHandler, StreamHandlerRegistration, StreamHandlerResult, XStream,
+        FromXStream, StreamHandler, StreamHandlerRegistration, StreamHandlerResult, StreamSender, XStream,
     };
     pub use echostream_core::{Error, Result};
     pub use echostream_types::descriptor::{
-        Event, EventInfo, Method, MethodInfo, ServiceDescription, StreamInfo, StreamKind,
+        Event, EventInfo, Method, MethodInfo, NoJsonSchema, RawStream, ServiceDescription, StreamInfo,
+        StreamKind, ViaJsonSchema,
     };
     pub use echostream_types::{Codec, Status};
     pub use futures::future::BoxFuture;

@@ -286,3 +286,148 @@ fn service_compile_time_checks() {
     cases.pass("tests/ui/service_pass/*.rs");
     cases.compile_fail("tests/ui/service_fail/*.rs");
 }
+
+/// A message type with a JSON Schema when the feature `schema` is on.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(echostream::schemars::JsonSchema),
+    schemars(crate = "echostream::schemars")
+)]
+pub struct Point {
+    /// Horizontal.
+    pub x: i64,
+    /// A name.
+    pub label: String,
+    /// Labels.
+    pub tags: Vec<String>,
+}
+
+/// A type that never has a JSON Schema: the feature must not require one.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Opaque(pub u8);
+
+/// Geometry: schemas (with the feature `schema`), a type without one, a
+/// raw stream, and a descriptor module renamed because `geo` is taken.
+#[echostream::service("geo", module = "geo_api")]
+pub trait Geo {
+    /// The point's x.
+    async fn x_of(&self, p: Point) -> Result<i64>;
+    /// The byte back.
+    async fn opaque(&self, o: Opaque) -> Result<Opaque>;
+    /// Raw bytes.
+    #[stream]
+    async fn raw(&self, s: XStream) -> Result<()>;
+}
+
+/// Takes the default descriptor module name of `Geo`.
+#[allow(dead_code)]
+mod geo {}
+
+#[derive(Default)]
+struct MyGeo {
+    raw: std::sync::Mutex<Vec<u8>>,
+}
+
+impl Geo for MyGeo {
+    async fn x_of(&self, p: Point) -> Result<i64> {
+        Ok(p.x)
+    }
+    async fn opaque(&self, o: Opaque) -> Result<Opaque> {
+        Ok(o)
+    }
+    async fn raw(&self, s: XStream) -> Result<()> {
+        let bytes = s.read_to_end().await.map_err(std::io::Error::from)?;
+        self.raw.lock().unwrap().extend(bytes);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn raw_streams_are_described_as_raw_and_take_bytes_as_written() {
+    init_tracing();
+    let geo = Arc::new(MyGeo::default());
+    let s = serve(RpcServer::builder().service(GeoServer::from_arc(geo.clone())));
+    let client = GeoClient::new(connect(&s).await);
+    assert_eq!(
+        client
+            .x_of(Point {
+                x: 7,
+                label: "p".into(),
+                tags: vec![]
+            })
+            .await
+            .unwrap(),
+        7
+    );
+    assert_eq!(client.opaque(Opaque(9)).await.unwrap().0, 9);
+    let tx = client.raw().await.expect("open raw stream");
+    tx.xstream().write_all(b"abc").await.expect("write");
+    tx.finish().await.expect("finish");
+    assert_eq!(*geo.raw.lock().unwrap(), b"abc");
+
+    assert_eq!(geo_api::RAW.name(), "geo.raw");
+    let d = client.caller().describe().await.expect("describe");
+    let raw = d.stream("geo.raw").expect("raw stream described");
+    assert!(raw.raw);
+    assert_eq!(raw.message, None);
+    let opaque = d.method("geo.opaque").expect("opaque described");
+    assert_eq!((&opaque.request_schema, &opaque.response_schema), (&None, &None));
+    #[cfg(not(feature = "schema"))]
+    assert_eq!(d.method("geo.x_of").unwrap().request_schema, None);
+}
+
+/// With the feature `schema`, reflection carries the JSON Schema of each
+/// type that implements `JsonSchema`, over the wire.
+#[cfg(feature = "schema")]
+#[tokio::test]
+async fn reflection_carries_json_schemas_of_service_types() {
+    init_tracing();
+    let s = serve(
+        RpcServer::builder()
+            .service(GeoServer::new(MyGeo::default()))
+            .service(MathServer::new(MyMath::default())),
+    );
+    let d = connect(&s).await.describe().await.expect("describe");
+    let parse = |text: &Option<String>| -> serde_json::Value {
+        serde_json::from_str(text.as_deref().expect("a schema")).expect("schema is JSON")
+    };
+    let x_of = d.method("geo.x_of").unwrap();
+    let point = parse(&x_of.request_schema);
+    assert_eq!(point["title"], "Point");
+    assert_eq!(point["type"], "object");
+    assert_eq!(point["properties"]["x"]["type"], "integer");
+    assert_eq!(point["properties"]["x"]["format"], "int64");
+    assert_eq!(point["properties"]["x"]["description"], "Horizontal.");
+    assert_eq!(point["properties"]["label"]["type"], "string");
+    assert_eq!(point["properties"]["tags"]["type"], "array");
+    assert_eq!(point["properties"]["tags"]["items"]["type"], "string");
+    let mut required: Vec<&str> = point["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    required.sort_unstable();
+    assert_eq!(required, ["label", "tags", "x"]);
+    assert_eq!(parse(&x_of.response_schema)["type"], "integer");
+
+    // A type without `JsonSchema` has none; the build did not need it.
+    let opaque = d.method("geo.opaque").unwrap();
+    assert_eq!((&opaque.request_schema, &opaque.response_schema), (&None, &None));
+
+    // Several arguments travel as a tuple: an array schema of two integers.
+    let add = parse(&d.method("math.add").unwrap().request_schema);
+    assert_eq!(add["type"], "array");
+    assert_eq!(add["prefixItems"][0]["type"], "integer");
+    assert_eq!(add["prefixItems"][1]["type"], "integer");
+    assert_eq!(add["minItems"], 2);
+    assert_eq!(add["maxItems"], 2);
+
+    let overflow = d.event("math.overflow").unwrap();
+    assert_eq!(parse(&overflow.payload_schema)["type"], "integer");
+    assert_eq!(parse(&overflow.payload_schema)["minimum"], 0);
+    let samples = d.stream("math.samples").unwrap();
+    assert_eq!(parse(&samples.message_schema)["type"], "number");
+    assert_eq!(d.stream("geo.raw").unwrap().message_schema, None);
+}

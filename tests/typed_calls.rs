@@ -138,3 +138,32 @@ async fn peer_is_a_caller_too() {
     let peer: Arc<Peer> = Arc::new(client.peer());
     assert_eq!(peer.call(&ADD, (1, 1)).await.expect("add via peer"), 2);
 }
+
+#[tokio::test]
+async fn stream_handler_fn_reports_its_message_type_and_raw_streams_as_raw() {
+    init_tracing();
+    use echostream::stream::stream_handler_fn;
+    let s = serve(
+        RpcServer::builder()
+            .stream_handler(stream_handler_fn(
+                "fn.typed",
+                |_ctx: Context, rx: StreamReceiver<u32>| async move { while rx.recv().await.is_some() {} },
+            ))
+            .stream_handler(stream_handler_fn("fn.raw", |_ctx: Context, _s: XStream| async {}))
+            .stream_handler(raw_echo),
+    );
+    let d = connect(&s).await.describe().await.expect("describe");
+    let typed = d.stream("fn.typed").unwrap();
+    assert_eq!((typed.message.as_deref(), typed.raw), (Some("u32"), false));
+    for raw in ["fn.raw", "macro.raw"] {
+        let raw = d.stream(raw).unwrap();
+        assert_eq!((raw.message.as_deref(), raw.raw), (None, true), "{}", raw.name);
+    }
+    // The macro's descriptor of an `XStream` handler is a `RawStream`.
+    let _: echostream::RawStream = raw_echo::STREAM;
+}
+
+#[stream_handler("macro.raw")]
+async fn raw_echo(s: XStream) {
+    let _ = s.read_to_end().await;
+}

@@ -147,7 +147,7 @@ USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--systems L
   --full         the issue's sizes (default), about 4 minutes
   --smoke        tiny sizes, checks that every case runs (the crate's test)
   --only CASES   comma-separated: 1,2,3,4,5,6,7,8,9,alloc (default: all)
-  --systems LIST comma-separated: es,quinn,tonic,tonic-tls,tarpc (default: all); for
+  --systems LIST comma-separated: es,es-typed,quinn,tonic,tonic-tls,tarpc (default: all); for
                  profiling one system (ratios need the baselines)
   --layout L     shared or split: cases 1, 2 and 9 in one layout only (default: both)
   --json PATH    where to write the JSON (default target/echostream-bench.json)
@@ -184,7 +184,9 @@ impl Config {
                     cfg.systems.clear();
                     for name in list.split(',').map(str::trim).filter(|c| !c.is_empty()) {
                         let sys = System::ALL.into_iter().find(|s| s.key() == name).ok_or_else(|| {
-                            format!("unknown system `{name}` (systems: es,quinn,tonic,tonic-tls,tarpc)")
+                            format!(
+                                "unknown system `{name}` (systems: es,es-typed,quinn,tonic,tonic-tls,tarpc)"
+                            )
                         })?;
                         cfg.systems.insert(sys);
                     }

@@ -52,6 +52,13 @@ fn smoke_run_produces_every_figure_with_correct_answers() {
             assert!(has(case, system), "no figure for case {case}, {system}");
         }
     }
+    // The typed client of the same echo: the unary cases but 3.
+    for case in ["1", "2", "alloc"] {
+        assert!(
+            has(case, "EchoStream typed"),
+            "no figure for case {case}, EchoStream typed"
+        );
+    }
     for case in ["4", "5", "6", "7", "8", "9"] {
         for system in ["EchoStream", "raw quinn"] {
             assert!(has(case, system), "no figure for case {case}, {system}");

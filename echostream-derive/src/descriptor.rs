@@ -28,11 +28,45 @@ pub(crate) fn descriptor_type(kind: Kind, sig: &CheckedSig<'_>, params_span: Spa
             let payload = decoded_type(sig, params_span);
             quote!(#private::Event<#payload>)
         }
+        Kind::StreamHandler if is_raw_stream(sig) => quote!(#private::RawStream),
         Kind::StreamHandler => {
             let message = message_type(sig.params.first().copied());
             quote!(#private::StreamKind<#message>)
         }
     }
+}
+
+/// Whether the stream parameter is `XStream`: raw byte frames, described by
+/// a `RawStream` rather than a typed `StreamKind`.
+pub(crate) fn is_raw_stream(sig: &CheckedSig<'_>) -> bool {
+    sig.params.first().is_some_and(|param| {
+        generic_of(param, &["StreamReceiver", "TimedReceiver", "StreamDuplex"]).is_none()
+            && last_ident_ends_with(param, "XStream")
+    })
+}
+
+/// What reflection reports of the descriptor `desc` (an expression of its
+/// concrete type): its `info()` with the JSON Schemas of its types, picked
+/// by autoref specialization on `SchemaProbe` (none without the feature
+/// `schema` or for a type that does not implement `JsonSchema`).
+pub(crate) fn described_info(kind: Kind, desc: &TokenStream) -> TokenStream {
+    let private = quote!(::echostream::__private);
+    let with_schemas = match kind {
+        Kind::Handler => quote! {
+            let (req, resp) = #desc.schema_probes();
+            info.with_schemas((&&req).json_schema(), (&&resp).json_schema())
+        },
+        Kind::Listener | Kind::StreamHandler => quote! {
+            let probe = #desc.schema_probe();
+            info.with_schema((&&probe).json_schema())
+        },
+    };
+    quote! {{
+        #[allow(unused_imports)]
+        use #private::{NoJsonSchema as _, ViaJsonSchema as _};
+        let info = #desc.info();
+        #with_schemas
+    }}
 }
 
 /// The type the parameters after the context are decoded as: `()` for
@@ -72,7 +106,7 @@ pub(crate) fn message_type(param: Option<&Type>) -> TokenStream {
     };
     match generic_of(param, &["StreamReceiver", "TimedReceiver", "StreamDuplex"]) {
         Some(Some(message)) => quote!(#message),
-        // Left out: the default, raw byte frames.
+        // Left out: the default, byte vectors.
         Some(None) => quote!(::std::vec::Vec<u8>),
         None if last_ident_ends_with(param, "XStream") => quote!(::std::vec::Vec<u8>),
         None => quote!(::echostream::__private::Unnamed<#param>),

@@ -41,7 +41,10 @@ pub(crate) fn expand(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenS
         return with_item(error, item);
     };
 
-    match (Args::parse(kind, attr), signature::check(kind, &item_fn.sig)) {
+    match (
+        Args::parse(kind, attr),
+        signature::check(kind, &item_fn.sig, signature::Site::Function),
+    ) {
         (Ok(args), Ok(sig)) => FnGenerator::new(kind, &args, &item_fn, &sig).into_token_stream(),
         (Err(mut error), Err(more)) => {
             error.combine(more);
@@ -201,6 +204,7 @@ impl<'a> FnGenerator<'a> {
             Kind::StreamHandler => (quote!(#private::XStream), quote!(())),
         };
         let run = self.run();
+        let described = descriptor::described_info(self.kind, &quote!(Self::#name_const));
         quote! {
             #(#cfg)*
             impl #private::#runtime_trait for #name {
@@ -211,7 +215,7 @@ impl<'a> FnGenerator<'a> {
                 #idempotent
 
                 fn describe(&self) -> #private::#info {
-                    Self::#name_const.info()
+                    #described
                 }
 
                 // `ctx` is unused when the function does not take it and

@@ -31,6 +31,9 @@ pub(crate) struct Spec {
     pub(crate) attribute: &'static str,
     /// What the function becomes, in error messages: `"handler"`.
     pub(crate) noun: &'static str,
+    /// What a `#[service]` trait method of this kind is, in the same
+    /// messages: `"service method"`.
+    pub(crate) service_noun: &'static str,
     /// How the attribute's name argument is called: `"method name"`.
     pub(crate) name_what: &'static str,
     /// How the attribute is written, repeated in several error messages.
@@ -66,6 +69,7 @@ pub(crate) struct Spec {
 const HANDLER: Spec = Spec {
     attribute: "#[handler]",
     noun: "handler",
+    service_noun: "service method",
     name_what: "method name",
     example: "#[handler(\"service.method\")]",
     example_fn: "async fn handle_play(ctx: Context, file: String) -> Result<()>",
@@ -90,6 +94,7 @@ const HANDLER: Spec = Spec {
 const LISTENER: Spec = Spec {
     attribute: "#[listener]",
     noun: "listener",
+    service_noun: "service event method",
     name_what: "event name",
     example: "#[listener(\"service.event\")]",
     example_fn: "async fn on_logout(ctx: Context, user_id: u64)",
@@ -113,6 +118,7 @@ const LISTENER: Spec = Spec {
 const STREAM_HANDLER: Spec = Spec {
     attribute: "#[stream_handler]",
     noun: "stream handler",
+    service_noun: "service stream method",
     name_what: "stream name",
     example: "#[stream_handler(\"audio.stream\")]",
     example_fn: "async fn on_audio(ctx: Context, stream: StreamReceiver<Frame>)",

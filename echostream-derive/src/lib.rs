@@ -147,8 +147,9 @@ pub fn listener(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// ```
 ///
 /// The parameters are an optional `Context` first, then the stream:
-/// `StreamReceiver<T>` (typed messages; raw byte frames `Vec<u8>` when `T`
-/// is left out), `StreamDuplex<T>` or `XStream`. The function returns
+/// `StreamReceiver<T>` (typed messages; byte vectors `Vec<u8>` when `T`
+/// is left out), `StreamDuplex<T>` or `XStream` (raw byte frames, whose
+/// descriptor is a `RawStream`, not a `StreamKind`). The function returns
 /// nothing, or `Result<(), E>` with `E: Into<Status>`: an error reaches the
 /// opener as `Error::Remote` on its next send (or on `finish()`).
 /// Like `#[handler]`, it generates a unit struct named like the function
@@ -175,9 +176,11 @@ pub fn stream_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// - the trait, each method written `fn -> impl Future<Output = ..> + Send` so
 ///   implementations (`async fn` in `impl Math for MyMath`) can be served;
-/// - `mod math` (the trait's name in snake case) with one typed descriptor per
+/// - `mod math` (the trait's name in snake case; `#[service("math", module =
+///   "math_api")]` names it when `math` is taken) with one typed descriptor per
 ///   method (`math::ADD: Method<(i64, i64), i64>`, `math::OVERFLOW: Event<u64>`,
-///   `math::SAMPLES: StreamKind<f32>`) and `math::SERVICE`;
+///   `math::SAMPLES: StreamKind<f32>`, a `RawStream` for an `XStream`
+///   parameter) and `math::SERVICE`;
 /// - `MathClient<C = RpcClient>`, one typed method per trait method, over any
 ///   `Caller` (`RpcClient`, `Peer`): `MathClient::new(client).add(2, 3).await?`;
 /// - `MathServer<T: Math>`, a `Service`: `RpcServer::builder().service(MathServer::new(my_impl))`,
@@ -185,7 +188,10 @@ pub fn stream_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// Parameters are as for `#[handler]` (an optional `Context` first, owned
 /// serde types), after `&self`. The wire name is `"prefix.method"` unless
-/// `#[method(name = "...")]` gives it.
+/// `#[method(name = "...")]` gives it. With the `echostream` feature
+/// `schema`, reflection carries the JSON Schema of each type that implements
+/// `schemars::JsonSchema`; other types are reported without one, so the
+/// feature never requires it.
 #[proc_macro_attribute]
 pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
     service::expand(attr.into(), item.into()).into()

@@ -13,9 +13,10 @@ use crate::signature::{self, CheckedSig};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use std::collections::HashMap;
+use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Attribute, Error, FnArg, Ident, ItemTrait, LitStr, Signature, TraitItem, TraitItemFn};
+use syn::{Attribute, Error, FnArg, Ident, ItemTrait, LitStr, Signature, Token, TraitItem, TraitItemFn};
 
 /// The attributes a service method accepts, for error messages.
 const METHOD_ATTRIBUTES: &str = "`#[idempotent]`, `#[method(name = \"...\")]`, `#[event]`, `#[stream]`";
@@ -23,11 +24,46 @@ const METHOD_ATTRIBUTES: &str = "`#[idempotent]`, `#[method(name = \"...\")]`, `
 /// Attributes passed through to the trait method unchanged.
 const PASSED_THROUGH: &[&str] = &["doc", "cfg", "allow", "warn", "deny", "expect", "deprecated"];
 
+/// What `#[service(..)]` takes: the service name, then options.
+struct ServiceArgs {
+    prefix: LitStr,
+    /// `module = "name"`: the descriptor module's name, for when the default
+    /// (the trait's name in snake case) clashes with another item.
+    module: Option<Ident>,
+}
+
+impl Parse for ServiceArgs {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let prefix = input.parse::<LitStr>().map_err(|e| {
+            Error::new(
+                e.span(),
+                "expected the service name, as in `#[service(\"math\")]`",
+            )
+        })?;
+        let mut module = None;
+        while !input.is_empty() {
+            input.parse::<Token![,]>()?;
+            if input.is_empty() {
+                break;
+            }
+            let key = input.parse::<Ident>()?;
+            if key != "module" {
+                return Err(Error::new(
+                    key.span(),
+                    "unknown option: the options are `module = \"name\"` (the descriptor module's name)",
+                ));
+            }
+            input.parse::<Token![=]>()?;
+            module = Some(input.parse::<LitStr>()?.parse::<Ident>()?);
+        }
+        Ok(Self { prefix, module })
+    }
+}
+
 /// Expands `#[service(attr)] item`.
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let result = syn::parse2::<LitStr>(attr)
-        .map_err(|e| Error::new(e.span(), "expected the service name, as in `#[service(\"math\")]`"))
-        .and_then(|prefix| {
+    let result = syn::parse2::<ServiceArgs>(attr)
+        .and_then(|ServiceArgs { prefix, module }| {
             let item = syn::parse2::<ItemTrait>(item.clone()).map_err(|_| {
                 Error::new(
                     Span::call_site(),
@@ -38,6 +74,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             let checked = check_methods(&methods)?;
             Ok(ServiceGenerator {
                 prefix,
+                module,
                 item: &item,
                 methods: &methods,
                 checked,
@@ -180,7 +217,7 @@ fn check_methods<'a>(methods: &'a [ServiceMethod<'_>]) -> syn::Result<Vec<Checke
     let mut errors: Option<Error> = None;
     let mut checked = Vec::new();
     for m in methods {
-        match signature::check(m.kind, &m.free_sig) {
+        match signature::check(m.kind, &m.free_sig, signature::Site::Service) {
             Ok(sig) => checked.push(sig),
             Err(e) => match &mut errors {
                 Some(all) => all.combine(e),
@@ -193,6 +230,7 @@ fn check_methods<'a>(methods: &'a [ServiceMethod<'_>]) -> syn::Result<Vec<Checke
 
 struct ServiceGenerator<'a> {
     prefix: LitStr,
+    module: Option<Ident>,
     item: &'a ItemTrait,
     methods: &'a [ServiceMethod<'a>],
     checked: Vec<CheckedSig<'a>>,
@@ -200,7 +238,19 @@ struct ServiceGenerator<'a> {
 
 impl ServiceGenerator<'_> {
     fn module(&self) -> Ident {
-        format_ident!("{}", snake_case(&self.item.ident.to_string()))
+        self.module
+            .clone()
+            .unwrap_or_else(|| format_ident!("{}", snake_case(&self.item.ident.to_string())))
+    }
+
+    /// Where an argument type that is not serde is reported: at the type
+    /// for one argument, at the parameter list for none or several (whose
+    /// tuple type carries that span, see `descriptor::decoded_type`).
+    fn args_span(m: &ServiceMethod<'_>, sig: &CheckedSig<'_>) -> Span {
+        match sig.params.as_slice() {
+            [one] => one.span(),
+            _ => m.item.sig.paren_token.span.join(),
+        }
     }
 
     fn const_ident(m: &ServiceMethod<'_>) -> Ident {
@@ -284,32 +334,53 @@ impl ServiceGenerator<'_> {
             let desc = Self::const_ident(m);
             let names: Vec<Ident> = (0..sig.params.len()).map(|i| format_ident!("a{}", i)).collect();
             let types = &sig.params;
+            let args = packed(&names);
+            // Spanned at the argument types: a type that is not `Serialize`
+            // is reported there, not at the attribute. The callee's path is
+            // written out, not interpolated: rustc reports a bound at the
+            // path, whose tokens must all carry the span.
+            let span = Self::args_span(m, sig);
             match m.kind {
                 Kind::Handler => {
                     let ok = descriptor::ok_type(sig.output);
-                    let args = packed(&names);
+                    let call = quote_spanned! {span=>
+                        ::echostream::__private::Caller::call(&self.caller, &#module::#desc, #args).await
+                    };
                     quote! {
                         #docs
                         pub async fn #ident(&self, #(#names: #types),*) -> #private::Result<#ok> {
-                            #private::Caller::call(&self.caller, &#module::#desc, #args).await
+                            #call
                         }
                     }
                 }
                 Kind::Listener => {
-                    let args = packed(&names);
+                    let call = quote_spanned! {span=>
+                        ::echostream::__private::Caller::emit_event(&self.caller, &#module::#desc, #args).await
+                    };
                     quote! {
                         #docs
                         pub async fn #ident(&self, #(#names: #types),*) -> #private::Result<()> {
-                            #private::Caller::emit_event(&self.caller, &#module::#desc, #args).await
+                            #call
+                        }
+                    }
+                }
+                Kind::StreamHandler if descriptor::is_raw_stream(sig) => {
+                    quote! {
+                        #docs
+                        pub async fn #ident(&self) -> #private::Result<#private::StreamSender> {
+                            #private::Caller::open_raw(&self.caller, &#module::#desc).await
                         }
                     }
                 }
                 Kind::StreamHandler => {
                     let message = descriptor::message_type(sig.params.first().copied());
+                    let open = quote_spanned! {span=>
+                        ::echostream::__private::Caller::open_typed(&self.caller, &#module::#desc).await
+                    };
                     quote! {
                         #docs
                         pub async fn #ident(&self) -> #private::Result<#private::TypedSender<#message>> {
-                            #private::Caller::open_typed(&self.caller, &#module::#desc).await
+                            #open
                         }
                     }
                 }
@@ -355,7 +426,8 @@ impl ServiceGenerator<'_> {
             let call = quote! {
                 <T as #trait_ident>::#ident(&*svc, #ctx_arg #(#names),*).await
             };
-            let info = quote!(#module::#desc.info().in_service(#module::SERVICE));
+            let info = descriptor::described_info(m.kind, &quote!(#module::#desc));
+            let info = quote!(#info.in_service(#module::SERVICE));
             let name = quote!(#module::#desc.name());
             let (pattern, ty) = match m.kind {
                 Kind::StreamHandler => {
@@ -374,22 +446,26 @@ impl ServiceGenerator<'_> {
                 }
             };
             let idempotent = m.idempotent.then(|| quote!(.mark_idempotent()));
+            // Spanned at the argument types: a type that is not
+            // `Deserialize` is reported there, not at the attribute.
+            let span = Self::args_span(m, sig);
             let register = match m.kind {
-                Kind::Handler => quote! {
-                    routes.handler(#private::Described::new(
-                        #private::handler_fn(#name, #closure) #idempotent,
-                        #info,
-                    ));
+                Kind::Handler => {
+                    let handler = quote_spanned!(span=> ::echostream::__private::handler_fn(#name, #closure));
+                    quote_spanned! {span=>
+                        routes.handler(::echostream::__private::Described::new(#handler #idempotent, #info));
+                    }
+                }
+                Kind::Listener => quote_spanned! {span=>
+                    routes.listener(::echostream::__private::EventFn::new(#info, #closure));
                 },
-                Kind::Listener => quote! {
-                    routes.listener(#private::EventFn::new(#info, #closure));
-                },
-                Kind::StreamHandler => quote! {
-                    routes.stream_handler(#private::Described::new(
-                        #private::stream_handler_fn(#name, #closure),
-                        #info,
-                    ));
-                },
+                Kind::StreamHandler => {
+                    let handler =
+                        quote_spanned!(span=> ::echostream::__private::stream_handler_fn(#name, #closure));
+                    quote_spanned! {span=>
+                        routes.stream_handler(::echostream::__private::Described::new(#handler, #info));
+                    }
+                }
             };
             quote! {{
                 let svc = ::std::sync::Arc::clone(&inner);

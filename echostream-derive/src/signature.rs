@@ -19,16 +19,28 @@ pub(crate) struct CheckedSig<'a> {
     pub(crate) output: Option<&'a Type>,
 }
 
+/// Where the checked signature is written, which names it in messages.
+#[derive(Clone, Copy)]
+pub(crate) enum Site {
+    /// A free function under a function attribute: "a handler".
+    Function,
+    /// A `#[service]` trait method, its `&self` taken off: "a service method".
+    Service,
+}
+
 /// Checks that `sig` can be a function of `kind`, reporting every problem
 /// found at the tokens that cause it. A return type that is written is
 /// checked by the compiler, against the kind's result trait.
-pub(crate) fn check(kind: Kind, sig: &Signature) -> syn::Result<CheckedSig<'_>> {
+pub(crate) fn check(kind: Kind, sig: &Signature, site: Site) -> syn::Result<CheckedSig<'_>> {
     let spec = kind.spec();
-    let noun = spec.noun;
+    let noun = match site {
+        Site::Function => spec.noun,
+        Site::Service => spec.service_noun,
+    };
     let mut errors = Errors::default();
 
     check_qualifiers(sig, noun, spec.not_generic, &mut errors);
-    let (has_context, params) = split_params(sig, kind, &mut errors);
+    let (has_context, params) = split_params(sig, kind, noun, &mut errors);
 
     if spec.input == Input::Stream {
         match params.as_slice() {
@@ -120,8 +132,12 @@ fn check_qualifiers(sig: &Signature, noun: &str, not_generic: &str, errors: &mut
 /// Returns whether the first parameter is the context, and the types of the
 /// other parameters. A parameter reported as wrong is still returned, so a
 /// stream handler's one borrowed stream is not also reported as missing.
-fn split_params<'a>(sig: &'a Signature, kind: Kind, errors: &mut Errors) -> (bool, Vec<&'a Type>) {
-    let noun = kind.spec().noun;
+fn split_params<'a>(
+    sig: &'a Signature,
+    kind: Kind,
+    noun: &str,
+    errors: &mut Errors,
+) -> (bool, Vec<&'a Type>) {
     let mut has_context = false;
     let mut params = Vec::new();
     // Counts typed parameters only: a `self` receiver is reported on its own,

@@ -10,7 +10,9 @@
 //!
 //! [`ServiceDescription`] is what the reserved method
 //! [`DESCRIBE_METHOD`] answers: plain serde types, so a tool that knows no
-//! Rust types can list and call what a side offers.
+//! Rust types can list and call what a side offers. With the cargo feature
+//! `schema` it also carries a JSON Schema of each type that implements
+//! `schemars::JsonSchema` (see [`SchemaProbe`]); other types have none.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -42,6 +44,15 @@ pub struct StreamKind<T> {
     _types: PhantomData<fn(T)>,
 }
 
+/// A stream of raw byte frames (a handler taking `XStream`): its wire name.
+/// Not a `StreamKind<Vec<u8>>`, whose typed sender would encode each
+/// `Vec<u8>` with the codec, which the raw handler does not decode; open it
+/// with `Caller::open_raw` and write bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RawStream {
+    name: &'static str,
+}
+
 impl<Req, Resp> Method<Req, Resp> {
     /// A method of this wire name.
     pub const fn new(name: &'static str) -> Self {
@@ -64,7 +75,8 @@ impl<Req, Resp> Method<Req, Resp> {
         self.idempotent
     }
 
-    /// What reflection reports of it.
+    /// What reflection reports of it (without schemas: see
+    /// [`Method::schema_probes`]).
     pub fn info(&self) -> MethodInfo {
         MethodInfo {
             name: self.name.to_owned(),
@@ -72,7 +84,15 @@ impl<Req, Resp> Method<Req, Resp> {
             response: Some(std::any::type_name::<Resp>().to_owned()),
             idempotent: self.idempotent,
             service: None,
+            request_schema: None,
+            response_schema: None,
         }
+    }
+
+    /// Probes of the argument and result types, which yield their JSON
+    /// Schemas where the types are concrete (generated code).
+    pub const fn schema_probes(&self) -> (SchemaProbe<Req>, SchemaProbe<Resp>) {
+        (SchemaProbe::new(), SchemaProbe::new())
     }
 }
 
@@ -85,13 +105,19 @@ impl<T> Event<T> {
         }
     }
 
-    /// What reflection reports of it.
+    /// What reflection reports of it (without schema).
     pub fn info(&self) -> EventInfo {
         EventInfo {
             name: self.name.to_owned(),
             payload: Some(std::any::type_name::<T>().to_owned()),
             service: None,
+            payload_schema: None,
         }
+    }
+
+    /// A probe of the payload type (see [`SchemaProbe`]).
+    pub const fn schema_probe(&self) -> SchemaProbe<T> {
+        SchemaProbe::new()
     }
 }
 
@@ -104,13 +130,105 @@ impl<T> StreamKind<T> {
         }
     }
 
-    /// What reflection reports of it.
+    /// What reflection reports of it (without schema).
     pub fn info(&self) -> StreamInfo {
         StreamInfo {
             name: self.name.to_owned(),
             message: Some(std::any::type_name::<T>().to_owned()),
-            service: None,
+            ..StreamInfo::unknown_fields()
         }
+    }
+
+    /// A probe of the message type (see [`SchemaProbe`]).
+    pub const fn schema_probe(&self) -> SchemaProbe<T> {
+        SchemaProbe::new()
+    }
+}
+
+impl RawStream {
+    /// A raw stream of this wire name.
+    pub const fn new(name: &'static str) -> Self {
+        Self { name }
+    }
+
+    /// The wire name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// What reflection reports of it: raw, with no message type.
+    pub fn info(&self) -> StreamInfo {
+        StreamInfo::unknown(self.name).with_raw()
+    }
+
+    /// No message type to probe: a probe of a type that has no schema.
+    pub const fn schema_probe(&self) -> SchemaProbe<RawStream> {
+        SchemaProbe::new()
+    }
+}
+
+impl fmt::Debug for RawStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RawStream({:?})", self.name)
+    }
+}
+
+impl fmt::Display for RawStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Asks, where a type is concrete, for its JSON Schema: by autoref
+/// specialization, `(&&probe).json_schema()` picks [`ViaJsonSchema`] when
+/// the cargo feature `schema` is on and the type implements
+/// `schemars::JsonSchema`, and [`NoJsonSchema`] (no schema) otherwise. So
+/// turning the feature on never breaks a build: a service type without
+/// `JsonSchema` is reported without schema. In generic code the fallback is
+/// always taken.
+pub struct SchemaProbe<T: ?Sized>(PhantomData<fn() -> T>);
+
+impl<T: ?Sized> SchemaProbe<T> {
+    /// A probe of `T`.
+    pub const fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T: ?Sized> Default for SchemaProbe<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: ?Sized> fmt::Debug for SchemaProbe<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SchemaProbe<{}>", std::any::type_name::<T>())
+    }
+}
+
+/// The schema of a type that has one; see [`SchemaProbe`].
+pub trait ViaJsonSchema {
+    /// The JSON Schema, as JSON text.
+    fn json_schema(&self) -> Option<String>;
+}
+
+/// No schema; see [`SchemaProbe`].
+pub trait NoJsonSchema {
+    /// `None`.
+    fn json_schema(&self) -> Option<String>;
+}
+
+#[cfg(feature = "schema")]
+impl<T: schemars::JsonSchema + ?Sized> ViaJsonSchema for &SchemaProbe<T> {
+    fn json_schema(&self) -> Option<String> {
+        serde_json::to_string(&schemars::schema_for!(T)).ok()
+    }
+}
+
+impl<T: ?Sized> NoJsonSchema for SchemaProbe<T> {
+    fn json_schema(&self) -> Option<String> {
+        None
     }
 }
 
@@ -200,7 +318,11 @@ impl ServiceDescription {
 }
 
 /// One request handler, as reflection reports it. Type names are Rust's
-/// `std::any::type_name`: informative, not a stable schema.
+/// `std::any::type_name`: informative, not a stable schema; the schemas
+/// (cargo feature `schema`) are JSON Schema 2020-12 documents as JSON text,
+/// text so that every codec carries them. Fields added after the first
+/// version are `#[serde(default)]`: an older side's JSON answer still
+/// decodes (`Caller::describe` asks in JSON for that reason).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct MethodInfo {
@@ -214,6 +336,12 @@ pub struct MethodInfo {
     pub idempotent: bool,
     /// The service it belongs to; `None` for a free handler.
     pub service: Option<String>,
+    /// The JSON Schema of the argument type, when known.
+    #[serde(default)]
+    pub request_schema: Option<String>,
+    /// The JSON Schema of the result type, when known.
+    #[serde(default)]
+    pub response_schema: Option<String>,
 }
 
 /// One event listener, as reflection reports it.
@@ -226,6 +354,9 @@ pub struct EventInfo {
     pub payload: Option<String>,
     /// The service it belongs to; `None` for a free listener.
     pub service: Option<String>,
+    /// The JSON Schema of the payload type, when known.
+    #[serde(default)]
+    pub payload_schema: Option<String>,
 }
 
 /// One stream handler, as reflection reports it.
@@ -234,10 +365,17 @@ pub struct EventInfo {
 pub struct StreamInfo {
     /// The wire name.
     pub name: String,
-    /// The type the handler takes the stream as, when known.
+    /// The type of the messages the opener sends, when known.
     pub message: Option<String>,
     /// The service it belongs to; `None` for a free stream handler.
     pub service: Option<String>,
+    /// The JSON Schema of the message type, when known.
+    #[serde(default)]
+    pub message_schema: Option<String>,
+    /// Whether the stream carries raw byte frames (a handler taking
+    /// `XStream`) rather than messages encoded with a codec.
+    #[serde(default)]
+    pub raw: bool,
 }
 
 /// Builders for the `#[non_exhaustive]` infos, which code outside this crate
@@ -274,7 +412,16 @@ impl MethodInfo {
             response: None,
             idempotent: false,
             service: None,
+            request_schema: None,
+            response_schema: None,
         }
+    }
+
+    /// Sets the argument and result schemas (JSON text).
+    pub fn with_schemas(mut self, request: Option<String>, response: Option<String>) -> Self {
+        self.request_schema = request;
+        self.response_schema = response;
+        self
     }
 
     /// Sets the argument and result type names from the types.
@@ -297,7 +444,14 @@ impl EventInfo {
             name: String::new(),
             payload: None,
             service: None,
+            payload_schema: None,
         }
+    }
+
+    /// Sets the payload schema (JSON text).
+    pub fn with_schema(mut self, schema: Option<String>) -> Self {
+        self.payload_schema = schema;
+        self
     }
 
     /// Sets the payload type name from the type.
@@ -313,12 +467,26 @@ impl StreamInfo {
             name: String::new(),
             message: None,
             service: None,
+            message_schema: None,
+            raw: false,
         }
     }
 
-    /// Sets the stream type name from the type.
-    pub fn with_type<T>(mut self) -> Self {
+    /// Sets the message type name from the type.
+    pub fn with_type<T: ?Sized>(mut self) -> Self {
         self.message = Some(std::any::type_name::<T>().to_owned());
+        self
+    }
+
+    /// Sets the message schema (JSON text).
+    pub fn with_schema(mut self, schema: Option<String>) -> Self {
+        self.message_schema = schema;
+        self
+    }
+
+    /// Marks it a stream of raw byte frames.
+    pub fn with_raw(mut self) -> Self {
+        self.raw = true;
         self
     }
 }
@@ -340,5 +508,18 @@ mod tests {
         assert_eq!(format!("{ADD:?}"), "Method(\"math.add\")");
         let e: Event<String> = Event::new("user.left");
         assert_eq!(e.info().payload.as_deref(), Some("alloc::string::String"));
+    }
+
+    #[test]
+    // The two borrows are the autoref specialization, not needless.
+    #[allow(clippy::needless_borrow)]
+    fn a_schema_probe_falls_back_to_no_schema() {
+        struct NoSchema;
+        assert_eq!((&&SchemaProbe::<NoSchema>::new()).json_schema(), None);
+        let int = (&&ADD.schema_probes().1).json_schema();
+        #[cfg(feature = "schema")]
+        assert!(int.expect("i64 has a schema").contains("\"int64\""));
+        #[cfg(not(feature = "schema"))]
+        assert_eq!(int, None);
     }
 }

@@ -7,8 +7,11 @@ use bytes::Bytes;
 use echostream::prelude::*;
 use echostream::rpc::{handler_fn, listener_fn, ServerHandle};
 use echostream::stream::{stream_handler_fn, StreamError};
-use echostream::{Fingerprint, ServerIdentity};
+use echostream::{Fingerprint, Method, ServerIdentity};
 use std::sync::Arc;
+
+/// The echo method as a typed descriptor, for the `EchoStream typed` system.
+pub(crate) const ECHO: Method<Bytes, Bytes> = Method::new("echo");
 
 /// A running EchoStream benchmark server.
 pub(crate) struct EsServer {
@@ -37,7 +40,11 @@ pub(crate) async fn serve() -> Res<EsServer> {
         // Case 8 reconnects with 0-RTT: the echo may run on early data.
         .zero_rtt(true)
         .handler(
-            handler_fn("echo", |_ctx: Context, b: Bytes| async move { Ok::<_, Error>(b) }).mark_idempotent(),
+            handler_fn(
+                ECHO.name(),
+                |_ctx: Context, b: Bytes| async move { Ok::<_, Error>(b) },
+            )
+            .mark_idempotent(),
         )
         .listener(listener_fn("bench.event", move |_ctx: Context, seq: u64| {
             let sink = sink.clone();

@@ -17,6 +17,11 @@ use tokio::sync::Notify;
 pub(crate) enum System {
     /// EchoStream: typed requests on the control stream.
     EchoStream,
+    /// EchoStream called through a typed descriptor (`Caller::call` with a
+    /// `Method<Bytes, Bytes>`, what a generated service client does): the
+    /// same echo as `EchoStream`, to show the typed layer costs nothing.
+    /// Cases 1, 2 and `alloc` only.
+    EchoStreamTyped,
     /// Raw quinn: one new bidirectional stream per call.
     Quinn,
     /// tonic over plaintext HTTP/2 (h2c).
@@ -29,8 +34,9 @@ pub(crate) enum System {
 
 impl System {
     /// Every system, in table order.
-    pub(crate) const ALL: [System; 5] = [
+    pub(crate) const ALL: [System; 6] = [
         System::EchoStream,
+        System::EchoStreamTyped,
         System::Quinn,
         System::Tonic,
         System::TonicTls,
@@ -43,6 +49,7 @@ impl System {
     pub(crate) fn key(self) -> &'static str {
         match self {
             System::EchoStream => "es",
+            System::EchoStreamTyped => "es-typed",
             System::Quinn => "quinn",
             System::Tonic => "tonic",
             System::TonicTls => "tonic-tls",
@@ -54,6 +61,7 @@ impl System {
     pub(crate) fn name(self) -> &'static str {
         match self {
             System::EchoStream => "EchoStream",
+            System::EchoStreamTyped => "EchoStream typed",
             System::Quinn => "raw quinn",
             System::Tonic => "tonic h2c",
             System::TonicTls => "tonic TLS",
@@ -116,6 +124,8 @@ impl EventSink {
 pub(crate) enum Client {
     /// EchoStream.
     EchoStream(echostream::RpcClient),
+    /// EchoStream through the typed descriptor [`es::ECHO`].
+    EchoStreamTyped(echostream::RpcClient),
     /// Raw quinn.
     Quinn(quinn::Connection),
     /// tonic (either transport).
@@ -129,6 +139,8 @@ impl Client {
     pub(crate) async fn echo(&mut self, payload: &Bytes) -> Res<Bytes> {
         match self {
             Client::EchoStream(c) => Ok(c.request::<_, Bytes>("echo", payload).await?),
+            // A `Bytes` clone shares the buffer: no allocation.
+            Client::EchoStreamTyped(c) => Ok(echostream::Caller::call(c, &es::ECHO, payload.clone()).await?),
             Client::Quinn(c) => quic::echo(c, payload).await,
             Client::Tonic(c) => grpc::echo(c, payload).await,
             Client::Tarpc(c) => Ok(c.echo(tarpc::context::current(), payload.clone()).await?),
@@ -143,11 +155,15 @@ pub(crate) type Keep = Box<dyn std::any::Any + Send>;
 /// client on the client runtime.
 pub(crate) fn start_unary(sys: System, rts: &Runtimes) -> Res<(Client, Keep)> {
     match sys {
-        System::EchoStream => {
+        System::EchoStream | System::EchoStreamTyped => {
             let srv = run_on(rts.server(), es::serve())?;
             let (addr, fp) = (srv.addr.clone(), srv.fingerprint);
             let c = run_on(rts.client(), async move { es::connect(&addr, fp).await })?;
-            Ok((Client::EchoStream(c), Box::new(srv)))
+            let c = match sys {
+                System::EchoStream => Client::EchoStream(c),
+                _ => Client::EchoStreamTyped(c),
+            };
+            Ok((c, Box::new(srv)))
         }
         System::Quinn => {
             let (srv, ep, conn) = start_quinn(rts)?;

@@ -16,8 +16,9 @@ use crate::rpc::{
 };
 use crate::stream::{StreamHandler, StreamSender};
 use crate::Result;
+use echostream_types::descriptor::RawStream;
 use echostream_types::descriptor::{EventInfo, DESCRIBE_METHOD};
-use echostream_types::{Event, Method, ServiceDescription, Status, StreamKind};
+use echostream_types::{Codec, Event, Method, ServiceDescription, Status, StreamKind};
 use futures::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};
 use std::future::Future;
@@ -108,11 +109,22 @@ pub trait Caller: Send + Sync {
         async move { Ok(TypedSender::new(create.build().await?)) }
     }
 
+    /// Opens a stream of raw byte frames (a handler taking `XStream`):
+    /// write bytes as they are through the sender's `xstream()`.
+    fn open_raw(&self, stream: &RawStream) -> impl Future<Output = Result<StreamSender>> + Send {
+        let create = self.stream_peer().create_stream(stream.name());
+        async move { create.build().await }
+    }
+
     /// What the other side offers: its methods, events and streams (the
     /// reserved method `echostream.describe`, which may be turned off or
-    /// refused by an interceptor).
+    /// refused by an interceptor). Asked in JSON, whatever the client's
+    /// default codec: fields added to the answer since are
+    /// `#[serde(default)]`, which a self-describing codec honours and the
+    /// positional bincode cannot, so a newer side still reads an older one.
     fn describe(&self) -> impl Future<Output = Result<ServiceDescription>> + Send {
-        self.send_request(DESCRIBE_METHOD, (), CallOptions::default().idempotent())
+        let opts = CallOptions::default().idempotent().codec(Codec::Json);
+        self.send_request(DESCRIBE_METHOD, (), opts)
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::{StreamDuplex, StreamReceiver, StreamState, TimedReceiver, XStream};
 use crate::protocol::Context;
+use echostream_types::descriptor::StreamInfo;
 use echostream_types::message::encode_status;
 use echostream_types::{Code, Codec, Status};
 use futures::future::BoxFuture;
@@ -24,11 +25,22 @@ use std::sync::Arc;
 pub trait FromXStream: Sized + Send + 'static {
     /// Wraps the accepted stream.
     fn from_xstream(stream: XStream) -> Self;
+
+    /// What reflection reports of a stream of this name taken as `Self`:
+    /// by default the name alone.
+    fn stream_info(name: &str) -> StreamInfo {
+        StreamInfo::unknown(name)
+    }
 }
 
 impl FromXStream for XStream {
     fn from_xstream(stream: XStream) -> Self {
         stream
+    }
+
+    /// Raw byte frames: no message type.
+    fn stream_info(name: &str) -> StreamInfo {
+        StreamInfo::unknown(name).with_raw()
     }
 }
 
@@ -36,17 +48,29 @@ impl<T: DeserializeOwned + Send + 'static> FromXStream for StreamReceiver<T> {
     fn from_xstream(stream: XStream) -> Self {
         StreamReceiver::new(stream)
     }
+
+    fn stream_info(name: &str) -> StreamInfo {
+        StreamInfo::unknown(name).with_type::<T>()
+    }
 }
 
 impl<T: DeserializeOwned + Send + 'static> FromXStream for TimedReceiver<T> {
     fn from_xstream(stream: XStream) -> Self {
         TimedReceiver::new(stream)
     }
+
+    fn stream_info(name: &str) -> StreamInfo {
+        StreamInfo::unknown(name).with_type::<T>()
+    }
 }
 
 impl<T: DeserializeOwned + Send + 'static> FromXStream for StreamDuplex<T> {
     fn from_xstream(stream: XStream) -> Self {
         StreamDuplex::new(stream, Codec::default())
+    }
+
+    fn stream_info(name: &str) -> StreamInfo {
+        StreamInfo::unknown(name).with_type::<T>()
     }
 }
 
@@ -86,8 +110,8 @@ pub trait StreamHandler: Send + Sync + 'static {
     /// Runs on one accepted stream. An error is written on the error half.
     fn call(&self, ctx: Context, stream: XStream) -> BoxFuture<'static, Result<(), Status>>;
     /// What reflection (`echostream.describe`) reports about it; by default its name alone.
-    fn describe(&self) -> echostream_types::descriptor::StreamInfo {
-        echostream_types::descriptor::StreamInfo::unknown(self.name())
+    fn describe(&self) -> StreamInfo {
+        StreamInfo::unknown(self.name())
     }
 }
 
@@ -179,6 +203,12 @@ where
     fn call(&self, ctx: Context, stream: XStream) -> BoxFuture<'static, Result<(), Status>> {
         let f = self.f.clone();
         Box::pin(async move { f(ctx, S::from_xstream(stream)).await.into_status() })
+    }
+
+    /// The message type, from the stream parameter; no schema, since `S` is
+    /// generic here (a `#[stream_handler]` or service method has one).
+    fn describe(&self) -> StreamInfo {
+        S::stream_info(&self.name)
     }
 }
 
