@@ -357,6 +357,34 @@ async fn an_idempotent_call_travels_early_and_other_calls_wait_for_the_handshake
     c.close().await;
 }
 
+/// A typed descriptor marked idempotent (what `#[service]` emits for an `#[idempotent]` method)
+/// makes its calls travel as early data, with nothing declared on the client builder.
+#[tokio::test]
+async fn a_typed_idempotent_method_travels_as_early_data() {
+    init_tracing();
+    const GET: echostream::Method<String, String> = echostream::Method::new("kv.get").idempotent();
+    let seen = Arc::new(Seen::default());
+    let server = start(kv_server(&seen, "a").zero_rtt(true), ServerIdentity::Ephemeral);
+    let relay = HoldRelay::start(server.addr).await;
+    let builder = RpcClient::builder().pin(server.fingerprint);
+    first_connection(&builder, &relay.addr()).await;
+    let gets_before = seen.gets.load(Ordering::SeqCst);
+
+    // From here the server only receives the client's first flight until released.
+    relay.hold();
+    let c = connect_to(&builder, &relay.addr()).await;
+    let get = tokio::time::timeout(WAIT, echostream::Caller::call(&c, &GET, "t".to_owned()))
+        .await
+        .expect("the typed early call is answered while the handshake cannot complete")
+        .unwrap();
+    assert_eq!(get, "a:t");
+    assert_eq!(seen.gets.load(Ordering::SeqCst), gets_before + 1);
+    assert_eq!(seen.gets_early.load(Ordering::SeqCst), 1, "it ran on early data");
+    relay.release().await;
+    assert_eq!(settled(&c).await, ZeroRtt::Accepted);
+    c.close().await;
+}
+
 #[tokio::test]
 async fn a_call_marked_idempotent_only_by_the_client_is_refused_early_then_sent_again() {
     init_tracing();
