@@ -10,6 +10,116 @@
 //! - `peer_server`: [`Peer::server`] and [`Context::server`], which the RPC layer adds.
 //! - [`server`] / [`client`]: [`RpcServer`] and [`RpcClient`] with their builders.
 //! - [`discovery`]: `enable_discovery`, `RpcClient::discover` (feature `discovery`).
+//!
+//! # Behaviour
+//!
+//! What this layer promises; `ARCHITECTURE.md` summarises it.
+//!
+//! - **Server life-cycle.** `RpcServer::builder()...build()?` binds the socket
+//!   and loads the identity (inside tokio); `run()`/`run_until(signal)` serve.
+//!   Graceful shutdown (`shutdown_handle().shutdown()`): the endpoint stops
+//!   accepting, every connection gets a GOAWAY (the peer's new calls fail fast),
+//!   calls in flight get the grace period (default 10 s; then aborted and
+//!   answered `CANCELLED`), each control stream is finished and acknowledged
+//!   (bounded wait) and the connection closed with `GOING_AWAY`.
+//! - **Clients share endpoints.** `RpcClient` is an `Arc` (`Clone + Send +
+//!   Sync`); the connection closes when the last clone drops. UDP endpoints
+//!   (socket + quinn's buffers, about 3 MiB) belong to the builder: clients
+//!   connected from one builder and its clones share one per local bind address
+//!   (IPv4/IPv6 wildcard), socket buffer size and tokio runtime (an endpoint's
+//!   driver lives on the runtime that made it), and the builder keeps it between
+//!   connections, so a reconnect or the next 0-RTT attempt skips binding.
+//!   `RpcClient::connect(addr)` uses a throwaway builder: its endpoint closes
+//!   with the client. `close()` waits for the endpoint to go idle (≤ 1 s, so the
+//!   CONNECTION_CLOSE leaves before a process exits) only when no other client
+//!   shares it.
+//! - **Handlers are a trait; the macro is sugar.** `trait Handler { fn
+//!   method(&self) -> &str; fn call(&self, Context, Payload) -> BoxFuture<'static,
+//!   Result<Payload, Status>> }`. `#[handler("name")]` implements it for a unit
+//!   struct named like the function (the function stays callable as
+//!   `NAME::invoke`) and submits it to an `inventory` registry, so
+//!   `.register_all()` registers every handler linked into the binary;
+//!   `handler_fn(name, closure)` is the macro-free form. Several arguments are
+//!   decoded from a tuple. A handler returns `Result<T, E>`, `T: Serialize`,
+//!   `E: Into<Status>` (`echostream::Error` converts: its `Status` variant keeps
+//!   the chosen code, `Remote` propagates a downstream status, anything else
+//!   becomes `INTERNAL`). `request::<A, R>` is generic over any serde argument
+//!   and result; a `()` result is written `let () = client.request(...).await?`
+//!   because Rust cannot infer an unconstrained result type.
+//!   `request_with(method, args, CallOptions)` sets timeout, metadata, codec.
+//! - **`Context`**: method, request id, metadata, deadline, peer address,
+//!   connection id, peer certificate fingerprint, hello metadata, identity, and
+//!   `peer()`.
+//! - **Symmetric peers.** After the handshake each side has a router of
+//!   handlers and listeners (client ones registered with
+//!   `RpcClient::builder().handler(h).listener(l)`) and calls the other through
+//!   a `Peer`. A handler's `ctx.peer()` may be kept after the handler returns;
+//!   its calls fail with `ConnectionClosed` once the peer is gone, and
+//!   `Peer::closed().await` resolves with that error. `RpcServer::methods()`
+//!   lists what a server answers.
+//! - **Events.** `emit` encodes in the caller's task, waits for room in the
+//!   bounded write queue and returns once the event is queued (not when the peer
+//!   processed it). Events from one sender on one connection are delivered in
+//!   order (one control stream, one in-order event task); those queued or in
+//!   flight when a connection drops are lost with it (fire-and-forget: use a
+//!   request when an acknowledgement matters). Listeners of a name run one event
+//!   at a time in registration order; a listener error, an undecodable payload
+//!   or a panic is logged with the event name and counted (`failed_events()`),
+//!   and the next event proceeds. The listener queue is bounded (`event_queue`,
+//!   1024): when full, the reader stops reading and the sender's `emit` waits
+//!   (backpressure through QUIC flow control).
+//! - **Subscriptions** (`subscribe::<T>(name)` on a client or server handle): a
+//!   bounded buffer each (1024). A slow consumer gets **counted drops** for that
+//!   subscription only (`dropped()`), so it never slows the connection or the
+//!   listeners; undecodable events are skipped and counted (`undecodable()`).
+//!   Listeners are the choice when every event must be processed.
+//! - **Server handle** (`server.handle()`, `ctx.server()`): `peers()`,
+//!   `peer(id)`, `connection_count()`, `broadcast(name, value)`,
+//!   `connection_events()`, `subscribe`, `shutdown()`. `broadcast` encodes once
+//!   and queues on every connection concurrently; a peer whose write queue stays
+//!   full for `slow_peer_timeout` (default 2 s: it stopped reading and flow
+//!   control filled up) is disconnected with `SLOW_CONSUMER` (8) and a reason,
+//!   and listed in the `BroadcastReport`; the others are never held up by it.
+//!   Events are not silently dropped for a connected peer.
+//! - **Connection life-cycle.** `connection_events()` is a bounded broadcast
+//!   channel (1024; a lagging receiver counts what it missed) of `Connected` /
+//!   `Disconnected { reason }` with a `ConnectionInfo` (addresses, ids,
+//!   fingerprint, hello metadata, RTT and quinn's traffic statistics, calls
+//!   pending and running; also `peer.info()`, `client.info()`). Admission:
+//!   `ConnectionPolicy::approve_all()` (default) or `approve_via_event(queue)`,
+//!   which hands the application a `ConnectionRequest` after the hello and
+//!   before the welcome;
+//!   `reject(reason)`, a full decision queue or no answer within the handshake
+//!   timeout close with `REJECTED` and a reason (the client gets
+//!   `Error::Rejected { reason }`). `max_connections` (10,000) closes the
+//!   connection over the limit with `REJECTED`; under a flood, attempts beyond
+//!   the limits are refused before any TLS work.
+//! - **Liveness.** Keep-alive (10 s) and idle timeout (30 s) on both builders.
+//!   A vanished peer is noticed within the idle timeout: every pending call
+//!   fails with `ConnectionClosed` ("did not answer within the idle timeout"),
+//!   its handlers are aborted, the server forgets it, and every pending XStream
+//!   read and write on both sides fails with `StreamError::ConnectionLost`,
+//!   never a clean end (`tests/faults_streams.rs` cuts a relay under 16 pending
+//!   operations).
+//! - **Reconnect** (`ClientBuilder::reconnect(ReconnectPolicy)`): a supervisor
+//!   task per client waits for the connection to end (not after `close()` or
+//!   drop), then reconnects on the same UDP endpoint with the same options,
+//!   backing off from `initial_backoff` (100 ms) doubling to `max_backoff`
+//!   (5 s), optionally giving up after `max_attempts`. The router is shared, so
+//!   nothing is registered again. Calls made while disconnected fail fast, or
+//!   with `wait_for_connection` wait for the new connection up to their own
+//!   timeout. A call in flight when the connection drops fails and is never
+//!   resent (it may have run).
+//! - **Resumption and 0-RTT.** Client `resumption`/`zero_rtt` on by default
+//!   (tickets per server address, shared by a builder and its clones;
+//!   `RpcClient::can_resume()`), server `zero_rtt` off by default. Only calls
+//!   marked idempotent on the client (`ClientBuilder::idempotent("method")`,
+//!   `CallOptions::new().idempotent()`) and on the server (`#[handler("x",
+//!   idempotent)]`, `handler_fn(..).mark_idempotent()`) run from early data.
+//!   `Peer::zero_rtt()` (`NotAttempted`, `Pending`, `Accepted`, `Rejected`, also
+//!   in `ConnectionInfo`) and `Peer::is_early()` report what happened. Wire
+//!   rules: `docs/PROTOCOL.md` §10;
+//!   replay and defaults: `docs/SECURITY.md` ("0-RTT early data and replay").
 
 pub mod auth;
 pub mod client;
