@@ -81,7 +81,7 @@ impl ServerBuilder {
     /// first flight, saving the round trips of the handshake and the hello. Early data can be
     /// replayed by an attacker who recorded it, so while the TLS handshake has not completed
     /// the server runs only handlers declared idempotent (`#[handler("x", idempotent)]`, or
-    /// [`Handler::idempotent`]) and answers other calls with `Code::EARLY_DATA_REFUSED`;
+    /// [`Handler::idempotent`](crate::rpc::Handler::idempotent)) and answers other calls with `Code::EARLY_DATA_REFUSED`;
     /// events are dropped and incoming streams wait for the handshake. The hello is processed
     /// early too: the authenticator and connection policy see a hello that may be a replay.
     ///
