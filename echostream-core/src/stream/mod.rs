@@ -25,6 +25,106 @@
 //!   registry.
 //! - `io`: [`XStreamIo`], tokio `AsyncRead`/`AsyncWrite` over an XStream.
 //! - `error`: [`StreamError`].
+//!
+//! # Behaviour
+//!
+//! What the stream layer promises; `ARCHITECTURE.md` summarises it.
+//!
+//! ## Rules and how they hold
+//!
+//! - **No silent loss.** The opener reports a clean end of data only after the
+//!   error half has ended *without* an error block; otherwise the read returns
+//!   the error. On the acceptor, `write_eof` and `close` end the error half
+//!   cleanly (no error can follow), so `error_write` after `write_eof` is
+//!   refused (`write-closed`). How `with_data_flush` and a drop without close
+//!   end the halves: `docs/PROTOCOL.md` §12.
+//! - **Connection loss** surfaces as `StreamError::ConnectionLost` on both
+//!   sides (quinn reports the connection error on every stream), never as a
+//!   clean end.
+//! - **Every wait is bounded** (header, partner half, answer: the pairing and
+//!   open timeouts), so the pairing table drains to zero; a queued stream is
+//!   answered only when `IncomingStreams` yields it (lazy acceptance).
+//! - **Stream credit grows, never shrinks.** The per-connection QUIC stream
+//!   limits start at the transport's values (100 bidirectional, 100
+//!   unidirectional: idle memory per connection stays low) and double when more
+//!   than half are in use, up to `StreamOptions::max_concurrent_streams`
+//!   (16,384), with `set_max_concurrent_bi_streams`/`_uni_streams` on the live
+//!   connection: the acceptor raises the bidirectional limit as data halves
+//!   arrive, the opener the unidirectional limit as it opens streams (each
+//!   needs an error half). QUIC cannot take stream credit back.
+//!   Independently, `StreamOptions::max_streams_per_connection` (16,384) caps
+//!   the XStreams one connection holds in its tables (both directions: live,
+//!   being opened or accepted, orphan error halves); beyond it an incoming data
+//!   half is refused `BUSY` before its header is read, an orphan error half is
+//!   stopped with `0x18`, and a local open fails with `StreamError::Busy`.
+//!
+//! ## States
+//!
+//! `open` → `write-closed` (this side's `write_eof`) / `read-closed` (clean
+//! end of the peer's data) → `closed` (both, or `close()`); any state →
+//! `error` (an error written or received, the peer dropped the stream, the
+//! connection lost). Every refused operation returns
+//! `StreamError::InvalidState { stream, op, state }`, except in the error
+//! state when the cause came from the peer or the connection: then the cause
+//! itself is returned again (the cached remote error, `ConnectionLost`, ...).
+//! `close()` is accepted in the error state (it releases the halves).
+//!
+//! ## Typed and time-synced streams
+//!
+//! `create_stream(name)` returns a `StreamSender` (`send(any serde value)`), a
+//! stream handler gets `StreamReceiver<T>` (`recv() -> Option<T>`;
+//! `StreamReceiver` alone means raw byte frames, `Vec<u8>`), and
+//! `StreamDuplex<T>` carries both directions. Messages are length-prefixed and
+//! checked against `max_message_size` (16 MiB) before buffering; a message too
+//! large or undecodable ends that stream only. A stream handler's `Err`, or a
+//! panic, reaches the sender as `Error::Remote { method: <stream name>, status
+//! }` through the error half; a handler that returns normally closes the stream
+//! cleanly (`docs/PROTOCOL.md` §13).
+//!
+//! `create_stream(name).with_time_sync()` (adaptive playout delay) or
+//! `.with_playout_delay(PlayoutDelay::Fixed(d) | PlayoutDelay::Adaptive { min,
+//! max, margin })` opens an ordinary typed stream and records the delay choice
+//! in its metadata; `send_with_timestamp(msg, ts)` (`ts` on the sender's
+//! clock, `Peer::local_clock()`) or `send_now(msg)` sends timestamped
+//! messages. The acceptor takes a `TimedReceiver<T>` (a `#[stream_handler]` /
+//! `stream_handler_fn` parameter, or `TimedReceiver::new(xstream)` on a stream
+//! from `streams().accept(name)`, which is how a client receives from a
+//! server). Its reader task starts the connection's clock sync
+//! (`Peer::clock()`), reads messages from the start and stamps their arrival on the local clock, and once 4 probes have
+//! been answered (10 s timeout, then `recv_aligned` fails) maps each sender
+//! timestamp to the local clock (`SyncedClock::to_local`) and pushes it into
+//! the jitter buffer. `recv_aligned()` returns the message and its aligned time
+//! (local clock) no earlier than aligned time + playout delay: it sleeps on a
+//! tokio timer until 1.5 ms before the due time and then yields in a loop,
+//! because tokio timers have a 1 ms granularity.
+//!
+//! ## Jitter buffer (`stream::jitter`, sans-IO)
+//!
+//! `JitterBuffer<T>` is plain logic: `push(item, aligned, arrival) ->
+//! PushOutcome`, `next_due()`, `poll(now) -> Option<(T, aligned)>`, `stats()`.
+//!
+//! - Frames are kept in a `BTreeMap` keyed by (aligned time, arrival sequence)
+//!   and released in that order, each no earlier than aligned + the delay in
+//!   force at release time.
+//! - A frame arriving after aligned + delay, or with an aligned time before the
+//!   last released one (it could only be released out of order), is dropped and
+//!   counted `late`. At most `max_frames` (default 1024) are buffered; when full
+//!   the incoming frame is dropped and counted `overflow` (tail drop: scheduled
+//!   frames keep their slots). Frames read before the clock is synced wait in a
+//!   queue with the same bound.
+//! - Invariant (tested with proptest): `received = released + late + overflow
+//!   + buffered`; releases are in order and never early.
+//! - Delay: `Fixed(d)`, or `Adaptive { min, max, margin }`: starts at `max`;
+//!   after 20 frames, every 25 frames and at once after a late frame, target =
+//!   clamp(p99 of the last 500 transit times + margin, min, max), where transit
+//!   = arrival − aligned (one-way delay plus clock-sync error). The delay jumps
+//!   to the first target and grows to a larger one at once, but shrinks by at
+//!   most `MAX_SHRINK` (2 ms) per recomputation: buffered frames are due at
+//!   aligned + the current delay, so a sudden shrink would release them in a
+//!   burst.
+//! - Stats: received, released, late, overflow, buffered, the delay, the
+//!   RFC 3550 interarrival jitter (`J += (|D| − J) / 16` over successive
+//!   transit differences) and the transit p99.
 
 mod conn;
 mod control;
