@@ -530,6 +530,7 @@ fn ca_and_client(name: &str) -> (CertificateDer<'static>, ServerIdentity) {
     // A name inside the certificate, read back by the test; never contacted.
     params
         .subject_alt_names
+        // A name written into the certificate and read back; no traffic goes to it.
         .push(SanType::IpAddress("10.1.2.3".parse().unwrap()));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &issuer).unwrap();
@@ -570,6 +571,7 @@ async fn mutual_tls_with_a_ca_exposes_subject_names_to_the_authenticator_and_han
     let (cert, is_sensor): (Option<(String, Vec<String>)>, bool) = c.request("names", ()).await.unwrap();
     let (subject, alt) = cert.unwrap();
     assert!(subject.contains("CN=sensor-7"), "{subject}");
+    // The certificate's names as the server read them (never an address connected to).
     assert_eq!(alt, vec!["sensor-7.local".to_string(), "10.1.2.3".to_string()]);
     assert!(is_sensor);
     // Optional: no certificate is fine (anonymous)...
