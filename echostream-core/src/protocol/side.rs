@@ -100,25 +100,28 @@ pub(crate) fn max_waiting(receive_window: Option<u32>, stream_window: Option<u32
 
 /// A side stream being written: reset (not finished) if dropped before [`Sending::finish`],
 /// so the receiver sees a cancelled call rather than a frame cut short.
-struct Sending(Option<quinn::SendStream>);
+struct Sending {
+    stream: quinn::SendStream,
+    /// Reset on drop: cleared once the stream is finished or the receiver stopped it.
+    armed: bool,
+}
 
 impl Sending {
     fn finish(mut self) {
-        if let Some(mut s) = self.0.take() {
-            let _ = s.finish();
-        }
+        self.armed = false;
+        let _ = self.stream.finish();
     }
 
     /// The receiver stopped the stream: nothing to reset.
     fn disarm(mut self) {
-        self.0 = None;
+        self.armed = false;
     }
 }
 
 impl Drop for Sending {
     fn drop(&mut self) {
-        if let Some(s) = &mut self.0 {
-            let _ = s.reset(code::CANCELLED.into());
+        if self.armed {
+            let _ = self.stream.reset(code::CANCELLED.into());
         }
     }
 }
@@ -143,12 +146,14 @@ pub(super) async fn send(
     let mut pause = Duration::from_millis(2);
     loop {
         let s = peer.shared.conn.open_uni().await.map_err(conn_err)?;
-        let mut sending = Sending(Some(s));
-        let mut chunks = [Bytes::from_static(&[SIDE_FRAME]), head.clone(), tail.clone()];
-        let written = match &mut sending.0 {
-            Some(s) => peer.bulk_write(s.write_all_chunks(&mut chunks)).await,
-            None => Ok(()),
+        let mut sending = Sending {
+            stream: s,
+            armed: true,
         };
+        let mut chunks = [Bytes::from_static(&[SIDE_FRAME]), head.clone(), tail.clone()];
+        let written = peer
+            .bulk_write(sending.stream.write_all_chunks(&mut chunks))
+            .await;
         match written {
             Ok(()) => {
                 sending.finish();
