@@ -348,3 +348,56 @@ async fn clients_of_one_builder_share_a_socket_and_close_independently() {
     let x: u32 = c.request("echo", 8u32).await.unwrap();
     assert_eq!(x, 8);
 }
+
+/// A connection's state, and with it the UDP socket, is released when the other side closes
+/// it. (The control stream's writer task, idle, held the connection and waited for a queue
+/// that its own hold kept open: every connection a client closed stayed on the server.)
+#[tokio::test]
+async fn a_connection_closed_by_the_other_side_releases_its_state_and_socket() {
+    let ping = || {
+        handler_fn("ping", |_c: Context, _: ()| async {
+            Ok::<_, Error>("pong".to_string())
+        })
+    };
+    // The client closes first: once the server has shut down, its port is free again.
+    let server = RpcServer::builder()
+        .bind("127.0.0.1:0")
+        .identity(ServerIdentity::Ephemeral)
+        .handler(ping())
+        .build()
+        .unwrap();
+    let (addr, fp, handle) = (
+        server.local_addr().to_string(),
+        server.fingerprint(),
+        server.handle(),
+    );
+    let stop = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+    let c = RpcClient::builder().pin(fp).connect(&addr).await.unwrap();
+    assert_eq!(c.request::<_, String>("ping", ()).await.unwrap(), "pong");
+    c.close().await;
+    drop(c);
+    // The server has seen the close, so shutting down has no connection of its own to end.
+    wait_until("the server saw the close", || handle.connection_count() == 0).await;
+    drop(handle);
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    wait_until("the server's port is released", || {
+        std::net::UdpSocket::bind(&addr).is_ok()
+    })
+    .await;
+
+    // The server closes first: once the client is dropped, its socket is free again.
+    let s = serve(RpcServer::builder().handler(ping()));
+    let c = connect(&s).await;
+    assert_eq!(c.request::<_, String>("ping", ()).await.unwrap(), "pong");
+    let port = c.local_addr().unwrap().port();
+    s.shutdown.shutdown();
+    s.task.await.unwrap().unwrap();
+    wait_until("the client saw the close", || !c.is_connected()).await;
+    drop(c);
+    wait_until("the client's port is released", || {
+        std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).is_ok()
+    })
+    .await;
+}

@@ -142,6 +142,7 @@ echostream-bench: EchoStream side by side with raw quinn, tonic and tarpc (loopb
 
 USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--systems LIST]
                        [--layout shared|split] [--json PATH]
+       echostream-bench --serve ADDR
 
   --quick        about 1 minute on 2 cores (release build)
   --full         the issue's sizes (default), about 4 minutes
@@ -151,6 +152,7 @@ USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--systems L
                  profiling one system (ratios need the baselines)
   --layout L     shared or split: cases 1, 2 and 9 in one layout only (default: both)
   --json PATH    where to write the JSON (default target/echostream-bench.json)
+  --serve ADDR   only run the EchoStream bench server on ADDR (for `echostream bench`)
 ";
 
 impl Config {

@@ -34,6 +34,11 @@ pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 static GLOBAL: alloc::CountingAlloc = alloc::CountingAlloc;
 
 fn main() {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("--serve") {
+        serve(&args.next().unwrap_or_else(|| "127.0.0.1:5000".to_owned()));
+        return;
+    }
     let cfg = match Config::parse(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(e) => {
@@ -62,6 +67,35 @@ fn main() {
     if !report.failures.is_empty() || report.wrong_answers.values().any(|&n| n > 0) {
         std::process::exit(1);
     }
+}
+
+/// `--serve ADDR`: only the EchoStream benchmark server (the `echo` method of cases 1 and 2,
+/// the `bench.event` listener, the `echo` and `sink` streams) on one runtime worker, as the
+/// server side of the split layout, until the process is stopped.
+fn serve(bind: &str) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start a runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async {
+        match systems::es::serve_on(bind).await {
+            Ok(server) => {
+                println!("{} sha256:{}", server.addr, server.fingerprint);
+                std::future::pending::<()>().await;
+            }
+            Err(e) => {
+                eprintln!("cannot serve on {bind}: {e}");
+                std::process::exit(1);
+            }
+        }
+    });
 }
 
 fn load() -> String {

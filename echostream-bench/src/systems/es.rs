@@ -27,10 +27,16 @@ pub(crate) struct EsServer {
 
 /// Starts a server on `127.0.0.1:0` (call inside the server runtime).
 pub(crate) async fn serve() -> Res<EsServer> {
+    serve_on("127.0.0.1:0").await
+}
+
+/// Starts the same server on `bind` (`echostream-bench --serve`, for load generators such as
+/// `echostream bench` in another process).
+pub(crate) async fn serve_on(bind: &str) -> Res<EsServer> {
     let events = Arc::new(EventSink::default());
     let sink = events.clone();
     let server = RpcServer::builder()
-        .bind("127.0.0.1:0")
+        .bind(bind)
         .identity(ServerIdentity::Ephemeral)
         // Case 7 holds 10,000 connections from one address: both the total
         // (default 10,000, counting handshakes) and the per-address limit

@@ -132,7 +132,7 @@ impl CallActivity {
             return false;
         }
         self.turns.store(left - 1, Relaxed);
-        left % YIELD_EVERY == 0
+        left.is_multiple_of(YIELD_EVERY)
     }
 
     /// Records that stream data (an XStream's or a side stream's) is being written.

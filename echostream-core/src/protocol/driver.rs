@@ -319,7 +319,15 @@ async fn writer_task(
                         send = back;
                         continue;
                     }
-                    let next = rx.recv().await;
+                    // This task holds the peer, and so the queue's senders: the queue never
+                    // closes while it waits. A connection that ends while idle (the peer
+                    // closed it, or it timed out) must end the wait, or the task and the
+                    // whole connection (its state, its quinn connection, the endpoint's
+                    // socket) would outlive it.
+                    let next = tokio::select! {
+                        next = rx.recv() => next,
+                        _ = peer.shared.conn.closed() => return,
+                    };
                     // Only this task takes the stream out of the slot.
                     let Some(back) = outbox::Lent::reclaim(&lent, &mut chunks) else {
                         return;
@@ -522,6 +530,10 @@ pub(super) fn perform(
                     tail: Bytes::new(),
                 });
             }
+            Ok(None)
+        }
+        Step::PongReceived(n) => {
+            shared.pings.pong(n);
             Ok(None)
         }
         Step::Welcome(welcome) => {

@@ -46,6 +46,7 @@ mod handshake;
 mod inbound;
 mod outbox;
 mod peer;
+mod ping;
 mod side;
 mod state;
 pub mod timesync;
@@ -358,6 +359,8 @@ struct Shared {
     streams: Box<dyn StreamHost>,
     /// Large frames on side streams: send slots, the assembly budget.
     side: side::SideStreams,
+    /// Our pings waiting for their pong.
+    pings: ping::Pings,
 }
 
 /// Runs `fut` inside `span`, or bare when the span is disabled (no subscriber wants it):

@@ -109,6 +109,7 @@ impl Peer {
             calls,
             events: ev_tx,
             clock_sync: OnceLock::new(),
+            pings: Default::default(),
         });
         let peer = Peer { shared };
         let streams = (hs.send, hs.recv, hs.leftover);
@@ -468,6 +469,14 @@ impl Peer {
         self.shared.state.awaits_response(id)
     }
 
+    /// Measures one round trip on the control stream: sends a `PING` frame and waits for the
+    /// peer's `PONG` (every EchoStream peer answers, without running a handler). Fails after
+    /// `timeout` with [`Error::Timeout`] (method `echostream.ping`), or when the connection
+    /// closes, or at once when 64 pings are already waiting on this connection.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
+        super::ping::round_trip(self, timeout).await
+    }
+
     /// Sends a one-way event. Returns once the event is handed to the
     /// connection's writer (not when the peer has processed it); waits while
     /// the write queue is full.
@@ -583,7 +592,7 @@ impl Peer {
     /// quinn (`close_reason`) takes the connection's lock, which its driver holds while it
     /// processes packets, on every call. An end not yet recorded is noticed by the reader or
     /// the writer, which then fail every waiting call.
-    fn check_open(&self) -> Result<(), Error> {
+    pub(super) fn check_open(&self) -> Result<(), Error> {
         if self.end_recorded() {
             return Err(self.closed_error());
         }

@@ -55,13 +55,15 @@ pub(crate) enum Step<W, H> {
     Abort(H),
     /// Answer a ping with a pong carrying this nonce.
     Pong(u64),
+    /// The answer to one of our pings, with its nonce.
+    PongReceived(u64),
     /// Answer a clock-sync probe (`t2`: when it arrived).
     TimeReply { t1: u64, t2: u64 },
     /// A clock-sync sample completed by the peer's answer.
     ClockSample(Sample),
     /// An event for the listeners, in arrival order.
     Event(EventFrame),
-    /// Nothing to do (a pong, a go-away recorded, an answer or cancel nobody waits for).
+    /// Nothing to do (a go-away recorded, an answer or cancel nobody waits for).
     Nothing,
     /// The peer broke the protocol: close with this code and reason.
     Violation(CloseCode, String),
@@ -280,7 +282,7 @@ impl<W, H> CallState<W, H> {
                 None => Step::Nothing,
             },
             (Frame::Ping(n), _) => Step::Pong(n),
-            (Frame::Pong(_), _) => Step::Nothing,
+            (Frame::Pong(n), _) => Step::PongReceived(n),
             (Frame::GoAway { code, reason }, _) => {
                 tracing::debug!(%code, reason, "peer is going away");
                 self.peer_going_away.store(true, Ordering::Release);

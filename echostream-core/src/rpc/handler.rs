@@ -99,11 +99,16 @@ pub fn decode_args<A: DeserializeOwned>(ctx: &Context, args: &Payload) -> Result
     note = "use `echostream::Result<T>` or implement `From<YourError> for echostream::Status`"
 )]
 pub trait HandlerResult: Send {
+    /// The success value's type (what reflection reports as the result type).
+    type Value;
+
     /// Encodes the success value with `codec`, or converts the error.
     fn into_reply(self, ctx: &Context, codec: Codec) -> Result<Payload, Status>;
 }
 
 impl<T: Serialize + Send, E: Into<Status> + Send> HandlerResult for Result<T, E> {
+    type Value = T;
+
     fn into_reply(self, ctx: &Context, codec: Codec) -> Result<Payload, Status> {
         match self {
             Ok(v) => Payload::encode(codec, &v).map_err(|e| {
@@ -206,7 +211,7 @@ where
 
     fn describe(&self) -> MethodInfo {
         MethodInfo::unknown(self.method())
-            .with_types::<A, Fut::Output>()
+            .with_types::<A, <Fut::Output as HandlerResult>::Value>()
             .with_idempotent(self.idempotent)
     }
 }

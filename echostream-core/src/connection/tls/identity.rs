@@ -380,6 +380,114 @@ fn read_pem_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
     )
 }
 
+/// Where a persistent identity ([`ServerIdentity::Persistent`]) lives on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityFiles {
+    /// The identity's name.
+    pub name: String,
+    /// `<home>/identities/<name>`.
+    pub dir: PathBuf,
+    /// The certificate, PEM.
+    pub cert: PathBuf,
+    /// The private key, PEM (readable only by its owner on Unix).
+    pub key: PathBuf,
+}
+
+impl IdentityFiles {
+    /// The files of the persistent identity `name` under `home` (for example
+    /// [`echostream_home()`]); checks the name, not whether the files exist.
+    pub fn of(name: &str, home: &Path) -> Result<Self, TlsError> {
+        validate_identity_name(name)?;
+        let dir = home.join("identities").join(name);
+        Ok(Self {
+            name: name.to_owned(),
+            cert: dir.join(IDENTITY_CERT_FILE),
+            key: dir.join(IDENTITY_KEY_FILE),
+            dir,
+        })
+    }
+
+    /// True when both files exist.
+    pub fn exist(&self) -> Result<bool, TlsError> {
+        Ok(path_exists(&self.cert)? && path_exists(&self.key)?)
+    }
+
+    /// Reads the identity without creating it (unlike [`ServerIdentity::load`]); fails naming
+    /// the missing file when it does not exist.
+    pub fn read(&self) -> Result<LoadedIdentity, TlsError> {
+        read_persistent(&self.cert, &self.key)
+    }
+
+    /// Generates a new self-signed identity under this name and puts it in place of the old
+    /// one, if any. Every client that recorded the old fingerprint will refuse the server until
+    /// it forgets it: this is a key rotation. The new directory is staged beside the old one
+    /// and renamed into place, so a reader never sees a certificate with another key.
+    pub fn regenerate(&self) -> Result<LoadedIdentity, TlsError> {
+        let identities = self.dir.parent().unwrap_or(&self.dir).to_path_buf();
+        fs::create_dir_all(&identities).map_err(io_error("create directory", &identities))?;
+        let generated = generate_self_signed(&self.name, Some(&self.name))?;
+        let tmp = identities.join(format!(".{}.tmp-{}", self.name, unique_suffix()));
+        if let Err(err) = stage_identity(&tmp, &generated) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(err);
+        }
+        let old = identities.join(format!(".{}.old-{}", self.name, unique_suffix()));
+        let had_old = path_exists(&self.dir)?;
+        if had_old {
+            if let Err(source) = fs::rename(&self.dir, &old) {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(TlsError::Io {
+                    action: "move aside the old identity",
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+        }
+        if let Err(source) = fs::rename(&tmp, &self.dir) {
+            let _ = fs::remove_dir_all(&tmp);
+            if had_old {
+                let _ = fs::rename(&old, &self.dir);
+            }
+            return Err(TlsError::Io {
+                action: "create identity directory",
+                path: self.dir.clone(),
+                source,
+            });
+        }
+        if had_old {
+            let _ = fs::remove_dir_all(&old);
+        }
+        tracing::info!(
+            identity = %self.name,
+            fingerprint = %generated.identity.fingerprint,
+            dir = %self.dir.display(),
+            "generated a new self-signed server identity (replacing any old one)"
+        );
+        Ok(generated.identity)
+    }
+
+    /// The names of the persistent identities stored under `home`, sorted.
+    pub fn list(home: &Path) -> Result<Vec<String>, TlsError> {
+        let identities = home.join("identities");
+        let entries = match fs::read_dir(&identities) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("read directory", &identities)(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error("read directory", &identities))?;
+            if let Some(name) = entry.file_name().to_str() {
+                if validate_identity_name(name).is_ok() {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
 /// The rustls server configuration for an identity: aws-lc-rs, TLS 1.3 only, ALPN [`ALPN`], no
 /// client authentication, and no 0-RTT data.
 pub fn server_crypto(identity: &LoadedIdentity) -> Result<rustls::ServerConfig, TlsError> {
@@ -394,6 +502,22 @@ pub fn server_crypto(identity: &LoadedIdentity) -> Result<rustls::ServerConfig, 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regenerate_replaces_the_identity_and_read_never_creates_one() {
+        let home = std::env::temp_dir().join(format!("es-id-regen-{}", std::process::id()));
+        let files = IdentityFiles::of("rotated", &home).unwrap();
+        assert!(!files.exist().unwrap());
+        assert!(files.read().is_err());
+        assert!(!files.exist().unwrap(), "read must not create the identity");
+        let first = ServerIdentity::persistent("rotated").load_from(&home).unwrap();
+        assert_eq!(files.read().unwrap().fingerprint, first.fingerprint);
+        let second = files.regenerate().unwrap();
+        assert_ne!(second.fingerprint, first.fingerprint);
+        assert_eq!(files.read().unwrap().fingerprint, second.fingerprint);
+        assert_eq!(IdentityFiles::list(&home).unwrap(), ["rotated"]);
+        fs::remove_dir_all(&home).unwrap();
+    }
 
     #[test]
     fn identity_names_that_escape_the_directory_are_rejected() {

@@ -112,6 +112,101 @@ impl KnownHostsCheck {
     }
 }
 
+/// One line of a known-hosts file, as [`list_known_hosts`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownHost {
+    /// The host key (the address string the client connected to).
+    pub host: String,
+    /// The recorded certificate fingerprint.
+    pub fingerprint: Fingerprint,
+    /// 1-based line in the file.
+    pub line: usize,
+}
+
+/// The default known-hosts file: [`echostream_home()`]`/known_hosts`.
+pub fn default_known_hosts_file() -> PathBuf {
+    echostream_home().join("known_hosts")
+}
+
+/// Every entry of the known-hosts file `path` (default [`default_known_hosts_file`]), in file
+/// order. A missing file has none; a malformed line is an error naming the file and line.
+pub fn list_known_hosts(path: Option<&Path>) -> Result<Vec<KnownHost>, TlsError> {
+    let file = path.map_or_else(default_known_hosts_file, Path::to_path_buf);
+    let (_, entries) = read_all(&file)?;
+    Ok(entries)
+}
+
+/// The file's text and every entry in it.
+fn read_all(file: &Path) -> Result<(String, Vec<KnownHost>), TlsError> {
+    let text = read_known_hosts_text(file).map_err(io_error("read known-hosts file", file))?;
+    let entries = parse_known_hosts(&text)
+        .map_err(|(line, detail)| TlsError::KnownHosts {
+            file: file.to_path_buf(),
+            line,
+            detail,
+        })?
+        .into_iter()
+        .map(|(host, fingerprint, line)| KnownHost {
+            host: host.to_owned(),
+            fingerprint,
+            line,
+        })
+        .collect();
+    Ok((text, entries))
+}
+
+/// Removes every entry for `host` from the known-hosts file `path` (default
+/// [`default_known_hosts_file`]) and returns the removed entries; the next connection to that
+/// host is a first contact again. `host` matches a host key exactly, or, when it has no port
+/// (`example.com`, `127.0.0.1`, `[::1]`), every `host:PORT` key of that host. Comments and other
+/// lines are kept; the file is replaced atomically (written beside it, then renamed).
+pub fn forget_known_host(path: Option<&Path>, host: &str) -> Result<Vec<KnownHost>, TlsError> {
+    let file = path.map_or_else(default_known_hosts_file, Path::to_path_buf);
+    let _guard = KNOWN_HOSTS_WRITE_LOCK
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let (text, entries) = read_all(&file)?;
+    let removed: Vec<KnownHost> = entries
+        .into_iter()
+        .filter(|e| host_matches(&e.host, host))
+        .collect();
+    if removed.is_empty() {
+        return Ok(removed);
+    }
+    let mut kept = String::with_capacity(text.len());
+    for (index, raw) in text.lines().enumerate() {
+        if !removed.iter().any(|r| r.line == index + 1) {
+            kept.push_str(raw);
+            kept.push('\n');
+        }
+    }
+    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
+    fs::write(&tmp, kept.as_bytes()).map_err(io_error("write", &tmp))?;
+    if let Err(source) = fs::rename(&tmp, &file) {
+        let _ = fs::remove_file(&tmp);
+        return Err(TlsError::Io {
+            action: "replace",
+            path: file,
+            source,
+        });
+    }
+    Ok(removed)
+}
+
+/// `key` is `host` itself, or `host:PORT` when `host` has no port of its own.
+fn host_matches(key: &str, host: &str) -> bool {
+    if key == host {
+        return true;
+    }
+    let has_port = host.parse::<std::net::SocketAddr>().is_ok()
+        || (!host.starts_with('[') && host.matches(':').count() == 1);
+    !has_port
+        && key
+            .strip_prefix(host)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .is_some_and(|port| port.parse::<u16>().is_ok())
+}
+
 /// Serialises known-hosts appends within the process, so two first contacts cannot both decide
 /// a host is new and append different fingerprints.
 static KNOWN_HOSTS_WRITE_LOCK: Mutex<()> = Mutex::new(());
@@ -273,6 +368,41 @@ fn append_known_host(file: &Path, host: &str, fingerprint: Fingerprint) -> Resul
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forget_removes_exact_and_portless_matches_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("es-kh-forget-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("known_hosts");
+        let fp = |b: u8| format!("sha256:{}", hex::encode([b; 32]));
+        let text = format!(
+            "# header\n127.0.0.1:5000 {}\n127.0.0.1:6000 {}\nexample.com:5000 {}\n[::1]:5000 {}\n",
+            fp(1),
+            fp(2),
+            fp(3),
+            fp(4)
+        );
+        fs::write(&file, &text).unwrap();
+        let removed = forget_known_host(Some(&file), "127.0.0.1:5000").unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].line, 2);
+        let left = list_known_hosts(Some(&file)).unwrap();
+        assert_eq!(left.len(), 3);
+        let removed = forget_known_host(Some(&file), "127.0.0.1").unwrap();
+        assert_eq!(
+            removed.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(),
+            ["127.0.0.1:6000"]
+        );
+        assert!(forget_known_host(Some(&file), "example").unwrap().is_empty());
+        assert_eq!(forget_known_host(Some(&file), "[::1]").unwrap().len(), 1);
+        let left = list_known_hosts(Some(&file)).unwrap();
+        assert_eq!(
+            left.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(),
+            ["example.com:5000"]
+        );
+        assert!(fs::read_to_string(&file).unwrap().starts_with("# header\n"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn known_hosts_parser_reports_the_malformed_line() {

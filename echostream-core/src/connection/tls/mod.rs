@@ -72,7 +72,8 @@ use rustls::NamedGroup;
 
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub(crate) use identity::read_pem_certs;
-pub use identity::{server_crypto, LoadedIdentity, ServerIdentity};
+pub use identity::{server_crypto, IdentityFiles, LoadedIdentity, ServerIdentity};
+pub use known_hosts::{default_known_hosts_file, forget_known_host, list_known_hosts, KnownHost};
 pub use verify::{
     client_crypto, client_crypto_with_cert, ClientTrust, RecordedHost, TrustFailure, TrustReport,
 };

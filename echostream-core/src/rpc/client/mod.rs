@@ -547,6 +547,11 @@ impl RpcClient {
         self.peer_for_call(limit).await.0.emit(name, value).await
     }
 
+    /// One round trip to the server on the control stream; see [`Peer::ping`].
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration> {
+        self.peer_for_call(Some(timeout)).await.0.ping(timeout).await
+    }
+
     /// A typed stream of the events of `name` the server sends (see
     /// [`Subscription`] for the slow-consumer policy). Subscriptions survive
     /// reconnection.
