@@ -282,8 +282,15 @@ pub(crate) struct BenchArgs {
     /// The method name.
     pub(crate) method: String,
     /// The argument as JSON (the same for every call), or `-` for stdin; omitted: null.
-    #[arg(value_name = "JSON")]
+    #[arg(value_name = "JSON", conflicts_with = "binary")]
     pub(crate) argument: Option<String>,
+    /// Send the bytes of this file as the argument, already encoded with --codec (like ghz's
+    /// --binary): for comparing with Rust callers that use bincode.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) binary: Option<std::path::PathBuf>,
+    /// The codec of --binary's bytes.
+    #[arg(long, value_enum, default_value_t = BinaryCodec::Json, requires = "binary")]
+    pub(crate) codec: BinaryCodec,
     /// Calls in flight at once.
     #[arg(long, short = 'n', default_value = "16")]
     pub(crate) concurrency: usize,
@@ -301,6 +308,15 @@ pub(crate) struct BenchArgs {
     pub(crate) warmup: u64,
     #[command(flatten)]
     pub(crate) opts: CallOptionArgs,
+}
+
+/// `bench --codec`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BinaryCodec {
+    /// JSON text.
+    Json,
+    /// bincode 2 (serde, standard configuration), the Rust default.
+    Bincode,
 }
 
 #[derive(Debug, Subcommand)]

@@ -358,6 +358,25 @@ async fn bench_counts_calls_latencies_and_errors_by_status() {
         .await
         .expect(0);
     assert!(out.stdout.contains("p99.9"), "{}", out.stdout);
+    // Pre-encoded bytes in another codec (`--binary`): (1i64, 2i64) in bincode's standard
+    // configuration is two zigzag varints, 2 and 4.
+    let encoded = t.path().join("args.bincode");
+    std::fs::write(&encoded, [2u8, 4]).unwrap();
+    let f = encoded.to_str().unwrap();
+    let out = t
+        .run(&[
+            "--json", "bench", &s.addr, "math.add", "--binary", f, "--codec", "bincode", "--calls", "20",
+            "--pin", &s.pin,
+        ])
+        .await
+        .expect(0);
+    assert_eq!(out.json()["ok"], 20);
+    // The same bytes read as JSON do not decode: the first call fails with the payload class.
+    t.run(&[
+        "bench", &s.addr, "math.add", "--binary", f, "--calls", "20", "--pin", &s.pin,
+    ])
+    .await
+    .expect(7);
     // A method that does not exist fails once, with the usual exit code.
     t.run(&["bench", &s.addr, "math.ad", "--calls", "10", "--pin", &s.pin])
         .await

@@ -3,12 +3,14 @@
 //! gives calls/s, latency percentiles, a histogram and errors by status.
 
 use super::{ctrl_c, json_argument};
-use crate::args::BenchArgs;
+use crate::args::{BenchArgs, BinaryCodec};
 use crate::cmd::call::call_options;
 use crate::connect::connect;
 use crate::exit::{code_label, Class, Failure};
 use crate::output;
-use echostream::RpcClient;
+use bytes::Bytes;
+use echostream::rpc::Payload;
+use echostream::{Codec, RpcClient};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -79,7 +81,27 @@ impl Plan {
 }
 
 pub(crate) async fn run(a: BenchArgs, json: bool) -> Result<(), Failure> {
-    let value = json_argument(a.argument.as_deref(), "argument")?;
+    // Encoded once, like ghz: the calls measure the framework, not this tool's JSON encoder,
+    // and answers are checked for success without being decoded.
+    let argument = match &a.binary {
+        Some(path) => Payload {
+            codec: match a.codec {
+                BinaryCodec::Json => Codec::Json,
+                BinaryCodec::Bincode => Codec::Bincode,
+            },
+            bytes: Bytes::from(
+                std::fs::read(path)
+                    .map_err(|e| Failure::other(format!("cannot read {}: {e}", path.display())))?,
+            ),
+        },
+        None => {
+            let value = json_argument(a.argument.as_deref(), "argument")?;
+            Payload {
+                codec: Codec::Json,
+                bytes: Bytes::from(serde_json::to_vec(&value).map_err(|e| Failure::other(e.to_string()))?),
+            }
+        }
+    };
     let opts = call_options(&a.opts)?;
     if a.concurrency == 0 || a.connections == 0 {
         return Err(Failure::new(
@@ -94,7 +116,8 @@ pub(crate) async fn run(a: BenchArgs, json: bool) -> Result<(), Failure> {
     // One call first: a wrong method or argument fails here with its own message, not as
     // thousands of identical errors.
     let first = clients[0]
-        .request_with::<_, serde_json::Value>(&a.method, value.clone(), opts.clone())
+        .peer()
+        .request_raw(&a.method, argument.clone(), opts.clone())
         .await;
     if let Err(e) = first {
         let mut failure = Failure::from(e);
@@ -107,7 +130,8 @@ pub(crate) async fn run(a: BenchArgs, json: bool) -> Result<(), Failure> {
     for i in 0..a.warmup {
         let client = &clients[(i as usize) % clients.len()];
         let _ = client
-            .request_with::<_, serde_json::Value>(&a.method, value.clone(), opts.clone())
+            .peer()
+            .request_raw(&a.method, argument.clone(), opts.clone())
             .await;
     }
     let duration = match (a.duration, a.calls) {
@@ -125,15 +149,13 @@ pub(crate) async fn run(a: BenchArgs, json: bool) -> Result<(), Failure> {
     let method: Arc<str> = a.method.clone().into();
     let mut callers = tokio::task::JoinSet::new();
     for i in 0..a.concurrency {
-        let client = clients[i % clients.len()].clone();
-        let (plan, method, value, opts) = (plan.clone(), method.clone(), value.clone(), opts.clone());
+        let peer = clients[i % clients.len()].peer();
+        let (plan, method, argument, opts) = (plan.clone(), method.clone(), argument.clone(), opts.clone());
         callers.spawn(async move {
             let mut tally = Tally::new();
             while plan.take() {
                 let t0 = Instant::now();
-                let r = client
-                    .request_with::<_, serde_json::Value>(&method, value.clone(), opts.clone())
-                    .await;
+                let r = peer.request_raw(&method, argument.clone(), opts.clone()).await;
                 let took = t0.elapsed();
                 plan.done.fetch_add(1, Ordering::Relaxed);
                 match r {
