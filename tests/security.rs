@@ -501,8 +501,13 @@ async fn mutual_tls_with_pinned_client_certificates() {
         Some("EchoStream ephemeral"),
         "identity from the certificate"
     );
-    // No certificate, or one that is not pinned: no connection.
-    assert!(client_for(&s).connect(&s.addr).await.is_err());
+    // No certificate, or one that is not pinned: no connection, and the error says why.
+    match client_for(&s).connect(&s.addr).await {
+        Err(Error::Rejected { reason, .. }) => {
+            assert!(reason.contains("client certificate"), "{reason}")
+        }
+        other => panic!("expected a rejection naming the client certificate, got {other:?}"),
+    }
     assert!(client_for(&s)
         .client_identity(stranger)
         .connect(&s.addr)

@@ -233,6 +233,23 @@ pub(crate) fn client_error(conn: &quinn::Connection, addr: &str, e: HandshakeErr
         conn.close(code.0.into(), e.reason.as_bytes());
     }
     if let Some(c) = &e.conn {
+        // A TLS alert from the server right after our Finished: in TLS 1.3 the server checks
+        // the client's certificate last, so a missing or untrusted one surfaces here.
+        if let quinn::ConnectionError::ConnectionClosed(closed) = c {
+            let raw = u64::from(closed.error_code);
+            if (0x100..0x200).contains(&raw) {
+                return Error::Rejected {
+                    addr: addr.to_owned(),
+                    reason: format!(
+                        "the server refused this client's TLS credentials (TLS alert {}: {}); a server \
+                         that requires a client certificate needs one it trusts \
+                         (ClientBuilder::client_identity)",
+                        raw - 0x100,
+                        String::from_utf8_lossy(&closed.reason)
+                    ),
+                };
+            }
+        }
         let (code, reason) = super::describe_close(c);
         return match code {
             Some(CloseCode::REJECTED) => Error::Rejected {
