@@ -192,6 +192,7 @@ async fn reflection_describes_every_handler_listener_and_stream() {
         [
             "clock.now",
             "echostream.describe",
+            "echostream.health",
             "legacy.sum",
             "math.add",
             "math.read",
@@ -224,10 +225,12 @@ async fn reflection_describes_every_handler_listener_and_stream() {
     assert_eq!(d.events[0].name, "math.overflow");
     assert_eq!(d.events[0].payload.as_deref(), Some("u64"));
     assert_eq!(d.events[0].service.as_deref(), Some("math"));
-    assert_eq!(d.streams.len(), 1);
-    assert_eq!(d.streams[0].name, "math.samples");
-    assert_eq!(d.streams[0].message.as_deref(), Some("f32"));
-    assert_eq!(d.streams[0].service.as_deref(), Some("math"));
+    // The health watch stream is the server's own; the service's stream is described.
+    assert_eq!(d.streams.len(), 2);
+    assert!(d.stream("echostream.health.watch").is_some());
+    let samples = d.stream("math.samples").expect("the service's stream");
+    assert_eq!(samples.message.as_deref(), Some("f32"));
+    assert_eq!(samples.service.as_deref(), Some("math"));
 }
 
 #[tokio::test]

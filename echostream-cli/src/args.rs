@@ -80,6 +80,11 @@ pub(crate) enum Command {
     /// Measure round trips and the clock offset to a server.
     #[command(after_help = "Example:\n  echostream ping 127.0.0.1:5000 -c 5 -i 0.2")]
     Ping(PingArgs),
+    /// A server's health (`echostream.health`), like grpc-health-probe: exit 0 when SERVING.
+    #[command(
+        after_help = "Examples:\n  echostream health 127.0.0.1:5000\n  echostream health 127.0.0.1:5000 math --watch"
+    )]
+    Health(HealthArgs),
     /// Load-test one method: calls/s, latency percentiles and histogram, errors by status.
     #[command(
         after_help = "Examples:\n  echostream bench 127.0.0.1:5000 echo '\"hi\"' --concurrency 64 --duration 10s\n  \
@@ -273,6 +278,18 @@ pub(crate) struct PingArgs {
     /// Seconds to wait for each answer.
     #[arg(short = 'W', long, default_value = "5")]
     pub(crate) wait: f64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HealthArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// The service (default: the whole server).
+    #[arg(default_value = "")]
+    pub(crate) service: String,
+    /// Print each change until the server shuts down or Ctrl-C.
+    #[arg(long)]
+    pub(crate) watch: bool,
 }
 
 #[derive(Debug, Args)]

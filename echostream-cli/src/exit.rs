@@ -19,6 +19,7 @@ Exit codes:
   8    remote error: the handler failed (its status is printed)
   9    timeout
   10   transfer failed: the receiver reported an error, or the checksums differ
+  11   not serving: `health` found the service NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN
   130  interrupted (Ctrl-C)
 
 Environment: ECHOSTREAM_HOME (identities and known_hosts), ECHOSTREAM_TOKEN (--token), RUST_LOG.";
@@ -36,6 +37,7 @@ pub(crate) enum Class {
     Remote,
     Timeout,
     Transfer,
+    NotServing,
     Interrupted,
 }
 
@@ -52,6 +54,7 @@ impl Class {
             Class::Remote => 8,
             Class::Timeout => 9,
             Class::Transfer => 10,
+            Class::NotServing => 11,
             Class::Interrupted => 130,
         }
     }
@@ -69,6 +72,7 @@ impl Class {
             Class::Remote => "remote_error",
             Class::Timeout => "timeout",
             Class::Transfer => "transfer_failed",
+            Class::NotServing => "not_serving",
             Class::Interrupted => "interrupted",
         }
     }

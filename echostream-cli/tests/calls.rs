@@ -402,6 +402,7 @@ async fn help_lists_exit_codes_and_completions_are_generated() {
         "bench",
         "identity",
         "known-hosts",
+        "health",
     ] {
         assert!(out.stdout.contains(cmd), "{cmd} missing from --help");
         let sub = t.run(&[cmd, "--help"]).await.expect(0);
@@ -521,4 +522,54 @@ async fn a_client_certificate_from_identity_new_passes_mutual_tls() {
     .await
     .expect(2);
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_0_when_serving_11_otherwise_and_watch_follows_changes() {
+    let s = serve(service(notes().0));
+    let t = Scratch::new("health");
+    let out = t.run(&["health", &s.addr, "--pin", &s.pin]).await.expect(0);
+    assert_eq!(out.stdout.trim(), "SERVING");
+    s.handle.set_not_serving("db");
+    let out = t
+        .run(&["--json", "health", &s.addr, "db", "--pin", &s.pin])
+        .await
+        .expect(11);
+    assert_eq!(out.json_lines()[0]["status"], "NOT_SERVING");
+    let out = t
+        .run(&["health", &s.addr, "nope", "--pin", &s.pin])
+        .await
+        .expect(11);
+    assert!(out.stderr.contains("SERVICE_UNKNOWN"), "{}", out.stderr);
+    // ping shows it too.
+    let out = t
+        .run(&["--json", "ping", &s.addr, "-c", "1", "--pin", &s.pin])
+        .await
+        .expect(0);
+    assert_eq!(out.json_lines().last().unwrap()["health"], "SERVING");
+
+    // --watch: the status now, each change, and the end when the server shuts down.
+    let mut child = t
+        .cmd(&["--json", "health", &s.addr, "--watch", "--pin", &s.pin])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&line).unwrap());
+        }
+    });
+    let next = || lines.recv_timeout(WAIT).expect("a health line");
+    assert_eq!(tokio::task::block_in_place(next)["status"], "SERVING");
+    s.handle.set_not_serving("");
+    assert_eq!(tokio::task::block_in_place(next)["status"], "NOT_SERVING");
+    s.handle.set_serving("");
+    assert_eq!(tokio::task::block_in_place(next)["status"], "SERVING");
+    s.stop().await;
+    assert_eq!(tokio::task::block_in_place(next)["status"], "NOT_SERVING");
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    assert_eq!(status.code(), Some(11), "the last word was NOT_SERVING");
 }

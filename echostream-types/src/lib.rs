@@ -35,6 +35,7 @@ pub mod codec;
 mod cursor;
 pub mod descriptor;
 pub mod frame;
+pub mod health;
 pub mod message;
 pub mod metadata;
 pub mod pairing;

@@ -3,6 +3,7 @@
 mod bench;
 mod browse;
 mod call;
+mod health;
 mod keys;
 mod ping;
 mod reflect;
@@ -24,6 +25,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Send(a) => transfer::send(a, json).await,
         Command::Receive(a) => transfer::receive(a, json).await,
         Command::Ping(a) => ping::run(a, json).await,
+        Command::Health(a) => health::run(a, json).await,
         Command::Bench(a) => bench::run(a, json).await,
         Command::Identity(c) => keys::identity(c, json),
         Command::KnownHosts(c) => keys::known_hosts(c, json),

@@ -26,8 +26,14 @@ pub(crate) async fn run(a: PingArgs, json: bool) -> Result<(), Failure> {
     let server = client.remote_addr();
     // The first use starts the clock-sync exchange, which runs beside the pings.
     let clock = client.clock();
+    // The health service's word, when the server has one.
+    let health = echostream::Caller::health(&client, "").await.ok();
     if !json {
-        println!("PING {} ({server}) over QUIC", a.target.target);
+        let health_text = health.map_or("not offered".to_owned(), |h| h.to_string());
+        println!(
+            "PING {} ({server}) over QUIC, health {health_text}",
+            a.target.target
+        );
     }
     let mut rtts: Vec<Duration> = Vec::new();
     let mut sent = 0u64;
@@ -92,6 +98,7 @@ pub(crate) async fn run(a: PingArgs, json: bool) -> Result<(), Failure> {
                 "min": s.min * 1e3, "avg": s.avg * 1e3, "max": s.max * 1e3, "mdev": s.mdev * 1e3,
             })),
             "clock": clock_json,
+            "health": health,
         }));
     } else {
         println!("--- {} ping statistics ---", a.target.target);

@@ -126,6 +126,7 @@ pub mod client;
 pub mod context;
 pub mod discovery;
 pub mod handler;
+pub mod health;
 pub(crate) mod inbound;
 pub mod interceptor;
 pub mod limits;

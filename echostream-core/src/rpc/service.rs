@@ -18,6 +18,7 @@ use crate::stream::{StreamHandler, StreamSender};
 use crate::Result;
 use echostream_types::descriptor::RawStream;
 use echostream_types::descriptor::{EventInfo, DESCRIBE_METHOD};
+use echostream_types::health::{HealthStatus, HEALTH_METHOD, HEALTH_SERVICE_METADATA, HEALTH_WATCH_STREAM};
 use echostream_types::{Codec, Event, Method, ServiceDescription, Status, StreamKind};
 use futures::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};
@@ -125,6 +126,31 @@ pub trait Caller: Send + Sync {
     fn describe(&self) -> impl Future<Output = Result<ServiceDescription>> + Send {
         let opts = CallOptions::default().idempotent().codec(Codec::Json);
         self.send_request(DESCRIBE_METHOD, (), opts)
+    }
+
+    /// The other side's health for `service` (`""`: the whole server), from the reserved
+    /// method `echostream.health` (see [`crate::rpc::health`]).
+    fn health(&self, service: &str) -> impl Future<Output = Result<HealthStatus>> + Send {
+        let opts = CallOptions::default().idempotent().codec(Codec::Json);
+        self.send_request(HEALTH_METHOD, service.to_owned(), opts)
+    }
+
+    /// Follows the other side's health for `service`: the receiver yields the status now,
+    /// then each change, and ends when the server shuts down (after `NOT_SERVING`) or the
+    /// connection ends.
+    fn watch_health(
+        &self,
+        service: &str,
+    ) -> impl Future<Output = Result<crate::stream::StreamReceiver<HealthStatus>>> + Send {
+        let peer = self.stream_peer();
+        let metadata = echostream_types::Metadata::new().with(HEALTH_SERVICE_METADATA, service.to_owned());
+        async move {
+            let stream = peer
+                .streams()
+                .open_stream_with(&peer, HEALTH_WATCH_STREAM, metadata)
+                .await?;
+            Ok(crate::stream::StreamReceiver::new(stream))
+        }
     }
 }
 

@@ -31,6 +31,8 @@ pub struct ServerBuilder {
     pub(crate) discovery: crate::rpc::discovery::ServerDiscovery,
     /// Authentication, access control, rate limits, admission (see `rpc::security`).
     pub(crate) security: crate::rpc::security::ServerSecurity,
+    /// Serve `echostream.health` and `echostream.health.watch` (see `rpc::health`).
+    health: bool,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -56,6 +58,7 @@ impl Default for ServerBuilder {
             zero_rtt: false,
             discovery: Default::default(),
             security: Default::default(),
+            health: true,
         }
     }
 }
@@ -104,6 +107,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Serve the health service (default: on): the reserved method `echostream.health` and
+    /// stream `echostream.health.watch`, with statuses set through
+    /// [`ServerHandle::set_serving`] and [`ServerHandle::set_not_serving`]. See
+    /// [`crate::rpc::health`].
+    pub fn health_service(mut self, enabled: bool) -> Self {
+        self.health = enabled;
+        self
+    }
+
     /// How long a graceful shutdown waits for calls in flight (default 10 s).
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.grace = d;
@@ -139,6 +151,15 @@ impl ServerBuilder {
             ));
         }
         let mut opts = self.opts;
+        let health = crate::rpc::health::Health::new();
+        if self.health {
+            // Ordinary registrations, so interceptors, limits and reflection see them; a user
+            // handler of the same name is reported as a duplicate.
+            opts.router
+                .handler(Arc::new(crate::rpc::health::CheckHandler(health.clone())));
+            opts.router
+                .stream_handler(Arc::new(crate::rpc::health::WatchHandler(health.clone())));
+        }
         opts.settle();
         let router = opts.router;
         let router = Arc::new(router.build()?);
@@ -200,6 +221,7 @@ impl ServerBuilder {
                     local_addr,
                     fingerprint,
                     stopped: watch::channel(false).0,
+                    health,
                 }),
             },
             grace: self.grace,

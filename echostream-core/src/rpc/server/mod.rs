@@ -45,6 +45,8 @@ struct ServerShared {
     stopped: watch::Sender<bool>,
     /// Authenticator and admission control (see `rpc::security`).
     guard: Arc<crate::rpc::security::ServerGuard>,
+    /// Health statuses (see `rpc::health`).
+    health: Arc<crate::rpc::health::Health>,
 }
 
 /// Triggers a graceful shutdown of a running [`RpcServer`]. Cheap to clone.
@@ -252,6 +254,26 @@ impl ServerHandle {
     /// Number of connected peers.
     pub fn connection_count(&self) -> usize {
         lock(&self.shared.peers).len()
+    }
+
+    /// Marks `service` (`""`: the whole server) `SERVING` in the health service.
+    pub fn set_serving(&self, service: &str) {
+        self.shared
+            .health
+            .set(service, crate::rpc::health::HealthStatus::Serving);
+    }
+
+    /// Marks `service` (`""`: the whole server) `NOT_SERVING`: health probes and watchers see
+    /// it, and a balanced client takes this server out of rotation for it.
+    pub fn set_not_serving(&self, service: &str) {
+        self.shared
+            .health
+            .set(service, crate::rpc::health::HealthStatus::NotServing);
+    }
+
+    /// The health status of `service` (`SERVICE_UNKNOWN` when none was set).
+    pub fn health(&self, service: &str) -> crate::rpc::health::HealthStatus {
+        self.shared.health.get(service)
     }
 
     /// The stream control handle: accept names, open streams toward
@@ -465,6 +487,12 @@ impl RpcServer {
         self.discovery.goodbye();
         // Refuse new connections from now on.
         self.endpoint.set_server_config(None);
+        // Health first: probes and watchers see NOT_SERVING while the connections still stand.
+        self.handle
+            .shared
+            .health
+            .drain(self.grace.min(Duration::from_secs(2)))
+            .await;
         let peers = self.peers();
         for p in &peers {
             p.go_away("server shutting down").await;
