@@ -24,6 +24,9 @@ pub(crate) trait StreamHost: Any + Send + Sync {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) -> BoxFuture<'static, ()>;
+
+    /// Application streams live on this connection: (opened here, accepted here).
+    fn live_streams(&self) -> (usize, usize);
 }
 
 /// What the RPC layer does with what the peer sends on one connection.

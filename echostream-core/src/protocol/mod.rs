@@ -222,6 +222,29 @@ pub struct ConnectionInfo {
     pub requests_running: usize,
     /// Whether this connection sent 0-RTT early data, and what became of it (client side).
     pub zero_rtt: ZeroRtt,
+    /// The congestion window, in bytes.
+    pub congestion_window: u64,
+    /// The path's current maximum UDP payload (after MTU discovery), in bytes.
+    pub mtu: u16,
+    /// Application streams this side opened that are live.
+    pub streams_opened: usize,
+    /// Application streams this side accepted that are live.
+    pub streams_accepted: usize,
+    /// The peer's clock as estimated here, when clock sync runs on this connection (it starts
+    /// on the first use of [`Peer::clock`]; `info` does not start it).
+    pub clock: Option<ClockEstimate>,
+}
+
+/// The clock-sync estimate in [`ConnectionInfo`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ClockEstimate {
+    /// Peer clock minus local clock now, in nanoseconds.
+    pub offset_nanos: i64,
+    /// A bound on the offset's error.
+    pub error_bound: Duration,
+    /// How fast the peer's clock runs relative to ours, in parts per million.
+    pub drift_ppm: f64,
 }
 
 /// Whether a connection sent 0-RTT early data and what the server did with it (see

@@ -227,6 +227,18 @@ impl Peer {
             calls_pending: self.shared.state.pending_len(),
             requests_running: self.shared.state.running_len(),
             zero_rtt: self.zero_rtt(),
+            congestion_window: stats.path.cwnd,
+            mtu: stats.path.current_mtu,
+            streams_opened: self.shared.streams.live_streams().0,
+            streams_accepted: self.shared.streams.live_streams().1,
+            clock: self.shared.clock_sync.get().and_then(|sync| {
+                let clock = SyncedClock { sync: sync.clone() };
+                Some(super::ClockEstimate {
+                    offset_nanos: clock.offset_nanos()?,
+                    error_bound: clock.error_bound()?,
+                    drift_ppm: clock.drift_ppm()?,
+                })
+            }),
         }
     }
 

@@ -64,6 +64,10 @@ impl Health {
             .unwrap_or(HealthStatus::ServiceUnknown)
     }
 
+    pub(crate) fn all(&self) -> BTreeMap<String, HealthStatus> {
+        self.states.borrow().clone()
+    }
+
     /// The start of a graceful shutdown: every service `NOT_SERVING`, then wait (at most
     /// `limit`) until each watcher has sent it and ended its stream.
     pub(crate) async fn drain(&self, limit: Duration) {

@@ -139,7 +139,7 @@ pub mod server;
 pub mod service;
 pub mod subscribe;
 
-pub use crate::protocol::{CallOptions, ConnectionInfo, Peer, ZeroRtt};
+pub use crate::protocol::{CallOptions, ClockEstimate, ConnectionInfo, Peer, ZeroRtt};
 pub use client::{ClientBuilder, ReconnectPolicy, RpcClient};
 pub use context::Context;
 #[cfg(feature = "discovery")]
@@ -153,7 +153,8 @@ pub use listener::{
 };
 pub use server::{
     BroadcastReport, ConnectionEvent, ConnectionEvents, ConnectionPolicy, ConnectionRequest,
-    ConnectionRequests, RpcServer, ServerBuilder, ServerHandle, ShutdownHandle,
+    ConnectionRequests, ConnectionStatus, RpcServer, ServerBuilder, ServerHandle, ServerLimits, ServerStatus,
+    ShutdownHandle,
 };
 pub use service::{Caller, Routes, Service, TypedSender};
 pub use subscribe::Subscription;

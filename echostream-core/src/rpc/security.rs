@@ -285,6 +285,11 @@ pub(crate) struct ServerGuard {
 }
 
 impl ServerGuard {
+    /// The per-address connection limit in force.
+    pub(crate) fn max_connections_per_address(&self) -> usize {
+        self.admission.max_per_address
+    }
+
     /// Applies the connection limits and address validation to an attempt, before any TLS
     /// work. Returns the attempt and its slot when it may proceed.
     pub(crate) fn screen(&self, incoming: quinn::Incoming) -> Option<(quinn::Incoming, Slot)> {

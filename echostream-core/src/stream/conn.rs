@@ -167,6 +167,13 @@ impl Drop for PendingGuard<'_> {
 
 /// The streams the peer opens, handed over by the protocol layer.
 impl StreamHost for ConnStreams {
+    fn live_streams(&self) -> (usize, usize) {
+        (
+            self.opened.load(Ordering::Relaxed),
+            self.accepted.load(Ordering::Relaxed),
+        )
+    }
+
     fn accept_uni(&self, peer: Peer, kind: u8, recv: quinn::RecvStream) -> BoxFuture<'static, ()> {
         if kind == pairing::ERROR_HALF {
             // Boxed: the task is only as large as what it awaits, and thousands of error

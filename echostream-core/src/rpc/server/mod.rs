@@ -21,7 +21,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 mod builder;
+mod status;
 pub use builder::ServerBuilder;
+pub use status::{ConnectionStatus, ServerLimits, ServerStatus};
 
 struct ServerShared {
     router: Arc<Router>,
