@@ -49,7 +49,7 @@ pub use echostream_core::stream::{
     IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,
     TimedReceiver, XStream,
 };
-pub use echostream_core::{connection, protocol, rpc, stream, testing, Error, Result};
+pub use echostream_core::{connection, metrics, protocol, rpc, stream, testing, Error, Result};
 pub use echostream_derive::{handler, listener, service, stream_handler};
 pub use echostream_types as types;
 pub use echostream_types::descriptor::{Event, Method, RawStream, ServiceDescription, StreamKind};

@@ -32,6 +32,7 @@
 
 pub mod connection;
 mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod rpc;
 pub mod stream;

@@ -53,20 +53,36 @@ impl Inbound for ConnInbound {
     fn request(&self, peer: &Peer, req: RequestFrame) -> Option<Result<Payload, Status>> {
         let id = req.id;
         let method = req.method;
+        let started = Instant::now();
+        let route = self.router.route(&method);
+        // Labels are the registered names only: an unknown name counts as `_unknown`.
+        let metrics = route.map_or(self.router.unknown_metrics(), |r| &r.metrics);
+        metrics.started(req.payload.len());
+        let refuse = |status: Status| {
+            metrics.finished(started, Err(&status));
+            Some(Err(status))
+        };
         if let Err(status) = self.guard.check_rate(&method) {
-            return Some(Err(status));
+            crate::metrics::rate_limited(metrics.method());
+            return refuse(status);
         }
-        let Some(handler) = self.router.handler(&method) else {
+        let Some(route) = route else {
             tracing::debug!(method, id, "unknown method");
             let msg = format!("no handler for method `{method}`");
-            return Some(Err(Status::new(Code::UNKNOWN_METHOD, msg)));
+            return refuse(Status::new(Code::UNKNOWN_METHOD, msg));
         };
+        let handler = route.handler.clone();
+        let metrics = route.metrics.clone();
         if let Some(status) = peer.refuse_early(&method, handler.idempotent()) {
+            metrics.finished(started, Err(&status));
             return Some(Err(status));
         }
         let reservation = match peer.budgets().reserve_request_bytes(&method, req.payload.len()) {
             Ok(r) => r,
-            Err(status) => return Some(Err(status)),
+            Err(status) => {
+                metrics.finished(started, Err(&status));
+                return Some(Err(status));
+            }
         };
         let deadline = self
             .guard
@@ -104,15 +120,21 @@ impl Inbound for ConnInbound {
             std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().now_or_never()))
         };
         match first {
-            Ok(Some(result)) => return Some(finished(&ctx, result)),
-            Err(panic) => return Some(panicked(&ctx, &panic)),
+            Ok(Some(result)) => return Some(record(&metrics, started, finished(&ctx, result))),
+            Err(panic) => return Some(record(&metrics, started, panicked(&ctx, &panic))),
             Ok(None) => {}
         }
         let method = ctx.method().to_owned();
         peer.spawn_call(
             id,
             method,
-            in_span(finish_call(call, ctx, reservation, deadline), span),
+            in_span(
+                async move {
+                    let result = finish_call(call, ctx, reservation, deadline).await;
+                    record(&metrics, started, result)
+                },
+                span,
+            ),
         );
         None
     }
@@ -207,6 +229,16 @@ fn finished(ctx: &Context, result: Result<Payload, Status>) -> Result<Payload, S
     if let Err(s) = &result {
         tracing::debug!(method = ctx.method(), code = %s.code(), "handler returned an error");
     }
+    result
+}
+
+/// Records a finished call in its method's metrics and passes the result on.
+fn record(
+    metrics: &crate::metrics::CallMetrics,
+    started: Instant,
+    result: Result<Payload, Status>,
+) -> Result<Payload, Status> {
+    metrics.finished(started, result.as_ref().map(|p| p.bytes.len()));
     result
 }
 

@@ -171,9 +171,12 @@ use std::sync::Arc;
 
 /// Method and event names to their handlers and listeners. Built once by a
 /// builder, then shared read-only by every connection.
-#[derive(Default)]
 pub(crate) struct Router {
     handlers: HashMap<String, Arc<dyn Handler>>,
+    /// Each handler with its metric handles, for the call path (one lookup for both).
+    routes: HashMap<String, Route>,
+    /// The metric handles of calls to methods not registered here.
+    unknown_metrics: Arc<crate::metrics::CallMetrics>,
     listeners: HashMap<String, Vec<Arc<dyn Listener>>>,
     /// Events a listener could not decode or that failed.
     bad_events: AtomicU64,
@@ -183,9 +186,21 @@ pub(crate) struct Router {
     streams: Arc<crate::stream::Registry>,
 }
 
+/// A handler and the metric handles of its method.
+pub(crate) struct Route {
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) metrics: Arc<crate::metrics::CallMetrics>,
+}
+
 impl Router {
-    pub(crate) fn handler(&self, method: &str) -> Option<Arc<dyn Handler>> {
-        self.handlers.get(method).cloned()
+    /// The route of `method`, if registered.
+    pub(crate) fn route(&self, method: &str) -> Option<&Route> {
+        self.routes.get(method)
+    }
+
+    /// The metric handles calls to unregistered methods count under.
+    pub(crate) fn unknown_metrics(&self) -> &Arc<crate::metrics::CallMetrics> {
+        &self.unknown_metrics
     }
 
     pub(crate) fn listeners(&self, event: &str) -> Vec<Arc<dyn Listener>> {
@@ -323,8 +338,20 @@ impl RouterBuilder {
         if !self.no_reflection {
             reflect::add_describe(self, &mut handlers, &listeners)?;
         }
+        let routes = handlers
+            .iter()
+            .map(|(name, h)| {
+                let route = Route {
+                    handler: h.clone(),
+                    metrics: crate::metrics::CallMetrics::new(name),
+                };
+                (name.clone(), route)
+            })
+            .collect();
         Ok(Router {
             handlers,
+            routes,
+            unknown_metrics: crate::metrics::CallMetrics::new(crate::metrics::UNKNOWN_METHOD_LABEL),
             listeners,
             bad_events: AtomicU64::new(0),
             subscriptions: Arc::default(),

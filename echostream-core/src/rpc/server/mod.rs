@@ -581,6 +581,7 @@ async fn serve_connection(
             shared.max_connections
         );
         tracing::warn!(%remote, reason, "connection rejected");
+        crate::metrics::connection_refused("limit");
         conn.close(CloseCode::REJECTED.0.into(), reason.as_bytes());
         return;
     }
@@ -588,6 +589,11 @@ async fn serve_connection(
     let (hs, auth) = match admitted {
         Ok(Ok(admitted)) => admitted,
         Ok(Err((code, reason))) => {
+            crate::metrics::connection_refused(if code == Some(CloseCode::REJECTED) {
+                "rejected"
+            } else {
+                "hello"
+            });
             if let Some(code) = code {
                 tracing::warn!(%remote, %code, reason, "connection refused");
                 conn.close(code.0.into(), reason.as_bytes());
@@ -602,6 +608,7 @@ async fn serve_connection(
                 shared.protocol.hello_timeout
             );
             tracing::warn!(%remote, reason, "closing connection");
+            crate::metrics::connection_refused("hello");
             conn.close(CloseCode::HELLO_TIMEOUT.0.into(), reason.as_bytes());
             return;
         }
@@ -632,6 +639,8 @@ async fn serve_connection(
         return;
     }
     let id = peer.connection_id();
+    crate::metrics::connection_accepted();
+    let _open = crate::metrics::OpenConnection::new("server");
     lock(&shared.peers).insert(id, peer.clone());
     drop(guard);
     slot.handshake_done();
