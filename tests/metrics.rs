@@ -149,10 +149,25 @@ fn the_metrics_example_serves_counters_and_buckets_that_match_the_calls() {
     ];
     assert_eq!(value(&samples, "rpc_server_responses", &unknown), Some(2.0));
     assert!(
-        !samples
-            .iter()
-            .any(|(_, l, _)| l.get("rpc_method").map(String::as_str) == Some("no.such.method")),
-        "a peer's method name must never become a label"
+        !samples.iter().any(|(n, l, _)| n.starts_with("rpc_server")
+            && l.get("rpc_method").map(String::as_str) == Some("no.such.method")),
+        "a peer's method name must never become a server label"
+    );
+    // The calling side (the example's client, in the same process) counts the same calls.
+    assert_eq!(value(&samples, "rpc_client_requests", &add), Some(12.0));
+    assert_eq!(value(&samples, "rpc_client_duration_count", &ok), Some(12.0));
+    let client_failed = [
+        ("rpc_method", "math.fail"),
+        ("rpc_response_status_code", "APPLICATION"),
+    ];
+    assert_eq!(value(&samples, "rpc_client_responses", &client_failed), Some(4.0));
+    let client_unknown = [
+        ("rpc_method", "no.such.method"),
+        ("rpc_response_status_code", "UNKNOWN_METHOD"),
+    ];
+    assert_eq!(
+        value(&samples, "rpc_client_responses", &client_unknown),
+        Some(2.0)
     );
     assert_eq!(value(&samples, "echostream_connections_accepted", &[]), Some(1.0));
     assert_eq!(

@@ -17,6 +17,7 @@
 //! | `rpc.server.responses` | counter | `rpc.system`, `rpc.method`, `rpc.response.status_code` |
 //! | `rpc.server.request.size` | histogram, bytes | `rpc.system`, `rpc.method` |
 //! | `rpc.server.response.size` | histogram, bytes | `rpc.system`, `rpc.method` |
+//! | `rpc.client.duration`, `rpc.client.requests`, `rpc.client.responses`, `rpc.client.request.size`, `rpc.client.response.size` | as the server's | the same, for calls this side makes (either side of a connection can call) |
 //! | `echostream.rate_limited` | counter | `rpc.method` |
 //! | `echostream.connections.accepted` | counter | |
 //! | `echostream.connections.open` | gauge | `side` (`server`) |
@@ -25,7 +26,7 @@
 //! `rpc.response.status_code` is `OK` or the status code's name (`UNKNOWN_METHOD`,
 //! `BAD_PAYLOAD`, `DEADLINE_EXCEEDED`, ..., `APPLICATION` for application codes).
 
-use echostream_types::{Code, Status};
+use echostream_types::Code;
 use metrics::{Counter, Histogram, SharedString};
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +48,16 @@ pub mod names {
     pub const SERVER_REQUEST_SIZE: &str = "rpc.server.request.size";
     /// Server response payload size.
     pub const SERVER_RESPONSE_SIZE: &str = "rpc.server.response.size";
+    /// Client call duration.
+    pub const CLIENT_DURATION: &str = "rpc.client.duration";
+    /// Client calls made.
+    pub const CLIENT_REQUESTS: &str = "rpc.client.requests";
+    /// Client answers received, by status.
+    pub const CLIENT_RESPONSES: &str = "rpc.client.responses";
+    /// Client request payload size.
+    pub const CLIENT_REQUEST_SIZE: &str = "rpc.client.request.size";
+    /// Client response payload size.
+    pub const CLIENT_RESPONSE_SIZE: &str = "rpc.client.response.size";
     /// Calls refused by a rate limit.
     pub const RATE_LIMITED: &str = "echostream.rate_limited";
     /// Connections accepted by a server (past the hello).
@@ -78,6 +89,23 @@ pub fn describe() {
         Unit::Bytes,
         "Response payload size, by method"
     );
+    describe_histogram!(
+        names::CLIENT_DURATION,
+        Unit::Seconds,
+        "Duration of calls made, by method and status"
+    );
+    describe_counter!(names::CLIENT_REQUESTS, "Calls made, by method");
+    describe_counter!(names::CLIENT_RESPONSES, "Answers received, by method and status");
+    describe_histogram!(
+        names::CLIENT_REQUEST_SIZE,
+        Unit::Bytes,
+        "Request payload size, by method"
+    );
+    describe_histogram!(
+        names::CLIENT_RESPONSE_SIZE,
+        Unit::Bytes,
+        "Response payload size, by method"
+    );
     describe_counter!(names::RATE_LIMITED, "Calls refused by a rate limit, by method");
     describe_counter!(names::CONNECTIONS_ACCEPTED, "Connections a server accepted");
     describe_gauge!(names::CONNECTIONS_OPEN, "Connections open now, by side");
@@ -87,10 +115,38 @@ pub fn describe() {
     );
 }
 
-/// The handles of one method a server answers, registered once; recording through them neither
+/// Which side of a call records: the one answering it or the one making it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallSide {
+    Server,
+    Client,
+}
+
+/// The metric names of one side: (duration, requests, responses, request size, response size).
+fn names_of(side: CallSide) -> [&'static str; 5] {
+    match side {
+        CallSide::Server => [
+            names::SERVER_DURATION,
+            names::SERVER_REQUESTS,
+            names::SERVER_RESPONSES,
+            names::SERVER_REQUEST_SIZE,
+            names::SERVER_RESPONSE_SIZE,
+        ],
+        CallSide::Client => [
+            names::CLIENT_DURATION,
+            names::CLIENT_REQUESTS,
+            names::CLIENT_RESPONSES,
+            names::CLIENT_REQUEST_SIZE,
+            names::CLIENT_RESPONSE_SIZE,
+        ],
+    }
+}
+
+/// The handles of one method on one side, registered once; recording through them neither
 /// allocates nor looks anything up.
 #[derive(Debug)]
 pub(crate) struct CallMetrics {
+    side: CallSide,
     method: SharedString,
     requests: Counter,
     ok: Counter,
@@ -100,7 +156,7 @@ pub(crate) struct CallMetrics {
 }
 
 impl CallMetrics {
-    pub(crate) fn new(method: &str) -> Arc<Self> {
+    pub(crate) fn new(side: CallSide, method: &str) -> Arc<Self> {
         let method: SharedString = method.to_owned().into();
         let m = method.clone();
         let labels = |extra: Option<(&'static str, &'static str)>| {
@@ -114,12 +170,14 @@ impl CallMetrics {
             l
         };
         let ok = Some(("rpc.response.status_code", "OK"));
+        let [duration, requests, responses, request_size, response_size] = names_of(side);
         Arc::new(CallMetrics {
-            requests: metrics::counter!(names::SERVER_REQUESTS, labels(None)),
-            ok: metrics::counter!(names::SERVER_RESPONSES, labels(ok)),
-            ok_duration: metrics::histogram!(names::SERVER_DURATION, labels(ok)),
-            request_size: metrics::histogram!(names::SERVER_REQUEST_SIZE, labels(None)),
-            response_size: metrics::histogram!(names::SERVER_RESPONSE_SIZE, labels(None)),
+            side,
+            requests: metrics::counter!(requests, labels(None)),
+            ok: metrics::counter!(responses, labels(ok)),
+            ok_duration: metrics::histogram!(duration, labels(ok)),
+            request_size: metrics::histogram!(request_size, labels(None)),
+            response_size: metrics::histogram!(response_size, labels(None)),
             method,
         })
     }
@@ -131,7 +189,7 @@ impl CallMetrics {
     }
 
     /// A call that began at `started` ended: with an answer of `bytes`, or an error status.
-    pub(crate) fn finished(&self, started: Instant, outcome: Result<usize, &Status>) {
+    pub(crate) fn finished(&self, started: Instant, outcome: Result<usize, Code>) {
         let secs = started.elapsed().as_secs_f64();
         match outcome {
             Ok(bytes) => {
@@ -140,15 +198,16 @@ impl CallMetrics {
                 self.response_size.record(bytes as f64);
             }
             // Errors are the rare path: their handles are looked up by label here.
-            Err(status) => {
-                let code = code_label(status.code());
+            Err(code) => {
+                let [duration, _, responses, _, _] = names_of(self.side);
+                let code = code_label(code);
                 let labels = [
                     metrics::Label::new("rpc.system", RPC_SYSTEM),
                     metrics::Label::new("rpc.method", self.method.clone()),
                     metrics::Label::new("rpc.response.status_code", code),
                 ];
-                metrics::counter!(names::SERVER_RESPONSES, labels.iter()).increment(1);
-                metrics::histogram!(names::SERVER_DURATION, labels.iter()).record(secs);
+                metrics::counter!(responses, labels.iter()).increment(1);
+                metrics::histogram!(duration, labels.iter()).record(secs);
             }
         }
     }
@@ -156,6 +215,35 @@ impl CallMetrics {
     /// The method label these handles carry.
     pub(crate) fn method(&self) -> &str {
         &self.method
+    }
+}
+
+/// The calling side's handles per method name, made on a method's first call. Names come from
+/// the local program, not the peer; past [`MAX_CLIENT_METHODS`] names (a proxy forwarding
+/// arbitrary names, say) further ones share the `_other` label.
+#[derive(Debug, Default)]
+pub(crate) struct CallMetricsCache {
+    methods: std::sync::RwLock<std::collections::HashMap<String, Arc<CallMetrics>>>,
+}
+
+/// Distinct method labels one client side records before folding the rest into `_other`.
+pub const MAX_CLIENT_METHODS: usize = 1024;
+
+impl CallMetricsCache {
+    pub(crate) fn get(&self, method: &str) -> Arc<CallMetrics> {
+        if let Some(m) = self.methods.read().unwrap_or_else(|p| p.into_inner()).get(method) {
+            return m.clone();
+        }
+        let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
+        let key = if methods.len() >= MAX_CLIENT_METHODS && !methods.contains_key(method) {
+            "_other"
+        } else {
+            method
+        };
+        methods
+            .entry(key.to_owned())
+            .or_insert_with(|| CallMetrics::new(CallSide::Client, key))
+            .clone()
     }
 }
 
@@ -210,4 +298,22 @@ pub(crate) fn connection_accepted() {
 /// A call refused by a rate limit (`method` is a bounded label).
 pub(crate) fn rate_limited(method: &str) {
     metrics::counter!(names::RATE_LIMITED, "rpc.method" => method.to_owned()).increment(1);
+}
+
+/// The status code a failed call counts under on the calling side.
+pub(crate) fn code_of(e: &crate::Error) -> Code {
+    use crate::Error as E;
+    match e {
+        E::Remote { status, .. } | E::Status(status) => status.code(),
+        E::Timeout { .. } => Code::DEADLINE_EXCEEDED,
+        E::Cancelled { .. } => Code::CANCELLED,
+        E::UnknownMethod { .. } => Code::UNKNOWN_METHOD,
+        E::BadPayload { .. } => Code::BAD_PAYLOAD,
+        E::RateLimited { .. } => Code::RATE_LIMITED,
+        E::PermissionDenied { .. } => Code::PERMISSION_DENIED,
+        E::Unauthenticated { .. } => Code::UNAUTHENTICATED,
+        E::FrameTooLarge { .. } => Code::RESOURCE_EXHAUSTED,
+        E::Connect { .. } | E::ConnectionClosed { .. } | E::Rejected { .. } => Code::UNAVAILABLE,
+        _ => Code::INTERNAL,
+    }
 }

@@ -113,6 +113,9 @@ pub(crate) struct ProtocolConfig {
     /// The peer's side streams that may wait unread for the budget (set from the transport's
     /// windows by [`ProtocolConfig::fit_windows`]).
     pub(crate) assembly_waiting: usize,
+    /// The metric handles of the calls this side makes, per method (shared by the connections
+    /// of one builder).
+    pub(crate) call_metrics: Arc<crate::metrics::CallMetricsCache>,
 }
 
 impl std::fmt::Debug for ProtocolConfig {
@@ -143,6 +146,7 @@ impl Default for ProtocolConfig {
             assembly_timeout: side::DEFAULT_ASSEMBLY_TIMEOUT,
             assembly_budget: side::DEFAULT_ASSEMBLY_BUDGET,
             assembly_waiting: 16,
+            call_metrics: Arc::default(),
         }
     }
 }

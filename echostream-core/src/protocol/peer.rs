@@ -353,6 +353,26 @@ impl Peer {
         args: Payload,
         opts: CallOptions,
     ) -> Result<(Codec, Bytes), Error> {
+        let metrics = self.shared.config.call_metrics.get(method);
+        metrics.started(args.bytes.len());
+        let started = Instant::now();
+        let result = self.request_answer(method, args, opts).await;
+        let outcome = result
+            .as_ref()
+            .map(|(_, b)| b.len())
+            .map_err(crate::metrics::code_of);
+        metrics.finished(started, outcome);
+        result
+    }
+
+    /// [`Peer::request_raw`] without the metrics: once, or again after the handshake when the
+    /// server refused it as early data.
+    async fn request_answer(
+        &self,
+        method: &str,
+        args: Payload,
+        opts: CallOptions,
+    ) -> Result<(Codec, Bytes), Error> {
         let early = self.shared.state.role() == Role::Client && self.is_early();
         if !early {
             return self.request_once(method, args, opts).await;

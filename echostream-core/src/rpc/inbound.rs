@@ -59,7 +59,7 @@ impl Inbound for ConnInbound {
         let metrics = route.map_or(self.router.unknown_metrics(), |r| &r.metrics);
         metrics.started(req.payload.len());
         let refuse = |status: Status| {
-            metrics.finished(started, Err(&status));
+            metrics.finished(started, Err(status.code()));
             Some(Err(status))
         };
         if let Err(status) = self.guard.check_rate(&method) {
@@ -74,13 +74,13 @@ impl Inbound for ConnInbound {
         let handler = route.handler.clone();
         let metrics = route.metrics.clone();
         if let Some(status) = peer.refuse_early(&method, handler.idempotent()) {
-            metrics.finished(started, Err(&status));
+            metrics.finished(started, Err(status.code()));
             return Some(Err(status));
         }
         let reservation = match peer.budgets().reserve_request_bytes(&method, req.payload.len()) {
             Ok(r) => r,
             Err(status) => {
-                metrics.finished(started, Err(&status));
+                metrics.finished(started, Err(status.code()));
                 return Some(Err(status));
             }
         };
@@ -238,7 +238,10 @@ fn record(
     started: Instant,
     result: Result<Payload, Status>,
 ) -> Result<Payload, Status> {
-    metrics.finished(started, result.as_ref().map(|p| p.bytes.len()));
+    metrics.finished(
+        started,
+        result.as_ref().map(|p| p.bytes.len()).map_err(Status::code),
+    );
     result
 }
 

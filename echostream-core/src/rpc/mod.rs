@@ -343,7 +343,7 @@ impl RouterBuilder {
             .map(|(name, h)| {
                 let route = Route {
                     handler: h.clone(),
-                    metrics: crate::metrics::CallMetrics::new(name),
+                    metrics: crate::metrics::CallMetrics::new(crate::metrics::CallSide::Server, name),
                 };
                 (name.clone(), route)
             })
@@ -351,7 +351,10 @@ impl RouterBuilder {
         Ok(Router {
             handlers,
             routes,
-            unknown_metrics: crate::metrics::CallMetrics::new(crate::metrics::UNKNOWN_METHOD_LABEL),
+            unknown_metrics: crate::metrics::CallMetrics::new(
+                crate::metrics::CallSide::Server,
+                crate::metrics::UNKNOWN_METHOD_LABEL,
+            ),
             listeners,
             bad_events: AtomicU64::new(0),
             subscriptions: Arc::default(),
