@@ -50,6 +50,7 @@ mod ping;
 mod side;
 mod state;
 pub mod timesync;
+pub mod trace;
 
 pub use clock::SyncedClock;
 pub use context::{Context, Payload};

@@ -353,6 +353,8 @@ impl Peer {
         args: Payload,
         opts: CallOptions,
     ) -> Result<(Codec, Bytes), Error> {
+        let mut opts = opts;
+        super::trace::inject(&mut opts.metadata);
         let metrics = self.shared.config.call_metrics.get(method);
         metrics.started(args.bytes.len());
         let started = Instant::now();

@@ -91,7 +91,10 @@ impl Inbound for ConnInbound {
         let ctx = Context::new(method, Some(id), req.metadata, deadline, peer.clone());
         // Made only when debug logs are on: even a disabled span costs per call when
         // tracing's `log` feature is on.
-        let span = if tracing::enabled!(tracing::Level::DEBUG) {
+        let span = if let Some(span) = crate::protocol::trace::server_span(ctx.method(), ctx.metadata()) {
+            // The caller's trace continues here (feature `otel`).
+            span
+        } else if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug_span!("call", method = %ctx.method(), id)
         } else {
             tracing::Span::none()
