@@ -6,13 +6,15 @@
 //! cargo run --example metrics -- --metrics-addr 127.0.0.1:9000 --calls 100
 //! ```
 //!
-//! It starts a server (`math.add`, `math.fail`), connects a client, makes `--calls` good calls,
-//! a third as many failing ones and two to a method the server does not have, prints where the
+//! It starts a server (`math.add`, `math.fail`, a `note` listener, an `upload` stream), connects
+//! a client, makes `--calls` good calls, a third as many failing ones and two to a method the
+//! server does not have, sends three events and a 100 KiB stream, syncs clocks, prints where the
 //! metrics are, and keeps serving until stdin closes (Ctrl-D) or Ctrl-C. The exporter is
 //! installed before the server is built: that is when per-method handles are registered.
 
 use echostream::prelude::*;
-use echostream::rpc::handler_fn;
+use echostream::rpc::{handler_fn, listener_fn};
+use echostream::stream::stream_handler_fn;
 use echostream::ServerIdentity;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::net::SocketAddr;
@@ -62,6 +64,14 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .handler(handler_fn("math.fail", |_c: Context, _: ()| async move {
             Err::<(), _>(Error::with_code(Code(1001), "always fails"))
         }))
+        .listener(listener_fn("note", |_c: Context, _n: u64| async {}))
+        .stream_handler(stream_handler_fn(
+            "upload",
+            |_c: Context, s: XStream| async move {
+                s.read_to_end().await?;
+                Ok::<_, echostream::stream::StreamError>(())
+            },
+        ))
         .build()?;
     let (addr, fingerprint) = (server.local_addr(), server.fingerprint());
     tokio::spawn(server.run());
@@ -80,6 +90,18 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     for _ in 0..2 {
         let _ = client.request::<_, ()>("no.such.method", ()).await;
     }
+    // Events, a stream of 100 KiB, and clock sync (per-connection gauges).
+    for n in 0..3u64 {
+        client.emit("note", n).await?;
+    }
+    let upload = client.open_stream("upload").await?;
+    upload.write_all(&vec![7u8; 100 * 1024]).await?;
+    upload.write_eof().await?;
+    upload.read_to_end().await?;
+    client
+        .clock()
+        .synced(3, std::time::Duration::from_secs(10))
+        .await?;
 
     println!(
         "{{\"server\": \"{addr}\", \"metrics\": \"http://{metrics_addr}/metrics\", \"calls\": {calls}}}"

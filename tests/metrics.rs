@@ -170,10 +170,51 @@ fn the_metrics_example_serves_counters_and_buckets_that_match_the_calls() {
         Some(2.0)
     );
     assert_eq!(value(&samples, "echostream_connections_accepted", &[]), Some(1.0));
+    // Events, the stream and its bytes, clock gauges (client and server share the process).
+    assert_eq!(value(&samples, "echostream_events_sent", &[]), Some(3.0));
+    assert_eq!(value(&samples, "echostream_events_received", &[]), Some(3.0));
+    assert_eq!(
+        value(&samples, "echostream_streams_opened", &[("side", "opener")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "echostream_streams_opened", &[("side", "acceptor")]),
+        Some(1.0)
+    );
+    let sent = value(&samples, "echostream_bytes_sent", &[("kind", "stream")]).unwrap_or(0.0);
+    let received = value(&samples, "echostream_bytes_received", &[("kind", "stream")]).unwrap_or(0.0);
+    assert!(
+        sent >= 102_400.0 && received >= 102_400.0,
+        "stream bytes {sent} sent, {received} received"
+    );
+    assert!(value(&samples, "echostream_bytes_received", &[("kind", "control")]).unwrap_or(0.0) > 0.0);
     assert_eq!(
         value(&samples, "echostream_connections_open", &[("side", "server")]),
         Some(1.0)
     );
+
+    // The clock gauges appear after the first refresh of the estimate (about a second).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let samples = parse(&scrape(&addr));
+        let bound = samples
+            .iter()
+            .find(|(n, _, _)| n == "echostream_clock_error_bound");
+        let offset = samples.iter().find(|(n, _, _)| n == "echostream_clock_offset");
+        if let (Some(bound), Some(offset)) = (bound, offset) {
+            assert!(bound.1.contains_key("connection"), "{bound:?}");
+            // One machine, one clock: the offset is within its bound plus a millisecond.
+            assert!(
+                offset.2.abs() <= bound.2 + 0.001,
+                "offset {} s, bound {} s",
+                offset.2,
+                bound.2
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no clock gauges");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     drop(child.stdin.take());
     let status = child.wait().unwrap();

@@ -21,6 +21,13 @@
 //! | `echostream.rate_limited` | counter | `rpc.method` |
 //! | `echostream.connections.accepted` | counter | |
 //! | `echostream.connections.open` | gauge | `side` (`server`) |
+//! | `echostream.events.sent`, `echostream.events.received` | counter | |
+//! | `echostream.events.dropped` | counter | `policy` (`no_listener`, `refused`, `subscription_full`, `slow_consumer`) |
+//! | `echostream.streams.opened` | counter | `side` (`opener`, `acceptor`) |
+//! | `echostream.bytes.sent`, `echostream.bytes.received` | counter, bytes | `kind` (`stream`: application stream data; `control`: control-stream frames read) |
+//! | `echostream.zero_rtt` | counter | `outcome` (`accepted`, `refused`) |
+//! | `echostream.clock.offset`, `echostream.clock.error_bound` | gauge, seconds | `connection` (the connection id, while it lives) |
+//! | `echostream.jitter.dropped` | counter | `reason` (`late`, `overflow`) |
 //! | `echostream.connections.refused` | counter | `reason` (`limit`: connection limit; `rejected`: authenticator or decision policy; `hello`: no valid hello in time) |
 //!
 //! `rpc.response.status_code` is `OK` or the status code's name (`UNKNOWN_METHOD`,
@@ -58,6 +65,26 @@ pub mod names {
     pub const CLIENT_REQUEST_SIZE: &str = "rpc.client.request.size";
     /// Client response payload size.
     pub const CLIENT_RESPONSE_SIZE: &str = "rpc.client.response.size";
+    /// Events sent.
+    pub const EVENTS_SENT: &str = "echostream.events.sent";
+    /// Events received.
+    pub const EVENTS_RECEIVED: &str = "echostream.events.received";
+    /// Events not delivered, by policy.
+    pub const EVENTS_DROPPED: &str = "echostream.events.dropped";
+    /// Application streams opened, by side.
+    pub const STREAMS_OPENED: &str = "echostream.streams.opened";
+    /// Bytes sent, by kind.
+    pub const BYTES_SENT: &str = "echostream.bytes.sent";
+    /// Bytes received, by kind.
+    pub const BYTES_RECEIVED: &str = "echostream.bytes.received";
+    /// 0-RTT outcomes (client side).
+    pub const ZERO_RTT: &str = "echostream.zero_rtt";
+    /// Clock offset to the peer, per connection.
+    pub const CLOCK_OFFSET: &str = "echostream.clock.offset";
+    /// Clock offset error bound, per connection.
+    pub const CLOCK_ERROR_BOUND: &str = "echostream.clock.error_bound";
+    /// Timed-stream frames the jitter buffer dropped, by reason.
+    pub const JITTER_DROPPED: &str = "echostream.jitter.dropped";
     /// Calls refused by a rate limit.
     pub const RATE_LIMITED: &str = "echostream.rate_limited";
     /// Connections accepted by a server (past the hello).
@@ -105,6 +132,27 @@ pub fn describe() {
         names::CLIENT_RESPONSE_SIZE,
         Unit::Bytes,
         "Response payload size, by method"
+    );
+    describe_counter!(names::EVENTS_SENT, "Events sent");
+    describe_counter!(names::EVENTS_RECEIVED, "Events received");
+    describe_counter!(names::EVENTS_DROPPED, "Events not delivered, by policy");
+    describe_counter!(names::STREAMS_OPENED, "Application streams opened, by side");
+    describe_counter!(names::BYTES_SENT, Unit::Bytes, "Bytes sent, by kind");
+    describe_counter!(names::BYTES_RECEIVED, Unit::Bytes, "Bytes received, by kind");
+    describe_counter!(names::ZERO_RTT, "0-RTT early data outcomes");
+    describe_gauge!(
+        names::CLOCK_OFFSET,
+        Unit::Seconds,
+        "Peer clock minus local clock, per connection"
+    );
+    describe_gauge!(
+        names::CLOCK_ERROR_BOUND,
+        Unit::Seconds,
+        "Bound on the clock offset's error, per connection"
+    );
+    describe_counter!(
+        names::JITTER_DROPPED,
+        "Timed-stream frames dropped by the jitter buffer, by reason"
     );
     describe_counter!(names::RATE_LIMITED, "Calls refused by a rate limit, by method");
     describe_counter!(names::CONNECTIONS_ACCEPTED, "Connections a server accepted");
@@ -316,4 +364,72 @@ pub(crate) fn code_of(e: &crate::Error) -> Code {
         E::Connect { .. } | E::ConnectionClosed { .. } | E::Rejected { .. } => Code::UNAVAILABLE,
         _ => Code::INTERNAL,
     }
+}
+
+/// An event was handed to the connection's writer.
+pub(crate) fn event_sent() {
+    metrics::counter!(names::EVENTS_SENT).increment(1);
+}
+
+/// An event arrived.
+pub(crate) fn event_received() {
+    metrics::counter!(names::EVENTS_RECEIVED).increment(1);
+}
+
+/// An event was not delivered: `no_listener`, `refused`, `subscription_full`, `slow_consumer`.
+pub(crate) fn event_dropped(policy: &'static str) {
+    metrics::counter!(names::EVENTS_DROPPED, "policy" => policy).increment(1);
+}
+
+/// An application stream was opened (`opener`) or accepted (`acceptor`).
+pub(crate) fn stream_opened(side: &'static str) {
+    metrics::counter!(names::STREAMS_OPENED, "side" => side).increment(1);
+}
+
+/// Counters registered on first use (the hot paths do not look them up again).
+struct ByteCounters {
+    stream_sent: metrics::Counter,
+    stream_received: metrics::Counter,
+    control_received: metrics::Counter,
+}
+
+fn byte_counters() -> &'static ByteCounters {
+    static COUNTERS: std::sync::OnceLock<ByteCounters> = std::sync::OnceLock::new();
+    COUNTERS.get_or_init(|| ByteCounters {
+        stream_sent: metrics::counter!(names::BYTES_SENT, "kind" => "stream"),
+        stream_received: metrics::counter!(names::BYTES_RECEIVED, "kind" => "stream"),
+        control_received: metrics::counter!(names::BYTES_RECEIVED, "kind" => "control"),
+    })
+}
+
+/// Application stream data written.
+pub(crate) fn stream_bytes_sent(n: usize) {
+    byte_counters().stream_sent.increment(n as u64);
+}
+
+/// Application stream data read.
+pub(crate) fn stream_bytes_received(n: usize) {
+    byte_counters().stream_received.increment(n as u64);
+}
+
+/// Control-stream bytes read.
+pub(crate) fn control_bytes_received(n: usize) {
+    byte_counters().control_received.increment(n as u64);
+}
+
+/// What a server did with this client's 0-RTT early data: `accepted` or `refused`.
+pub(crate) fn zero_rtt(outcome: &'static str) {
+    metrics::counter!(names::ZERO_RTT, "outcome" => outcome).increment(1);
+}
+
+/// The clock estimate of connection `id` (after each probe burst).
+pub(crate) fn clock(id: u64, offset_nanos: i64, error_bound: std::time::Duration) {
+    let id = id.to_string();
+    metrics::gauge!(names::CLOCK_OFFSET, "connection" => id.clone()).set(offset_nanos as f64 / 1e9);
+    metrics::gauge!(names::CLOCK_ERROR_BOUND, "connection" => id).set(error_bound.as_secs_f64());
+}
+
+/// The jitter buffer dropped a frame: `late` or `overflow`.
+pub(crate) fn jitter_dropped(reason: &'static str) {
+    metrics::counter!(names::JITTER_DROPPED, "reason" => reason).increment(1);
 }

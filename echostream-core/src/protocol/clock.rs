@@ -67,7 +67,16 @@ async fn clock_sync_task(shared: std::sync::Weak<Shared>, sync: Arc<ClockSync>) 
         }
         let interval = s.config.time_sync_interval;
         let out = s.out.clone();
+        let (id, now) = (s.id, s.config.clock.now().0);
         drop(s);
+        // The estimate after the last burst, for the per-connection gauges.
+        if let Some(e) = lock(&sync.filter).estimate() {
+            crate::metrics::clock(
+                id,
+                e.offset_at(now).round() as i64,
+                Duration::from_nanos(e.error as u64),
+            );
+        }
         // A jittery path needs more samples for the same accuracy (the
         // estimate rests on the few whose delay came out lowest), and probes
         // are ~40 bytes each: take four times as many there.

@@ -251,6 +251,7 @@ async fn early_phase(
         }
         Ok(true) => {
             peer.shared.state.set_zero_rtt(ZeroRtt::Accepted);
+            crate::metrics::zero_rtt("accepted");
             tracing::debug!("0-RTT early data accepted");
             peer.shared.established.send_replace(true);
             Some((send, finish))
@@ -261,6 +262,7 @@ async fn early_phase(
                 return None;
             }
             peer.shared.state.set_zero_rtt(ZeroRtt::Rejected);
+            crate::metrics::zero_rtt("refused");
             tracing::debug!(
                 bytes = replay.len(),
                 "0-RTT early data rejected; sending it again"
@@ -456,10 +458,12 @@ async fn reader_task(
         match recv.read_chunks(&mut chunks).await {
             Ok(Some(n)) => {
                 received_at = peer.shared.config.clock.now().0;
+                let before = buf.len();
                 for chunk in &mut chunks[..n] {
                     buf.extend_from_slice(chunk);
                     *chunk = Bytes::new();
                 }
+                crate::metrics::control_bytes_received(buf.len() - before);
             }
             Ok(None) => {
                 // The peer finished its control stream: it will send nothing more.

@@ -539,7 +539,9 @@ impl Peer {
             payload,
         });
         // Events stay on the control stream so that they arrive in order.
-        self.send_frame(&frame, || format!("event `{name}`"), false).await
+        self.send_frame(&frame, || format!("event `{name}`"), false)
+            .await
+            .inspect(|()| crate::metrics::event_sent())
     }
 
     /// Queues an already encoded event, waiting at most `wait` for room in the
@@ -557,7 +559,10 @@ impl Peer {
             return Delivery::Skipped;
         }
         match tokio::time::timeout(wait, self.shared.out.send(Outgoing::Frame { head, tail })).await {
-            Ok(Ok(())) => Delivery::Queued,
+            Ok(Ok(())) => {
+                crate::metrics::event_sent();
+                Delivery::Queued
+            }
             Ok(Err(e)) => {
                 self.note_write_failure(e);
                 Delivery::Skipped
@@ -573,6 +578,7 @@ impl Peer {
                     Some(CloseCode::SLOW_CONSUMER),
                     format!("closed locally: {reason}"),
                 );
+                crate::metrics::event_dropped("slow_consumer");
                 Delivery::Evicted
             }
         }

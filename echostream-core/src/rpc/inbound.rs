@@ -164,6 +164,7 @@ impl ConnInbound {
     /// Runs the event's listeners one after the other, then offers it to subscriptions.
     async fn on_event(&self, peer: &Peer, ev: EventFrame) {
         let router = &self.router;
+        crate::metrics::event_received();
         let listeners = router.listeners(&ev.name);
         let args = Payload {
             codec: ev.codec,
@@ -171,10 +172,12 @@ impl ConnInbound {
         };
         if listeners.is_empty() && !router.subscriptions.has(&ev.name) {
             tracing::debug!(event = %ev.name, "event with no listener or subscription");
+            crate::metrics::event_dropped("no_listener");
             return;
         }
         if let Err(status) = security::check_event(&self.guard, peer, &ev.name, &ev.metadata).await {
             router.count_bad_event();
+            crate::metrics::event_dropped("refused");
             tracing::warn!(event = %ev.name, peer = %peer.remote_addr(), error = %status, "event refused");
             return;
         }

@@ -58,6 +58,7 @@ impl Subscriptions {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let n = slot.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                crate::metrics::event_dropped("subscription_full");
                 tracing::debug!(
                     event = name,
                     dropped = n,

@@ -236,6 +236,7 @@ impl Peer {
             });
         }
         st.opened.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::stream_opened("opener");
         let mut count = CountGuard {
             counter: &st.opened,
             armed: true,
@@ -449,6 +450,7 @@ async fn admit_bi(
 ) -> Option<(Incoming, Arc<dyn StreamHandler>)> {
     let st = peer.stream_state();
     st.accepted.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::stream_opened("acceptor");
     if let Some(reason) = st.over_limit("the") {
         tracing::debug!(peer = %peer.remote_addr(), %reason, "incoming stream refused");
         // Refused before its header is read: the opener's answer says why.

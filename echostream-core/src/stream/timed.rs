@@ -1,7 +1,7 @@
 //! [`TimedReceiver`]: the receiving end of a time-synced stream, releasing messages at their
 //! sender timestamp (mapped to the local clock) plus a playout delay.
 
-use super::jitter::{JitterBuffer, JitterConfig, JitterStats};
+use super::jitter::{JitterBuffer, JitterConfig, JitterStats, PushOutcome};
 use super::message::{fail_with, MessageReader};
 use super::typed::{decode_playout, PLAYOUT_METADATA};
 use super::XStream;
@@ -44,6 +44,7 @@ impl<T> TimedState<T> {
             Some(p) => {
                 if p.len() >= self.buffer.max_frames() {
                     self.buffer.reject_overflow();
+                    crate::metrics::jitter_dropped("overflow");
                 } else {
                     p.push_back((msg, ts, arrival));
                 }
@@ -52,6 +53,11 @@ impl<T> TimedState<T> {
                 let aligned = ts.and_then(|ts| clock.to_local(ts)).unwrap_or(arrival);
                 let outcome = self.buffer.push(msg, aligned, arrival);
                 tracing::trace!(?outcome, "timed frame");
+                match outcome {
+                    PushOutcome::Late => crate::metrics::jitter_dropped("late"),
+                    PushOutcome::Overflow => crate::metrics::jitter_dropped("overflow"),
+                    PushOutcome::Buffered(_) => {}
+                }
             }
         }
     }

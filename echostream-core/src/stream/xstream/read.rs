@@ -53,7 +53,9 @@ impl Reader {
     async fn read_more(&mut self, max: usize) -> Result<Option<Bytes>, quinn::ReadError> {
         if self.batch.is_none() && self.single_reads < 2 {
             self.single_reads += 1;
-            return Ok(self.stream.read_chunk(max, true).await?.map(|c| c.bytes));
+            let chunk = self.stream.read_chunk(max, true).await?.map(|c| c.bytes);
+            crate::metrics::stream_bytes_received(chunk.as_ref().map_or(0, Bytes::len));
+            return Ok(chunk);
         }
         let batch = self
             .batch
@@ -62,6 +64,7 @@ impl Reader {
             return Ok(None);
         };
         (self.next, self.end) = (0, n);
+        crate::metrics::stream_bytes_received(batch[..n].iter().map(Bytes::len).sum());
         // quinn fills at least one slot of a non-empty slice, and never with an empty chunk.
         Ok(Some(self.take(max).unwrap_or_default()))
     }

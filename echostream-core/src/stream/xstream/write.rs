@@ -30,6 +30,7 @@ impl XStream {
 
     /// Writes a chunk without copying it.
     pub async fn write_chunk(&self, chunk: Bytes) -> Result<(), StreamError> {
+        crate::metrics::stream_bytes_sent(chunk.len());
         let inner = &self.inner;
         let mut send = inner.lock_half(&inner.send, "write", true).await?;
         let r = {
@@ -46,6 +47,7 @@ impl XStream {
     /// Writes several chunks as one unit: no other write of this stream
     /// comes between them.
     pub async fn write_chunks(&self, chunks: &mut [Bytes]) -> Result<(), StreamError> {
+        crate::metrics::stream_bytes_sent(chunks.iter().map(Bytes::len).sum());
         let inner = &self.inner;
         let mut send = inner.lock_half(&inner.send, "write", true).await?;
         let r = {
