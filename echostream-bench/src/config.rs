@@ -134,6 +134,8 @@ pub(crate) struct Config {
     pub(crate) systems: BTreeSet<System>,
     /// Runtime layouts for the cases that have two.
     pub(crate) layouts: Vec<Layout>,
+    /// Install the Prometheus recorder first (`--prometheus`), so EchoStream's metrics record.
+    pub(crate) prometheus: bool,
 }
 
 /// Usage text.
@@ -152,6 +154,7 @@ USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--systems L
                  profiling one system (ratios need the baselines)
   --layout L     shared or split: cases 1, 2 and 9 in one layout only (default: both)
   --json PATH    where to write the JSON (default target/echostream-bench.json)
+  --prometheus   record EchoStream's metrics into the Prometheus exporter (their cost)
   --serve ADDR   only run the EchoStream bench server on ADDR (for `echostream bench`)
 ";
 
@@ -164,6 +167,7 @@ impl Config {
             json: PathBuf::from("target/echostream-bench.json"),
             systems: System::ALL.into_iter().collect(),
             layouts: vec![Layout::Shared, Layout::Split],
+            prometheus: false,
         };
         let mut args = args.into_iter();
         while let Some(a) = args.next() {
@@ -201,6 +205,7 @@ impl Config {
                     }
                 }
                 "--json" => cfg.json = args.next().ok_or("--json needs a path")?.into(),
+                "--prometheus" => cfg.prometheus = true,
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown argument `{other}`")),
             }

@@ -52,6 +52,13 @@ fn main() {
     // tonic's TLS server asks rustls for the process-wide provider; make it
     // the one EchoStream uses (aws-lc-rs) rather than leave it to features.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if cfg.prometheus {
+        // Before any server or client exists: per-method handles are registered at build.
+        if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+            eprintln!("cannot install the Prometheus recorder: {e}");
+            std::process::exit(1);
+        }
+    }
     let report = run(&cfg);
     println!("{}", report.table());
     if let Some(dir) = cfg.json.parent().filter(|d| !d.as_os_str().is_empty()) {
