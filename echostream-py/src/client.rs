@@ -172,7 +172,7 @@ impl Client {
 
     /// The events `name` the server sends, as JSON text.
     fn subscribe(&self, name: &str) -> EventStream {
-        EventStream::new(self.inner.subscribe(name))
+        EventStream::new(crate::in_runtime(|| self.inner.subscribe(name)))
     }
 
     /// One round trip on the control stream; resolves to seconds.
@@ -196,7 +196,7 @@ impl Client {
     /// The clock synchronised with the server's.
     fn clock(&self) -> Clock {
         Clock {
-            inner: self.inner.clock(),
+            inner: crate::in_runtime(|| self.inner.clock()),
         }
     }
 
@@ -344,7 +344,7 @@ impl PeerHandle {
     /// Closes the connection with `reason`.
     #[pyo3(signature = (reason="closed by the application"))]
     fn close(&self, reason: &str) {
-        self.inner.close(reason);
+        crate::in_runtime(|| self.inner.close(reason));
     }
 
     /// Whether the connection is closed.
@@ -360,7 +360,7 @@ impl PeerHandle {
     /// The clock synchronised with this peer's.
     fn clock(&self) -> Clock {
         Clock {
-            inner: self.inner.clock(),
+            inner: crate::in_runtime(|| self.inner.clock()),
         }
     }
 

@@ -44,6 +44,13 @@ fn metadata_pairs(md: &echostream::Metadata) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Runs `f` inside the runtime's context: core calls that start a task (a clock's sync loop,
+/// a subscription) need one, and Python calls them from the loop's thread, outside tokio.
+fn in_runtime<R>(f: impl FnOnce() -> R) -> R {
+    let _entered = pyo3_async_runtimes::tokio::get_runtime().enter();
+    f()
+}
+
 /// Bytes handed to Python as a `bytes` object.
 struct Buf(bytes::Bytes);
 

@@ -393,13 +393,13 @@ impl NativeServer {
 
     /// The events `name` clients send, as JSON text.
     fn subscribe(&self, name: &str) -> EventStream {
-        let sub: echostream::Subscription<Box<RawValue>> = self.handle.subscribe(name);
+        let sub: echostream::Subscription<Box<RawValue>> = crate::in_runtime(|| self.handle.subscribe(name));
         EventStream::new(sub)
     }
 
     /// The streams `name` clients open.
     fn accept(&self, name: &str) -> PyResult<StreamAcceptor> {
-        let incoming = self.handle.streams().accept(name).map_err(stream_to_py)?;
+        let incoming = crate::in_runtime(|| self.handle.streams().accept(name)).map_err(stream_to_py)?;
         Ok(StreamAcceptor {
             inner: Arc::new(tokio::sync::Mutex::new(incoming)),
         })
@@ -415,7 +415,7 @@ impl NativeServer {
     /// Stops accepting, lets running calls finish (the shutdown grace), and resolves once the
     /// server has stopped.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.handle.shutdown();
+        crate::in_runtime(|| self.handle.shutdown());
         let task = self.task.lock().ok().and_then(|mut t| t.take());
         let handle = self.handle.clone();
         future_into_py(py, async move {

@@ -66,6 +66,8 @@ __all__ = [
     "Stream",
     "Clock",
     "Subscription",
+    "Incoming",
+    "ConnectionEvents",
     *_errors_all,
 ]
 
@@ -368,6 +370,9 @@ def _spread(name: str, value: Any, required: int, most: int, var: bool) -> List[
         return [value]
     if isinstance(value, list) and required <= len(value) <= most:
         return value
+    if required <= 1:
+        # A handler with optional parameters called with one value.
+        return [value]
     want = f"{most}" if required == most else f"{required} to {most}"
     raise RemoteError(
         Code.BAD_PAYLOAD,
@@ -653,25 +658,18 @@ class Server(Router):
         """The events ``event`` clients send, as an async iterator (besides any listener)."""
         return Subscription(self._running().subscribe(event))
 
-    async def accept(self, name: str) -> AsyncIterator[Tuple[Peer, Stream]]:
+    def accept(self, name: str) -> "Incoming":
         """``async for peer, stream in server.accept("audio.stream")``: the streams of that name
-        clients open (for names without a stream handler)."""
-        acceptor = self._running().accept(name)
-        while True:
-            item = await acceptor.next()
-            if item is None:
-                return
-            peer, stream = item
-            yield Peer(peer), stream
+        clients open (for names without a stream handler). Streams are taken from the moment
+        ``accept`` is called."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        return Incoming(self._running().accept(name))
 
-    async def connection_events(self) -> AsyncIterator[Dict[str, Any]]:
-        """Connected / disconnected notifications as dicts (``event``, ``remote``, ``reason``, ...)."""
-        events = self._running().connection_events()
-        while True:
-            item = await events.next()
-            if item is None:
-                return
-            yield item
+    def connection_events(self) -> "ConnectionEvents":
+        """Connected / disconnected notifications from now on, as dicts (``event``,
+        ``remote``, ``connection_id``, ``fingerprint``, ``reason``, traffic counters)."""
+        return ConnectionEvents(self._running().connection_events())
 
     async def close(self) -> None:
         """Stops accepting, lets running calls finish, and returns once the server stopped."""
@@ -685,3 +683,40 @@ class Server(Router):
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
+
+
+class Incoming:
+    """An async iterator of ``(Peer, Stream)``: the streams of one name peers open."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    def __aiter__(self) -> "Incoming":
+        return self
+
+    async def __anext__(self) -> Tuple[Peer, Stream]:
+        item = await self._native.next()
+        if item is None:
+            raise StopAsyncIteration
+        peer, stream = item
+        return Peer(peer), stream
+
+
+class ConnectionEvents:
+    """An async iterator of connection events (dicts)."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    def __aiter__(self) -> "ConnectionEvents":
+        return self
+
+    async def __anext__(self) -> Dict[str, Any]:
+        item = await self._native.next()
+        if item is None:
+            raise StopAsyncIteration
+        return item
