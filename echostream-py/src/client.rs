@@ -68,15 +68,18 @@ fn trust(
     Ok(None)
 }
 
-/// Connects to `addr` (`host:port`); the keyword arguments map one to one onto
-/// `ClientBuilder` setters.
+/// Connects to `addr` (`host:port`), or with `discover=NAME` to an instance of service NAME
+/// found on the LAN (mDNS, for up to `discover_timeout` seconds; the announced fingerprint is
+/// pinned unless a trust argument says otherwise). The keyword arguments map one to one onto
+/// `ClientBuilder` setters and `DiscoverOptions`.
 #[pyfunction]
 #[pyo3(signature = (addr, *, pins=None, ca=None, known_hosts=None, insecure=false, token=None,
-    timeout=None, server_name=None, cert=None, key=None, routes=None, hello=None))]
+    timeout=None, server_name=None, cert=None, key=None, routes=None, hello=None, discover=None,
+    discover_timeout=None, interfaces=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn connect<'py>(
     py: Python<'py>,
-    addr: String,
+    addr: Option<String>,
     pins: Option<Vec<String>>,
     ca: Option<String>,
     known_hosts: Option<String>,
@@ -88,13 +91,31 @@ pub(crate) fn connect<'py>(
     key: Option<String>,
     routes: Option<PyRoutes>,
     hello: Option<Vec<(String, String)>>,
+    discover: Option<String>,
+    discover_timeout: Option<f64>,
+    interfaces: Option<crate::InterfacesArg>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut builder = RpcClient::builder().codec(Codec::Json);
+    let target = match (addr, discover) {
+        (Some(addr), None) => Target::Address(addr),
+        (None, Some(name)) => {
+            let mut opts = echostream::DiscoverOptions::new(name);
+            if let Some(t) = discover_timeout {
+                opts = opts.timeout(seconds(t, "timeout")?);
+            }
+            if let Some(i) = interfaces {
+                opts = opts.interfaces(crate::interfaces(i)?);
+            }
+            Target::Discover(opts)
+        }
+        _ => return Err(PyValueError::new_err("give either an address or discover=NAME")),
+    };
     if let Some(t) = timeout {
         builder = builder.connect_timeout(seconds(t, "timeout")?);
     }
-    if let Some(trust) = trust(pins, ca, known_hosts, insecure)? {
-        builder = builder.trust(trust);
+    let trust = trust(pins, ca, known_hosts, insecure)?;
+    if let Some(trust) = &trust {
+        builder = builder.trust(trust.clone());
     }
     if let Some(name) = server_name {
         builder = builder.server_name(name);
@@ -128,9 +149,24 @@ pub(crate) fn connect<'py>(
         }
     }
     future_into_py(py, async move {
-        let inner = builder.connect(&addr).await.map_err(to_py)?;
+        let inner = match target {
+            Target::Address(addr) => builder.connect(&addr).await,
+            Target::Discover(mut opts) => {
+                if let Some(trust) = trust {
+                    opts = opts.trust(trust);
+                }
+                builder.discover(opts).await
+            }
+        }
+        .map_err(to_py)?;
         Ok(Client { inner })
     })
+}
+
+/// Where `connect` goes.
+enum Target {
+    Address(String),
+    Discover(echostream::DiscoverOptions),
 }
 
 /// A connection to a server (`RpcClient`).

@@ -51,6 +51,26 @@ fn in_runtime<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Where mDNS runs, from Python: `"all"` (the default), `"loopback"`, or a list of interface
+/// names.
+#[derive(FromPyObject)]
+enum InterfacesArg {
+    Word(String),
+    Names(Vec<String>),
+}
+
+fn interfaces(arg: InterfacesArg) -> PyResult<echostream::discovery::Interfaces> {
+    use echostream::discovery::Interfaces;
+    match arg {
+        InterfacesArg::Word(w) if w == "all" => Ok(Interfaces::All),
+        InterfacesArg::Word(w) if w == "loopback" => Ok(Interfaces::Loopback),
+        InterfacesArg::Word(w) => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "interfaces=`{w}`: expected \"all\", \"loopback\" or a list of interface names"
+        ))),
+        InterfacesArg::Names(names) => Ok(Interfaces::named(names)),
+    }
+}
+
 /// Bytes handed to Python as a `bytes` object.
 struct Buf(bytes::Bytes);
 

@@ -312,13 +312,14 @@ fn identity(spec: (String, Option<String>, Option<String>)) -> PyResult<Option<S
 /// Builds the server (binding its socket) and runs it on the runtime; must be called from a
 /// coroutine, whose loop then runs the Python handlers.
 #[pyfunction]
-#[pyo3(signature = (bind, identity_spec, routes, discovery=None))]
+#[pyo3(signature = (bind, identity_spec, routes, discovery=None, interfaces=None))]
 pub(crate) fn start_server(
     py: Python<'_>,
     bind: String,
     identity_spec: (String, Option<String>, Option<String>),
     routes: PyRoutes,
     discovery: Option<String>,
+    interfaces: Option<crate::InterfacesArg>,
 ) -> PyResult<NativeServer> {
     let locals = Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
     let mut builder = RpcServer::builder().bind(bind).codec(Codec::Json);
@@ -327,6 +328,9 @@ pub(crate) fn start_server(
     }
     if let Some(name) = discovery {
         builder = builder.enable_discovery(name);
+    }
+    if let Some(i) = interfaces {
+        builder = builder.discovery_interfaces(crate::interfaces(i)?);
     }
     for h in routes.handlers(&locals, py) {
         builder = builder.handler(h);

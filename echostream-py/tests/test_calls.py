@@ -342,3 +342,37 @@ async def test_async_with_and_graceful_close(make_server):
     except echostream.ConnectionClosedError as e:
         assert "server shut down" in str(e)
     await client.close()
+
+
+async def test_cancelling_a_pending_connect_returns():
+    # Nothing answers on port 9: the handshake would wait for its 30 s timeout. wait_for
+    # cancels it after 0.3 s; the outer bound turns a hang into a failure.
+    async def attempt():
+        with pytest.raises(builtins.TimeoutError):
+            await asyncio.wait_for(
+                echostream.connect("127.0.0.1:9", insecure=True, timeout=30), 0.3
+            )
+
+    await asyncio.wait_for(attempt(), 10)
+
+
+async def test_wrong_types_name_the_parameter(make_server, connected):
+    server = make_server()
+
+    @server.stream_handler("sink")
+    async def sink(stream):
+        await stream.read_to_end()
+
+    client = await connected(server)
+    s = await client.open_stream("sink")
+    with pytest.raises(TypeError, match="data"):
+        await s.write_all("text is not bytes")
+    with pytest.raises(TypeError, match="n"):
+        await s.read("ten")
+    with pytest.raises(ValueError, match="larger than one read"):
+        await s.read(1 << 40)
+    with pytest.raises(TypeError, match="handler of `x` must be callable"):
+        server.handler("x")(42)
+    with pytest.raises(TypeError, match="identity"):
+        echostream.Server("127.0.0.1:0", identity="ephemeral")
+    await s.write_eof()

@@ -57,6 +57,7 @@ from ._errors import __all__ as _errors_all
 
 __all__ = [
     "connect",
+    "discover",
     "Client",
     "Server",
     "Router",
@@ -533,6 +534,65 @@ async def connect(
     """
     if not isinstance(addr, str):
         raise TypeError(f"addr must be a str such as '127.0.0.1:5000', not {type(addr).__name__}")
+    return await _connect(addr, None, None, pin, ca, known_hosts, insecure, token, timeout,
+                          server_name, cert, key, router, hello)
+
+
+async def discover(
+    name: str,
+    *,
+    timeout: float = 3.0,
+    pin: Optional[Union[str, Sequence[str]]] = None,
+    ca: Optional[str] = None,
+    known_hosts: Optional[str] = None,
+    insecure: bool = False,
+    token: Optional[str] = None,
+    connect_timeout: Optional[float] = None,
+    server_name: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    router: Optional[Router] = None,
+    hello: MetadataArg = None,
+    interfaces: Union[str, Sequence[str]] = "all",
+) -> Client:
+    """Finds an instance of service ``name`` on the LAN (mDNS, for up to ``timeout`` seconds)
+    and connects to it. By default the fingerprint the instance announces is pinned; the trust
+    arguments of :func:`connect` replace that (use them where an attacker on the LAN is a
+    concern). ``interfaces`` is ``"all"``, ``"loopback"`` or a list of interface names.
+    Raises :class:`DiscoveryTimeoutError` naming what was seen if none answers."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, not {name!r}")
+    return await _connect(None, name, _timeout(timeout), pin, ca, known_hosts, insecure, token,
+                          connect_timeout, server_name, cert, key, router, hello,
+                          _interfaces(interfaces))
+
+
+def _interfaces(interfaces: Union[str, Sequence[str]]) -> Union[str, List[str]]:
+    if isinstance(interfaces, str):
+        return interfaces
+    names = list(interfaces)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError('interfaces must be "all", "loopback" or a list of interface names (str)')
+    return names
+
+
+async def _connect(
+    addr: Optional[str],
+    service: Optional[str],
+    discover_timeout: Optional[float],
+    pin: Optional[Union[str, Sequence[str]]],
+    ca: Optional[str],
+    known_hosts: Optional[str],
+    insecure: bool,
+    token: Optional[str],
+    timeout: Optional[float],
+    server_name: Optional[str],
+    cert: Optional[str],
+    key: Optional[str],
+    router: Optional[Router],
+    hello: MetadataArg,
+    interfaces: Optional[Union[str, List[str]]] = None,
+) -> Client:
     pins: Optional[List[str]]
     if pin is None:
         pins = None
@@ -557,6 +617,9 @@ async def connect(
         key=key,
         routes=router._routes() if router is not None else None,
         hello=_metadata(hello, "hello"),
+        discover=service,
+        discover_timeout=discover_timeout,
+        interfaces=interfaces,
     )
     return Client(native)
 
@@ -599,7 +662,8 @@ class Server(Router):
 
     Register handlers with the decorators of :class:`Router`, then ``await server.start()``
     (or ``async with server:``). Handlers run on the event loop that started the server.
-    ``discovery="AudioService"`` announces the server on the LAN over mDNS.
+    ``discovery="AudioService"`` announces the server on the LAN over mDNS (on
+    ``discovery_interfaces``: ``"all"``, ``"loopback"`` or a list of interface names).
     """
 
     def __init__(
@@ -608,6 +672,7 @@ class Server(Router):
         *,
         identity: Optional[Identity] = None,
         discovery: Optional[str] = None,
+        discovery_interfaces: Union[str, Sequence[str]] = "all",
     ) -> None:
         super().__init__()
         if not isinstance(bind, str):
@@ -619,6 +684,7 @@ class Server(Router):
         self._bind = bind
         self._identity = identity
         self._discovery = discovery
+        self._interfaces = _interfaces(discovery_interfaces)
         self._native: Any = None
 
     async def start(self) -> "Server":
@@ -626,7 +692,9 @@ class Server(Router):
         if self._native is not None:
             raise RuntimeError("the server is already started")
         spec = self._identity._spec if self._identity is not None else ("default", None, None)
-        self._native = _native.start_server(self._bind, spec, self._routes(), self._discovery)
+        self._native = _native.start_server(
+            self._bind, spec, self._routes(), self._discovery, self._interfaces
+        )
         return self
 
     def _running(self) -> Any:

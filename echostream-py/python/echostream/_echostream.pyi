@@ -1,13 +1,13 @@
 """Type stubs of the native module (the Rust half). Use the ``echostream`` package instead:
 it encodes and decodes values (JSON) around these classes."""
 
-from typing import Any, Awaitable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Dict, List, Optional, Tuple, Union
 
 _Pairs = List[Tuple[str, str]]
 _Routes = Tuple[List[Tuple[str, Any]], List[Tuple[str, Any]], List[Tuple[str, Any]]]
 
 def connect(
-    addr: str,
+    addr: Optional[str],
     *,
     pins: Optional[List[str]] = None,
     ca: Optional[str] = None,
@@ -20,12 +20,16 @@ def connect(
     key: Optional[str] = None,
     routes: Optional[_Routes] = None,
     hello: Optional[_Pairs] = None,
+    discover: Optional[str] = None,
+    discover_timeout: Optional[float] = None,
+    interfaces: Optional[Union[str, List[str]]] = None,
 ) -> Awaitable[Client]: ...
 def start_server(
     bind: str,
     identity_spec: Tuple[str, Optional[str], Optional[str]],
     routes: _Routes,
     discovery: Optional[str] = None,
+    interfaces: Optional[Union[str, List[str]]] = None,
 ) -> NativeServer: ...
 
 class Client:
