@@ -3,7 +3,11 @@
 //! ```text
 //! cargo run --example py_interop -- server          # prints `ADDRESS FINGERPRINT`, serves until stdin closes
 //! cargo run --example py_interop -- client ADDR PIN # calls a Python server, one JSON line per check
+//! cargo run --release --example py_interop -- stream ADDR PIN MIB  # MIB MiB into stream `sink`: MB/s
 //! ```
+//!
+//! `stream` is the Rust client of `echostream-py/bench/bench.py` (`--rust-client`): the same
+//! stream a Python client sends, from Rust, to the same Python server.
 //!
 //! The server is an ordinary Rust server whose handlers know nothing about Python: a Python
 //! client calls them with the JSON codec. The client calls Python handlers with
@@ -113,14 +117,39 @@ async fn call_python(addr: &str, pin: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes `mib` MiB into stream `sink` and prints the rate; the server answers the byte count.
+async fn stream_to_python(addr: &str, pin: &str, mib: &str) -> Result<()> {
+    let mib: usize = mib
+        .parse()
+        .map_err(|e| Error::Config(format!("MIB `{mib}`: {e}")))?;
+    let pin: Fingerprint = pin
+        .parse()
+        .map_err(|e| Error::Config(format!("pin `{pin}`: {e}")))?;
+    let client = RpcClient::builder().pin(pin).connect(addr).await?;
+    let block = bytes::Bytes::from(vec![0x5au8; 1 << 20]);
+    let started = std::time::Instant::now();
+    let s = client.open_stream("sink").await?;
+    for _ in 0..mib {
+        s.write_chunk(block.clone()).await?;
+    }
+    s.write_eof().await?;
+    let answer = s.read_to_end().await?;
+    let secs = started.elapsed().as_secs_f64();
+    let got: u64 = String::from_utf8_lossy(&answer).trim().parse().unwrap_or(0);
+    line("stream_mbps", serde_json::json!(got as f64 / secs / 1e6));
+    client.close().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["server"] => serve().await,
         ["client", addr, pin] => call_python(addr, pin).await,
+        ["stream", addr, pin, mib] => stream_to_python(addr, pin, mib).await,
         _ => {
-            eprintln!("usage: py_interop server | py_interop client ADDR PIN");
+            eprintln!("usage: py_interop server | py_interop client ADDR PIN | py_interop stream ADDR PIN MIB");
             return std::process::ExitCode::from(2);
         }
     };

@@ -3,7 +3,9 @@ from Python, in one run on one machine: each server runs in a process of its own
 this one.
 
     pip install ./echostream-py "grpcio==1.85.*" "pyzmq==27.*"
-    python echostream-py/bench/bench.py [--calls 3000] [--seconds 3] [--stream-mib 256]
+    cargo build --release --example py_interop      # optional: the Rust-client stream row
+    python echostream-py/bench/bench.py [--calls 3000] [--seconds 3] [--stream-mib 256] \\
+        [--rust-client target/release/examples/py_interop]
 
 Cases: 64-byte calls one after another (p50, p99 latency), 64 callers at once (calls/s), and one
 stream of --stream-mib MiB in 1 MiB writes (MB/s; grpcio: a client-streaming call of 1 MiB
@@ -231,14 +233,32 @@ async def measure(system, calls, seconds, mib):
         proc.wait()
 
 
+def rust_client_stream(binary, mib):
+    """MB/s of the same stream sent by the Rust client (examples/py_interop.rs, `stream`) to the
+    same Python EchoStream server."""
+    import json
+
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", "echostream"], stdout=subprocess.PIPE, text=True)
+    try:
+        addr, pin = proc.stdout.readline().split()
+        out = subprocess.run([binary, "stream", addr, pin, str(mib)], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)["value"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 async def main(a):
     rows = []
     for system in a.systems:
         rows.append((system, *await measure(system, a.calls, a.seconds, a.stream_mib)))
-    print(f"| system | seq. 64 B p50 | seq. 64 B p99 | 64 callers | {a.stream_mib} MiB stream |")
+    print(f"| Python client → Python server | seq. 64 B p50 | seq. 64 B p99 | 64 callers | {a.stream_mib} MiB stream |")
     print("|---|---|---|---|---|")
     for system, p50, p99, rate, mbps in rows:
         print(f"| {system} | {p50:.1f} µs | {p99:.1f} µs | {rate:,.0f} calls/s | {mbps:,.0f} MB/s |")
+    if a.rust_client:
+        mbps = rust_client_stream(a.rust_client, a.stream_mib)
+        print(f"| echostream, Rust client (py_interop) → Python server | | | | {mbps:,.0f} MB/s |")
 
 
 if __name__ == "__main__":
@@ -248,6 +268,8 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--stream-mib", type=int, default=256)
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    p.add_argument("--rust-client", metavar="PATH",
+                   help="the py_interop example (built with --release) for the Rust-client stream row")
     a = p.parse_args()
     if a.serve:
         asyncio.run(SYSTEMS[a.serve][0]())
