@@ -39,7 +39,7 @@ pub(crate) struct PyRoutes(
 /// One Python function and the loop it runs on.
 struct Target {
     name: String,
-    function: Py<PyAny>,
+    function: Arc<Py<PyAny>>,
     locals: Arc<TaskLocals>,
 }
 
@@ -48,37 +48,39 @@ impl Target {
         list.iter()
             .map(|(name, f)| Target {
                 name: name.clone(),
-                function: f.clone_ref(py),
+                function: Arc::new(f.clone_ref(py)),
                 locals: locals.clone(),
             })
             .collect()
     }
 
     /// Runs `function(ctx, arg)` on the loop; resolves to what the coroutine returns.
-    fn run<A>(
-        &self,
-        ctx: Context,
-        arg: A,
-    ) -> impl std::future::Future<Output = PyResult<Py<PyAny>>> + Send + 'static
+    ///
+    /// The first poll only yields: the core polls a call once inline, on the connection's
+    /// reader, and then moves it to a task of its own; the GIL is taken there, so a busy
+    /// interpreter never stalls the reader (and the other calls of the connection).
+    fn run<A>(&self, ctx: Context, arg: A) -> impl std::future::Future<Output = Outcome> + Send + 'static
     where
         A: for<'py> IntoPyObject<'py> + Send + 'static,
     {
-        let started = Python::attach(|py| -> PyResult<(Py<PyAny>, oneshot::Receiver<Outcome>)> {
-            let coro = self.function.bind(py).call1((CallContext { inner: ctx }, arg))?;
-            let cf = py
-                .import("asyncio")?
-                .call_method1("run_coroutine_threadsafe", (coro, self.locals.event_loop(py)))?;
-            let (tx, rx) = oneshot::channel();
-            cf.call_method1(
-                "add_done_callback",
-                (Done {
-                    tx: Mutex::new(Some(tx)),
-                },),
-            )?;
-            Ok((cf.unbind(), rx))
-        });
+        let function = self.function.clone();
+        let locals = self.locals.clone();
         async move {
-            let (cf, rx) = started?;
+            tokio::task::yield_now().await;
+            let (cf, rx) = Python::attach(|py| -> PyResult<(Py<PyAny>, oneshot::Receiver<Outcome>)> {
+                let coro = function.bind(py).call1((CallContext { inner: ctx }, arg))?;
+                let cf = py
+                    .import("asyncio")?
+                    .call_method1("run_coroutine_threadsafe", (coro, locals.event_loop(py)))?;
+                let (tx, rx) = oneshot::channel();
+                cf.call_method1(
+                    "add_done_callback",
+                    (Done {
+                        tx: Mutex::new(Some(tx)),
+                    },),
+                )?;
+                Ok((cf.unbind(), rx))
+            })?;
             let mut guard = CancelOnDrop(Some(cf));
             let out = rx
                 .await
