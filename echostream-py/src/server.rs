@@ -10,7 +10,7 @@ use crate::client::{info_dict, raw_json, EventStream, PeerHandle};
 use crate::errors::{stream_to_py, to_py};
 use crate::stream::Stream;
 use crate::{metadata_pairs, Buf};
-use echostream::rpc::{Handler, Listener, Payload, ServerHandle};
+use echostream::rpc::{Handler, Listener, Payload, PeerIdentity, ServerHandle, StaticTokens};
 use echostream::stream::StreamHandler;
 use echostream::{
     Code, Codec, ConnectionEvent, ConnectionEvents, Context, IncomingStreams, RpcServer, ServerIdentity,
@@ -285,6 +285,13 @@ impl CallContext {
         self.inner.remaining().map(|d| d.as_secs_f64())
     }
 
+    /// Who the caller is, as the server's token table or client certificate established it
+    /// (`None` for an anonymous caller).
+    #[getter]
+    fn identity(&self) -> Option<String> {
+        self.inner.identity().map(|i| i.name().to_owned())
+    }
+
     /// The connection the call came on, for calls back to the caller.
     #[getter]
     fn peer(&self) -> PeerHandle {
@@ -314,7 +321,9 @@ fn identity(spec: (String, Option<String>, Option<String>)) -> PyResult<Option<S
 /// Builds the server (binding its socket) and runs it on the runtime; must be called from a
 /// coroutine, whose loop then runs the Python handlers.
 #[pyfunction]
-#[pyo3(signature = (bind, identity_spec, routes, discovery=None, interfaces=None))]
+#[pyo3(signature = (bind, identity_spec, routes, discovery=None, interfaces=None, tokens=None,
+    require_token=false))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn start_server(
     py: Python<'_>,
     bind: String,
@@ -322,6 +331,8 @@ pub(crate) fn start_server(
     routes: PyRoutes,
     discovery: Option<String>,
     interfaces: Option<crate::InterfacesArg>,
+    tokens: Option<Vec<(String, String)>>,
+    require_token: bool,
 ) -> PyResult<NativeServer> {
     let locals = Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
     let mut builder = RpcServer::builder().bind(bind).codec(Codec::Json);
@@ -333,6 +344,16 @@ pub(crate) fn start_server(
     }
     if let Some(i) = interfaces {
         builder = builder.discovery_interfaces(crate::interfaces(i)?);
+    }
+    if tokens.is_some() || require_token {
+        let mut table = StaticTokens::new();
+        for (token, name) in tokens.unwrap_or_default() {
+            table = table.token(token, PeerIdentity::new(name));
+        }
+        if require_token {
+            table = table.required();
+        }
+        builder = builder.authenticator(table);
     }
     for h in routes.handlers(&locals, py) {
         builder = builder.handler(h);

@@ -376,3 +376,18 @@ async def test_wrong_types_name_the_parameter(make_server, connected):
     with pytest.raises(TypeError, match="identity"):
         echostream.Server("127.0.0.1:0", identity="ephemeral")
     await s.write_eof()
+
+
+async def test_tokens_name_the_caller(make_server, connected):
+    server = make_server(tokens={"s3cret": "alice"}, require_token=True)
+
+    @server.handler("who")
+    def who(ctx):
+        return ctx.identity
+
+    client = await connected(server, token="s3cret")
+    assert await client.request("who") == "alice"
+    with pytest.raises(echostream.EchoStreamError) as e:
+        c = await echostream.connect(server.address, pin=server.fingerprint, token="wrong")
+        await c.request("who")
+    assert isinstance(e.value, (echostream.RejectedError, echostream.UnauthenticatedError)), e.value

@@ -337,6 +337,11 @@ class Context:
         return self._native.remaining
 
     @property
+    def identity(self) -> Optional[str]:
+        """Who the caller is (the name its token stands for on the server), or ``None``."""
+        return self._native.identity
+
+    @property
     def peer(self) -> Peer:
         """The caller's connection, for calls back to it."""
         return Peer(self._native.peer)
@@ -664,6 +669,9 @@ class Server(Router):
     (or ``async with server:``). Handlers run on the event loop that started the server.
     ``discovery="AudioService"`` announces the server on the LAN over mDNS (on
     ``discovery_interfaces``: ``"all"``, ``"loopback"`` or a list of interface names).
+    ``tokens={"secret": "alice"}`` accepts clients that connect with ``token="secret"`` as
+    ``alice`` (``ctx.identity``); with ``require_token=True`` clients without a known token are
+    refused.
     """
 
     def __init__(
@@ -673,6 +681,8 @@ class Server(Router):
         identity: Optional[Identity] = None,
         discovery: Optional[str] = None,
         discovery_interfaces: Union[str, Sequence[str]] = "all",
+        tokens: Optional[Mapping[str, str]] = None,
+        require_token: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(bind, str):
@@ -685,6 +695,8 @@ class Server(Router):
         self._identity = identity
         self._discovery = discovery
         self._interfaces = _interfaces(discovery_interfaces)
+        self._tokens = _metadata(tokens, "tokens")
+        self._require_token = bool(require_token)
         self._native: Any = None
 
     async def start(self) -> "Server":
@@ -693,7 +705,8 @@ class Server(Router):
             raise RuntimeError("the server is already started")
         spec = self._identity._spec if self._identity is not None else ("default", None, None)
         self._native = _native.start_server(
-            self._bind, spec, self._routes(), self._discovery, self._interfaces
+            self._bind, spec, self._routes(), self._discovery, self._interfaces,
+            self._tokens, self._require_token,
         )
         return self
 

@@ -30,6 +30,8 @@ def start_server(
     routes: _Routes,
     discovery: Optional[str] = None,
     interfaces: Optional[Union[str, List[str]]] = None,
+    tokens: Optional[_Pairs] = None,
+    require_token: bool = False,
 ) -> NativeServer: ...
 
 class Client:
@@ -127,6 +129,7 @@ class CallContext:
     metadata: _Pairs
     hello_metadata: _Pairs
     remaining: Optional[float]
+    identity: Optional[str]
     peer: PeerHandle
 
 class StreamAcceptor:
