@@ -97,6 +97,7 @@ fn _echostream(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::StreamAcceptor>()?;
     m.add_class::<server::ConnectionEventStream>()?;
     m.add_class::<stream::Stream>()?;
+    m.add_class::<stream::MessageStream>()?;
     m.add_function(wrap_pyfunction!(server::start_server, m)?)?;
     Ok(())
 }

@@ -139,3 +139,48 @@ async def test_cancelled_read_leaves_the_stream_usable(make_server, connected):
         await asyncio.wait_for(s.read(10), 0.2)
     go.set()
     assert await asyncio.wait_for(s.read_to_end(), 5) == b"now"
+
+
+async def test_message_streams_carry_json_values(make_server, connected):
+    server = make_server()
+
+    @server.stream_handler("sum")
+    async def summing(stream):
+        messages = echostream.MessageStream(stream)
+        total = 0
+        async for value in messages:
+            total += value["n"]
+            await messages.send({"running": total})
+        await messages.send(None)
+        await messages.finish()
+
+    client = await connected(server)
+    m = await client.open_message_stream("sum")
+    got = []
+    for n in (1, 2, 3):
+        await m.send({"n": n})
+        got.append(await m.recv())
+    await m.finish()
+    # A JSON null is a message like any other; the end is EOFError.
+    assert await m.recv() is None
+    with pytest.raises(EOFError):
+        await m.recv()
+    assert got == [{"running": 1}, {"running": 3}, {"running": 6}]
+    with pytest.raises(TypeError, match="set"):
+        await m.send({1})
+
+
+async def test_a_stream_turned_into_messages_has_no_byte_operations(make_server, connected):
+    server = make_server()
+
+    @server.stream_handler("sink")
+    async def sink(stream):
+        await stream.read_to_end()
+
+    client = await connected(server)
+    s = await client.open_stream("sink")
+    echostream.MessageStream(s)
+    with pytest.raises(RuntimeError, match="message stream"):
+        await s.write_all(b"x")
+    with pytest.raises(RuntimeError, match="already a message stream"):
+        echostream.MessageStream(s)

@@ -121,6 +121,14 @@ class Stream:
         written so far is delivered first."""
     def error_read(self) -> Awaitable[bytes]:
         """Waits for the acceptor's error message (opener only)."""
+    def messages(self) -> MessageStream:
+        """This stream as JSON messages both ways (the byte operations are gone after)."""
+
+class MessageStream:
+    def send(self, value: str) -> Awaitable[None]: ...
+    def recv(self) -> Awaitable[Optional[str]]: ...
+    def finish(self) -> Awaitable[None]: ...
+    def fail(self, code: int, message: str) -> Awaitable[None]: ...
 
 class CallContext:
     method: str
