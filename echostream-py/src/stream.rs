@@ -33,6 +33,36 @@ impl Stream {
     }
 }
 
+/// Bytes to write: `bytes` (kept without a copy), `bytearray` or `memoryview` (copied once,
+/// since the abi3 API before 3.11 has no buffer protocol).
+struct Data(PyBackedBytes);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Data {
+    type Error = PyErr;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> Result<Self, Self::Error> {
+        if let Ok(b) = obj.extract::<PyBackedBytes>() {
+            return Ok(Data(b));
+        }
+        if obj.is_instance_of::<pyo3::types::PyMemoryView>() {
+            let copied = obj.call_method0("tobytes")?;
+            return Ok(Data(copied.extract::<PyBackedBytes>().map_err(PyErr::from)?));
+        }
+        Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "expected bytes, bytearray or memoryview, not {}",
+            obj.get_type().name()?
+        )))
+    }
+}
+
+impl std::ops::Deref for Data {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A read size from Python, bounded so a typo cannot allocate without end.
 fn read_size(n: usize) -> PyResult<usize> {
     const MAX: usize = 64 << 20;
@@ -89,13 +119,13 @@ impl Stream {
     }
 
     /// Writes some of `data`; resolves to how many bytes were taken.
-    fn write<'py>(&self, py: Python<'py>, data: PyBackedBytes) -> PyResult<Bound<'py, PyAny>> {
+    fn write<'py>(&self, py: Python<'py>, data: Data) -> PyResult<Bound<'py, PyAny>> {
         let s = self.get()?;
         future_into_py(py, async move { s.write(&data).await.map_err(stream_to_py) })
     }
 
     /// Writes all of `data`.
-    fn write_all<'py>(&self, py: Python<'py>, data: PyBackedBytes) -> PyResult<Bound<'py, PyAny>> {
+    fn write_all<'py>(&self, py: Python<'py>, data: Data) -> PyResult<Bound<'py, PyAny>> {
         let s = self.get()?;
         future_into_py(py, async move { s.write_all(&data).await.map_err(stream_to_py) })
     }
@@ -124,7 +154,7 @@ impl Stream {
     fn error_write<'py>(
         &self,
         py: Python<'py>,
-        data: PyBackedBytes,
+        data: Data,
         with_data_flush: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let s = self.get()?;

@@ -23,7 +23,7 @@ async def test_stream_handler_echo_and_state(make_server, connected):
     s = await client.open_stream("echo", metadata={"k": "v"})
     assert s.state == "open"
     assert s.name == "echo"
-    await s.write_all(b"hello")
+    await s.write_all(memoryview(b"xhello")[1:])
     await s.write(bytearray(b" world"))
     await s.flush()
     await s.write_eof()
