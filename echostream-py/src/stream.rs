@@ -63,6 +63,9 @@ impl std::ops::Deref for Data {
     }
 }
 
+/// The most one `read` returns.
+const READ_MAX: usize = 64 << 10;
+
 /// A read size from Python, bounded so a typo cannot allocate without end.
 fn read_size(n: usize) -> PyResult<usize> {
     const MAX: usize = 64 << 20;
@@ -76,10 +79,11 @@ fn read_size(n: usize) -> PyResult<usize> {
 
 #[pymethods]
 impl Stream {
-    /// Up to `n` bytes; `b""` at the end of the data.
+    /// Up to `n` bytes (at most 64 KiB per call: the buffer is allocated per read); `b""` at
+    /// the end of the data. `read_chunk` is the bulk path.
     #[pyo3(signature = (n=65536))]
     fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
-        let n = read_size(n)?;
+        let n = read_size(n)?.min(READ_MAX);
         let s = self.get()?;
         future_into_py(py, async move {
             let mut buf = vec![0u8; n];
@@ -127,7 +131,12 @@ impl Stream {
     /// Writes all of `data`.
     fn write_all<'py>(&self, py: Python<'py>, data: Data) -> PyResult<Bound<'py, PyAny>> {
         let s = self.get()?;
-        future_into_py(py, async move { s.write_all(&data).await.map_err(stream_to_py) })
+        // The Python object is the chunk's owner: `bytes` reach QUIC without a copy.
+        let chunk = bytes::Bytes::from_owner(data.0);
+        future_into_py(
+            py,
+            async move { s.write_chunk(chunk).await.map_err(stream_to_py) },
+        )
     }
 
     /// Waits until what was written has left.

@@ -99,7 +99,8 @@ class Stream:
     metadata: _Pairs
     peer: PeerHandle
     def read(self, n: int = 65536) -> Awaitable[bytes]:
-        """Up to ``n`` bytes; ``b""`` at the end of the data."""
+        """Up to ``n`` bytes (at most 64 KiB per call); ``b""`` at the end of the data.
+        ``read_chunk`` is the bulk path."""
     def read_chunk(self) -> Awaitable[Optional[bytes]]:
         """The next chunk as it arrived, or ``None`` at the end."""
     def read_exact(self, n: int) -> Awaitable[bytes]:
@@ -109,7 +110,7 @@ class Stream:
     def write(self, data: bytes) -> Awaitable[int]:
         """Writes some of ``data``; returns how much was taken."""
     def write_all(self, data: bytes) -> Awaitable[None]:
-        """Writes all of ``data``."""
+        """Writes all of ``data`` (``bytes`` reach QUIC without a copy)."""
     def flush(self) -> Awaitable[None]:
         """Waits until what was written has left."""
     def write_eof(self) -> Awaitable[None]:
