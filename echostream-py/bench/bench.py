@@ -41,7 +41,7 @@ async def serve_echostream() -> None:
     @server.stream_handler("sink")
     async def sink(stream):
         total = 0
-        while (chunk := await stream.read_chunk()) is not None:
+        while chunk := await stream.read(CHUNK):
             total += len(chunk)
         await stream.write_all(str(total).encode())
         await stream.write_eof()

@@ -63,9 +63,6 @@ impl std::ops::Deref for Data {
     }
 }
 
-/// The most one `read` returns.
-const READ_MAX: usize = 64 << 10;
-
 /// A read size from Python, bounded so a typo cannot allocate without end.
 fn read_size(n: usize) -> PyResult<usize> {
     const MAX: usize = 64 << 20;
@@ -79,11 +76,11 @@ fn read_size(n: usize) -> PyResult<usize> {
 
 #[pymethods]
 impl Stream {
-    /// Up to `n` bytes (at most 64 KiB per call: the buffer is allocated per read); `b""` at
-    /// the end of the data. `read_chunk` is the bulk path.
+    /// Up to `n` bytes; `b""` at the end of the data. One read takes what has arrived, from
+    /// several QUIC chunks: for bulk data a large `n` (1 MiB) means fewer awaits.
     #[pyo3(signature = (n=65536))]
     fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
-        let n = read_size(n)?.min(READ_MAX);
+        let n = read_size(n)?;
         let s = self.get()?;
         future_into_py(py, async move {
             let mut buf = vec![0u8; n];
@@ -93,7 +90,8 @@ impl Stream {
         })
     }
 
-    /// The next chunk as it arrived, or `None` at the end of the data.
+    /// The next chunk as it arrived (often one packet's worth), or `None` at the end of the
+    /// data.
     fn read_chunk<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let s = self.get()?;
         future_into_py(py, async move {

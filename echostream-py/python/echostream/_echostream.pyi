@@ -99,10 +99,10 @@ class Stream:
     metadata: _Pairs
     peer: PeerHandle
     def read(self, n: int = 65536) -> Awaitable[bytes]:
-        """Up to ``n`` bytes (at most 64 KiB per call); ``b""`` at the end of the data.
-        ``read_chunk`` is the bulk path."""
+        """Up to ``n`` bytes; ``b""`` at the end of the data. A read takes what has arrived:
+        for bulk data a large ``n`` (1 MiB) means fewer awaits."""
     def read_chunk(self) -> Awaitable[Optional[bytes]]:
-        """The next chunk as it arrived, or ``None`` at the end."""
+        """The next chunk as it arrived (often one packet's worth), or ``None`` at the end."""
     def read_exact(self, n: int) -> Awaitable[bytes]:
         """Exactly ``n`` bytes (``StreamError`` if the data ends first)."""
     def read_to_end(self) -> Awaitable[bytes]:
