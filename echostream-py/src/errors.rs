@@ -37,6 +37,7 @@ fn class_of(e: &Error) -> (&'static str, Option<(u32, String)>) {
 fn stream_class(e: &StreamError) -> (&'static str, Option<(u32, String)>) {
     match e {
         StreamError::ConnectionLost { .. } => ("StreamClosedError", None),
+        StreamError::Timeout { .. } | StreamError::PairingTimeout { .. } => ("StreamTimeoutError", None),
         _ => ("StreamError", None),
     }
 }

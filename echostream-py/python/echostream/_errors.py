@@ -32,6 +32,7 @@ __all__ = [
     "ConfigError",
     "StreamError",
     "StreamClosedError",
+    "StreamTimeoutError",
     "TransportError",
     "DiscoveryError",
 ]
@@ -157,6 +158,10 @@ class StreamError(EchoStreamError):
 
 class StreamClosedError(StreamError, ConnectionError):
     """The connection of a stream was lost."""
+
+
+class StreamTimeoutError(StreamError, TimeoutError):
+    """A stream operation (opening and pairing, a timed read) ran out of time."""
 
 
 class TransportError(EchoStreamError, OSError):
