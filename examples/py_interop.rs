@@ -17,7 +17,7 @@
 use echostream::prelude::*;
 use echostream::rpc::handler_fn;
 use echostream::stream::stream_handler_fn;
-use echostream::{Codec, Fingerprint, ServerIdentity};
+use echostream::{Codec, Fingerprint, ServerIdentity, StreamDuplex};
 use std::io::Read;
 use std::time::Duration;
 
@@ -67,6 +67,20 @@ async fn serve() -> Result<()> {
                 s.write_all(&data.to_ascii_uppercase()).await?;
                 s.write_eof().await?;
                 Ok::<_, echostream::StreamError>(())
+            },
+        ))
+        // JSON messages both ways: the Python `MessageStream` is the other end.
+        .stream_handler(stream_handler_fn(
+            "interop.sum",
+            |_ctx: Context, s: XStream| async move {
+                let d = StreamDuplex::<i64>::new(s, Codec::Json);
+                let mut total = 0i64;
+                while let Some(v) = d.try_recv().await? {
+                    total = total.saturating_add(v);
+                    d.send(total).await?;
+                }
+                d.finish_sending().await?;
+                Ok::<_, Error>(())
             },
         ))
         .build()?;
@@ -149,7 +163,9 @@ async fn main() -> std::process::ExitCode {
         ["client", addr, pin] => call_python(addr, pin).await,
         ["stream", addr, pin, mib] => stream_to_python(addr, pin, mib).await,
         _ => {
-            eprintln!("usage: py_interop server | py_interop client ADDR PIN | py_interop stream ADDR PIN MIB");
+            eprintln!(
+                "usage: py_interop server | py_interop client ADDR PIN | py_interop stream ADDR PIN MIB"
+            );
             return std::process::ExitCode::from(2);
         }
     };

@@ -78,6 +78,16 @@ async def test_python_client_calls_rust_handlers(rust_server):
         await s.write_all(b"shout")
         await s.write_eof()
         assert await s.read_to_end() == b"SHOUT"
+        # JSON messages against a Rust StreamDuplex<i64>.
+        m = await client.open_message_stream("interop.sum")
+        totals = []
+        for n in (1, 2, 39):
+            await m.send(n)
+            totals.append(await m.recv())
+        await m.finish()
+        assert totals == [1, 3, 42]
+        with pytest.raises(EOFError):
+            await m.recv()
 
 
 async def test_rust_client_calls_python_handlers(binary, make_server):

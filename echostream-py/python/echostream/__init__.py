@@ -49,6 +49,9 @@ from typing import (
     Union,
 )
 
+import atexit
+import time
+
 from . import _echostream as _native
 from ._echostream import Clock, Stream
 from ._errors import *  # noqa: F401,F403 - the exception hierarchy is part of this namespace
@@ -74,6 +77,16 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@atexit.register
+def _let_completions_finish() -> None:
+    # The awaitables of the native module are completed from a tokio blocking thread that calls
+    # `loop.call_soon_threadsafe` with the GIL; the call releases the GIL while it wakes the
+    # loop, and if the program ends in that window the thread takes the GIL back after the
+    # interpreter started finalizing and crashes the process. Atexit callbacks run before that
+    # point: releasing the GIL briefly here lets such a thread finish its call.
+    time.sleep(0.02)
 MetadataArg = Optional[Union[Mapping[str, str], Iterable[Tuple[str, str]]]]
 
 # ---------------------------------------------------------------------------------------------
