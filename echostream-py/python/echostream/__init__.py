@@ -1,0 +1,867 @@
+"""EchoStream for asyncio: QUIC RPC (requests, events, streams) with the Rust core's speed.
+
+Quick start::
+
+    import asyncio, echostream
+
+    async def main():
+        server = echostream.Server("127.0.0.1:5000", identity=echostream.Identity.ephemeral())
+
+        @server.handler("math.add")
+        def add(a, b):
+            return a + b
+
+        async with server:
+            client = await echostream.connect(server.address, pin=server.fingerprint)
+            print(await client.request("math.add", 2, 3))   # 5
+            await client.close()
+
+    asyncio.run(main())
+
+Values travel with the JSON codec: ``None``, ``bool``, ``int``, ``float`` (finite), ``str``,
+``list``/``tuple`` (arrive as ``list``), ``dict`` with ``str`` keys. ``bytes``, ``bytearray``
+and ``memoryview`` travel as a JSON array of integers 0-255 (what serde gives a Rust
+``Vec<u8>``) and arrive as a ``list``; use a stream for bulk data. Any other type raises
+``TypeError`` naming it before anything is sent.
+
+One argument travels as itself; several travel as a JSON array, which a Rust handler taking a
+tuple ``(A, B)`` decodes; none travels as ``null`` (a Rust ``()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
+
+import atexit
+import time
+
+from . import _echostream as _native
+from ._echostream import Clock, Stream
+from ._errors import *  # noqa: F401,F403 - the exception hierarchy is part of this namespace
+from ._errors import Code, RemoteError
+from ._errors import __all__ as _errors_all
+
+__all__ = [
+    "connect",
+    "discover",
+    "Client",
+    "Server",
+    "Router",
+    "Identity",
+    "Context",
+    "Peer",
+    "Stream",
+    "Clock",
+    "Subscription",
+    "Incoming",
+    "ConnectionEvents",
+    "MessageStream",
+    *_errors_all,
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@atexit.register
+def _let_completions_finish() -> None:
+    # The awaitables of the native module are completed from a tokio blocking thread that calls
+    # `loop.call_soon_threadsafe` with the GIL; the call releases the GIL while it wakes the
+    # loop, and if the program ends in that window the thread takes the GIL back after the
+    # interpreter started finalizing and crashes the process. Atexit callbacks run before that
+    # point: releasing the GIL briefly here lets such a thread finish its call.
+    time.sleep(0.02)
+MetadataArg = Optional[Union[Mapping[str, str], Iterable[Tuple[str, str]]]]
+
+# ---------------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------------
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, (bytes, bytearray, memoryview)):
+        return list(bytes(o))
+    raise TypeError(f"a value of type {type(o).__name__} cannot travel as JSON")
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_default)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what}: {e}") from None
+
+
+def _encode_args(method: str, args: Tuple[Any, ...]) -> str:
+    if len(args) == 1:
+        return _dumps(args[0], f"the argument of `{method}`")
+    if not args:
+        return "null"
+    return _dumps(list(args), f"the arguments of `{method}`")
+
+
+def _metadata(md: MetadataArg, what: str = "metadata") -> Optional[List[Tuple[str, str]]]:
+    if md is None:
+        return None
+    items = md.items() if isinstance(md, Mapping) else md
+    out = []
+    for pair in items:
+        try:
+            k, v = pair
+        except (TypeError, ValueError):
+            raise TypeError(f"{what} must be a dict of str to str or (key, value) pairs") from None
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(
+                f"{what} keys and values must be str, not {type(k).__name__}: {type(v).__name__}"
+            )
+        out.append((k, v))
+    return out
+
+
+def _timeout(timeout: Optional[float]) -> Optional[float]:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    return float(timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calling: what a client and a peer handle share
+# ---------------------------------------------------------------------------------------------
+
+
+class _Caller:
+    __slots__ = ("_native",)
+
+    async def request(
+        self,
+        method: str,
+        *args: Any,
+        timeout: Optional[float] = None,
+        metadata: MetadataArg = None,
+    ) -> Any:
+        """Calls ``method`` with ``args`` and returns its result.
+
+        Raises :class:`RemoteError` (and its kinds) when the handler fails,
+        :class:`TimeoutError` when ``timeout`` seconds pass (default: 30 s).
+        """
+        if not isinstance(method, str):
+            raise TypeError(f"method must be a str, not {type(method).__name__}")
+        text = await self._native.request(
+            method, _encode_args(method, args), _timeout(timeout), _metadata(metadata)
+        )
+        return json.loads(text)
+
+    async def emit(self, event: str, value: Any = None) -> None:
+        """Sends the one-way event ``event`` carrying ``value``."""
+        if not isinstance(event, str):
+            raise TypeError(f"event must be a str, not {type(event).__name__}")
+        await self._native.emit(event, _dumps(value, f"the value of event `{event}`"))
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """One round trip; returns it in seconds."""
+        return await self._native.ping(_timeout(timeout))
+
+    async def open_stream(self, name: str, metadata: MetadataArg = None) -> Stream:
+        """Opens the stream ``name`` (an :class:`XStream <Stream>`) towards the peer."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        return await self._native.open_stream(name, _metadata(metadata))
+
+    async def open_message_stream(self, name: str, metadata: MetadataArg = None) -> "MessageStream":
+        """Opens the stream ``name`` as a stream of JSON messages both ways (see
+        :class:`MessageStream`)."""
+        return MessageStream(await self.open_stream(name, metadata))
+
+    def clock(self) -> Clock:
+        """The clock synchronised with the peer's (``await clock.synced()`` first)."""
+        return self._native.clock()
+
+    def info(self) -> Dict[str, Any]:
+        """Connection details: addresses, fingerprint, rtt, traffic counters."""
+        return self._native.info()
+
+
+class Peer(_Caller):
+    """One connection, as a handler sees its caller (``ctx.peer``) or a server its clients."""
+
+    __slots__ = ()
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    @property
+    def address(self) -> str:
+        """The peer's ``host:port``."""
+        return self._native.address
+
+    @property
+    def connection_id(self) -> int:
+        """The connection's id."""
+        return self._native.connection_id
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """The peer's certificate fingerprint (``sha256:...``), if it presented one."""
+        return self._native.fingerprint
+
+    @property
+    def hello_metadata(self) -> Dict[str, str]:
+        """The metadata of the peer's hello."""
+        return dict(self._native.hello_metadata)
+
+    def close(self, reason: str = "closed by the application") -> None:
+        """Closes this connection."""
+        self._native.close(reason)
+
+    def is_closed(self) -> bool:
+        """Whether the connection is closed."""
+        return self._native.is_closed()
+
+    async def closed(self) -> str:
+        """Waits until the connection closes; returns why."""
+        return await self._native.closed()
+
+    def __repr__(self) -> str:
+        return f"<echostream.Peer {self.address} #{self.connection_id}>"
+
+
+class Client(_Caller):
+    """A connection to a server, made by :func:`connect`."""
+
+    __slots__ = ()
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    def subscribe(self, event: str) -> "Subscription":
+        """The events ``event`` the server sends: ``async for value in client.subscribe(...)``."""
+        if not isinstance(event, str):
+            raise TypeError(f"event must be a str, not {type(event).__name__}")
+        return Subscription(self._native.subscribe(event))
+
+    @property
+    def peer(self) -> Peer:
+        """The current connection's handle."""
+        return Peer(self._native.peer())
+
+    @property
+    def remote_address(self) -> str:
+        """The server's ``host:port``."""
+        return self._native.remote_address
+
+    @property
+    def server_fingerprint(self) -> Optional[str]:
+        """The server's certificate fingerprint."""
+        return self._native.server_fingerprint
+
+    def is_connected(self) -> bool:
+        """Whether the connection is up."""
+        return self._native.is_connected()
+
+    async def close(self) -> None:
+        """Closes the connection gracefully."""
+        await self._native.close()
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<echostream.Client {self.remote_address}>"
+
+
+class Subscription:
+    """An async iterator over the values of one event name."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> Any:
+        text = await self._native.next()
+        if text is None:
+            raise StopAsyncIteration
+        return json.loads(text)
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped because this subscription fell behind."""
+        return self._native.dropped()
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers
+# ---------------------------------------------------------------------------------------------
+
+
+class Context:
+    """What a handler, listener or stream handler gets about its call."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    @property
+    def method(self) -> str:
+        """The method, event or stream name."""
+        return self._native.method
+
+    @property
+    def peer_address(self) -> str:
+        """The caller's ``host:port``."""
+        return self._native.peer_address
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """The caller's certificate fingerprint (mutual TLS), if any."""
+        return self._native.fingerprint
+
+    @property
+    def metadata(self) -> Dict[str, str]:
+        """The call's metadata."""
+        return dict(self._native.metadata)
+
+    @property
+    def hello_metadata(self) -> Dict[str, str]:
+        """The metadata of the caller's hello (name, version, ...)."""
+        return dict(self._native.hello_metadata)
+
+    @property
+    def remaining(self) -> Optional[float]:
+        """Seconds before the caller's deadline, if it set one."""
+        return self._native.remaining
+
+    @property
+    def identity(self) -> Optional[str]:
+        """Who the caller is (the name its token stands for on the server), or ``None``."""
+        return self._native.identity
+
+    @property
+    def peer(self) -> Peer:
+        """The caller's connection, for calls back to it."""
+        return Peer(self._native.peer)
+
+
+def _shape(name: str, fn: Callable[..., Any]) -> Tuple[bool, int, int, bool]:
+    """(takes a context, required values, most values, takes *args)."""
+    if not callable(fn):
+        raise TypeError(f"the handler of `{name}` must be callable, not {type(fn).__name__}")
+    params = list(inspect.signature(fn).parameters.values())
+    takes_ctx = bool(params) and (
+        params[0].name in ("ctx", "context") or params[0].annotation in (Context, "Context")
+    )
+    if takes_ctx:
+        params = params[1:]
+    positional = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    var = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+    required = sum(1 for p in positional if p.default is inspect.Parameter.empty)
+    return takes_ctx, required, len(positional), var
+
+
+def _spread(name: str, value: Any, required: int, most: int, var: bool) -> List[Any]:
+    if var:
+        return list(value) if isinstance(value, list) else [value]
+    if most == 0:
+        return []
+    if most == 1:
+        return [value]
+    if isinstance(value, list) and required <= len(value) <= most:
+        return value
+    if required <= 1:
+        # A handler with optional parameters called with one value.
+        return [value]
+    want = f"{most}" if required == most else f"{required} to {most}"
+    raise RemoteError(
+        Code.BAD_PAYLOAD,
+        f"`{name}` takes {want} arguments (a JSON array of {want} values), not {_dumps(value, 'value')[:100]}",
+    )
+
+
+async def _run_user(name: str, fn: Callable[..., Any], args: List[Any]) -> Any:
+    try:
+        out = fn(*args)
+        if inspect.isawaitable(out):
+            out = await out
+        return out
+    except RemoteError:
+        raise
+    except Exception as e:
+        raise RemoteError(Code.APPLICATION, f"{type(e).__name__}: {e}") from e
+
+
+def _handler_invoker(name: str, fn: Callable[..., Any]) -> Callable[[Any, bytes], Awaitable[bytes]]:
+    takes_ctx, required, most, var = _shape(name, fn)
+
+    async def invoke(ctx: Any, data: bytes) -> bytes:
+        try:
+            value = json.loads(data)
+        except ValueError as e:
+            raise RemoteError(Code.BAD_PAYLOAD, f"the argument of `{name}` is not JSON: {e}") from None
+        args = _spread(name, value, required, most, var)
+        if takes_ctx:
+            args.insert(0, Context(ctx))
+        out = await _run_user(name, fn, args)
+        try:
+            return json.dumps(out, separators=(",", ":"), allow_nan=False, default=_default).encode()
+        except (TypeError, ValueError) as e:
+            raise RemoteError(Code.INTERNAL, f"the result of `{name}` cannot travel as JSON: {e}") from None
+
+    return invoke
+
+
+def _listener_invoker(name: str, fn: Callable[..., Any]) -> Callable[[Any, bytes], Awaitable[None]]:
+    takes_ctx, required, most, var = _shape(name, fn)
+
+    async def invoke(ctx: Any, data: bytes) -> None:
+        try:
+            value = json.loads(data)
+        except ValueError as e:
+            raise RemoteError(Code.BAD_PAYLOAD, f"the value of `{name}` is not JSON: {e}") from None
+        args = _spread(name, value, required, most, var)
+        if takes_ctx:
+            args.insert(0, Context(ctx))
+        await _run_user(name, fn, args)
+
+    return invoke
+
+
+def _stream_invoker(name: str, fn: Callable[..., Any]) -> Callable[[Any, Stream], Awaitable[None]]:
+    takes_ctx, _, _, _ = _shape(name, fn)
+
+    async def invoke(ctx: Any, stream: Stream) -> None:
+        args: List[Any] = [Context(ctx), stream] if takes_ctx else [stream]
+        await _run_user(name, fn, args)
+
+    return invoke
+
+
+class Router:
+    """Handlers, listeners and stream handlers one side serves to its peers.
+
+    A :class:`Server` is a router; pass a router to :func:`connect` (``router=``) for the calls
+    and events a server sends to its clients.
+
+    A handler may be a plain or an ``async`` function. If its first parameter is named ``ctx``
+    (or ``context``, or is annotated ``Context``) it gets the call's :class:`Context`. The other
+    positional parameters take the value: one parameter gets it whole, several get the items of
+    a JSON array (what a Rust caller sends for a tuple).
+    """
+
+    def __init__(self) -> None:
+        self._handlers: Dict[str, Callable[..., Any]] = {}
+        self._listeners: Dict[str, Callable[..., Any]] = {}
+        self._streams: Dict[str, Callable[..., Any]] = {}
+
+    @staticmethod
+    def _name(name: Any, what: str) -> str:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"the {what} name must be a non-empty str, not {name!r}")
+        return name
+
+    def handler(self, name: str) -> Callable[[F], F]:
+        """Decorator: ``@router.handler("math.add")`` serves requests of that method."""
+        name = self._name(name, "method")
+
+        def register(fn: F) -> F:
+            self._handlers[name] = _handler_invoker(name, fn)
+            return fn
+
+        return register
+
+    def listener(self, name: str) -> Callable[[F], F]:
+        """Decorator: ``@router.listener("user.logged_out")`` receives the events of that name."""
+        name = self._name(name, "event")
+
+        def register(fn: F) -> F:
+            self._listeners[name] = _listener_invoker(name, fn)
+            return fn
+
+        return register
+
+    def stream_handler(self, name: str) -> Callable[[F], F]:
+        """Decorator: ``@router.stream_handler("audio.stream")`` runs once per stream of that
+        name a peer opens, with the :class:`Stream`. An exception it raises is written on the
+        stream's error half."""
+        name = self._name(name, "stream")
+
+        def register(fn: F) -> F:
+            self._streams[name] = _stream_invoker(name, fn)
+            return fn
+
+        return register
+
+    def _routes(self) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, Any]], List[Tuple[str, Any]]]:
+        return (
+            list(self._handlers.items()),
+            list(self._listeners.items()),
+            list(self._streams.items()),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Connecting
+# ---------------------------------------------------------------------------------------------
+
+
+async def connect(
+    addr: str,
+    *,
+    pin: Optional[Union[str, Sequence[str]]] = None,
+    ca: Optional[str] = None,
+    known_hosts: Optional[str] = None,
+    insecure: bool = False,
+    token: Optional[str] = None,
+    timeout: Optional[float] = None,
+    server_name: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    router: Optional[Router] = None,
+    hello: MetadataArg = None,
+) -> Client:
+    """Connects to the server at ``addr`` (``"host:port"``).
+
+    Trust, in order: ``insecure=True`` accepts any certificate (never outside tests);
+    ``pin="sha256:..."`` (or a list) accepts only those fingerprints; ``ca="ca.pem"`` checks the
+    chain against that CA; ``known_hosts="file"`` trusts on first use with that file; by default
+    the user's known-hosts file, as the Rust client and the ``echostream`` tool do.
+    ``token`` is sent as credentials; ``cert``/``key`` (PEM files) are the client's certificate
+    for mutual TLS. ``timeout`` bounds the connection attempt (seconds). ``router`` serves the
+    calls, events and streams the server sends; ``hello`` is metadata sent in the hello.
+    """
+    if not isinstance(addr, str):
+        raise TypeError(f"addr must be a str such as '127.0.0.1:5000', not {type(addr).__name__}")
+    return await _connect(addr, None, None, pin, ca, known_hosts, insecure, token, timeout,
+                          server_name, cert, key, router, hello)
+
+
+async def discover(
+    name: str,
+    *,
+    timeout: float = 3.0,
+    pin: Optional[Union[str, Sequence[str]]] = None,
+    ca: Optional[str] = None,
+    known_hosts: Optional[str] = None,
+    insecure: bool = False,
+    token: Optional[str] = None,
+    connect_timeout: Optional[float] = None,
+    server_name: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    router: Optional[Router] = None,
+    hello: MetadataArg = None,
+    interfaces: Union[str, Sequence[str]] = "all",
+) -> Client:
+    """Finds an instance of service ``name`` on the LAN (mDNS, for up to ``timeout`` seconds)
+    and connects to it. By default the fingerprint the instance announces is pinned; the trust
+    arguments of :func:`connect` replace that (use them where an attacker on the LAN is a
+    concern). ``interfaces`` is ``"all"``, ``"loopback"`` or a list of interface names.
+    Raises :class:`DiscoveryTimeoutError` naming what was seen if none answers."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, not {name!r}")
+    return await _connect(None, name, _timeout(timeout), pin, ca, known_hosts, insecure, token,
+                          connect_timeout, server_name, cert, key, router, hello,
+                          _interfaces(interfaces))
+
+
+def _interfaces(interfaces: Union[str, Sequence[str]]) -> Union[str, List[str]]:
+    if isinstance(interfaces, str):
+        return interfaces
+    names = list(interfaces)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError('interfaces must be "all", "loopback" or a list of interface names (str)')
+    return names
+
+
+async def _connect(
+    addr: Optional[str],
+    service: Optional[str],
+    discover_timeout: Optional[float],
+    pin: Optional[Union[str, Sequence[str]]],
+    ca: Optional[str],
+    known_hosts: Optional[str],
+    insecure: bool,
+    token: Optional[str],
+    timeout: Optional[float],
+    server_name: Optional[str],
+    cert: Optional[str],
+    key: Optional[str],
+    router: Optional[Router],
+    hello: MetadataArg,
+    interfaces: Optional[Union[str, List[str]]] = None,
+) -> Client:
+    pins: Optional[List[str]]
+    if pin is None:
+        pins = None
+    elif isinstance(pin, str):
+        pins = [pin]
+    else:
+        pins = list(pin)
+        if not all(isinstance(p, str) for p in pins):
+            raise TypeError("pin must be a str or a list of str (sha256:HEX)")
+    if router is not None and not isinstance(router, Router):
+        raise TypeError(f"router must be an echostream.Router, not {type(router).__name__}")
+    native = await _native.connect(
+        addr,
+        pins=pins,
+        ca=ca,
+        known_hosts=known_hosts,
+        insecure=bool(insecure),
+        token=token,
+        timeout=_timeout(timeout),
+        server_name=server_name,
+        cert=cert,
+        key=key,
+        routes=router._routes() if router is not None else None,
+        hello=_metadata(hello, "hello"),
+        discover=service,
+        discover_timeout=discover_timeout,
+        interfaces=interfaces,
+    )
+    return Client(native)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving
+# ---------------------------------------------------------------------------------------------
+
+
+class Identity:
+    """A server's TLS identity (the certificate clients pin)."""
+
+    __slots__ = ("_spec",)
+
+    def __init__(self, spec: Tuple[str, Optional[str], Optional[str]]) -> None:
+        self._spec = spec
+
+    @classmethod
+    def persistent(cls, name: str) -> "Identity":
+        """A key kept under the echostream home (``$ECHOSTREAM_HOME``), made on first use: the
+        same fingerprint on every start."""
+        return cls(("persistent", name, None))
+
+    @classmethod
+    def ephemeral(cls) -> "Identity":
+        """A fresh key for this process only."""
+        return cls(("ephemeral", None, None))
+
+    @classmethod
+    def pem(cls, cert_chain: str, private_key: str) -> "Identity":
+        """A certificate chain and key from PEM files (for example signed by your CA)."""
+        return cls(("pem", cert_chain, private_key))
+
+    def __repr__(self) -> str:
+        return f"Identity{self._spec!r}"
+
+
+class Server(Router):
+    """A server: ``Server(bind="0.0.0.0:5000", identity=Identity.persistent("audio"))``.
+
+    Register handlers with the decorators of :class:`Router`, then ``await server.start()``
+    (or ``async with server:``). Handlers run on the event loop that started the server.
+    ``discovery="AudioService"`` announces the server on the LAN over mDNS (on
+    ``discovery_interfaces``: ``"all"``, ``"loopback"`` or a list of interface names).
+    ``tokens={"secret": "alice"}`` accepts clients that connect with ``token="secret"`` as
+    ``alice`` (``ctx.identity``); with ``require_token=True`` clients without a known token are
+    refused.
+    """
+
+    def __init__(
+        self,
+        bind: str = "0.0.0.0:5000",
+        *,
+        identity: Optional[Identity] = None,
+        discovery: Optional[str] = None,
+        discovery_interfaces: Union[str, Sequence[str]] = "all",
+        tokens: Optional[Mapping[str, str]] = None,
+        require_token: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(bind, str):
+            raise TypeError(f"bind must be a str such as '0.0.0.0:5000', not {type(bind).__name__}")
+        if identity is not None and not isinstance(identity, Identity):
+            raise TypeError(f"identity must be an echostream.Identity, not {type(identity).__name__}")
+        if discovery is not None and not isinstance(discovery, str):
+            raise TypeError(f"discovery must be a service name (str), not {type(discovery).__name__}")
+        self._bind = bind
+        self._identity = identity
+        self._discovery = discovery
+        self._interfaces = _interfaces(discovery_interfaces)
+        self._tokens = _metadata(tokens, "tokens")
+        self._require_token = bool(require_token)
+        self._native: Any = None
+
+    async def start(self) -> "Server":
+        """Binds the socket and starts serving; handlers run on the running loop."""
+        if self._native is not None:
+            raise RuntimeError("the server is already started")
+        spec = self._identity._spec if self._identity is not None else ("default", None, None)
+        self._native = _native.start_server(
+            self._bind, spec, self._routes(), self._discovery, self._interfaces,
+            self._tokens, self._require_token,
+        )
+        return self
+
+    def _running(self) -> Any:
+        if self._native is None:
+            raise RuntimeError("the server is not started (await server.start())")
+        return self._native
+
+    @property
+    def address(self) -> str:
+        """The bound ``host:port``."""
+        return self._running().address
+
+    @property
+    def fingerprint(self) -> str:
+        """The certificate fingerprint clients pin (``sha256:...``)."""
+        return self._running().fingerprint
+
+    def peers(self) -> List[Peer]:
+        """The connected clients."""
+        return [Peer(p) for p in self._running().peers()]
+
+    async def broadcast(self, event: str, value: Any = None) -> int:
+        """Sends ``event`` to every client; returns how many it was queued for."""
+        if not isinstance(event, str):
+            raise TypeError(f"event must be a str, not {type(event).__name__}")
+        return await self._running().broadcast(event, _dumps(value, f"the value of event `{event}`"))
+
+    def subscribe(self, event: str) -> Subscription:
+        """The events ``event`` clients send, as an async iterator (besides any listener)."""
+        return Subscription(self._running().subscribe(event))
+
+    def accept(self, name: str) -> "Incoming":
+        """``async for peer, stream in server.accept("audio.stream")``: the streams of that name
+        clients open (for names without a stream handler). Streams are taken from the moment
+        ``accept`` is called."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        return Incoming(self._running().accept(name))
+
+    def connection_events(self) -> "ConnectionEvents":
+        """Connected / disconnected notifications from now on, as dicts (``event``,
+        ``remote``, ``connection_id``, ``fingerprint``, ``reason``, traffic counters)."""
+        return ConnectionEvents(self._running().connection_events())
+
+    async def close(self) -> None:
+        """Stops accepting, lets running calls finish, and returns once the server stopped."""
+        if self._native is not None:
+            await self._native.close()
+
+    async def __aenter__(self) -> "Server":
+        if self._native is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+class Incoming:
+    """An async iterator of ``(Peer, Stream)``: the streams of one name peers open."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    def __aiter__(self) -> "Incoming":
+        return self
+
+    async def __anext__(self) -> Tuple[Peer, Stream]:
+        item = await self._native.next()
+        if item is None:
+            raise StopAsyncIteration
+        peer, stream = item
+        return Peer(peer), stream
+
+
+class ConnectionEvents:
+    """An async iterator of connection events (dicts)."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    def __aiter__(self) -> "ConnectionEvents":
+        return self
+
+    async def __anext__(self) -> Dict[str, Any]:
+        item = await self._native.next()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+
+class MessageStream:
+    """A stream of JSON values both ways, framed as the Rust typed streams are (a Rust
+    ``StreamReceiver<T>`` / ``StreamSender`` with the JSON codec is the other end).
+
+    ``MessageStream(stream)`` turns an accepted :class:`Stream` into one (its byte operations
+    are gone from then on); ``await client.open_message_stream(name)`` opens one.
+    ``async for value in messages`` reads until the peer finishes.
+    """
+
+    __slots__ = ("_native",)
+
+    def __init__(self, stream: Stream) -> None:
+        if not isinstance(stream, Stream):
+            raise TypeError(f"stream must be an echostream.Stream, not {type(stream).__name__}")
+        self._native = stream.messages()
+
+    async def send(self, value: Any) -> None:
+        """Sends one value."""
+        await self._native.send(_dumps(value, "the message"))
+
+    async def recv(self) -> Any:
+        """The next value; raises ``EOFError`` once the peer finished."""
+        text = await self._native.recv()
+        if text is None:
+            raise EOFError("the peer finished its messages")
+        return json.loads(text)
+
+    async def finish(self) -> None:
+        """Ends this side's messages (receiving goes on)."""
+        await self._native.finish()
+
+    async def fail(self, code: int, message: str) -> None:
+        """Fails the stream with a status (the acceptor writes it on the error half)."""
+        await self._native.fail(code, message)
+
+    def __aiter__(self) -> "MessageStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        text = await self._native.recv()
+        if text is None:
+            raise StopAsyncIteration
+        return json.loads(text)

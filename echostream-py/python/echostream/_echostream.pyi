@@ -1,0 +1,158 @@
+"""Type stubs of the native module (the Rust half). Use the ``echostream`` package instead:
+it encodes and decodes values (JSON) around these classes."""
+
+from typing import Any, Awaitable, Dict, List, Optional, Tuple, Union
+
+_Pairs = List[Tuple[str, str]]
+_Routes = Tuple[List[Tuple[str, Any]], List[Tuple[str, Any]], List[Tuple[str, Any]]]
+
+def connect(
+    addr: Optional[str],
+    *,
+    pins: Optional[List[str]] = None,
+    ca: Optional[str] = None,
+    known_hosts: Optional[str] = None,
+    insecure: bool = False,
+    token: Optional[str] = None,
+    timeout: Optional[float] = None,
+    server_name: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    routes: Optional[_Routes] = None,
+    hello: Optional[_Pairs] = None,
+    discover: Optional[str] = None,
+    discover_timeout: Optional[float] = None,
+    interfaces: Optional[Union[str, List[str]]] = None,
+) -> Awaitable[Client]: ...
+def start_server(
+    bind: str,
+    identity_spec: Tuple[str, Optional[str], Optional[str]],
+    routes: _Routes,
+    discovery: Optional[str] = None,
+    interfaces: Optional[Union[str, List[str]]] = None,
+    tokens: Optional[_Pairs] = None,
+    require_token: bool = False,
+) -> NativeServer: ...
+
+class Client:
+    remote_address: str
+    server_fingerprint: Optional[str]
+    def request(
+        self, method: str, args: str, timeout: Optional[float] = None, metadata: Optional[_Pairs] = None
+    ) -> Awaitable[str]: ...
+    def emit(self, name: str, value: str) -> Awaitable[None]: ...
+    def subscribe(self, name: str) -> EventStream: ...
+    def ping(self, timeout: float = 5.0) -> Awaitable[float]: ...
+    def peer(self) -> PeerHandle: ...
+    def clock(self) -> Clock: ...
+    def info(self) -> Dict[str, Any]: ...
+    def is_connected(self) -> bool: ...
+    def open_stream(self, name: str, metadata: Optional[_Pairs] = None) -> Awaitable[Stream]: ...
+    def close(self) -> Awaitable[None]: ...
+
+class PeerHandle:
+    address: str
+    connection_id: int
+    fingerprint: Optional[str]
+    hello_metadata: _Pairs
+    def request(
+        self, method: str, args: str, timeout: Optional[float] = None, metadata: Optional[_Pairs] = None
+    ) -> Awaitable[str]: ...
+    def emit(self, name: str, value: str) -> Awaitable[None]: ...
+    def ping(self, timeout: float = 5.0) -> Awaitable[float]: ...
+    def open_stream(self, name: str, metadata: Optional[_Pairs] = None) -> Awaitable[Stream]: ...
+    def closed(self) -> Awaitable[str]: ...
+    def close(self, reason: str = ...) -> None: ...
+    def is_closed(self) -> bool: ...
+    def info(self) -> Dict[str, Any]: ...
+    def clock(self) -> Clock: ...
+
+class EventStream:
+    def next(self) -> Awaitable[Optional[str]]: ...
+    def dropped(self) -> int: ...
+
+class Clock:
+    """The clock synchronised with a peer's; times are nanoseconds since the UNIX epoch."""
+
+    def synced(self, samples: int = 8, timeout: float = 5.0) -> Awaitable[None]:
+        """Waits until ``samples`` clock samples are in (at most ``timeout`` seconds)."""
+    def now(self) -> Optional[int]:
+        """The peer's time now (``None`` before the first sample)."""
+    def local_now(self) -> int:
+        """This side's time now."""
+    def offset_nanos(self) -> Optional[int]:
+        """Peer clock minus local clock, in nanoseconds."""
+    def rtt(self) -> Optional[float]:
+        """Round-trip time of the best sample, in seconds."""
+    def error_bound(self) -> Optional[float]:
+        """Bound of the offset's error, in seconds."""
+    def drift_ppm(self) -> Optional[float]:
+        """Drift of the peer's clock against the local one, in parts per million."""
+
+class Stream:
+    """One stream pair with its error half (Rust ``XStream``). Writes take ``bytes`` or
+    ``bytearray`` (``bytes`` without a copy); reads return ``bytes``."""
+
+    name: str
+    state: str
+    """``"open"``, ``"write-closed"``, ``"read-closed"``, ``"closed"`` or ``"error"``."""
+    metadata: _Pairs
+    peer: PeerHandle
+    def read(self, n: int = 65536) -> Awaitable[bytes]:
+        """Up to ``n`` bytes; ``b""`` at the end of the data. A read takes what has arrived:
+        for bulk data a large ``n`` (1 MiB) means fewer awaits."""
+    def read_chunk(self) -> Awaitable[Optional[bytes]]:
+        """The next chunk as it arrived (often one packet's worth), or ``None`` at the end."""
+    def read_exact(self, n: int) -> Awaitable[bytes]:
+        """Exactly ``n`` bytes (``StreamError`` if the data ends first)."""
+    def read_to_end(self) -> Awaitable[bytes]:
+        """Everything up to the end of the data."""
+    def write(self, data: bytes) -> Awaitable[int]:
+        """Writes some of ``data``; returns how much was taken."""
+    def write_all(self, data: bytes) -> Awaitable[None]:
+        """Writes all of ``data`` (``bytes`` reach QUIC without a copy)."""
+    def flush(self) -> Awaitable[None]:
+        """Waits until what was written has left."""
+    def write_eof(self) -> Awaitable[None]:
+        """Ends this side's data; reading goes on."""
+    def close(self) -> Awaitable[None]:
+        """Closes both directions."""
+    def error_write(self, data: bytes, with_data_flush: bool = True) -> Awaitable[None]:
+        """Writes ``data`` on the error half (acceptor only); with ``with_data_flush`` the data
+        written so far is delivered first."""
+    def error_read(self) -> Awaitable[bytes]:
+        """Waits for the acceptor's error message (opener only)."""
+    def messages(self) -> MessageStream:
+        """This stream as JSON messages both ways (the byte operations are gone after)."""
+
+class MessageStream:
+    def send(self, value: str) -> Awaitable[None]: ...
+    def recv(self) -> Awaitable[Optional[str]]: ...
+    def finish(self) -> Awaitable[None]: ...
+    def fail(self, code: int, message: str) -> Awaitable[None]: ...
+
+class CallContext:
+    method: str
+    peer_address: str
+    fingerprint: Optional[str]
+    metadata: _Pairs
+    hello_metadata: _Pairs
+    remaining: Optional[float]
+    identity: Optional[str]
+    peer: PeerHandle
+
+class StreamAcceptor:
+    def next(self) -> Awaitable[Optional[Tuple[PeerHandle, Stream]]]: ...
+
+class ConnectionEventStream:
+    def next(self) -> Awaitable[Optional[Dict[str, Any]]]: ...
+
+class NativeServer:
+    address: str
+    fingerprint: str
+    def peers(self) -> List[PeerHandle]: ...
+    def broadcast(self, name: str, value: str) -> Awaitable[int]: ...
+    def subscribe(self, name: str) -> EventStream: ...
+    def accept(self, name: str) -> StreamAcceptor: ...
+    def connection_events(self) -> ConnectionEventStream: ...
+    def close(self) -> Awaitable[None]: ...

@@ -1,0 +1,103 @@
+//! The native half of the `echostream` Python package: a thin front over the public Rust API
+//! of the `echostream` crate (STYLE.md point 22). Every type here wraps one Rust type and adds
+//! conversion only: JSON text in and out (the Python half encodes and decodes values with the
+//! `json` module), `bytes` for streams, and exceptions for [`echostream::Error`].
+//!
+//! Every network operation returns an asyncio awaitable (pyo3-async-runtimes on a tokio runtime
+//! of its own); the GIL is not held while Rust waits, and cancelling the awaitable drops the Rust
+//! future.
+
+mod client;
+mod errors;
+mod server;
+mod stream;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::time::Duration;
+
+/// Seconds from Python as a [`Duration`]; `name` is the parameter named in the `ValueError`.
+fn seconds(value: f64, name: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "{name}={value} is not a positive number of seconds"
+            ))
+        })
+}
+
+/// `(key, value)` pairs from Python as call metadata.
+fn metadata(pairs: Option<Vec<(String, String)>>) -> echostream::Metadata {
+    let mut md = echostream::Metadata::new();
+    for (k, v) in pairs.unwrap_or_default() {
+        md.insert(k, v.into_bytes());
+    }
+    md
+}
+
+/// Metadata as `(key, value)` pairs for Python (values that are not UTF-8 are decoded lossily).
+fn metadata_pairs(md: &echostream::Metadata) -> Vec<(String, String)> {
+    md.iter()
+        .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
+}
+
+/// Runs `f` inside the runtime's context: core calls that start a task (a clock's sync loop,
+/// a subscription) need one, and Python calls them from the loop's thread, outside tokio.
+fn in_runtime<R>(f: impl FnOnce() -> R) -> R {
+    let _entered = pyo3_async_runtimes::tokio::get_runtime().enter();
+    f()
+}
+
+/// Where mDNS runs, from Python: `"all"` (the default), `"loopback"`, or a list of interface
+/// names.
+#[derive(FromPyObject)]
+enum InterfacesArg {
+    Word(String),
+    Names(Vec<String>),
+}
+
+fn interfaces(arg: InterfacesArg) -> PyResult<echostream::discovery::Interfaces> {
+    use echostream::discovery::Interfaces;
+    match arg {
+        InterfacesArg::Word(w) if w == "all" => Ok(Interfaces::All),
+        InterfacesArg::Word(w) if w == "loopback" => Ok(Interfaces::Loopback),
+        InterfacesArg::Word(w) => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "interfaces=`{w}`: expected \"all\", \"loopback\" or a list of interface names"
+        ))),
+        InterfacesArg::Names(names) => Ok(Interfaces::named(names)),
+    }
+}
+
+/// Bytes handed to Python as a `bytes` object.
+struct Buf(bytes::Bytes);
+
+impl<'py> IntoPyObject<'py> for Buf {
+    type Target = PyBytes;
+    type Output = Bound<'py, PyBytes>;
+    type Error = std::convert::Infallible;
+
+    fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
+        Ok(PyBytes::new(py, &self.0))
+    }
+}
+
+/// The native module `echostream._echostream`.
+#[pymodule]
+fn _echostream(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(client::connect, m)?)?;
+    m.add_class::<client::Client>()?;
+    m.add_class::<client::PeerHandle>()?;
+    m.add_class::<client::EventStream>()?;
+    m.add_class::<client::Clock>()?;
+    m.add_class::<server::NativeServer>()?;
+    m.add_class::<server::CallContext>()?;
+    m.add_class::<server::StreamAcceptor>()?;
+    m.add_class::<server::ConnectionEventStream>()?;
+    m.add_class::<stream::Stream>()?;
+    m.add_class::<stream::MessageStream>()?;
+    m.add_function(wrap_pyfunction!(server::start_server, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,509 @@
+//! Python functions behind the Rust `Handler`, `Listener` and `StreamHandler` traits, and the
+//! server (`RpcServer` run on the runtime, driven through its `ServerHandle`).
+//!
+//! A Python function is always run on the asyncio loop that registered it (the one running
+//! `Server.start()` or `connect()`), through `asyncio.run_coroutine_threadsafe`: the Rust task
+//! waits without the GIL, and dropping the Rust future (the call's deadline, the caller's cancel,
+//! the connection's end) cancels the Python task.
+
+use crate::client::{info_dict, raw_json, EventStream, PeerHandle};
+use crate::errors::{stream_to_py, to_py};
+use crate::stream::Stream;
+use crate::{metadata_pairs, Buf};
+use echostream::rpc::{Handler, Listener, Payload, PeerIdentity, ServerHandle, StaticTokens};
+use echostream::stream::StreamHandler;
+use echostream::{
+    Code, Codec, ConnectionEvent, ConnectionEvents, Context, IncomingStreams, RpcServer, ServerIdentity,
+    Status, XStream,
+};
+use futures::future::BoxFuture;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyDict;
+use pyo3_async_runtimes::tokio::future_into_py;
+use pyo3_async_runtimes::TaskLocals;
+use serde_json::value::RawValue;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// What the Python half registered: `(name, function)` lists of handlers, listeners and stream
+/// handlers. Each function takes `(CallContext, data)` and returns a coroutine.
+#[derive(FromPyObject)]
+pub(crate) struct PyRoutes(
+    Vec<(String, Py<PyAny>)>,
+    Vec<(String, Py<PyAny>)>,
+    Vec<(String, Py<PyAny>)>,
+);
+
+/// One Python function and the loop it runs on.
+struct Target {
+    name: String,
+    function: Arc<Py<PyAny>>,
+    locals: Arc<TaskLocals>,
+}
+
+impl Target {
+    fn list(list: &[(String, Py<PyAny>)], locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<Target> {
+        list.iter()
+            .map(|(name, f)| Target {
+                name: name.clone(),
+                function: Arc::new(f.clone_ref(py)),
+                locals: locals.clone(),
+            })
+            .collect()
+    }
+
+    /// Runs `function(ctx, arg)` on the loop; resolves to what the coroutine returns.
+    ///
+    /// The first poll only yields: the core polls a call once inline, on the connection's
+    /// reader, and then moves it to a task of its own; the GIL is taken there, so a busy
+    /// interpreter never stalls the reader (and the other calls of the connection).
+    fn run<A>(&self, ctx: Context, arg: A) -> impl std::future::Future<Output = Outcome> + Send + 'static
+    where
+        A: for<'py> IntoPyObject<'py> + Send + 'static,
+    {
+        let function = self.function.clone();
+        let locals = self.locals.clone();
+        async move {
+            tokio::task::yield_now().await;
+            let (cf, rx) = Python::attach(|py| -> PyResult<(Py<PyAny>, oneshot::Receiver<Outcome>)> {
+                let coro = function.bind(py).call1((CallContext { inner: ctx }, arg))?;
+                let cf = py
+                    .import("asyncio")?
+                    .call_method1("run_coroutine_threadsafe", (coro, locals.event_loop(py)))?;
+                let (tx, rx) = oneshot::channel();
+                cf.call_method1(
+                    "add_done_callback",
+                    (Done {
+                        tx: Mutex::new(Some(tx)),
+                    },),
+                )?;
+                Ok((cf.unbind(), rx))
+            })?;
+            let mut guard = CancelOnDrop(Some(cf));
+            let out = rx
+                .await
+                .unwrap_or_else(|_| Err(PyRuntimeError::new_err("the asyncio loop dropped the call")));
+            guard.0 = None;
+            out
+        }
+    }
+}
+
+/// What a Python call ends with.
+type Outcome = PyResult<Py<PyAny>>;
+
+/// Completion callback of the `concurrent.futures.Future` of one Python call.
+#[pyclass(frozen)]
+struct Done {
+    tx: Mutex<Option<oneshot::Sender<Outcome>>>,
+}
+
+#[pymethods]
+impl Done {
+    fn __call__(&self, fut: &Bound<'_, PyAny>) {
+        let result = fut.call_method0("result").map(Bound::unbind);
+        if let Some(tx) = self.tx.lock().ok().and_then(|mut g| g.take()) {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// Cancels the Python task if the Rust side stops waiting for it.
+struct CancelOnDrop(Option<Py<PyAny>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cf) = self.0.take() {
+            Python::attach(|py| {
+                let _ = cf.bind(py).call_method0("cancel");
+            });
+        }
+    }
+}
+
+/// A Python exception as the status the caller receives: an `echostream.RemoteError` keeps its
+/// code and message (the Python half turns every other exception into one).
+fn status_of(e: PyErr) -> Status {
+    Python::attach(|py| {
+        let v = e.value(py);
+        let code = v.getattr("code").and_then(|c| c.extract::<u32>());
+        let message = v.getattr("message").and_then(|m| m.extract::<String>());
+        match (code, message) {
+            (Ok(code), Ok(message)) => Status::new(Code(code), message),
+            _ => Status::new(Code::INTERNAL, e.to_string()),
+        }
+    })
+}
+
+fn not_json(kind: &str, name: &str, codec: Codec) -> Status {
+    Status::new(
+        Code::BAD_PAYLOAD,
+        format!(
+            "{kind} `{name}` is written in Python and takes the JSON codec; this one came encoded with \
+             {codec:?} (send it with CallOptions::codec(Codec::Json))"
+        ),
+    )
+}
+
+/// A Python request handler.
+pub(crate) struct PyHandler(Target);
+
+impl Handler for PyHandler {
+    fn method(&self) -> &str {
+        &self.0.name
+    }
+
+    fn call(&self, ctx: Context, args: Payload) -> BoxFuture<'static, Result<Payload, Status>> {
+        if args.codec != Codec::Json {
+            return Box::pin(std::future::ready(Err(not_json(
+                "handler",
+                &self.0.name,
+                args.codec,
+            ))));
+        }
+        let running = self.0.run(ctx, Buf(args.bytes));
+        Box::pin(async move {
+            let out = running.await.map_err(status_of)?;
+            // The Python half returns `bytes`; they are sent without a copy.
+            let bytes = Python::attach(|py| out.extract::<PyBackedBytes>(py).map_err(PyErr::from))
+                .map_err(status_of)?;
+            Ok(Payload {
+                codec: Codec::Json,
+                bytes: bytes::Bytes::from_owner(bytes),
+            })
+        })
+    }
+}
+
+/// A Python event listener.
+pub(crate) struct PyListener(Target);
+
+impl Listener for PyListener {
+    fn event(&self) -> &str {
+        &self.0.name
+    }
+
+    fn call(&self, ctx: Context, payload: Payload) -> BoxFuture<'static, Result<(), Status>> {
+        if payload.codec != Codec::Json {
+            return Box::pin(std::future::ready(Err(not_json(
+                "listener",
+                &self.0.name,
+                payload.codec,
+            ))));
+        }
+        let running = self.0.run(ctx, Buf(payload.bytes));
+        Box::pin(async move {
+            running.await.map_err(status_of)?;
+            Ok(())
+        })
+    }
+}
+
+/// A Python stream handler.
+pub(crate) struct PyStreamHandler(Target);
+
+impl StreamHandler for PyStreamHandler {
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    fn call(&self, ctx: Context, stream: XStream) -> BoxFuture<'static, Result<(), Status>> {
+        let running = self.0.run(ctx, Stream::new(stream));
+        Box::pin(async move {
+            running.await.map_err(status_of)?;
+            Ok(())
+        })
+    }
+}
+
+impl PyRoutes {
+    pub(crate) fn handlers(&self, locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<PyHandler> {
+        Target::list(&self.0, locals, py)
+            .into_iter()
+            .map(PyHandler)
+            .collect()
+    }
+
+    pub(crate) fn listeners(&self, locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<PyListener> {
+        Target::list(&self.1, locals, py)
+            .into_iter()
+            .map(PyListener)
+            .collect()
+    }
+
+    pub(crate) fn stream_handlers(&self, locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<PyStreamHandler> {
+        Target::list(&self.2, locals, py)
+            .into_iter()
+            .map(PyStreamHandler)
+            .collect()
+    }
+}
+
+/// What a handler gets with each call (`Context`).
+#[pyclass(frozen, module = "echostream._echostream")]
+pub(crate) struct CallContext {
+    inner: Context,
+}
+
+#[pymethods]
+impl CallContext {
+    /// The method, event or stream name.
+    #[getter]
+    fn method(&self) -> String {
+        self.inner.method().to_owned()
+    }
+
+    /// The caller's address.
+    #[getter]
+    fn peer_address(&self) -> String {
+        self.inner.peer_addr().to_string()
+    }
+
+    /// The caller's certificate fingerprint, if it presented one (mutual TLS).
+    #[getter]
+    fn fingerprint(&self) -> Option<String> {
+        self.inner.peer_fingerprint().map(|f| f.to_string())
+    }
+
+    /// The call's metadata as `(key, value)` pairs.
+    #[getter]
+    fn metadata(&self) -> Vec<(String, String)> {
+        metadata_pairs(self.inner.metadata())
+    }
+
+    /// The metadata of the caller's hello.
+    #[getter]
+    fn hello_metadata(&self) -> Vec<(String, String)> {
+        metadata_pairs(self.inner.hello_metadata())
+    }
+
+    /// Seconds left before the caller's deadline, if it set one.
+    #[getter]
+    fn remaining(&self) -> Option<f64> {
+        self.inner.remaining().map(|d| d.as_secs_f64())
+    }
+
+    /// Who the caller is, as the server's token table or client certificate established it
+    /// (`None` for an anonymous caller).
+    #[getter]
+    fn identity(&self) -> Option<String> {
+        self.inner.identity().map(|i| i.name().to_owned())
+    }
+
+    /// The connection the call came on, for calls back to the caller.
+    #[getter]
+    fn peer(&self) -> PeerHandle {
+        PeerHandle {
+            inner: self.inner.peer().clone(),
+        }
+    }
+}
+
+/// The server's identity from the Python half: `("default" | "ephemeral" | "persistent" |
+/// "pem", name or certificate path, key path)`.
+fn identity(spec: (String, Option<String>, Option<String>)) -> PyResult<Option<ServerIdentity>> {
+    match spec {
+        (k, None, None) if k == "default" => Ok(None),
+        (k, None, None) if k == "ephemeral" => Ok(Some(ServerIdentity::Ephemeral)),
+        (k, Some(name), None) if k == "persistent" => Ok(Some(ServerIdentity::Persistent { name })),
+        (k, Some(cert), Some(key)) if k == "pem" => Ok(Some(ServerIdentity::PemFiles {
+            cert_chain: cert.into(),
+            private_key: key.into(),
+        })),
+        (k, ..) => Err(PyValueError::new_err(format!(
+            "identity `{k}` is not a known kind"
+        ))),
+    }
+}
+
+/// Builds the server (binding its socket) and runs it on the runtime; must be called from a
+/// coroutine, whose loop then runs the Python handlers.
+#[pyfunction]
+#[pyo3(signature = (bind, identity_spec, routes, discovery=None, interfaces=None, tokens=None,
+    require_token=false))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start_server(
+    py: Python<'_>,
+    bind: String,
+    identity_spec: (String, Option<String>, Option<String>),
+    routes: PyRoutes,
+    discovery: Option<String>,
+    interfaces: Option<crate::InterfacesArg>,
+    tokens: Option<Vec<(String, String)>>,
+    require_token: bool,
+) -> PyResult<NativeServer> {
+    let locals = Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
+    let mut builder = RpcServer::builder().bind(bind).codec(Codec::Json);
+    if let Some(id) = identity(identity_spec)? {
+        builder = builder.identity(id);
+    }
+    if let Some(name) = discovery {
+        builder = builder.enable_discovery(name);
+    }
+    if let Some(i) = interfaces {
+        builder = builder.discovery_interfaces(crate::interfaces(i)?);
+    }
+    if tokens.is_some() || require_token {
+        let mut table = StaticTokens::new();
+        for (token, name) in tokens.unwrap_or_default() {
+            table = table.token(token, PeerIdentity::new(name));
+        }
+        if require_token {
+            table = table.required();
+        }
+        builder = builder.authenticator(table);
+    }
+    for h in routes.handlers(&locals, py) {
+        builder = builder.handler(h);
+    }
+    for l in routes.listeners(&locals, py) {
+        builder = builder.listener(l);
+    }
+    for s in routes.stream_handlers(&locals, py) {
+        builder = builder.stream_handler(s);
+    }
+    let runtime = pyo3_async_runtimes::tokio::get_runtime();
+    let server = py.detach(|| {
+        let _entered = runtime.enter();
+        builder.build()
+    });
+    let server = server.map_err(to_py)?;
+    let handle = server.handle();
+    let task = runtime.spawn(server.run());
+    Ok(NativeServer {
+        handle,
+        task: Mutex::new(Some(task)),
+    })
+}
+
+/// A running server (`ServerHandle`).
+#[pyclass(frozen, module = "echostream._echostream")]
+pub(crate) struct NativeServer {
+    handle: ServerHandle,
+    task: Mutex<Option<tokio::task::JoinHandle<echostream::Result<()>>>>,
+}
+
+#[pymethods]
+impl NativeServer {
+    /// The bound address.
+    #[getter]
+    fn address(&self) -> String {
+        self.handle.local_addr().to_string()
+    }
+
+    /// The certificate fingerprint clients pin.
+    #[getter]
+    fn fingerprint(&self) -> String {
+        self.handle.fingerprint().to_string()
+    }
+
+    /// The connected clients.
+    fn peers(&self) -> Vec<PeerHandle> {
+        self.handle
+            .peers()
+            .into_iter()
+            .map(|inner| PeerHandle { inner })
+            .collect()
+    }
+
+    /// Sends event `name` (JSON text) to every client; resolves to how many it was queued for.
+    fn broadcast<'py>(&self, py: Python<'py>, name: String, value: String) -> PyResult<Bound<'py, PyAny>> {
+        let value = raw_json(value, "the event value")?;
+        let handle = self.handle.clone();
+        future_into_py(py, async move {
+            let report = handle.broadcast(&name, &*value).await.map_err(to_py)?;
+            Ok(report.delivered)
+        })
+    }
+
+    /// The events `name` clients send, as JSON text.
+    fn subscribe(&self, name: &str) -> EventStream {
+        let sub: echostream::Subscription<Box<RawValue>> = crate::in_runtime(|| self.handle.subscribe(name));
+        EventStream::new(sub)
+    }
+
+    /// The streams `name` clients open.
+    fn accept(&self, name: &str) -> PyResult<StreamAcceptor> {
+        let incoming = crate::in_runtime(|| self.handle.streams().accept(name)).map_err(stream_to_py)?;
+        Ok(StreamAcceptor {
+            inner: Arc::new(tokio::sync::Mutex::new(incoming)),
+        })
+    }
+
+    /// Connection events (connected / disconnected) from now on.
+    fn connection_events(&self) -> ConnectionEventStream {
+        ConnectionEventStream {
+            inner: Arc::new(tokio::sync::Mutex::new(self.handle.connection_events())),
+        }
+    }
+
+    /// Stops accepting, lets running calls finish (the shutdown grace), and resolves once the
+    /// server has stopped.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        crate::in_runtime(|| self.handle.shutdown());
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        let handle = self.handle.clone();
+        future_into_py(py, async move {
+            match task {
+                Some(task) => match task.await {
+                    Ok(result) => result.map_err(to_py)?,
+                    Err(e) => return Err(PyRuntimeError::new_err(format!("the server task failed: {e}"))),
+                },
+                None => handle.stopped().await,
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Incoming streams of one name.
+#[pyclass(frozen, module = "echostream._echostream")]
+pub(crate) struct StreamAcceptor {
+    inner: Arc<tokio::sync::Mutex<IncomingStreams>>,
+}
+
+#[pymethods]
+impl StreamAcceptor {
+    /// The next `(peer, stream)`, or `None` once the server is gone.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        future_into_py(py, async move {
+            let mut incoming = inner.lock().await;
+            Ok(incoming
+                .next_stream()
+                .await
+                .map(|(peer, s)| (PeerHandle { inner: peer }, Stream::new(s))))
+        })
+    }
+}
+
+/// Connection events as dicts.
+#[pyclass(frozen, module = "echostream._echostream")]
+pub(crate) struct ConnectionEventStream {
+    inner: Arc<tokio::sync::Mutex<ConnectionEvents>>,
+}
+
+#[pymethods]
+impl ConnectionEventStream {
+    /// The next event (`{"event": "connected" | "disconnected", ...}`), or `None`.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        future_into_py(py, async move {
+            let event = inner.lock().await.recv().await;
+            Python::attach(|py| -> PyResult<Option<Py<PyDict>>> {
+                let Some(event) = event else { return Ok(None) };
+                let (kind, info, reason) = match event {
+                    ConnectionEvent::Connected(info) => ("connected", info, None),
+                    ConnectionEvent::Disconnected { info, reason } => ("disconnected", info, Some(reason)),
+                    _ => return Ok(None),
+                };
+                let d = info_dict(py, &info)?;
+                d.set_item("event", kind)?;
+                d.set_item("reason", reason)?;
+                Ok(Some(d.unbind()))
+            })
+        })
+    }
+}
