@@ -98,6 +98,8 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     upload.write_all(&vec![7u8; 100 * 1024]).await?;
     upload.write_eof().await?;
     upload.read_to_end().await?;
+    // A stream name nobody accepts: refused (counted by reason).
+    let _ = client.open_stream("no.such.stream").await;
     client
         .clock()
         .synced(3, std::time::Duration::from_secs(10))

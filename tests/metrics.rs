@@ -181,6 +181,14 @@ fn the_metrics_example_serves_counters_and_buckets_that_match_the_calls() {
         value(&samples, "echostream_streams_opened", &[("side", "acceptor")]),
         Some(1.0)
     );
+    assert_eq!(
+        value(
+            &samples,
+            "echostream_streams_refused",
+            &[("reason", "no_acceptor")]
+        ),
+        Some(1.0)
+    );
     let sent = value(&samples, "echostream_bytes_sent", &[("kind", "stream")]).unwrap_or(0.0);
     let received = value(&samples, "echostream_bytes_received", &[("kind", "stream")]).unwrap_or(0.0);
     assert!(
@@ -188,6 +196,7 @@ fn the_metrics_example_serves_counters_and_buckets_that_match_the_calls() {
         "stream bytes {sent} sent, {received} received"
     );
     assert!(value(&samples, "echostream_bytes_received", &[("kind", "control")]).unwrap_or(0.0) > 0.0);
+    assert!(value(&samples, "echostream_bytes_sent", &[("kind", "control")]).unwrap_or(0.0) > 0.0);
     assert_eq!(
         value(&samples, "echostream_connections_open", &[("side", "server")]),
         Some(1.0)

@@ -24,7 +24,8 @@
 //! | `echostream.events.sent`, `echostream.events.received` | counter | |
 //! | `echostream.events.dropped` | counter | `policy` (`no_listener`, `refused`, `subscription_full`, `slow_consumer`) |
 //! | `echostream.streams.opened` | counter | `side` (`opener`, `acceptor`) |
-//! | `echostream.bytes.sent`, `echostream.bytes.received` | counter, bytes | `kind` (`stream`: application stream data; `control`: control-stream frames read) |
+//! | `echostream.streams.refused` | counter | `reason` (`no_acceptor`, `busy`, `rejected`, `bad_header`) |
+//! | `echostream.bytes.sent`, `echostream.bytes.received` | counter, bytes | `kind` (`stream`: application stream data; `control`: control-stream bytes) |
 //! | `echostream.zero_rtt` | counter | `outcome` (`accepted`, `refused`) |
 //! | `echostream.clock.offset`, `echostream.clock.error_bound` | gauge, seconds | `connection` (the connection id, while it lives) |
 //! | `echostream.jitter.dropped` | counter | `reason` (`late`, `overflow`) |
@@ -73,6 +74,8 @@ pub mod names {
     pub const EVENTS_DROPPED: &str = "echostream.events.dropped";
     /// Application streams opened, by side.
     pub const STREAMS_OPENED: &str = "echostream.streams.opened";
+    /// Incoming application streams refused, by reason.
+    pub const STREAMS_REFUSED: &str = "echostream.streams.refused";
     /// Bytes sent, by kind.
     pub const BYTES_SENT: &str = "echostream.bytes.sent";
     /// Bytes received, by kind.
@@ -137,6 +140,10 @@ pub fn describe() {
     describe_counter!(names::EVENTS_RECEIVED, "Events received");
     describe_counter!(names::EVENTS_DROPPED, "Events not delivered, by policy");
     describe_counter!(names::STREAMS_OPENED, "Application streams opened, by side");
+    describe_counter!(
+        names::STREAMS_REFUSED,
+        "Incoming application streams refused, by reason"
+    );
     describe_counter!(names::BYTES_SENT, Unit::Bytes, "Bytes sent, by kind");
     describe_counter!(names::BYTES_RECEIVED, Unit::Bytes, "Bytes received, by kind");
     describe_counter!(names::ZERO_RTT, "0-RTT early data outcomes");
@@ -386,11 +393,17 @@ pub(crate) fn stream_opened(side: &'static str) {
     metrics::counter!(names::STREAMS_OPENED, "side" => side).increment(1);
 }
 
+/// An incoming stream was refused: `no_acceptor`, `busy`, `rejected`, `bad_header`.
+pub(crate) fn stream_refused(reason: &'static str) {
+    metrics::counter!(names::STREAMS_REFUSED, "reason" => reason).increment(1);
+}
+
 /// Counters registered on first use (the hot paths do not look them up again).
 struct ByteCounters {
     stream_sent: metrics::Counter,
     stream_received: metrics::Counter,
     control_received: metrics::Counter,
+    control_sent: metrics::Counter,
 }
 
 fn byte_counters() -> &'static ByteCounters {
@@ -399,6 +412,7 @@ fn byte_counters() -> &'static ByteCounters {
         stream_sent: metrics::counter!(names::BYTES_SENT, "kind" => "stream"),
         stream_received: metrics::counter!(names::BYTES_RECEIVED, "kind" => "stream"),
         control_received: metrics::counter!(names::BYTES_RECEIVED, "kind" => "control"),
+        control_sent: metrics::counter!(names::BYTES_SENT, "kind" => "control"),
     })
 }
 
@@ -410,6 +424,11 @@ pub(crate) fn stream_bytes_sent(n: usize) {
 /// Application stream data read.
 pub(crate) fn stream_bytes_received(n: usize) {
     byte_counters().stream_received.increment(n as u64);
+}
+
+/// Control-stream bytes written.
+pub(crate) fn control_bytes_sent(n: usize) {
+    byte_counters().control_sent.increment(n as u64);
 }
 
 /// Control-stream bytes read.

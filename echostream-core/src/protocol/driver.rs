@@ -346,6 +346,7 @@ async fn writer_task(
         // Room in the call priority's limit for the batch, before the write wakes quinn's
         // driver and after (a bulk packet sent meanwhile may have taken it).
         peer.shared.out.written();
+        crate::metrics::control_bytes_sent(chunks.iter().map(Bytes::len).sum());
         let written = send.write_all_chunks(&mut chunks).await;
         peer.shared.out.written();
         if let Err(e) = written {

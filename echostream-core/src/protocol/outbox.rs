@@ -201,6 +201,7 @@ impl Outbox {
             Some(Err(e)) => return Direct::Failed(e),
             Some(Ok(w)) => w,
         };
+        crate::metrics::control_bytes_sent(written.bytes);
         self.written();
         // quinn advanced a partly written chunk in place; `written.chunks` are complete.
         let rest: Vec<Bytes> = chunks[written.chunks..]

@@ -236,7 +236,6 @@ impl Peer {
             });
         }
         st.opened.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::stream_opened("opener");
         let mut count = CountGuard {
             counter: &st.opened,
             armed: true,
@@ -289,7 +288,8 @@ impl Peer {
         })
         .await;
         match answered {
-            Ok(Ok(())) => {}
+            // Counted once the acceptor said yes.
+            Ok(Ok(())) => crate::metrics::stream_opened("opener"),
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 // Abort explicitly: a dropped send half would look like a clean end.
@@ -450,7 +450,6 @@ async fn admit_bi(
 ) -> Option<(Incoming, Arc<dyn StreamHandler>)> {
     let st = peer.stream_state();
     st.accepted.fetch_add(1, Ordering::Relaxed);
-    crate::metrics::stream_opened("acceptor");
     if let Some(reason) = st.over_limit("the") {
         tracing::debug!(peer = %peer.remote_addr(), %reason, "incoming stream refused");
         // Refused before its header is read: the opener's answer says why.
@@ -523,8 +522,15 @@ async fn admit_bi(
         }
     }
     match registry.route(inc) {
-        Routed::Queued => None,
-        Routed::Handler(inc, handler) => Some((*inc, handler)),
+        // Counted once it passed every check and went to its acceptor.
+        Routed::Queued => {
+            crate::metrics::stream_opened("acceptor");
+            None
+        }
+        Routed::Handler(inc, handler) => {
+            crate::metrics::stream_opened("acceptor");
+            Some((*inc, handler))
+        }
         Routed::Refused(inc, RouteError::NoAcceptor) => {
             let reason = format!("no acceptor for `{name}`");
             inc.refuse(Refusal::NoAcceptor, &reason).await;

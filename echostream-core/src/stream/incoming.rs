@@ -106,6 +106,12 @@ impl Incoming {
     /// Tells the opener why its stream is refused, and drops it. Boxed: a rare path, and its
     /// future (about 500 bytes) would otherwise enlarge every incoming stream's task.
     pub(super) async fn refuse(self, refusal: Refusal, reason: &str) {
+        crate::metrics::stream_refused(match refusal {
+            Refusal::NoAcceptor => "no_acceptor",
+            Refusal::Busy => "busy",
+            Refusal::Rejected => "rejected",
+            Refusal::BadHeader => "bad_header",
+        });
         Box::pin(self.refuse_now(refusal, reason)).await
     }
 
