@@ -11,12 +11,24 @@ use echostream::rpc::{interceptor_fn, CallKind};
 use echostream::types::Code;
 use echostream::{Caller, ServerIdentity};
 
-fn server() -> RpcServer {
-    RpcServer::builder()
+/// A running server with its handle, stop switch and task, and a client pinned to it.
+async fn started() -> (
+    RpcClient,
+    echostream::rpc::ServerHandle,
+    echostream::rpc::ShutdownHandle,
+    tokio::task::JoinHandle<Result<()>>,
+) {
+    init_tracing();
+    let srv = RpcServer::builder()
         .bind("127.0.0.1:0")
         .identity(ServerIdentity::Ephemeral)
         .build()
-        .unwrap()
+        .unwrap();
+    let (addr, fp, handle) = (srv.local_addr().to_string(), srv.fingerprint(), srv.handle());
+    let stop = srv.shutdown_handle();
+    let task = tokio::spawn(srv.run());
+    let c = RpcClient::builder().pin(fp).connect(&addr).await.unwrap();
+    (c, handle, stop, task)
 }
 
 async fn recv(w: &StreamReceiver<HealthStatus>) -> Option<HealthStatus> {
@@ -27,12 +39,7 @@ async fn recv(w: &StreamReceiver<HealthStatus>) -> Option<HealthStatus> {
 
 #[tokio::test]
 async fn health_answers_per_service_and_follows_the_handle() {
-    init_tracing();
-    let srv = server();
-    let (addr, fp, handle) = (srv.local_addr().to_string(), srv.fingerprint(), srv.handle());
-    let stop = srv.shutdown_handle();
-    let task = tokio::spawn(srv.run());
-    let c = RpcClient::builder().pin(fp).connect(&addr).await.unwrap();
+    let (c, handle, stop, task) = started().await;
     assert_eq!(c.health("").await.unwrap(), HealthStatus::Serving);
     assert_eq!(c.health("math").await.unwrap(), HealthStatus::ServiceUnknown);
     handle.set_not_serving("math");
@@ -60,12 +67,7 @@ async fn health_answers_per_service_and_follows_the_handle() {
 
 #[tokio::test]
 async fn a_watch_gets_the_status_now_then_each_change() {
-    init_tracing();
-    let srv = server();
-    let (addr, fp, handle) = (srv.local_addr().to_string(), srv.fingerprint(), srv.handle());
-    let stop = srv.shutdown_handle();
-    let task = tokio::spawn(srv.run());
-    let c = RpcClient::builder().pin(fp).connect(&addr).await.unwrap();
+    let (c, handle, stop, task) = started().await;
     let whole = c.watch_health("").await.unwrap();
     let db = c.watch_health("db").await.unwrap();
     assert_eq!(recv(&whole).await, Some(HealthStatus::Serving));

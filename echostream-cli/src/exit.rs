@@ -137,24 +137,7 @@ pub(crate) fn class_of_code(code: Code) -> Class {
 
 /// A status code as `NAME (n)`.
 pub(crate) fn code_label(code: Code) -> String {
-    let name = match code {
-        Code::INTERNAL => "INTERNAL",
-        Code::UNKNOWN_METHOD => "UNKNOWN_METHOD",
-        Code::BAD_PAYLOAD => "BAD_PAYLOAD",
-        Code::DEADLINE_EXCEEDED => "DEADLINE_EXCEEDED",
-        Code::CANCELLED => "CANCELLED",
-        Code::HANDLER_PANICKED => "HANDLER_PANICKED",
-        Code::UNAVAILABLE => "UNAVAILABLE",
-        Code::RESOURCE_EXHAUSTED => "RESOURCE_EXHAUSTED",
-        Code::PERMISSION_DENIED => "PERMISSION_DENIED",
-        Code::UNAUTHENTICATED => "UNAUTHENTICATED",
-        Code::RATE_LIMITED => "RATE_LIMITED",
-        Code::RESPONSE_TOO_LARGE => "RESPONSE_TOO_LARGE",
-        Code::EARLY_DATA_REFUSED => "EARLY_DATA_REFUSED",
-        Code(n) if n >= Code::APPLICATION.0 => return format!("APPLICATION ({n})"),
-        Code(n) => return format!("CODE {n}"),
-    };
-    format!("{name} ({})", code.0)
+    format!("{} ({})", echostream::metrics::code_label(code), code.0)
 }
 
 impl From<Error> for Failure {

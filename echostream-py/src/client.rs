@@ -187,13 +187,7 @@ impl Client {
         timeout: Option<f64>,
         metadata: Option<Vec<(String, String)>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let args = raw_json(args, "the arguments")?;
-        let opts = call_options(timeout, metadata)?;
-        let client = self.inner.clone();
-        future_into_py(py, async move {
-            let out: Box<RawValue> = client.request_with(&method, &*args, opts).await.map_err(to_py)?;
-            Ok(out.get().to_owned())
-        })
+        json_request(py, self.inner.clone(), method, args, timeout, metadata)
     }
 
     /// Sends event `name` with JSON text `value`.
@@ -320,13 +314,7 @@ impl PeerHandle {
         timeout: Option<f64>,
         metadata: Option<Vec<(String, String)>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let args = raw_json(args, "the arguments")?;
-        let opts = call_options(timeout, metadata)?;
-        let peer = self.inner.clone();
-        future_into_py(py, async move {
-            let out: Box<RawValue> = peer.request_with(&method, &*args, opts).await.map_err(to_py)?;
-            Ok(out.get().to_owned())
-        })
+        json_request(py, self.inner.clone(), method, args, timeout, metadata)
     }
 
     /// Sends event `name` with JSON text `value` to this peer.
@@ -513,4 +501,21 @@ impl Clock {
     fn drift_ppm(&self) -> Option<f64> {
         self.inner.drift_ppm()
     }
+}
+
+/// One call with JSON text in and out, over a client or a peer handle (both are `Caller`s).
+fn json_request<'py, C: echostream::Caller + 'static>(
+    py: Python<'py>,
+    caller: C,
+    method: String,
+    args: String,
+    timeout: Option<f64>,
+    metadata: Option<Vec<(String, String)>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let args = raw_json(args, "the arguments")?;
+    let opts = call_options(timeout, metadata)?;
+    future_into_py(py, async move {
+        let out: Box<RawValue> = caller.send_request(&method, &*args, opts).await.map_err(to_py)?;
+        Ok(out.get().to_owned())
+    })
 }
