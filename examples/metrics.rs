@@ -52,6 +52,9 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .set_buckets_for_metric(Matcher::Suffix("size".into()), SIZE_BUCKETS)?
         .install()?;
     echostream::metrics::describe();
+    // The payload size histograms are opt-in (they cost more than the rest together); this
+    // example shows them. Byte counters per method are recorded either way.
+    echostream::metrics::record_size_histograms(true);
 
     // 2. A server and a client.
     let server = RpcServer::builder()

@@ -137,6 +137,15 @@ fn the_metrics_example_serves_counters_and_buckets_that_match_the_calls() {
         value(&samples, "rpc_server_request_size_bucket", &small),
         Some(12.0)
     );
+    // The byte counters: 12 requests of 2 bytes.
+    assert_eq!(
+        value(
+            &samples,
+            "rpc_server_request_bytes",
+            &[("rpc_method", "math.add")]
+        ),
+        Some(24.0)
+    );
     // Failures by status code, and the unknown method under one bounded label.
     let failed = [
         ("rpc_method", "math.fail"),

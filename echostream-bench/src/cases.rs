@@ -43,6 +43,8 @@ struct Acc {
     calls: u64,
     elapsed: Duration,
     wrong: u64,
+    /// CPU time of both sides' runtime threads during the rounds, in nanoseconds.
+    cpu_ns: u64,
     failed: Option<String>,
 }
 
@@ -154,8 +156,10 @@ where
             if a.failed.is_some() {
                 continue;
             }
+            let cpu0 = cpu::all_ns();
             match run_on(rts.client(), slice(client.clone())) {
                 Ok(r) => {
+                    a.cpu_ns += cpu::all_ns().saturating_sub(cpu0);
                     a.calls += r.calls;
                     a.elapsed += r.elapsed;
                     a.wrong += r.wrong;
@@ -221,6 +225,17 @@ pub(crate) fn case2(sz: &Sizes, layout: Layout, report: &mut Report) {
                 sys,
                 rate,
                 "calls/s",
+            );
+            // CPU per call (both sides together) is steadier than calls/s on a shared
+            // machine: the figure to compare when a change costs a little per call.
+            let cpu = (a.calls > 0).then(|| a.cpu_ns as f64 / 1e3 / a.calls as f64);
+            report.add(
+                "2",
+                &format!("CPU per call, {callers} callers"),
+                l,
+                sys,
+                cpu,
+                "µs",
             );
             report.add(
                 "2",

@@ -136,6 +136,8 @@ pub(crate) struct Config {
     pub(crate) layouts: Vec<Layout>,
     /// Install the Prometheus recorder first (`--prometheus`), so EchoStream's metrics record.
     pub(crate) prometheus: bool,
+    /// With `--prometheus-sizes`: the payload size histograms too (opt-in in the library).
+    pub(crate) prometheus_sizes: bool,
 }
 
 /// Usage text.
@@ -155,6 +157,7 @@ USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--systems L
   --layout L     shared or split: cases 1, 2 and 9 in one layout only (default: both)
   --json PATH    where to write the JSON (default target/echostream-bench.json)
   --prometheus   record EchoStream's metrics into the Prometheus exporter (their cost)
+  --prometheus-sizes  the same, with the opt-in payload size histograms
   --serve ADDR   only run the EchoStream bench server on ADDR (for `echostream bench`)
 ";
 
@@ -168,6 +171,7 @@ impl Config {
             systems: System::ALL.into_iter().collect(),
             layouts: vec![Layout::Shared, Layout::Split],
             prometheus: false,
+            prometheus_sizes: false,
         };
         let mut args = args.into_iter();
         while let Some(a) = args.next() {
@@ -206,6 +210,10 @@ impl Config {
                 }
                 "--json" => cfg.json = args.next().ok_or("--json needs a path")?.into(),
                 "--prometheus" => cfg.prometheus = true,
+                "--prometheus-sizes" => {
+                    cfg.prometheus = true;
+                    cfg.prometheus_sizes = true;
+                }
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown argument `{other}`")),
             }

@@ -35,6 +35,14 @@ pub(crate) fn cpu_ns(side: Side) -> u64 {
         .sum()
 }
 
+/// Nanoseconds on a CPU of every live registered thread, whatever its side.
+pub(crate) fn all_ns() -> u64 {
+    [Side::Server, Side::Client, Side::Shared]
+        .into_iter()
+        .map(cpu_ns)
+        .sum()
+}
+
 /// Forgets every registered thread (between cases, after the runtimes shut down).
 pub(crate) fn clear() {
     THREADS.lock().unwrap_or_else(|e| e.into_inner()).clear();

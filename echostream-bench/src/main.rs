@@ -54,7 +54,7 @@ fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if cfg.prometheus {
         // Before any server or client exists: per-method handles are registered at build.
-        if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        if let Err(e) = install_prometheus(cfg.prometheus_sizes) {
             eprintln!("cannot install the Prometheus recorder: {e}");
             std::process::exit(1);
         }
@@ -205,4 +205,30 @@ fn run(cfg: &Config) -> Report {
         serde_json::json!(started.elapsed().as_secs_f64()),
     );
     report
+}
+
+/// Installs the Prometheus recorder as a deployment would (`examples/metrics.rs`): bucketed
+/// histograms and a periodic upkeep. Without upkeep the exporter keeps every histogram sample
+/// until the next scrape, and the bench would measure that growing buffer, not the recording.
+fn install_prometheus(sizes: bool) -> Result<(), Box<dyn std::error::Error>> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    const DURATION_BUCKETS: &[f64] = &[
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+    ];
+    const SIZE_BUCKETS: &[f64] = &[16.0, 64.0, 256.0, 1024.0, 16384.0, 262144.0, 1048576.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("duration".into()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("size".into()), SIZE_BUCKETS)?
+        .install_recorder()?;
+    echostream::metrics::describe();
+    echostream::metrics::record_size_histograms(sizes);
+    // The exporter's own HTTP listener runs upkeep every 5 s; once a second keeps the
+    // buffered samples small, as a scrape every few seconds would.
+    std::thread::Builder::new()
+        .name("prometheus-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            handle.run_upkeep();
+        })?;
+    Ok(())
 }
