@@ -377,3 +377,153 @@ async fn a_full_disk_on_the_receiver_reaches_the_sender_from_the_error_half() {
     assert!(out.stderr.contains("large.bin"), "{}", out.stderr);
     stop(child);
 }
+
+/// `echostream known-hosts list` of the scratch dir's file: every entry as (host, fingerprint);
+/// fails the test if the file does not parse.
+async fn known_hosts(t: &Scratch) -> Vec<(String, String)> {
+    let out = t.run(&["--json", "known-hosts", "list"]).await.expect(0);
+    out.json()
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|e| {
+            (
+                e["host"].as_str().unwrap_or_default().to_owned(),
+                e["fingerprint"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_making_first_contacts_at_the_same_moment_keep_every_entry() {
+    let t = Scratch::new("tofu-race");
+    let servers: Vec<TestServer> = (0..8)
+        .map(|_| serve(service(tokio::sync::mpsc::unbounded_channel().0)))
+        .collect();
+    // Two rounds: the first creates the file (header and all) under contention, the second
+    // appends to it while four `forget`s rewrite it (each removes an entry put there for it).
+    // Each round starts one process per server at once.
+    let file = t.path().join("known_hosts");
+    for (r, round) in servers.chunks(4).enumerate() {
+        let forget: Vec<String> = if r == 0 {
+            vec!["127.0.0.2:1".to_owned()]
+        } else {
+            // Entries for the `forget`s to remove, so they rewrite the file.
+            let extra: String = (1..=4)
+                .map(|k| format!("127.0.0.2:{k} sha256:{}\n", "ab".repeat(32)))
+                .collect();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .expect("open");
+            std::io::Write::write_all(&mut f, extra.as_bytes()).expect("append");
+            (1..=4).map(|k| format!("127.0.0.2:{k}")).collect()
+        };
+        let mut children: Vec<Child> = round
+            .iter()
+            .map(|s| {
+                t.cmd(&["ping", "-c", "1", &s.addr])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn echostream ping")
+            })
+            .collect();
+        for host in &forget {
+            children.push(
+                t.cmd(&["known-hosts", "forget", host])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn echostream known-hosts forget"),
+            );
+        }
+        for (i, child) in children.into_iter().enumerate() {
+            let out = finish(child, "a first contact").await;
+            if i < round.len() {
+                out.expect(0);
+            }
+        }
+    }
+    let entries = known_hosts(&t).await;
+    for s in &servers {
+        let found: Vec<_> = entries.iter().filter(|(h, _)| h == &s.addr).collect();
+        assert_eq!(found.len(), 1, "{} in {entries:?}", s.addr);
+        assert_eq!(found[0].1, s.pin);
+    }
+    assert_eq!(entries.len(), servers.len(), "{entries:?}");
+    for s in servers {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_killed_while_recording_leave_no_torn_line_and_a_damaged_file_is_never_trusted_silently() {
+    let t = Scratch::new("tofu-kill");
+    let servers: Vec<TestServer> = (0..12)
+        .map(|_| serve(service(tokio::sync::mpsc::unbounded_channel().0)))
+        .collect();
+    // Processes killed at staggered moments: some before, some during, some after their
+    // first contact is written. Whoever finished must be recorded; nothing may be torn.
+    let mut children = Vec::new();
+    for s in &servers {
+        let child = t
+            .cmd(&["ping", "-c", "1", &s.addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn echostream ping");
+        children.push(child);
+    }
+    let mut finished = Vec::new();
+    for (i, mut child) in children.into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(5 * i as u64)).await;
+        let _ = child.kill();
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("wait");
+        if status.success() {
+            finished.push(i);
+        }
+    }
+    let entries = known_hosts(&t).await;
+    for i in finished {
+        let s = &servers[i];
+        assert!(
+            entries.iter().any(|(h, f)| h == &s.addr && f == &s.pin),
+            "{} finished but is not recorded: {entries:?}",
+            s.addr
+        );
+    }
+    // Every server can still be reached: the recorded ones by their entry, the rest as first
+    // contacts.
+    for s in &servers {
+        t.run(&["ping", "-c", "1", &s.addr]).await.expect(0);
+    }
+    assert_eq!(known_hosts(&t).await.len(), servers.len());
+
+    // A file cut off in the middle of its last entry (a disk that filled up, an editor crash)
+    // is an error naming the file and line, for every host: never a new first contact.
+    let file = t.path().join("known_hosts");
+    let text = std::fs::read_to_string(&file).expect("read known_hosts");
+    let cut = text.trim_end().len() - 10;
+    std::fs::write(&file, &text[..cut]).expect("truncate known_hosts");
+    let last_line = text[..cut].lines().count();
+    let out = t.run(&["ping", "-c", "1", &servers[0].addr]).await;
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&file.display().to_string()) && out.stderr.contains(&format!("line {last_line}")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read known_hosts"),
+        text[..cut],
+        "the damaged file was changed"
+    );
+    for s in servers {
+        s.stop().await;
+    }
+}

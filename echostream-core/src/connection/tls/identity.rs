@@ -351,8 +351,41 @@ pub(crate) fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| TlsError::Pem {
             path: path.to_path_buf(),
-            detail: format!("invalid PEM: {err}"),
+            detail: pem_error_detail(&bytes, &err),
         })
+}
+
+/// A PEM error with the line it is about, when there is one: a truncated file (a block with no
+/// END line) names the line its last block begins on.
+fn pem_error_detail(bytes: &[u8], err: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    let lines = || {
+        bytes
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+    };
+    match err {
+        Error::MissingSectionEnd { end_marker } => {
+            let begun = lines()
+                .enumerate()
+                .filter(|(_, l)| l.starts_with(b"-----BEGIN "))
+                .map(|(i, _)| i + 1)
+                .last();
+            let end = String::from_utf8_lossy(end_marker);
+            match begun {
+                Some(line) => format!(
+                    "line {line}: the block that begins here has no `{end}` line (the file is \
+                     truncated or damaged)"
+                ),
+                None => format!("no `{end}` line (the file is truncated or damaged)"),
+            }
+        }
+        Error::IllegalSectionStart { line: bad } => match lines().position(|l| l == bad.as_slice()) {
+            Some(i) => format!("line {}: malformed `-----BEGIN` line", i + 1),
+            None => format!("invalid PEM: {err}"),
+        },
+        other => format!("invalid PEM: {other}"),
+    }
 }
 
 fn read_pem_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity, TlsError> {
@@ -370,7 +403,7 @@ fn read_pem_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
             rustls::pki_types::pem::Error::NoItemsFound => "no private key block found (expected \
                  PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY in PEM)"
                 .to_string(),
-            other => format!("invalid PEM: {other}"),
+            other => pem_error_detail(&key_bytes, &other),
         },
     })?;
     checked_identity(
@@ -516,6 +549,36 @@ mod tests {
         assert_ne!(second.fingerprint, first.fingerprint);
         assert_eq!(files.read().unwrap().fingerprint, second.fingerprint);
         assert_eq!(IdentityFiles::list(&home).unwrap(), ["rotated"]);
+        fs::remove_dir_all(&home).unwrap();
+    }
+
+    #[test]
+    fn a_truncated_persistent_identity_is_an_error_naming_file_and_line_never_a_new_identity() {
+        let home = std::env::temp_dir().join(format!("es-id-cut-{}", std::process::id()));
+        let first = ServerIdentity::persistent("cut").load_from(&home).unwrap();
+        let files = IdentityFiles::of("cut", &home).unwrap();
+        for (path, begins) in [(&files.cert, 1), (&files.key, 1)] {
+            let whole = fs::read_to_string(path).unwrap();
+            let cut = &whole[..whole.len() / 2];
+            fs::write(path, cut).unwrap();
+            let err = ServerIdentity::persistent("cut")
+                .load_from(&home)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(
+                err.contains(&format!("line {begins}")) && err.contains("truncated"),
+                "{err}"
+            );
+            assert_eq!(
+                fs::read_to_string(path).unwrap(),
+                cut,
+                "the damaged file was replaced"
+            );
+            fs::write(path, whole).unwrap();
+        }
+        let again = ServerIdentity::persistent("cut").load_from(&home).unwrap();
+        assert_eq!(again.fingerprint, first.fingerprint);
         fs::remove_dir_all(&home).unwrap();
     }
 

@@ -165,6 +165,15 @@ pub fn forget_known_host(path: Option<&Path>, host: &str) -> Result<Vec<KnownHos
     let _guard = KNOWN_HOSTS_WRITE_LOCK
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
+    if !file.exists() {
+        return Ok(Vec::new());
+    }
+    // Another process appending between the read and the rename would lose its entry.
+    let _file_lock = WriterLock::acquire(&file).map_err(|(path, source)| TlsError::Io {
+        action: "lock",
+        path,
+        source,
+    })?;
     let (text, entries) = read_all(&file)?;
     let removed: Vec<KnownHost> = entries
         .into_iter()
@@ -210,6 +219,37 @@ fn host_matches(key: &str, host: &str) -> bool {
 /// Serialises known-hosts appends within the process, so two first contacts cannot both decide
 /// a host is new and append different fingerprints.
 static KNOWN_HOSTS_WRITE_LOCK: Mutex<()> = Mutex::new(());
+
+/// An exclusive `flock` on `FILE.lock` beside a known-hosts file, held while a writer re-reads
+/// and changes the file: writers in other processes (two clients making first contacts at the
+/// same moment, `echostream known-hosts forget`) take turns, so none acts on a stale read and
+/// a rewrite never drops another's append. The kernel releases it when the holder exits, even
+/// by SIGKILL. Readers do not lock: every change is one `write` or one `rename`.
+#[derive(Debug)]
+struct WriterLock {
+    _file: fs::File,
+}
+
+impl WriterLock {
+    fn acquire(file: &Path) -> Result<Self, (PathBuf, io::Error)> {
+        let mut name = file.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        let path = file.with_file_name(name);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| (parent.to_path_buf(), e))?;
+        }
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| (path.clone(), e))?;
+        #[cfg(unix)]
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| (path.clone(), io::Error::from(e)))?;
+        Ok(Self { _file: lock })
+    }
+}
 
 /// Written at the top of a known-hosts file when it is created.
 const KNOWN_HOSTS_HEADER: &str = "# EchoStream known hosts: one `HOST_KEY sha256:FINGERPRINT` \
@@ -325,6 +365,8 @@ fn append_known_host(file: &Path, host: &str, fingerprint: Fingerprint) -> Resul
     let _guard = KNOWN_HOSTS_WRITE_LOCK
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
+    let _file_lock = WriterLock::acquire(file)
+        .map_err(|(path, err)| AppendError::File(format!("could not lock {}: {err}", path.display())))?;
     let text =
         read_known_hosts_text(file).map_err(|err| AppendError::File(format!("could not read it: {err}")))?;
     let parsed = parse_known_hosts(&text)
