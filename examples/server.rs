@@ -13,14 +13,17 @@
 //! `ECHOSTREAM_HOME` to put it elsewhere), so its certificate fingerprint stays
 //! the same across restarts and clients that trusted it once keep trusting it.
 //!
-//! Every `#[echostream::handler]` function below is registered by
-//! `.register_all()`: no list to keep in sync.
+//! Every `#[echostream::handler]` and `#[echostream::stream_handler]` function
+//! below is registered by `.register_all()`: no list to keep in sync. The
+//! server also broadcasts a `tick` event (a counter) to every client once a
+//! second, or every `ECHOSTREAM_TICK_MS` milliseconds.
 
 #[path = "shared/mod.rs"]
 mod shared;
 
 use echostream::prelude::*;
 
+use echostream::stream::StreamError;
 use echostream::ServerIdentity;
 use shared::{Session, DEFAULT_ADDR};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +85,24 @@ async fn slow(ctx: Context, millis: u64) -> Result<u64> {
     Ok(millis)
 }
 
+/// `upload`: a byte stream; reads it to its end and writes back how many
+/// bytes arrived (8 bytes, big-endian), so the sender knows what was received.
+#[echostream::stream_handler("upload")]
+async fn upload(ctx: Context, stream: XStream) -> std::result::Result<(), StreamError> {
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    println!("[{}] upload: {total} bytes", ctx.peer_addr());
+    stream.write_all(&total.to_be_bytes()).await?;
+    stream.write_eof().await
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     // Warnings only, unless RUST_LOG says otherwise (e.g. RUST_LOG=debug).
@@ -117,6 +138,22 @@ async fn main() -> Result<()> {
     println!("    cargo run --example client -- {}", client_addr(local));
     println!();
     println!("Press Ctrl-C to stop.");
+
+    // The `tick` broadcast: events pushed to every connected client.
+    let handle = server.handle();
+    let every = std::env::var("ECHOSTREAM_TICK_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::from_secs(1), Duration::from_millis);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        for n in 0u64.. {
+            interval.tick().await;
+            if let Err(e) = handle.broadcast("tick", n).await {
+                eprintln!("tick {n} not broadcast: {e}");
+            }
+        }
+    });
 
     server.run_until(ctrl_c()).await?;
     println!("server stopped");

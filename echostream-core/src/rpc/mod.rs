@@ -109,7 +109,16 @@
 //!   nothing is registered again. Calls made while disconnected fail fast, or
 //!   with `wait_for_connection` wait for the new connection up to their own
 //!   timeout. A call in flight when the connection drops fails and is never
-//!   resent (it may have run).
+//!   resent (it may have run). **What a reconnect keeps**: everything the
+//!   builder registered (handlers, listeners, stream handlers) and every
+//!   `subscribe` (they deliver the new connection's events), the trust state
+//!   (known-hosts entries, pins, resumption tickets). **What it cannot keep**:
+//!   open streams (their pending and later operations fail with
+//!   `StreamError::ConnectionLost`; open a new one), `accept` registrations and
+//!   `SyncedClock` handles made on the old `Peer` (take `client.clock()` again:
+//!   the new connection syncs from scratch), and calls in flight.
+//!   `tests/restart.rs` checks this across a graceful restart and across a
+//!   server process killed with SIGKILL and started again.
 //! - **Resumption and 0-RTT.** Client `resumption`/`zero_rtt` on by default
 //!   (tickets per server address, shared by a builder and its clones;
 //!   `RpcClient::can_resume()`), server `zero_rtt` off by default. Only calls
