@@ -159,6 +159,9 @@ USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--systems L
   --prometheus   record EchoStream's metrics into the Prometheus exporter (their cost)
   --prometheus-sizes  the same, with the opt-in payload size histograms
   --serve ADDR   only run the EchoStream bench server on ADDR (for `echostream bench`)
+  --soak DURATION [--every D]
+                 a long mixed load (calls, events, streams, clients coming and going) that
+                 prints heap, RSS, descriptors and tasks and checks they stay flat (90s, 10m)
 ";
 
 impl Config {
@@ -219,5 +222,25 @@ impl Config {
             }
         }
         Ok(cfg)
+    }
+}
+
+/// `90`, `90s`, `10m`, `1h` or `500ms` as a duration.
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (e.g. 90s, 10m)"))?;
+    let secs = |s: u64| std::time::Duration::from_secs(s);
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(secs(n)),
+        "m" => Ok(secs(n * 60)),
+        "h" => Ok(secs(n * 3600)),
+        _ => Err(format!("`{text}`: unknown unit `{unit}` (ms, s, m, h)")),
     }
 }

@@ -13,6 +13,7 @@
 //! - `systems`: EchoStream and the baselines: servers and clients.
 //! - `cases`: the nine cases and the allocation count, and the goals.
 //! - `report`: figures, table, JSON.
+//! - `soak`: `--soak DURATION`, a long mixed load that checks for leaks.
 
 mod alloc;
 mod cases;
@@ -20,6 +21,7 @@ mod config;
 mod cpu;
 mod report;
 mod rt;
+mod soak;
 mod stats;
 mod systems;
 
@@ -35,9 +37,45 @@ static GLOBAL: alloc::CountingAlloc = alloc::CountingAlloc;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("--serve") {
-        serve(&args.next().unwrap_or_else(|| "127.0.0.1:5000".to_owned()));
-        return;
+    match args.next().as_deref() {
+        Some("--serve") => {
+            serve(&args.next().unwrap_or_else(|| "127.0.0.1:5000".to_owned()));
+            return;
+        }
+        Some("--soak") => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let parsed = args
+                .next()
+                .ok_or_else(|| "--soak needs a duration (e.g. 90s, 10m)".to_owned())
+                .and_then(|d| config::parse_duration(&d));
+            let every = match args.next().as_deref() {
+                None => Ok(None),
+                Some("--every") => args
+                    .next()
+                    .ok_or_else(|| "--every needs a duration".to_owned())
+                    .and_then(|d| config::parse_duration(&d))
+                    .map(Some),
+                Some(other) => Err(format!("unknown argument `{other}` after --soak")),
+            };
+            match (parsed, every) {
+                (Ok(duration), Ok(every)) => {
+                    // Ten samples at least, one a minute at most.
+                    let every = every.unwrap_or_else(|| {
+                        (duration / 10).clamp(
+                            std::time::Duration::from_secs(1),
+                            std::time::Duration::from_secs(60),
+                        )
+                    });
+                    std::process::exit(if soak::run(duration, every) { 0 } else { 1 });
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("{e}\n");
+                    eprint!("{USAGE}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        _ => {}
     }
     let cfg = match Config::parse(std::env::args().skip(1)) {
         Ok(c) => c,

@@ -1,7 +1,9 @@
 //! Runs the benchmark program in `--smoke` mode (tiny sizes) and checks that
 //! every case produced its figures and that every answer was correct. It
 //! never looks at how fast anything was: speed is the program's output,
-//! not something a test can assert on a shared machine.
+//! not something a test can assert on a shared machine. Beside it (in
+//! parallel), a short `--soak` checks that nothing leaks under a long mixed
+//! load.
 
 use serde_json::Value;
 use std::process::Command;
@@ -81,4 +83,33 @@ fn smoke_run_produces_every_figure_with_correct_answers() {
     assert!(stdout.contains("| case | metric | layout |"), "{stdout}");
     assert!(stdout.contains("| case | goal"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--soak` for 90 s (`ECHOSTREAM_SOAK_SECS` for longer): calls, events, streams, and clients
+/// coming and going; the server heap stays flat after warm-up, and descriptors, tasks and
+/// connections return to their baseline once the clients leave (the program checks and exits
+/// non-zero otherwise; see `echostream-bench/src/soak.rs`).
+#[test]
+fn soak_keeps_server_memory_flat_and_returns_descriptors_tasks_and_connections_to_baseline() {
+    let secs: u64 = std::env::var("ECHOSTREAM_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(90);
+    let dir = std::env::temp_dir().join(format!("echostream-bench-soak-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_echostream-bench"))
+        .args(["--soak", &format!("{secs}s")])
+        .env("ECHOSTREAM_HOME", dir.join("home"))
+        .output()
+        .expect("the benchmark binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("soak: PASS"),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    // At least ten samples, each with work done since the one before.
+    let samples: Vec<&str> = stdout.lines().filter(|l| l.starts_with('[')).collect();
+    assert!(samples.len() >= 10, "{stdout}");
+    assert!(stdout.contains("clients came and went"), "{stdout}");
 }
