@@ -9,4 +9,4 @@
 
 mod relay;
 
-pub use relay::{Impairment, Relay};
+pub use relay::{Impairment, Relay, RelayStats};

@@ -17,6 +17,10 @@ pub struct Impairment {
     pub jitter: Duration,
     /// Probability in `[0, 1]` that a datagram is dropped.
     pub loss: f64,
+    /// Jitter as a queue makes it: each datagram's delay varies, but none overtakes an earlier
+    /// one in the same direction. Off by default: each datagram is delayed independently, so
+    /// jitter reorders them (about `2 × jitter × rate` deep), harsher than most real links.
+    pub in_order: bool,
 }
 
 impl Impairment {
@@ -31,7 +35,14 @@ impl Impairment {
             delay,
             jitter,
             loss: 0.0,
+            in_order: false,
         }
+    }
+
+    /// Keeps datagrams in order (see [`Impairment::in_order`]).
+    pub fn in_order(mut self) -> Self {
+        self.in_order = true;
+        self
     }
 
     /// Adds random loss.
@@ -50,6 +61,13 @@ struct Shared {
     cut: AtomicBool,
     forwarded: AtomicU64,
     dropped: AtomicU64,
+    /// Per direction (0: toward the server, 1: toward the client): forwarded, dropped.
+    by_direction: [[AtomicU64; 2]; 2],
+    /// Datagrams the relay could not send on (its socket's buffer was full): lost too, but
+    /// not by the impairment.
+    send_failures: AtomicU64,
+    /// Per direction, the release time of the latest delayed datagram (for `in_order`).
+    last_due: [Mutex<Option<std::time::Instant>>; 2],
     rng: Mutex<u64>,
 }
 
@@ -64,8 +82,21 @@ impl Shared {
         (v >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// `None` to drop, else how long to hold the datagram.
-    fn plan(&self) -> Option<Duration> {
+    /// `None` to drop, else how long to hold the datagram that goes `direction`.
+    fn plan(&self, direction: usize) -> Option<Duration> {
+        let d = self.plan_one()?;
+        if !self.impairment.lock().unwrap_or_else(|p| p.into_inner()).in_order {
+            return Some(d);
+        }
+        let now = std::time::Instant::now();
+        let mut last = self.last_due[direction].lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.map_or(now + d, |l| l.max(now + d));
+        *last = Some(due);
+        Some(due - now)
+    }
+
+    /// The impairment's verdict for one datagram, on its own.
+    fn plan_one(&self) -> Option<Duration> {
         if self.cut.load(Ordering::Relaxed) {
             return None;
         }
@@ -117,6 +148,9 @@ impl Relay {
             cut: AtomicBool::new(false),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            by_direction: Default::default(),
+            send_failures: AtomicU64::new(0),
+            last_due: Default::default(),
             rng: Mutex::new(seed | 1),
         });
         let task = tokio::spawn(front_loop(front, shared.clone()));
@@ -146,6 +180,34 @@ impl Relay {
             self.shared.dropped.load(Ordering::Relaxed),
         )
     }
+
+    /// The counts per direction, and the datagrams the relay failed to send.
+    pub fn stats(&self) -> RelayStats {
+        let get = |d: usize, i: usize| self.shared.by_direction[d][i].load(Ordering::Relaxed);
+        RelayStats {
+            to_server_forwarded: get(0, 0),
+            to_server_dropped: get(0, 1),
+            to_client_forwarded: get(1, 0),
+            to_client_dropped: get(1, 1),
+            send_failures: self.shared.send_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What a [`Relay`] did, per direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Datagrams from clients forwarded to the server.
+    pub to_server_forwarded: u64,
+    /// Datagrams from clients the impairment dropped.
+    pub to_server_dropped: u64,
+    /// Datagrams from the server forwarded to clients.
+    pub to_client_forwarded: u64,
+    /// Datagrams from the server the impairment dropped.
+    pub to_client_dropped: u64,
+    /// Datagrams lost because the relay's own socket could not take them (counted as
+    /// forwarded above): a relay too slow for the sender, not the impairment.
+    pub send_failures: u64,
 }
 
 impl Drop for Relay {
@@ -197,7 +259,7 @@ async fn front_loop(front: Arc<UdpSocket>, shared: Arc<Shared>) {
                 sock
             }
         };
-        forward(&shared, up, shared.upstream, buf[..n].to_vec());
+        forward(&shared, up, shared.upstream, buf[..n].to_vec(), 0);
     }
     for t in tasks {
         t.abort();
@@ -208,12 +270,14 @@ async fn front_loop(front: Arc<UdpSocket>, shared: Arc<Shared>) {
 async fn back_loop(up: Arc<UdpSocket>, front: Arc<UdpSocket>, client: SocketAddr, shared: Arc<Shared>) {
     let mut buf = vec![0u8; 65_536];
     while let Ok((n, _)) = up.recv_from(&mut buf).await {
-        forward(&shared, front.clone(), client, buf[..n].to_vec());
+        forward(&shared, front.clone(), client, buf[..n].to_vec(), 1);
     }
 }
 
-fn forward(shared: &Arc<Shared>, via: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>) {
-    match shared.plan() {
+fn forward(shared: &Arc<Shared>, via: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>, direction: usize) {
+    let plan = shared.plan(direction);
+    shared.by_direction[direction][usize::from(plan.is_none())].fetch_add(1, Ordering::Relaxed);
+    match plan {
         None => {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -232,6 +296,7 @@ fn forward(shared: &Arc<Shared>, via: Arc<UdpSocket>, to: SocketAddr, data: Vec<
                 via,
                 to,
                 data,
+                failures: shared.clone(),
             };
             let _ = shared
                 .delayed
@@ -248,6 +313,8 @@ struct Delayed {
     via: Arc<UdpSocket>,
     to: SocketAddr,
     data: Vec<u8>,
+    /// Where a failed send is counted.
+    failures: Arc<Shared>,
 }
 
 impl PartialEq for Delayed {
@@ -277,7 +344,9 @@ fn scheduler(rx: std::sync::mpsc::Receiver<Delayed>) {
         while heap.peek().is_some_and(|d: &Delayed| d.due <= now) {
             if let Some(d) = heap.pop() {
                 // A non-blocking send on the tokio socket works from any thread.
-                let _ = d.via.try_send_to(&d.data, d.to);
+                if d.via.try_send_to(&d.data, d.to).is_err() {
+                    d.failures.send_failures.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         let next = match heap.peek() {
