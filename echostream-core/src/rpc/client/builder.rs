@@ -155,6 +155,7 @@ impl ClientBuilder {
         router.subscriptions = self.early_subscriptions;
         let router = Arc::new(router);
         let protocol = Arc::new(self.opts.protocol.clone());
+        let policy = Arc::new(self.opts.policy.clone());
         let security = Arc::new(self.security.load()?);
         let targets = connection::resolve(addr).await?;
         let mut last = None;
@@ -180,6 +181,7 @@ impl ClientBuilder {
                 protocol: protocol.clone(),
                 connect_timeout: self.connect_timeout,
                 router: router.clone(),
+                policy: policy.clone(),
                 security: security.clone(),
                 sessions: self.sessions.clone(),
                 resumption: self.resumption,

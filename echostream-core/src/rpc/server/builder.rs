@@ -198,7 +198,7 @@ impl ServerBuilder {
         let (shutdown_tx, _) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
         let protocol = opts.protocol;
-        let (protocol, guard) = self.security.finish(protocol, self.max_connections);
+        let guard = self.security.finish(opts.policy, self.max_connections);
         tracing::info!(%local_addr, %fingerprint, methods = ?router.methods(), "server ready");
         Ok(RpcServer {
             endpoint,
