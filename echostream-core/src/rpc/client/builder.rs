@@ -1,11 +1,15 @@
 //! [`ClientBuilder`]: every setter of the client's builder, and `connect`. The setters shared
-//! with the server's builder are written once in `rpc/options.rs` (`shared_setters!`); the
-//! credential setters (token, client certificate, key log) are in `rpc/security.rs`,
+//! with the server's builder are written once in `rpc/options.rs` (`shared_setters!`), among
+//! them the protections against the server (interceptors, rate limits, default handler timeout,
+//! request byte budget: `rpc/security.rs`, `policy_setters!`); the credential setters (token, client certificate, key log) are in `rpc/security.rs`,
 //! `service`/`reflection` in `rpc/service.rs`, `discover` in `rpc/discovery.rs`.
 
 use super::*;
 
-/// Builds an [`RpcClient`]: trust mode, timeouts, and handlers the server may call.
+/// Builds an [`RpcClient`]: trust mode, timeouts, handlers the server may call, and the limits
+/// that protect them from the server (the same as a server's, with the same defaults:
+/// [`protect`](Self::protect), [`rate_limit`](Self::rate_limit),
+/// [`default_handler_timeout`](Self::default_handler_timeout), ...).
 ///
 /// A builder and its clones share TLS session tickets and UDP sockets:
 /// keep one to connect again cheaply (0-RTT, no new socket); the socket is
