@@ -58,8 +58,66 @@ fn count(report: &[String], prefix: &str) -> usize {
     report.iter().filter(|l| l.starts_with(prefix)).count()
 }
 
+/// A metrics recorder that counts counters by name and labels, installed once for this binary.
+mod counts {
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    type Table = Arc<Mutex<HashMap<String, u64>>>;
+
+    struct Counts(Table);
+    struct One(Table, String);
+
+    impl CounterFn for One {
+        fn increment(&self, value: u64) {
+            *self.0.lock().unwrap().entry(self.1.clone()).or_default() += value;
+        }
+        fn absolute(&self, value: u64) {
+            self.0.lock().unwrap().insert(self.1.clone(), value);
+        }
+    }
+
+    impl Recorder for Counts {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            Counter::from_arc(Arc::new(One(self.0.clone(), name)))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    static TABLE: OnceLock<Table> = OnceLock::new();
+
+    /// The value of counter `name{labels}` (labels as `k=v` joined by commas), recorded since
+    /// the first call of this function in the process.
+    pub(super) fn get(name: &str) -> u64 {
+        let table = TABLE.get_or_init(|| {
+            let table = Table::default();
+            metrics::set_global_recorder(Counts(table.clone())).expect("no other recorder");
+            table
+        });
+        table.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+}
+
 #[tokio::test]
 async fn client_rate_limit_refuses_a_server_flooding_calls_and_events_naming_the_method() {
+    let rate_limited = "echostream.rate_limited{rpc.method=client.work}";
+    assert_eq!(counts::get(rate_limited), 0);
     let delivered = Arc::new(AtomicUsize::new(0));
     let d = delivered.clone();
     let s = hostile_server(|peer: Peer| async move {
@@ -101,6 +159,11 @@ async fn client_rate_limit_refuses_a_server_flooding_calls_and_events_naming_the
     assert!(
         limited.contains("`client.work`") && limited.contains("rate limit"),
         "{limited}"
+    );
+    assert_eq!(
+        counts::get(rate_limited),
+        100 - ok as u64,
+        "each refusal is counted"
     );
     // The bucket is empty: the events are dropped and counted, never delivered.
     wait_until("100 events refused", || c.failed_events() >= 99).await;
@@ -362,6 +425,50 @@ async fn raw_welcome(
     (conn, send, recv, buf)
 }
 
+/// Plays a server that behaves on the control stream: answers every request with its own
+/// argument (the first answer preceded by `before`) and every ping, until the stream ends.
+/// Returns the requests answered.
+async fn raw_answer(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut buf: BytesMut,
+    mut before: BytesMut,
+) -> u32 {
+    let dec = FrameDecoder::new(1 << 20);
+    let mut answered = 0u32;
+    loop {
+        let mut out = before.split();
+        match dec.decode(&mut buf) {
+            Ok(Some(Frame::Request(req))) => {
+                Frame::Response(ResponseFrame {
+                    id: req.id,
+                    result: Ok((req.codec, req.payload)),
+                })
+                .encode(&mut out)
+                .unwrap();
+                answered += 1;
+            }
+            Ok(Some(Frame::Ping(n))) => Frame::Pong(n).encode(&mut out).unwrap(),
+            Ok(Some(_)) => {
+                before = out;
+                continue;
+            }
+            Ok(None) => {
+                before = out;
+                match recv.read_chunk(1 << 16, true).await {
+                    Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+                    _ => return answered,
+                }
+                continue;
+            }
+            Err(e) => panic!("the client sent a bad frame: {e}"),
+        }
+        if send.write_all(&out).await.is_err() {
+            return answered;
+        }
+    }
+}
+
 #[tokio::test]
 async fn oversized_frame_from_a_server_closes_the_connection_with_frame_too_large_naming_the_limit() {
     let (ep, addr, fp) = raw_server();
@@ -395,7 +502,7 @@ async fn oversized_frame_from_a_server_closes_the_connection_with_frame_too_larg
 async fn clock_probe_and_ping_flood_from_a_server_is_answered_within_bounds_and_calls_complete() {
     let (ep, addr, fp) = raw_server();
     let server = tokio::spawn(async move {
-        let (conn, mut send, mut recv, mut buf) = raw_welcome(&ep).await;
+        let (conn, mut send, recv, buf) = raw_welcome(&ep).await;
         // 20,000 probes and pings, written while not reading what the client sends back.
         let mut flood = BytesMut::new();
         for i in 0..10_000u64 {
@@ -414,30 +521,7 @@ async fn clock_probe_and_ping_flood_from_a_server_is_answered_within_bounds_and_
         ] {
             Frame::TimeResponse { t1, t2, t3 }.encode(&mut absurd).unwrap();
         }
-        // Then behave: answer every request with its own argument.
-        let dec = FrameDecoder::new(1 << 20);
-        let mut answered = 0u32;
-        loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(Frame::Request(req))) => {
-                    let mut out = absurd.split();
-                    Frame::Response(ResponseFrame {
-                        id: req.id,
-                        result: Ok((req.codec, req.payload)),
-                    })
-                    .encode(&mut out)
-                    .unwrap();
-                    send.write_all(&out).await.unwrap();
-                    answered += 1;
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => match recv.read_chunk(1 << 16, true).await {
-                    Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
-                    _ => break,
-                },
-                Err(e) => panic!("the client sent a bad frame: {e}"),
-            }
-        }
+        let answered = raw_answer(send, recv, buf, absurd).await;
         drop(conn);
         drop(ep);
         answered
@@ -456,4 +540,120 @@ async fn clock_probe_and_ping_flood_from_a_server_is_answered_within_bounds_and_
     assert!(c.is_connected());
     c.close().await;
     assert_eq!(server.await.unwrap(), 3);
+}
+
+/// Refusal codes of the answer byte `0x01` and stream codes (docs/PROTOCOL.md, "XStream pairing
+/// protocol").
+const NO_ACCEPTOR: u8 = 1;
+const BUSY: u8 = 2;
+const BAD_HEADER: u8 = 4;
+const STREAM_LIMIT: u32 = 0x18;
+
+/// A data-half header: `0x02`, `len: u16`, `id: u64`, `name: str`, no metadata.
+fn data_header(id: u64, name: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&id.to_be_bytes());
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(&0u16.to_be_bytes());
+    let mut out = vec![0x02];
+    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The acceptor's answer: `Ok(())` accepted, `Err((code, reason))` refused.
+async fn answer(recv: &mut quinn::RecvStream) -> Result<(), (u8, String)> {
+    tokio::time::timeout(WAIT, async {
+        let mut b = [0u8; 1];
+        recv.read_exact(&mut b).await.expect("an answer byte");
+        if b[0] == 0 {
+            return Ok(());
+        }
+        let mut head = [0u8; 3];
+        recv.read_exact(&mut head).await.unwrap();
+        let mut reason = vec![0u8; u16::from_be_bytes([head[1], head[2]]) as usize];
+        recv.read_exact(&mut reason).await.unwrap();
+        Err((head[0], String::from_utf8(reason).unwrap()))
+    })
+    .await
+    .expect("an answer in time")
+}
+
+#[tokio::test]
+async fn server_opening_garbage_and_excess_streams_is_refused_by_the_client_which_stays_usable() {
+    let (ep, addr, fp) = raw_server();
+    let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let (conn, send, recv, buf) = raw_welcome(&ep).await;
+        let _ = conn_tx.send(conn);
+        let answered = raw_answer(send, recv, buf, BytesMut::new()).await;
+        drop(ep);
+        answered
+    });
+    let c = RpcClient::builder()
+        .pin(fp)
+        .stream_options(StreamOptions::new().max_streams_per_connection(4))
+        .stream_handler(stream_handler_fn(
+            "t",
+            |_c: Context, s: echostream::stream::XStream| async move {
+                let _ = s.read_to_end().await;
+            },
+        ))
+        .connect(&addr)
+        .await
+        .unwrap();
+    let conn = conn_rx.await.unwrap();
+
+    // A header too short for its id; a name nobody accepts here.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0x02, 0, 3, 1, 2, 3]).await.unwrap();
+    let (code, reason) = answer(&mut recv).await.unwrap_err();
+    assert_eq!(code, BAD_HEADER, "{reason}");
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&data_header(1, "nobody")).await.unwrap();
+    let (code, reason) = answer(&mut recv).await.unwrap_err();
+    assert_eq!(code, NO_ACCEPTOR);
+    assert!(reason.contains("`nobody`"), "{reason}");
+
+    // Four data halves whose headers never complete hold the client's four places.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0x02]).await.unwrap();
+        held.push((send, recv));
+    }
+    let streams = c.streams();
+    wait_until("four pending", || streams.pending_pairings() == 4).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&data_header(9, "t")).await.unwrap();
+    let (code, reason) = answer(&mut recv).await.unwrap_err();
+    assert_eq!(code, BUSY);
+    assert!(
+        reason.contains("limit of 4") && reason.contains("max_streams_per_connection"),
+        "{reason}"
+    );
+    // An orphan error half beyond the limit is stopped at once.
+    let mut uni = conn.open_uni().await.unwrap();
+    uni.write_all(&[0x03, 0, 0, 0, 0, 0, 0, 0, 42]).await.unwrap();
+    let stopped = tokio::time::timeout(WAIT, uni.stopped()).await.unwrap().unwrap();
+    assert_eq!(stopped.map(|c| c.into_inner() as u32), Some(STREAM_LIMIT));
+
+    // The client's own calls go on, and its places come back once the halves go away.
+    let r: String = tokio::time::timeout(WAIT, c.request("echo", "own call"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r, "own call");
+    for (mut s, mut r) in held.drain(..) {
+        let _ = s.reset(0u32.into());
+        let _ = r.stop(0u32.into());
+    }
+    wait_until("places released", || streams.pending_pairings() == 0).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&data_header(10, "t")).await.unwrap();
+    answer(&mut recv).await.expect("accepted again below the limit");
+    assert!(conn.close_reason().is_none());
+    c.close().await;
+    assert_eq!(server.await.unwrap(), 1);
 }
