@@ -469,16 +469,29 @@ async fn raw_answer(
     }
 }
 
-#[tokio::test]
-async fn oversized_frame_from_a_server_closes_the_connection_with_frame_too_large_naming_the_limit() {
+/// A raw server announces a frame of 1 GiB to a client whose limit is 64 KiB, on the control
+/// stream or on a side stream of its own; returns the client's error and how the server's
+/// connection was closed.
+async fn announce_a_huge_frame(on_side_stream: bool) -> (String, quinn::ConnectionError) {
     let (ep, addr, fp) = raw_server();
     let server = tokio::spawn(async move {
         let (conn, mut send, _recv, _buf) = raw_welcome(&ep).await;
-        // A frame that claims 1 GiB: the client must refuse it from the length alone.
-        send.write_all(&[0x40, 0, 0, 0, 0x03]).await.unwrap();
-        let closed = tokio::time::timeout(WAIT, conn.closed()).await.unwrap();
-        drop(ep);
-        closed
+        // Length 1 GiB, type REQUEST, id 1 (the server's id space): refused from the length
+        // alone, before anything is buffered.
+        let head = [0x40, 0, 0, 0, 0x03, 0, 0, 0, 0, 0, 0, 0, 1];
+        if on_side_stream {
+            let mut side = conn.open_uni().await.unwrap();
+            side.write_all(&[0x01]).await.unwrap();
+            side.write_all(&head).await.unwrap();
+            let closed = tokio::time::timeout(WAIT, conn.closed()).await.unwrap();
+            drop((side, send, ep));
+            closed
+        } else {
+            send.write_all(&head).await.unwrap();
+            let closed = tokio::time::timeout(WAIT, conn.closed()).await.unwrap();
+            drop(ep);
+            closed
+        }
     });
     let c = RpcClient::builder()
         .pin(fp)
@@ -486,15 +499,23 @@ async fn oversized_frame_from_a_server_closes_the_connection_with_frame_too_larg
         .connect(&addr)
         .await
         .unwrap();
-    let err = c.peer().closed().await.to_string();
-    assert!(err.contains("1073741824") && err.contains("65536"), "{err}");
-    match server.await.unwrap() {
-        quinn::ConnectionError::ApplicationClosed(a) => {
-            assert_eq!(a.error_code.into_inner(), 2, "FRAME_TOO_LARGE");
-            let reason = String::from_utf8_lossy(&a.reason).into_owned();
-            assert!(reason.contains("65536"), "{reason}");
+    let err = tokio::time::timeout(WAIT, c.peer().closed()).await.unwrap();
+    (err.to_string(), server.await.unwrap())
+}
+
+#[tokio::test]
+async fn oversized_frame_from_a_server_closes_the_connection_with_frame_too_large_naming_the_limit() {
+    for on_side_stream in [false, true] {
+        let (err, closed) = announce_a_huge_frame(on_side_stream).await;
+        assert!(err.contains("1073741824") && err.contains("65536"), "{err}");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(a) => {
+                assert_eq!(a.error_code.into_inner(), 2, "FRAME_TOO_LARGE");
+                let reason = String::from_utf8_lossy(&a.reason).into_owned();
+                assert!(reason.contains("65536"), "{reason}");
+            }
+            other => panic!("expected an application close, got {other:?}"),
         }
-        other => panic!("expected an application close, got {other:?}"),
     }
 }
 
