@@ -39,6 +39,7 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1000;
 pub(crate) struct SecurityPolicy {
     /// Interceptors in registration order, each for the names its pattern matches.
     chain: Vec<(Pattern, Arc<dyn Interceptor>)>,
+    /// Calls the peer may make on one connection, all names together.
     pub(crate) connection_rate: Option<RateLimit>,
     /// Per-method rules: each rule has one bucket per connection, shared by the names it matches.
     method_rates: Vec<(Pattern, RateLimit)>,
