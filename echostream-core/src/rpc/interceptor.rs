@@ -13,9 +13,10 @@
 //!    [`Authenticator`](crate::rpc::Authenticator), the connection policy;
 //! 2. rate limits: per connection, then per method (`RATE_LIMITED`, checked before any task is
 //!    spawned for the call);
-//! 3. the server's interceptors, in registration order: [`ServerBuilder::interceptor`]
+//! 3. this side's interceptors, in registration order: [`ServerBuilder::interceptor`]
 //!    (every call) and [`ServerBuilder::protect`] (calls whose name matches a pattern) share one
-//!    ordered list;
+//!    ordered list; a client has the same ([`ClientBuilder::interceptor`],
+//!    [`ClientBuilder::protect`]) for what its server asks of it;
 //! 4. the handler's own guards ([`HandlerExt::require_authenticated`], ...), outermost first
 //!    like tower layers: `h.require_authenticated().require_role("admin")` checks the role
 //!    first;
@@ -27,6 +28,8 @@
 //!
 //! [`ServerBuilder::interceptor`]: crate::rpc::ServerBuilder::interceptor
 //! [`ServerBuilder::protect`]: crate::rpc::ServerBuilder::protect
+//! [`ClientBuilder::interceptor`]: crate::rpc::ClientBuilder::interceptor
+//! [`ClientBuilder::protect`]: crate::rpc::ClientBuilder::protect
 
 use crate::rpc::{Context, Handler, Payload};
 use echostream_types::{Code, Status};

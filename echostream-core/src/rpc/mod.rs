@@ -56,7 +56,12 @@
 //!   a `Peer`. A handler's `ctx.peer()` may be kept after the handler returns;
 //!   its calls fail with `ConnectionClosed` once the peer is gone, and
 //!   `Peer::closed().await` resolves with that error. `RpcServer::methods()`
-//!   lists what a server answers.
+//!   lists what a server answers. What the peer asks of a side passes the same
+//!   protections on both sides, set with the same builder methods and on by
+//!   the same defaults (`SharedOptions`): interceptors, rate limits, the
+//!   default handler timeout, the concurrency cap and byte budget of requests,
+//!   the event queue, frame and stream limits; so a client is as safe from a
+//!   hostile server as a server from a hostile client.
 //! - **Events.** `emit` encodes in the caller's task, waits for room in the
 //!   bounded write queue and returns once the event is queued (not when the peer
 //!   processed it). Events from one sender on one connection are delivered in

@@ -1,9 +1,13 @@
-//! What the server and client builders share: the handlers this side serves and the
-//! transport and protocol settings, in one struct both hold, with their setters written once
-//! (`shared_setters!`, expanded inside each builder's own `impl`).
+//! What the server and client builders share: the handlers this side serves, the transport and
+//! protocol settings, and the protections against the peer (interceptors, rate limits, handler
+//! timeout, byte budgets), in one struct both hold, with their setters written once
+//! (`shared_setters!`, expanded inside each builder's own `impl`; the protections' setters are
+//! `rpc::security::policy_setters!`, which it expands). So a client defends itself against its
+//! server with the same types and the same defaults as a server against its clients.
 
 use crate::connection::TransportOptions;
 use crate::protocol::ProtocolConfig;
+use crate::rpc::security::SecurityPolicy;
 use crate::rpc::RouterBuilder;
 
 /// Options both builders hold.
@@ -15,6 +19,9 @@ pub(crate) struct SharedOptions {
     pub(crate) transport: TransportOptions,
     /// Protocol settings of each connection.
     pub(crate) protocol: ProtocolConfig,
+    /// Interceptors, rate limits and the default handler timeout applied to what the peer asks
+    /// of this side (its requests, events and stream opens).
+    pub(crate) policy: SecurityPolicy,
 }
 
 impl SharedOptions {
@@ -31,6 +38,8 @@ impl SharedOptions {
 /// `$peer` names the other side in the docs ("the server", "clients").
 macro_rules! shared_setters {
     ($peer:literal) => {
+        crate::rpc::security::policy_setters!($peer);
+
         #[doc = concat!("Registers a handler ", $peer, " can call.")]
         pub fn handler(mut self, h: impl crate::rpc::Handler) -> Self {
             self.opts.router.handler(std::sync::Arc::new(h));

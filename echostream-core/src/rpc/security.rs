@@ -1,12 +1,14 @@
 //! Security settings of servers and clients, and the per-connection guard that applies them.
 //!
 //! - `SecurityPolicy` (one per side, shared by its connections): the interceptor chain, rate
-//!   limits, the default handler timeout.
+//!   limits, the default handler timeout. Held by `SharedOptions`, so a client applies it to
+//!   what its server asks of it exactly as a server does to its clients; its setters
+//!   (`policy_setters!`) are expanded in both builders.
 //! - `ConnGuard` (one per connection): who the peer is and its token buckets (the byte and
 //!   reply budgets are the protocol's, `protocol::budget`).
 //! - the builder methods for authentication, access control, limits and TLS options
 //!   (`RpcServer::builder().authenticator(..).protect(..).rate_limit(..)`,
-//!   `RpcClient::builder().token(..).client_identity(..)`).
+//!   `RpcClient::builder().token(..).client_identity(..).protect(..).rate_limit(..)`).
 //! - [`check_stream_open`]: what the stream manager runs (through `protocol::Inbound`) before
 //!   accepting a stream, so stream opens pass the same rate limits and interceptors as requests.
 
@@ -37,13 +39,12 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1000;
 pub(crate) struct SecurityPolicy {
     /// Interceptors in registration order, each for the names its pattern matches.
     chain: Vec<(Pattern, Arc<dyn Interceptor>)>,
-    connection_rate: Option<RateLimit>,
+    /// Calls the peer may make on one connection, all names together.
+    pub(crate) connection_rate: Option<RateLimit>,
     /// Per-method rules: each rule has one bucket per connection, shared by the names it matches.
     method_rates: Vec<(Pattern, RateLimit)>,
     /// Deadline for handlers whose request has none.
-    handler_timeout: Option<Duration>,
-    /// Payload bytes of the peer's requests running at once on one connection.
-    request_bytes: usize,
+    pub(crate) handler_timeout: Option<Duration>,
 }
 
 impl Default for SecurityPolicy {
@@ -53,7 +54,6 @@ impl Default for SecurityPolicy {
             connection_rate: None,
             method_rates: Vec::new(),
             handler_timeout: Some(DEFAULT_HANDLER_TIMEOUT),
-            request_bytes: DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
         }
     }
 }
@@ -231,12 +231,115 @@ pub(crate) async fn stream_open_with(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Both sides
+// ---------------------------------------------------------------------------------------------
+
+/// The setters of the interceptors and limits applied to what the peer asks of this side
+/// (`SharedOptions::policy` and the request byte budget), for a builder with a field
+/// `opts: SharedOptions`. Expanded by `shared_setters!`, so the server's and the client's
+/// builders offer the same protections with the same types and defaults. `$peer` names the
+/// other side in the docs ("clients", "the server").
+macro_rules! policy_setters {
+    ($peer:literal) => {
+        #[doc = concat!(
+                            "Runs `interceptor` before every request, event and stream open from ",
+                            $peer,
+                            " (see [`interceptor`](crate::rpc::interceptor) for the order)."
+                        )]
+        pub fn interceptor(self, interceptor: impl crate::rpc::Interceptor) -> Self {
+            self.protect("*", interceptor)
+        }
+
+        #[doc = concat!(
+                            "Runs `interceptor` before the calls from ",
+                            $peer,
+                            " whose name matches `pattern`: `\"admin.*\"` (prefix), `\"user.delete\"` ",
+                            "(exact) or `\"*\"` (all). Requests it denies get its status, events it ",
+                            "denies are dropped and counted, streams it denies are refused with its ",
+                            "message."
+                        )]
+        ///
+        /// ```no_run
+        /// # use echostream_core::rpc::{RpcServer, RpcClient, require_role};
+        /// let server = RpcServer::builder().protect("admin.*", require_role("admin"));
+        /// let client = RpcClient::builder().protect("device.*", require_role("controller"));
+        /// ```
+        pub fn protect(mut self, pattern: &str, interceptor: impl crate::rpc::Interceptor) -> Self {
+            self.opts
+                .policy
+                .protect(pattern, std::sync::Arc::new(interceptor));
+            self
+        }
+
+        #[doc = concat!(
+                            "Calls (requests, events, stream opens) ",
+                            $peer,
+                            " may make on one connection, all names together (default: unlimited). Over ",
+                            "the limit a request fails with `RATE_LIMITED` and a retry delay, an event is ",
+                            "dropped, a stream is refused; the connection stays usable."
+                        )]
+        pub fn rate_limit(mut self, limit: crate::rpc::RateLimit) -> Self {
+            self.opts.policy.connection_rate = Some(limit);
+            self
+        }
+
+        #[doc = concat!(
+                            "Calls of the names matching `pattern` ",
+                            $peer,
+                            " may make on one connection (one bucket per rule and connection, shared by ",
+                            "the names the pattern matches; default: unlimited)."
+                        )]
+        pub fn method_rate_limit(mut self, pattern: &str, limit: crate::rpc::RateLimit) -> Self {
+            self.opts.policy.method_rate(pattern, limit);
+            self
+        }
+
+        #[doc = concat!(
+                            "Payload bytes of the requests from ",
+                            $peer,
+                            " that may be running at once on one connection (default 64 MiB, never less ",
+                            "than the frame limit). A request over it is refused with ",
+                            "`RESOURCE_EXHAUSTED` naming the limit; this bounds what a peer can make this ",
+                            "side hold in memory."
+                        )]
+        pub fn max_request_bytes_in_flight(mut self, bytes: usize) -> Self {
+            self.opts.protocol.max_request_bytes = bytes;
+            self
+        }
+
+        #[doc = concat!(
+                            "Deadline of a handler here whose request from ",
+                            $peer,
+                            " carries none (default 300 s; `None`: no limit). Past it the handler is ",
+                            "cancelled and the caller gets `DEADLINE_EXCEEDED`."
+                        )]
+        pub fn default_handler_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+            self.opts.policy.handler_timeout = timeout;
+            self
+        }
+    };
+}
+
+pub(crate) use policy_setters;
+
+impl SecurityPolicy {
+    /// Adds an interceptor for the names `pattern` matches, after those already registered.
+    pub(crate) fn protect(&mut self, pattern: &str, interceptor: Arc<dyn Interceptor>) {
+        self.chain.push((Pattern::parse(pattern), interceptor));
+    }
+
+    /// Adds a per-method rate rule.
+    pub(crate) fn method_rate(&mut self, pattern: &str, limit: RateLimit) {
+        self.method_rates.push((Pattern::parse(pattern), limit));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Server side
 // ---------------------------------------------------------------------------------------------
 
 /// Server security settings collected by the builder.
 pub(crate) struct ServerSecurity {
-    policy: SecurityPolicy,
     authenticator: Option<Arc<dyn Authenticator>>,
     pub(crate) tls: ServerTls,
     max_per_address: usize,
@@ -246,7 +349,6 @@ pub(crate) struct ServerSecurity {
 impl Default for ServerSecurity {
     fn default() -> Self {
         Self {
-            policy: SecurityPolicy::default(),
             authenticator: None,
             tls: ServerTls::default(),
             max_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
@@ -256,23 +358,18 @@ impl Default for ServerSecurity {
 }
 
 impl ServerSecurity {
-    /// Installs the policy in the protocol settings and builds the server's guard.
-    pub(crate) fn finish(
-        self,
-        mut protocol: crate::protocol::ProtocolConfig,
-        max_connections: usize,
-    ) -> (crate::protocol::ProtocolConfig, Arc<ServerGuard>) {
-        protocol.max_request_bytes = self.policy.request_bytes;
-        let guard = ServerGuard {
-            policy: Arc::new(self.policy),
+    /// Builds the server's guard around `policy` (the interceptors and limits both builders
+    /// share, `SharedOptions::policy`).
+    pub(crate) fn finish(self, policy: SecurityPolicy, max_connections: usize) -> Arc<ServerGuard> {
+        Arc::new(ServerGuard {
+            policy: Arc::new(policy),
             authenticator: self.authenticator,
             admission: Arc::new(Admission::new(
                 max_connections,
                 self.max_per_address,
                 self.validation,
             )),
-        };
-        (protocol, Arc::new(guard))
+        })
     }
 }
 
@@ -345,60 +442,6 @@ impl ServerBuilder {
     /// file can decrypt the traffic; a warning is logged.
     pub fn tls_key_log(mut self, key_log: KeyLog) -> Self {
         self.security.tls.key_log = Some(key_log);
-        self
-    }
-
-    /// Runs `interceptor` before every request, event and stream open (see
-    /// [`interceptor`](crate::rpc::interceptor) for the order).
-    pub fn interceptor(self, interceptor: impl Interceptor) -> Self {
-        self.protect("*", interceptor)
-    }
-
-    /// Runs `interceptor` before the calls whose name matches `pattern`: `"admin.*"` (prefix),
-    /// `"user.delete"` (exact) or `"*"` (all).
-    ///
-    /// ```no_run
-    /// # use echostream_core::rpc::{RpcServer, require_role};
-    /// let builder = RpcServer::builder().protect("admin.*", require_role("admin"));
-    /// ```
-    pub fn protect(mut self, pattern: &str, interceptor: impl Interceptor) -> Self {
-        self.security
-            .policy
-            .chain
-            .push((Pattern::parse(pattern), Arc::new(interceptor)));
-        self
-    }
-
-    /// Calls (requests, events, stream opens) one connection may make, all names together
-    /// (default: unlimited). Over the limit a request fails with `RATE_LIMITED` and a retry
-    /// delay; the connection stays usable.
-    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
-        self.security.policy.connection_rate = Some(limit);
-        self
-    }
-
-    /// Calls of the names matching `pattern` one connection may make (one bucket per rule and
-    /// connection, shared by the names the pattern matches).
-    pub fn method_rate_limit(mut self, pattern: &str, limit: RateLimit) -> Self {
-        self.security
-            .policy
-            .method_rates
-            .push((Pattern::parse(pattern), limit));
-        self
-    }
-
-    /// Payload bytes of one connection's requests that may be running at once (default
-    /// 64 MiB, never less than the frame limit). A request over it is refused with
-    /// `RESOURCE_EXHAUSTED`; this bounds what a peer can make the server hold in memory.
-    pub fn max_request_bytes_in_flight(mut self, bytes: usize) -> Self {
-        self.security.policy.request_bytes = bytes;
-        self
-    }
-
-    /// Deadline of a handler whose request carries none (default 300 s; `None`: no limit).
-    /// Past it the handler is cancelled and the caller gets `DEADLINE_EXCEEDED`.
-    pub fn default_handler_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.security.policy.handler_timeout = timeout;
         self
     }
 

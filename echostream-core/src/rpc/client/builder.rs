@@ -1,11 +1,15 @@
 //! [`ClientBuilder`]: every setter of the client's builder, and `connect`. The setters shared
-//! with the server's builder are written once in `rpc/options.rs` (`shared_setters!`); the
-//! credential setters (token, client certificate, key log) are in `rpc/security.rs`,
+//! with the server's builder are written once in `rpc/options.rs` (`shared_setters!`), among
+//! them the protections against the server (interceptors, rate limits, default handler timeout,
+//! request byte budget: `rpc/security.rs`, `policy_setters!`); the credential setters (token, client certificate, key log) are in `rpc/security.rs`,
 //! `service`/`reflection` in `rpc/service.rs`, `discover` in `rpc/discovery.rs`.
 
 use super::*;
 
-/// Builds an [`RpcClient`]: trust mode, timeouts, and handlers the server may call.
+/// Builds an [`RpcClient`]: trust mode, timeouts, handlers the server may call, and the limits
+/// that protect them from the server (the same as a server's, with the same defaults:
+/// [`protect`](Self::protect), [`rate_limit`](Self::rate_limit),
+/// [`default_handler_timeout`](Self::default_handler_timeout), ...).
 ///
 /// A builder and its clones share TLS session tickets and UDP sockets:
 /// keep one to connect again cheaply (0-RTT, no new socket); the socket is
@@ -155,6 +159,7 @@ impl ClientBuilder {
         router.subscriptions = self.early_subscriptions;
         let router = Arc::new(router);
         let protocol = Arc::new(self.opts.protocol.clone());
+        let policy = Arc::new(self.opts.policy.clone());
         let security = Arc::new(self.security.load()?);
         let targets = connection::resolve(addr).await?;
         let mut last = None;
@@ -180,6 +185,7 @@ impl ClientBuilder {
                 protocol: protocol.clone(),
                 connect_timeout: self.connect_timeout,
                 router: router.clone(),
+                policy: policy.clone(),
                 security: security.clone(),
                 sessions: self.sessions.clone(),
                 resumption: self.resumption,

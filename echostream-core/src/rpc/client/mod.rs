@@ -119,6 +119,9 @@ struct ConnectParams {
     protocol: Arc<ProtocolConfig>,
     connect_timeout: Duration,
     router: Arc<crate::rpc::Router>,
+    /// Interceptors and limits applied to what the server asks of this client (shared by every
+    /// connection the client makes; each connection has its own rate buckets).
+    policy: Arc<crate::rpc::security::SecurityPolicy>,
     security: Arc<crate::rpc::security::LoadedClientSecurity>,
     sessions: Arc<SessionStore>,
     resumption: bool,
@@ -264,7 +267,7 @@ fn start_peer(
         &conn,
         p.router.clone(),
         None,
-        Arc::default(),
+        p.policy.clone(),
         Default::default(),
     );
     let streams = Box::new(crate::stream::ConnStreams::new(&conn, p.router.stream_registry()));

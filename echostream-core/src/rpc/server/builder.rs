@@ -1,6 +1,7 @@
 //! [`ServerBuilder`]: every setter of the server's builder, and `build`. The setters shared with
-//! the client's builder are written once in `rpc/options.rs` (`shared_setters!`); the security
-//! setters (authentication, access control, rate and connection limits) are in
+//! the client's builder are written once in `rpc/options.rs` (`shared_setters!`), among them
+//! access control and rate limits (`rpc/security.rs`, `policy_setters!`); the server's own
+//! security setters (authentication, client certificates, connection limits) are in
 //! `rpc/security.rs`, `service`/`reflection` in `rpc/service.rs`, `enable_discovery` in
 //! `rpc/discovery.rs`.
 
@@ -198,7 +199,7 @@ impl ServerBuilder {
         let (shutdown_tx, _) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
         let protocol = opts.protocol;
-        let (protocol, guard) = self.security.finish(protocol, self.max_connections);
+        let guard = self.security.finish(opts.policy, self.max_connections);
         tracing::info!(%local_addr, %fingerprint, methods = ?router.methods(), "server ready");
         Ok(RpcServer {
             endpoint,
