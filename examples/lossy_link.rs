@@ -91,6 +91,9 @@ async fn transfer(transport: fn() -> TransportOptions, total: u64, in_order: boo
     })
 }
 
+/// A row of the table: its name, the transport settings of both sides, queue-like jitter.
+type Run = (&'static str, fn() -> TransportOptions, bool);
+
 /// The preset with a packet-reordering threshold of 256 instead of 64.
 fn deeper_reordering_threshold() -> TransportOptions {
     TransportOptions {
@@ -102,7 +105,7 @@ fn deeper_reordering_threshold() -> TransportOptions {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mib: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(32);
-    let runs: [(&str, fn() -> TransportOptions, bool); 4] = [
+    let runs: [Run; 4] = [
         (
             "lossy_link(), jitter in order",
             TransportOptions::lossy_link,
