@@ -96,8 +96,11 @@ fn _echostream(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::CallContext>()?;
     m.add_class::<server::StreamAcceptor>()?;
     m.add_class::<server::ConnectionEventStream>()?;
+    m.add_class::<server::ConnectionRequestStream>()?;
+    m.add_class::<server::PendingConnection>()?;
     m.add_class::<stream::Stream>()?;
     m.add_class::<stream::MessageStream>()?;
     m.add_function(wrap_pyfunction!(server::start_server, m)?)?;
+    m.add_function(wrap_pyfunction!(server::identity_fingerprint, m)?)?;
     Ok(())
 }

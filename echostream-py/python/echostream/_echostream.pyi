@@ -4,6 +4,7 @@ it encodes and decodes values (JSON) around these classes."""
 from typing import Any, Awaitable, Dict, List, Optional, Tuple, Union
 
 _Pairs = List[Tuple[str, str]]
+_IdentitySpec = Tuple[str, Optional[str], Optional[str]]
 _Routes = Tuple[List[Tuple[str, Any]], List[Tuple[str, Any]], List[Tuple[str, Any]]]
 
 def connect(
@@ -23,15 +24,36 @@ def connect(
     discover: Optional[str] = None,
     discover_timeout: Optional[float] = None,
     interfaces: Optional[Union[str, List[str]]] = None,
+    identity: Optional[_IdentitySpec] = None,
+    call_timeout: Optional[float] = None,
+    reconnect: Optional[Tuple[float, float, Optional[int], bool]] = None,
+    zero_rtt: bool = True,
+    resumption: bool = True,
+    idempotent: Optional[List[str]] = None,
+    idle_timeout: Optional[float] = None,
+    keep_alive: Optional[float] = None,
+    max_frame_size: Optional[int] = None,
 ) -> Awaitable[Client]: ...
+def identity_fingerprint(spec: _IdentitySpec) -> str:
+    """The fingerprint of the identity ``spec`` names (loads it; not for ephemeral ones)."""
+
 def start_server(
     bind: str,
-    identity_spec: Tuple[str, Optional[str], Optional[str]],
+    identity_spec: _IdentitySpec,
     routes: _Routes,
     discovery: Optional[str] = None,
     interfaces: Optional[Union[str, List[str]]] = None,
     tokens: Optional[_Pairs] = None,
     require_token: bool = False,
+    client_auth: Optional[Tuple[bool, Optional[str], Optional[List[str]]]] = None,
+    approve_connections: Optional[int] = None,
+    max_connections: Optional[int] = None,
+    handshake_timeout: Optional[float] = None,
+    shutdown_grace: Optional[float] = None,
+    zero_rtt: bool = False,
+    idle_timeout: Optional[float] = None,
+    max_frame_size: Optional[int] = None,
+    max_concurrent_requests: Optional[int] = None,
 ) -> NativeServer: ...
 
 class Client:
@@ -147,6 +169,20 @@ class StreamAcceptor:
 class ConnectionEventStream:
     def next(self) -> Awaitable[Optional[Dict[str, Any]]]: ...
 
+class ConnectionRequestStream:
+    def next(self) -> Awaitable[Optional[PendingConnection]]: ...
+
+class PendingConnection:
+    """One connection waiting for a decision; dropping it undecided rejects it."""
+
+    remote: str
+    fingerprint: Optional[str]
+    metadata: _Pairs
+    def approve(self) -> None:
+        """Admits the connection (``RuntimeError`` if already decided)."""
+    def reject(self, reason: str) -> None:
+        """Refuses it; the client's connect fails with ``reason``."""
+
 class NativeServer:
     address: str
     fingerprint: str
@@ -155,4 +191,5 @@ class NativeServer:
     def subscribe(self, name: str) -> EventStream: ...
     def accept(self, name: str) -> StreamAcceptor: ...
     def connection_events(self) -> ConnectionEventStream: ...
+    def connection_requests(self) -> ConnectionRequestStream: ...
     def close(self) -> Awaitable[None]: ...

@@ -1,0 +1,129 @@
+"""Server admission (approve via event, limits) and the client's builder options from Python."""
+
+import asyncio
+
+import pytest
+
+import echostream
+
+
+async def test_approve_via_event_admits_or_rejects_with_the_reason(make_server):
+    server = make_server(approve_connections=True)
+    seen = []
+
+    async def decide():
+        async for request in server.connection_requests():
+            seen.append((request.remote, request.metadata))
+            if request.metadata.get("name") == "mallory":
+                request.reject("mallory is not welcome here")
+            else:
+                request.approve()
+            with pytest.raises(RuntimeError, match="already decided"):
+                request.approve()
+
+    @server.handler("hi")
+    def hi():
+        return "hi"
+
+    async with server:
+        decider = asyncio.create_task(decide())
+        async with await echostream.connect(server.address, pin=server.fingerprint, hello={"name": "alice"},
+                                            timeout=5) as client:
+            assert await client.request("hi") == "hi"
+        with pytest.raises(echostream.RejectedError, match="mallory is not welcome here"):
+            await echostream.connect(server.address, pin=server.fingerprint, hello={"name": "mallory"}, timeout=5)
+        with pytest.raises(RuntimeError, match="already taken"):
+            server.connection_requests()
+        decider.cancel()
+    assert [m for _, m in seen] == [{"name": "alice"}, {"name": "mallory"}]
+    assert all(remote.startswith("127.0.0.1:") for remote, _ in seen)
+
+
+async def test_connection_requests_need_approve_connections(make_server):
+    async with make_server() as server:
+        with pytest.raises(RuntimeError, match="approve_connections"):
+            server.connection_requests()
+
+
+async def test_a_request_dropped_undecided_rejects_the_connection(make_server):
+    async with make_server(approve_connections=True) as server:
+        requests = server.connection_requests()
+
+        async def drop_one():
+            request = await requests.__anext__()
+            del request
+
+        dropper = asyncio.create_task(drop_one())
+        with pytest.raises(echostream.RejectedError, match="did not approve"):
+            await echostream.connect(server.address, pin=server.fingerprint, timeout=5)
+        await dropper
+
+
+async def test_undecided_connections_are_closed_after_the_handshake_timeout(make_server):
+    async with make_server(approve_connections=1, handshake_timeout=0.5) as server:
+        requests = server.connection_requests()
+        with pytest.raises(ConnectionError, match="no decision"):
+            await echostream.connect(server.address, pin=server.fingerprint, timeout=5)
+        del requests
+
+
+async def test_max_connections_refuses_the_one_over_the_limit(connected, make_server):
+    server = make_server(max_connections=1)
+    await connected(server)
+    with pytest.raises(echostream.RejectedError):
+        await echostream.connect(server.address, pin=server.fingerprint, timeout=5)
+
+
+async def test_call_timeout_is_the_default_deadline_of_calls(connected, make_server):
+    server = make_server()
+
+    @server.handler("slow")
+    async def slow():
+        await asyncio.sleep(30)
+
+    client = await connected(server, call_timeout=0.3)
+    with pytest.raises(echostream.TimeoutError, match="slow"):
+        await client.request("slow")
+
+
+async def test_a_reconnecting_client_comes_back_to_a_restarted_server():
+    identity = echostream.Identity.persistent("py-reconnect-test")
+
+    def serve(addr):
+        server = echostream.Server(addr, identity=identity, shutdown_grace=0.2)
+
+        @server.handler("where")
+        def where(ctx):
+            return ctx.peer.connection_id
+
+        return server
+
+    first = serve("127.0.0.1:0")
+    await first.start()
+    addr = first.address
+    policy = echostream.Reconnect(initial_backoff=0.05, max_backoff=0.2, wait_for_connection=True)
+    client = await echostream.connect(addr, pin=first.fingerprint, reconnect=policy, timeout=2)
+    try:
+        before = client.peer.connection_id
+        await client.request("where")
+        await first.close()
+        async with serve(addr):
+            # Waits for the new connection (wait_for_connection), up to the call's timeout.
+            await client.request("where", timeout=15)
+            assert client.is_connected()
+            assert client.peer.connection_id != before
+    finally:
+        await client.close()
+
+
+async def test_option_types_are_checked_naming_the_parameter(make_server):
+    with pytest.raises(TypeError, match="max_connections"):
+        make_server(max_connections="many")
+    with pytest.raises(TypeError, match="reconnect"):
+        await echostream.connect("127.0.0.1:1", insecure=True, reconnect="yes")
+    with pytest.raises(TypeError, match="initial_backoff"):
+        echostream.Reconnect(initial_backoff="soon")
+    with pytest.raises(ValueError, match="idle_timeout"):
+        await echostream.connect("127.0.0.1:1", insecure=True, idle_timeout=-1)
+    with pytest.raises(TypeError, match="identity"):
+        await echostream.connect("127.0.0.1:1", insecure=True, identity="me")
