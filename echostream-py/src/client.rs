@@ -8,7 +8,7 @@ use echostream::rpc::Subscription;
 use echostream::timesync::SyncedClock;
 use echostream::{
     CallOptions, ClientTrust, Codec, ConnectionInfo, Fingerprint, Peer, ReconnectPolicy, RpcClient,
-    ServerIdentity,
+    ServerIdentity, ZeroRtt,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -300,6 +300,11 @@ impl Client {
         self.inner.is_connected()
     }
 
+    /// Whether a TLS session ticket for the server is held (a reconnection resumes).
+    fn can_resume(&self) -> bool {
+        self.inner.can_resume()
+    }
+
     /// The server's address.
     #[getter]
     fn remote_address(&self) -> String {
@@ -452,6 +457,19 @@ impl PeerHandle {
     #[getter]
     fn address(&self) -> String {
         self.inner.remote_addr().to_string()
+    }
+
+    /// What became of 0-RTT on this connection.
+    #[getter]
+    fn zero_rtt(&self) -> &'static str {
+        match self.inner.zero_rtt() {
+            ZeroRtt::NotAttempted => "not-attempted",
+            ZeroRtt::Pending => "pending",
+            ZeroRtt::Accepted => "accepted",
+            ZeroRtt::Rejected => "rejected",
+            // A state added to the core later.
+            _ => "unknown",
+        }
     }
 
     /// The connection's id (unique within this process).

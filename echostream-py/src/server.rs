@@ -29,12 +29,14 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// What the Python half registered: `(name, function)` lists of handlers, listeners and stream
-/// handlers. Each function takes `(CallContext, data)` and returns a coroutine.
+/// handlers, and the names of the handlers declared idempotent. Each function takes
+/// `(CallContext, data)` and returns a coroutine.
 #[derive(FromPyObject)]
 pub(crate) struct PyRoutes(
     Vec<(String, Py<PyAny>)>,
     Vec<(String, Py<PyAny>)>,
     Vec<(String, Py<PyAny>)>,
+    Vec<String>,
 );
 
 /// One Python function and the loop it runs on.
@@ -148,12 +150,16 @@ fn not_json(kind: &str, name: &str, codec: Codec) -> Status {
     )
 }
 
-/// A Python request handler.
-pub(crate) struct PyHandler(Target);
+/// A Python request handler, and whether it is declared idempotent (run for 0-RTT calls).
+pub(crate) struct PyHandler(Target, bool);
 
 impl Handler for PyHandler {
     fn method(&self) -> &str {
         &self.0.name
+    }
+
+    fn idempotent(&self) -> bool {
+        self.1
     }
 
     fn call(&self, ctx: Context, args: Payload) -> BoxFuture<'static, Result<Payload, Status>> {
@@ -223,7 +229,10 @@ impl PyRoutes {
     pub(crate) fn handlers(&self, locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<PyHandler> {
         Target::list(&self.0, locals, py)
             .into_iter()
-            .map(PyHandler)
+            .map(|t| {
+                let idempotent = self.3.contains(&t.name);
+                PyHandler(t, idempotent)
+            })
             .collect()
     }
 

@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 import echostream
+from conftest import eventually
 
 
 async def test_approve_via_event_admits_or_rejects_with_the_reason(make_server):
@@ -127,3 +128,32 @@ async def test_option_types_are_checked_naming_the_parameter(make_server):
         await echostream.connect("127.0.0.1:1", insecure=True, idle_timeout=-1)
     with pytest.raises(TypeError, match="identity"):
         await echostream.connect("127.0.0.1:1", insecure=True, identity="me")
+
+
+async def test_a_reconnection_resumes_with_0rtt_and_runs_idempotent_handlers_early(make_server):
+    server = make_server(zero_rtt=True)
+    ran = []
+
+    @server.handler("lookup", idempotent=True)
+    def lookup(key):
+        ran.append(key)
+        return key.upper()
+
+    async with server:
+        client = await echostream.connect(server.address, pin=server.fingerprint, idempotent=["lookup"],
+                                          reconnect=echostream.Reconnect(initial_backoff=0.01,
+                                                                         wait_for_connection=True), timeout=5)
+        try:
+            assert client.peer.zero_rtt == "not-attempted"
+            assert await client.request("lookup", "a") == "A"
+            await eventually(client.can_resume)
+            first = client.peer.connection_id
+            # The server drops the connection; the client comes back resuming its session.
+            for peer in server.peers():
+                peer.close("test: come back")
+            await eventually(lambda: client.is_connected() and client.peer.connection_id != first)
+            assert await client.request("lookup", "b", timeout=10) == "B"
+            assert client.peer.zero_rtt == "accepted"
+            assert ran == ["a", "b"]
+        finally:
+            await client.close()

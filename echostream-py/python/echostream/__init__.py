@@ -242,6 +242,13 @@ class Peer(_Caller):
         """Waits until the connection closes; returns why."""
         return await self._native.closed()
 
+    @property
+    def zero_rtt(self) -> str:
+        """What became of 0-RTT on this connection: ``"not-attempted"``, ``"pending"`` (sent
+        early, handshake not complete), ``"accepted"`` or ``"rejected"`` (all sent again after
+        the handshake)."""
+        return self._native.zero_rtt
+
     def __repr__(self) -> str:
         return f"<echostream.Peer {self.address} #{self.connection_id}>"
 
@@ -278,6 +285,11 @@ class Client(_Caller):
     def is_connected(self) -> bool:
         """Whether the connection is up."""
         return self._native.is_connected()
+
+    def can_resume(self) -> bool:
+        """Whether the client holds a TLS session ticket for the server, so a reconnection
+        (``reconnect=``) resumes the session and may send 0-RTT early data."""
+        return self._native.can_resume()
 
     async def close(self) -> None:
         """Closes the connection gracefully."""
@@ -481,6 +493,7 @@ class Router:
 
     def __init__(self) -> None:
         self._handlers: Dict[str, Callable[..., Any]] = {}
+        self._idempotent: set = set()
         self._listeners: Dict[str, Callable[..., Any]] = {}
         self._streams: Dict[str, Callable[..., Any]] = {}
 
@@ -490,12 +503,21 @@ class Router:
             raise TypeError(f"the {what} name must be a non-empty str, not {name!r}")
         return name
 
-    def handler(self, name: str) -> Callable[[F], F]:
-        """Decorator: ``@router.handler("math.add")`` serves requests of that method."""
+    def handler(self, name: str, *, idempotent: bool = False) -> Callable[[F], F]:
+        """Decorator: ``@router.handler("math.add")`` serves requests of that method.
+
+        ``idempotent=True`` declares the handler safe to run twice for one call: a server with
+        ``zero_rtt=True`` runs it for calls that arrive as 0-RTT early data (which an attacker
+        can replay); other handlers refuse early calls, and the client sends them again after
+        the handshake."""
         name = self._name(name, "method")
 
         def register(fn: F) -> F:
             self._handlers[name] = _handler_invoker(name, fn)
+            if idempotent:
+                self._idempotent.add(name)
+            else:
+                self._idempotent.discard(name)
             return fn
 
         return register
@@ -522,11 +544,12 @@ class Router:
 
         return register
 
-    def _routes(self) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, Any]], List[Tuple[str, Any]]]:
+    def _routes(self) -> Tuple[Any, ...]:
         return (
             list(self._handlers.items()),
             list(self._listeners.items()),
             list(self._streams.items()),
+            sorted(self._idempotent),
         )
 
 

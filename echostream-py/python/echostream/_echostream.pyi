@@ -5,7 +5,8 @@ from typing import Any, Awaitable, Dict, List, Optional, Tuple, Union
 
 _Pairs = List[Tuple[str, str]]
 _IdentitySpec = Tuple[str, Optional[str], Optional[str]]
-_Routes = Tuple[List[Tuple[str, Any]], List[Tuple[str, Any]], List[Tuple[str, Any]]]
+_Routes = Tuple[List[Tuple[str, Any]], List[Tuple[str, Any]], List[Tuple[str, Any]], List[str]]
+"""Handlers, listeners, stream handlers (name, function), and the idempotent handlers' names."""
 
 def connect(
     addr: Optional[str],
@@ -69,11 +70,14 @@ class Client:
     def clock(self) -> Clock: ...
     def info(self) -> Dict[str, Any]: ...
     def is_connected(self) -> bool: ...
+    def can_resume(self) -> bool: ...
     def open_stream(self, name: str, metadata: Optional[_Pairs] = None) -> Awaitable[Stream]: ...
     def close(self) -> Awaitable[None]: ...
 
 class PeerHandle:
     address: str
+    zero_rtt: str
+    """``"not-attempted"``, ``"pending"``, ``"accepted"`` or ``"rejected"``."""
     connection_id: int
     fingerprint: Optional[str]
     hello_metadata: _Pairs
