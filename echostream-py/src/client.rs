@@ -300,6 +300,13 @@ impl Client {
         self.inner.is_connected()
     }
 
+    /// What happens to the connection from now on (`RpcClient::connection_events`).
+    fn connection_events(&self) -> ClientEventStream {
+        ClientEventStream {
+            inner: Arc::new(tokio::sync::Mutex::new(self.inner.connection_events())),
+        }
+    }
+
     /// Whether a TLS session ticket for the server is held (a reconnection resumes).
     fn can_resume(&self) -> bool {
         self.inner.can_resume()
@@ -496,6 +503,25 @@ impl PeerHandle {
             self.inner.remote_addr(),
             self.inner.connection_id()
         )
+    }
+}
+
+/// A client's connection events as dicts (`ClientConnectionEvents`).
+#[pyclass(frozen, module = "echostream._echostream")]
+pub(crate) struct ClientEventStream {
+    inner: Arc<tokio::sync::Mutex<echostream::ClientConnectionEvents>>,
+}
+
+#[pymethods]
+impl ClientEventStream {
+    /// The next event (`{"event": "connected" | "disconnected", ...}`), or `None` once no
+    /// further connection will come.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        future_into_py(py, async move {
+            let event = inner.lock().await.recv().await;
+            crate::server::event_dict(event)
+        })
     }
 }
 

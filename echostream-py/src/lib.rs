@@ -91,6 +91,7 @@ fn _echostream(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::Client>()?;
     m.add_class::<client::PeerHandle>()?;
     m.add_class::<client::EventStream>()?;
+    m.add_class::<client::ClientEventStream>()?;
     m.add_class::<client::Clock>()?;
     m.add_class::<server::NativeServer>()?;
     m.add_class::<server::CallContext>()?;

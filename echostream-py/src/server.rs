@@ -605,20 +605,26 @@ impl ConnectionEventStream {
         let inner = self.inner.clone();
         future_into_py(py, async move {
             let event = inner.lock().await.recv().await;
-            Python::attach(|py| -> PyResult<Option<Py<PyDict>>> {
-                let Some(event) = event else { return Ok(None) };
-                let (kind, info, reason) = match event {
-                    ConnectionEvent::Connected(info) => ("connected", info, None),
-                    ConnectionEvent::Disconnected { info, reason } => ("disconnected", info, Some(reason)),
-                    _ => return Ok(None),
-                };
-                let d = info_dict(py, &info)?;
-                d.set_item("event", kind)?;
-                d.set_item("reason", reason)?;
-                Ok(Some(d.unbind()))
-            })
+            event_dict(event)
         })
     }
+}
+
+/// A connection event as the dict Python gets (`None` at the end, or for a kind of event this
+/// front does not know).
+pub(crate) fn event_dict(event: Option<ConnectionEvent>) -> PyResult<Option<Py<PyDict>>> {
+    Python::attach(|py| {
+        let Some(event) = event else { return Ok(None) };
+        let (kind, info, reason) = match event {
+            ConnectionEvent::Connected(info) => ("connected", info, None),
+            ConnectionEvent::Disconnected { info, reason } => ("disconnected", info, Some(reason)),
+            _ => return Ok(None),
+        };
+        let d = info_dict(py, &info)?;
+        d.set_item("event", kind)?;
+        d.set_item("reason", reason)?;
+        Ok(Some(d.unbind()))
+    })
 }
 
 /// The connections waiting for a decision (`ConnectionRequests`).

@@ -104,17 +104,37 @@ async def test_a_reconnecting_client_comes_back_to_a_restarted_server():
     addr = first.address
     policy = echostream.Reconnect(initial_backoff=0.05, max_backoff=0.2, wait_for_connection=True)
     client = await echostream.connect(addr, pin=first.fingerprint, reconnect=policy, timeout=2)
+    events = client.connection_events()
     try:
         before = client.peer.connection_id
         await client.request("where")
         await first.close()
+        gone = await asyncio.wait_for(events.__anext__(), 10)
+        assert (gone["event"], gone["connection_id"]) == ("disconnected", before)
+        assert gone["reason"]
         async with serve(addr):
             # Waits for the new connection (wait_for_connection), up to the call's timeout.
             await client.request("where", timeout=15)
             assert client.is_connected()
             assert client.peer.connection_id != before
+            back = await asyncio.wait_for(events.__anext__(), 10)
+            assert (back["event"], back["connection_id"]) == ("connected", client.peer.connection_id)
+            await client.close()
+            # The end of the last connection, then the end of the events.
+            last = await asyncio.wait_for(events.__anext__(), 10)
+            assert last["event"] == "disconnected"
+            assert [e async for e in events] == []
     finally:
         await client.close()
+
+
+async def test_without_reconnect_client_events_end_with_the_connection(connected, make_server):
+    client = await connected(make_server())
+    events = client.connection_events()
+    client.peer.close("test: bye")
+    got = [e async for e in events]
+    assert [e["event"] for e in got] == ["disconnected"]
+    assert "test: bye" in got[0]["reason"]
 
 
 async def test_option_types_are_checked_naming_the_parameter(make_server):

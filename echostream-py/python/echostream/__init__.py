@@ -286,6 +286,14 @@ class Client(_Caller):
         """Whether the connection is up."""
         return self._native.is_connected()
 
+    def connection_events(self) -> "ConnectionEvents":
+        """What happens to the connection from now on, as dicts (the keys of
+        :meth:`Server.connection_events`): ``"disconnected"`` (with ``reason``) when the
+        connection ends and, with ``reconnect=``, ``"connected"`` for each new connection.
+        Ends after the last connection's end (no reconnection, :meth:`close`, or the reconnect
+        policy gave up)."""
+        return ConnectionEvents(self._native.connection_events())
+
     def can_resume(self) -> bool:
         """Whether the client holds a TLS session ticket for the server, so a reconnection
         (``reconnect=``) resumes the session and may send 0-RTT early data."""
