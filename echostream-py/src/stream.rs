@@ -83,8 +83,9 @@ fn read_size(n: usize) -> PyResult<usize> {
 
 #[pymethods]
 impl Stream {
-    /// Up to `n` bytes; `b""` at the end of the data. One read takes what has arrived, from
-    /// several QUIC chunks: for bulk data a large `n` (1 MiB) means fewer awaits.
+    /// Up to `n` bytes; `b""` at the end of the data. One read waits for the first bytes, then
+    /// takes everything else that has already arrived, up to `n`: for bulk data a large `n`
+    /// (1 MiB) means fewer awaits.
     #[pyo3(signature = (n=65536))]
     fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
         let n = read_size(n)?;

@@ -157,3 +157,9 @@ async def test_client_auth_arguments_are_checked_before_anything_starts():
         await server.start()
     with pytest.raises(ValueError, match="cert and key go together"):
         await echostream.connect("127.0.0.1:1", insecure=True, cert=CLIENT[0])
+
+
+async def test_0rtt_and_client_certificates_together_are_refused_at_start():
+    server = ca_server(zero_rtt=True, client_auth=echostream.ClientAuth.required(ca=CA))
+    with pytest.raises(echostream.ConfigError, match="0-RTT"):
+        await server.start()

@@ -129,8 +129,9 @@ class Stream:
     metadata: _Pairs
     peer: PeerHandle
     def read(self, n: int = 65536) -> Awaitable[bytes]:
-        """Up to ``n`` bytes; ``b""`` at the end of the data. A read takes what has arrived:
-        for bulk data a large ``n`` (1 MiB) means fewer awaits."""
+        """Up to ``n`` bytes; ``b""`` at the end of the data. A read waits for the first bytes,
+        then takes everything else that has already arrived, up to ``n``: for bulk data a large
+        ``n`` (1 MiB) means fewer awaits."""
     def read_chunk(self) -> Awaitable[Optional[bytes]]:
         """The next chunk as it arrived (often one packet's worth), or ``None`` at the end."""
     def read_exact(self, n: int) -> Awaitable[bytes]:
