@@ -95,7 +95,7 @@ fn trust(
     timeout=None, server_name=None, cert=None, key=None, routes=None, hello=None, discover=None,
     discover_timeout=None, interfaces=None, identity=None, call_timeout=None, reconnect=None,
     zero_rtt=true, resumption=true, idempotent=None, idle_timeout=None, keep_alive=None,
-    max_frame_size=None))]
+    max_frame_size=None, stream_options=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn connect<'py>(
     py: Python<'py>,
@@ -123,6 +123,7 @@ pub(crate) fn connect<'py>(
     idle_timeout: Option<f64>,
     keep_alive: Option<f64>,
     max_frame_size: Option<u32>,
+    stream_options: Option<std::collections::HashMap<String, f64>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut builder = RpcClient::builder()
         .codec(Codec::Json)
@@ -145,6 +146,9 @@ pub(crate) fn connect<'py>(
     }
     if let Some(n) = max_frame_size {
         builder = builder.max_frame_size(n);
+    }
+    if let Some(map) = stream_options {
+        builder = builder.stream_options(crate::stream_options(map)?);
     }
     let target = match (addr, discover) {
         (Some(addr), None) => Target::Address(addr),

@@ -378,7 +378,7 @@ pub(crate) fn identity_fingerprint(py: Python<'_>, spec: IdentitySpec) -> PyResu
 #[pyo3(signature = (bind, identity_spec, routes, discovery=None, interfaces=None, tokens=None,
     require_token=false, client_auth=None, approve_connections=None, max_connections=None,
     handshake_timeout=None, shutdown_grace=None, zero_rtt=false, idle_timeout=None,
-    max_frame_size=None, max_concurrent_requests=None))]
+    max_frame_size=None, max_concurrent_requests=None, stream_options=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_server(
     py: Python<'_>,
@@ -398,6 +398,7 @@ pub(crate) fn start_server(
     idle_timeout: Option<f64>,
     max_frame_size: Option<u32>,
     max_concurrent_requests: Option<usize>,
+    stream_options: Option<std::collections::HashMap<String, f64>>,
 ) -> PyResult<NativeServer> {
     let locals = Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
     let mut builder = RpcServer::builder()
@@ -430,6 +431,9 @@ pub(crate) fn start_server(
     }
     if let Some(n) = max_concurrent_requests {
         builder = builder.max_concurrent_requests(n);
+    }
+    if let Some(map) = stream_options {
+        builder = builder.stream_options(crate::stream_options(map)?);
     }
     if let Some(id) = identity(identity_spec)? {
         builder = builder.identity(id);

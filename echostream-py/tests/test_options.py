@@ -1,6 +1,7 @@
 """Server admission (approve via event, limits) and the client's builder options from Python."""
 
 import asyncio
+import gc
 
 import pytest
 
@@ -53,6 +54,7 @@ async def test_a_request_dropped_undecided_rejects_the_connection(make_server):
         async def drop_one():
             request = await requests.__anext__()
             del request
+            gc.collect()  # the request may sit in a reference cycle of the awaitable's machinery
 
         dropper = asyncio.create_task(drop_one())
         with pytest.raises(echostream.RejectedError, match="did not approve"):
@@ -177,3 +179,27 @@ async def test_a_reconnection_resumes_with_0rtt_and_runs_idempotent_handlers_ear
             assert ran == ["a", "b"]
         finally:
             await client.close()
+
+
+async def test_stream_options_bound_read_to_end_and_unknown_names_are_refused(connected, make_server):
+    server = make_server(stream_options={"max_read_to_end": 1000})
+    outcome = asyncio.get_running_loop().create_future()
+
+    @server.stream_handler("upload")
+    async def upload(stream):
+        try:
+            await stream.read_to_end()
+        except echostream.StreamError as e:
+            outcome.set_result(str(e))
+
+    client = await connected(server)
+    s = await client.open_stream("upload")
+    await s.write_all(b"x" * 5000)
+    await s.write_eof()
+    assert "1000" in await asyncio.wait_for(outcome, 10)
+    with pytest.raises(ValueError, match="unknown option `max_reads`"):
+        await make_server(stream_options={"max_reads": 1}).start()
+    with pytest.raises(ValueError, match="accept_queue"):
+        await echostream.connect("127.0.0.1:1", insecure=True, stream_options={"accept_queue": 0.5})
+    with pytest.raises(TypeError, match="stream_options"):
+        make_server(stream_options=[("accept_queue", 1)])

@@ -589,6 +589,7 @@ async def connect(
     idle_timeout: Optional[float] = None,
     keep_alive: Optional[float] = None,
     max_frame_size: Optional[int] = None,
+    stream_options: Optional[Mapping[str, float]] = None,
 ) -> Client:
     """Connects to the server at ``addr`` (``"host:port"``).
 
@@ -610,7 +611,11 @@ async def connect(
     (both on) resume TLS sessions and send the calls to the ``idempotent`` methods as 0-RTT
     early data to servers that allow it; ``idle_timeout`` (30 s) and ``keep_alive`` (10 s) are
     the transport's; ``max_frame_size`` is the largest frame accepted from the server (32 MiB).
-    All times are in seconds.
+    ``stream_options`` sets stream limits and timeouts by the names of the Rust
+    ``StreamOptions`` fields: ``accept_queue`` (64), ``decision_queue`` (64),
+    ``pairing_timeout`` (10 s), ``open_timeout`` (30 s), ``decision_timeout`` (10 s),
+    ``max_error_size`` (64 KiB), ``max_message_size`` (16 MiB), ``max_read_to_end`` (256 MiB),
+    ``max_streams_per_connection`` (16,384). All times are in seconds.
     """
     if not isinstance(addr, str):
         raise TypeError(f"addr must be a str such as '127.0.0.1:5000', not {type(addr).__name__}")
@@ -620,7 +625,8 @@ async def connect(
                           router=router, hello=hello, call_timeout=call_timeout,
                           reconnect=reconnect, zero_rtt=zero_rtt, resumption=resumption,
                           idempotent=idempotent, idle_timeout=idle_timeout,
-                          keep_alive=keep_alive, max_frame_size=max_frame_size)
+                          keep_alive=keep_alive, max_frame_size=max_frame_size,
+                          stream_options=stream_options)
 
 
 async def discover(
@@ -661,6 +667,19 @@ def _number(value: Any, name: str, kind: type = float) -> Any:
     return kind(value)
 
 
+def _stream_options(options: Optional[Mapping[str, float]]) -> Optional[Dict[str, float]]:
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        raise TypeError(f"stream_options must be a dict of option name to number, not {type(options).__name__}")
+    out = {}
+    for k, v in options.items():
+        if not isinstance(k, str):
+            raise TypeError(f"stream_options keys must be str, not {type(k).__name__}")
+        out[k] = _number(v, f"stream_options[{k!r}]")
+    return out
+
+
 def _strs(values: Any, name: str) -> List[str]:
     if isinstance(values, str):
         return [values]
@@ -696,6 +715,7 @@ async def _connect(
     idle_timeout: Optional[float] = None,
     keep_alive: Optional[float] = None,
     max_frame_size: Optional[int] = None,
+    stream_options: Optional[Mapping[str, float]] = None,
 ) -> Client:
     pins = None if pin is None else _strs(pin, "pin")
     if router is not None and not isinstance(router, Router):
@@ -733,6 +753,7 @@ async def _connect(
         idle_timeout=_number(idle_timeout, "idle_timeout"),
         keep_alive=_number(keep_alive, "keep_alive"),
         max_frame_size=_number(max_frame_size, "max_frame_size", int),
+        stream_options=_stream_options(stream_options),
     )
     return Client(native)
 
@@ -871,7 +892,7 @@ class Server(Router):
     finish, 10 s), ``idle_timeout`` (30 s), ``max_frame_size`` (32 MiB),
     ``max_concurrent_requests`` per connection (1024). ``zero_rtt=True`` accepts 0-RTT early
     data from returning clients, for handlers that are safe to run twice only (not with
-    ``client_auth``).
+    ``client_auth``). ``stream_options`` sets stream limits and timeouts (see :func:`connect`).
     """
 
     def __init__(
@@ -892,6 +913,7 @@ class Server(Router):
         idle_timeout: Optional[float] = None,
         max_frame_size: Optional[int] = None,
         max_concurrent_requests: Optional[int] = None,
+        stream_options: Optional[Mapping[str, float]] = None,
     ) -> None:
         super().__init__()
         if not isinstance(bind, str):
@@ -924,6 +946,7 @@ class Server(Router):
             idle_timeout=_number(idle_timeout, "idle_timeout"),
             max_frame_size=_number(max_frame_size, "max_frame_size", int),
             max_concurrent_requests=_number(max_concurrent_requests, "max_concurrent_requests", int),
+            stream_options=_stream_options(stream_options),
         )
         self._native: Any = None
 
@@ -1021,8 +1044,9 @@ class Incoming:
 class ConnectionRequest:
     """One incoming connection waiting for the application's decision: ``remote``
     (``host:port``), ``fingerprint`` (its client certificate's, if any), ``metadata`` (its
-    hello's). Call :meth:`approve` or :meth:`reject` once; a request dropped undecided is
-    rejected."""
+    hello's). Call :meth:`approve` or :meth:`reject` once. A request dropped undecided is
+    rejected, but only when Python frees it (which a reference cycle can delay): decide
+    explicitly."""
 
     __slots__ = ("_native",)
 

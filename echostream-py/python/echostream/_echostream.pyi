@@ -34,6 +34,7 @@ def connect(
     idle_timeout: Optional[float] = None,
     keep_alive: Optional[float] = None,
     max_frame_size: Optional[int] = None,
+    stream_options: Optional[Dict[str, float]] = None,
 ) -> Awaitable[Client]: ...
 def identity_fingerprint(spec: _IdentitySpec) -> str:
     """The fingerprint of the identity ``spec`` names (loads it; not for ephemeral ones)."""
@@ -55,6 +56,7 @@ def start_server(
     idle_timeout: Optional[float] = None,
     max_frame_size: Optional[int] = None,
     max_concurrent_requests: Optional[int] = None,
+    stream_options: Optional[Dict[str, float]] = None,
 ) -> NativeServer: ...
 
 class Client:
