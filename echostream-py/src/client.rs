@@ -129,8 +129,11 @@ pub(crate) fn connect<'py>(
         .codec(Codec::Json)
         .zero_rtt(zero_rtt)
         .resumption(resumption);
-    if let Some(t) = call_timeout {
-        builder = builder.timeout(seconds(t, "call_timeout")?);
+    match call_timeout {
+        // Calls carry no deadline unless they set one (the server's handler timeout applies).
+        Some(t) if t == 0.0 => builder = builder.no_default_timeout(),
+        Some(t) => builder = builder.timeout(seconds(t, "call_timeout")?),
+        None => {}
     }
     if let Some(spec) = reconnect {
         builder = builder.reconnect(reconnect_policy(spec)?);

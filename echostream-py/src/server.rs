@@ -10,7 +10,7 @@ use crate::client::{info_dict, raw_json, EventStream, PeerHandle};
 use crate::errors::{stream_to_py, to_py};
 use crate::stream::Stream;
 use crate::{metadata_pairs, seconds, Buf};
-use echostream::rpc::{ConnectionRequest, ConnectionRequests};
+use echostream::rpc::{ConnectionRequest, ConnectionRequests, RateLimit};
 use echostream::rpc::{Handler, Listener, Payload, PeerIdentity, ServerHandle, StaticTokens};
 use echostream::stream::StreamHandler;
 use echostream::{
@@ -378,7 +378,8 @@ pub(crate) fn identity_fingerprint(py: Python<'_>, spec: IdentitySpec) -> PyResu
 #[pyo3(signature = (bind, identity_spec, routes, discovery=None, interfaces=None, tokens=None,
     require_token=false, client_auth=None, approve_connections=None, max_connections=None,
     handshake_timeout=None, shutdown_grace=None, zero_rtt=false, idle_timeout=None,
-    max_frame_size=None, max_concurrent_requests=None, stream_options=None))]
+    max_frame_size=None, max_concurrent_requests=None, stream_options=None, rate_limit=None,
+    method_rate_limits=None, default_handler_timeout=None, max_connections_per_address=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_server(
     py: Python<'_>,
@@ -399,6 +400,10 @@ pub(crate) fn start_server(
     max_frame_size: Option<u32>,
     max_concurrent_requests: Option<usize>,
     stream_options: Option<std::collections::HashMap<String, f64>>,
+    rate_limit: Option<u32>,
+    method_rate_limits: Option<Vec<(String, u32)>>,
+    default_handler_timeout: Option<f64>,
+    max_connections_per_address: Option<usize>,
 ) -> PyResult<NativeServer> {
     let locals = Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
     let mut builder = RpcServer::builder()
@@ -434,6 +439,18 @@ pub(crate) fn start_server(
     }
     if let Some(map) = stream_options {
         builder = builder.stream_options(crate::stream_options(map)?);
+    }
+    if let Some(n) = rate_limit {
+        builder = builder.rate_limit(RateLimit::per_second(n));
+    }
+    for (pattern, n) in method_rate_limits.unwrap_or_default() {
+        builder = builder.method_rate_limit(&pattern, RateLimit::per_second(n));
+    }
+    if let Some(t) = default_handler_timeout {
+        builder = builder.default_handler_timeout(Some(seconds(t, "default_handler_timeout")?));
+    }
+    if let Some(n) = max_connections_per_address {
+        builder = builder.max_connections_per_address(n);
     }
     if let Some(id) = identity(identity_spec)? {
         builder = builder.identity(id);

@@ -203,3 +203,36 @@ async def test_stream_options_bound_read_to_end_and_unknown_names_are_refused(co
         await echostream.connect("127.0.0.1:1", insecure=True, stream_options={"accept_queue": 0.5})
     with pytest.raises(TypeError, match="stream_options"):
         make_server(stream_options=[("accept_queue", 1)])
+
+
+async def test_rate_limits_refuse_calls_over_the_limit_naming_the_method(connected, make_server):
+    server = make_server(method_rate_limits={"admin.*": 1})
+
+    @server.handler("admin.reset")
+    def reset():
+        return "done"
+
+    @server.handler("free")
+    def free():
+        return "ok"
+
+    client = await connected(server)
+    assert await client.request("admin.reset") == "done"
+    with pytest.raises(echostream.RateLimitedError, match="admin.reset"):
+        await client.request("admin.reset")
+    # Other names and the connection itself are not affected.
+    for _ in range(5):
+        assert await client.request("free") == "ok"
+
+
+async def test_default_handler_timeout_bounds_calls_without_a_deadline(connected, make_server):
+    server = make_server(default_handler_timeout=0.3)
+
+    @server.handler("hang")
+    async def hang():
+        await asyncio.sleep(30)
+
+    # A client whose calls carry no deadline: the server's default bounds the handler.
+    client = await connected(server, call_timeout=0)
+    with pytest.raises(echostream.TimeoutError, match="hang"):
+        await asyncio.wait_for(client.request("hang"), 10)

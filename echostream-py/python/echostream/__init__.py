@@ -606,7 +606,8 @@ async def connect(
     is metadata sent in the hello.
 
     Options (the Rust ``ClientBuilder``'s): ``timeout`` bounds the connection attempt;
-    ``call_timeout`` is the default deadline of calls (30 s); ``reconnect=True`` (or a
+    ``call_timeout`` is the default deadline of calls (30 s; ``0``: calls carry no
+    deadline unless they set one, and the server's handler timeout applies); ``reconnect=True`` (or a
     :class:`Reconnect`) re-establishes a dropped connection; ``resumption`` and ``zero_rtt``
     (both on) resume TLS sessions and send the calls to the ``idempotent`` methods as 0-RTT
     early data to servers that allow it; ``idle_timeout`` (30 s) and ``keep_alive`` (10 s) are
@@ -893,6 +894,13 @@ class Server(Router):
     ``max_concurrent_requests`` per connection (1024). ``zero_rtt=True`` accepts 0-RTT early
     data from returning clients, for handlers that are safe to run twice only (not with
     ``client_auth``). ``stream_options`` sets stream limits and timeouts (see :func:`connect`).
+
+    Protection: ``rate_limit`` is the calls per second (requests, events, stream opens; burst
+    as large) one connection may make, ``method_rate_limits={"admin.*": 1}`` the same per name
+    pattern (``"prefix.*"``, an exact name, or ``"*"``); over a limit a call fails with
+    :class:`RateLimitedError` and the connection stays usable. ``default_handler_timeout``
+    bounds handlers whose caller set no deadline (300 s); ``max_connections_per_address``
+    (1000) caps the connections from one IP address, refused before any TLS work.
     """
 
     def __init__(
@@ -914,6 +922,10 @@ class Server(Router):
         max_frame_size: Optional[int] = None,
         max_concurrent_requests: Optional[int] = None,
         stream_options: Optional[Mapping[str, float]] = None,
+        rate_limit: Optional[int] = None,
+        method_rate_limits: Optional[Mapping[str, int]] = None,
+        default_handler_timeout: Optional[float] = None,
+        max_connections_per_address: Optional[int] = None,
     ) -> None:
         super().__init__()
         if not isinstance(bind, str):
@@ -947,6 +959,13 @@ class Server(Router):
             max_frame_size=_number(max_frame_size, "max_frame_size", int),
             max_concurrent_requests=_number(max_concurrent_requests, "max_concurrent_requests", int),
             stream_options=_stream_options(stream_options),
+            rate_limit=_number(rate_limit, "rate_limit", int),
+            method_rate_limits=None if method_rate_limits is None else [
+                (_strs(k, "method_rate_limits keys")[0], _number(v, f"method_rate_limits[{k!r}]", int))
+                for k, v in dict(method_rate_limits).items()
+            ],
+            default_handler_timeout=_number(default_handler_timeout, "default_handler_timeout"),
+            max_connections_per_address=_number(max_connections_per_address, "max_connections_per_address", int),
         )
         self._native: Any = None
 

@@ -57,6 +57,10 @@ def start_server(
     max_frame_size: Optional[int] = None,
     max_concurrent_requests: Optional[int] = None,
     stream_options: Optional[Dict[str, float]] = None,
+    rate_limit: Optional[int] = None,
+    method_rate_limits: Optional[List[Tuple[str, int]]] = None,
+    default_handler_timeout: Optional[float] = None,
+    max_connections_per_address: Optional[int] = None,
 ) -> NativeServer: ...
 
 class Client:
