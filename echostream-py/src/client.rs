@@ -131,7 +131,7 @@ pub(crate) fn connect<'py>(
         .resumption(resumption);
     match call_timeout {
         // Calls carry no deadline unless they set one (the server's handler timeout applies).
-        Some(t) if t == 0.0 => builder = builder.no_default_timeout(),
+        Some(0.0) => builder = builder.no_default_timeout(),
         Some(t) => builder = builder.timeout(seconds(t, "call_timeout")?),
         None => {}
     }
