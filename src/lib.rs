@@ -42,8 +42,9 @@ pub use echostream_core::connection::client_auth::{
 pub use echostream_core::connection::tls;
 pub use echostream_core::connection::tls::{ClientTrust, Fingerprint, ServerIdentity};
 pub use echostream_core::rpc::{
-    CallOptions, Caller, ConnectionEvent, ConnectionEvents, ConnectionInfo, ConnectionPolicy, Context,
-    Handler, Listener, Peer, ReconnectPolicy, RpcClient, RpcServer, ServerHandle, Subscription, ZeroRtt,
+    CallOptions, Caller, ClientConnectionEvents, ConnectionEvent, ConnectionEvents, ConnectionInfo,
+    ConnectionPolicy, Context, Handler, Listener, Peer, ReconnectPolicy, RpcClient, RpcServer, ServerHandle,
+    Subscription, ZeroRtt,
 };
 pub use echostream_core::stream::{
     IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,

@@ -280,6 +280,75 @@ async fn reconnect_after_the_server_restarts_on_the_same_port() {
     assert_eq!(c.request::<_, String>("ask_client", ()).await.unwrap(), "c1");
 }
 
+async fn next_event(events: &mut echostream::ClientConnectionEvents) -> Option<ConnectionEvent> {
+    tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("an event in time")
+}
+
+#[tokio::test]
+async fn client_connection_events_report_each_disconnection_and_reconnection_then_end_at_close() {
+    let identity = fixed_identity();
+    let first = restartable(&identity, "127.0.0.1:0");
+    let addr = first.local_addr().to_string();
+    let fp = first.fingerprint();
+    let stop = first.shutdown_handle();
+    let task = tokio::spawn(first.run());
+    let c = RpcClient::builder()
+        .pin(fp)
+        .reconnect(ReconnectPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(200),
+            ..Default::default()
+        })
+        .connect(&addr)
+        .await
+        .unwrap();
+    let mut events = c.connection_events();
+    let first_id = c.peer().connection_id();
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    match next_event(&mut events).await {
+        Some(ConnectionEvent::Disconnected { info, reason }) => {
+            assert_eq!(info.connection_id, first_id);
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected the first connection's end, got {other:?}"),
+    }
+    let second = restartable(&identity, &addr);
+    tokio::spawn(second.run());
+    match next_event(&mut events).await {
+        Some(ConnectionEvent::Connected(info)) => {
+            assert_ne!(info.connection_id, first_id);
+            assert_eq!(info.connection_id, c.peer().connection_id());
+        }
+        other => panic!("expected the new connection, got {other:?}"),
+    }
+    c.close().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Some(ConnectionEvent::Disconnected { .. })
+    ));
+    assert!(
+        next_event(&mut events).await.is_none(),
+        "no connection after close"
+    );
+}
+
+#[tokio::test]
+async fn without_reconnection_client_connection_events_end_after_the_disconnection() {
+    let s = serve(RpcServer::builder());
+    let c = client_for(&s).connect(&s.addr).await.unwrap();
+    let mut events = c.connection_events();
+    c.peer().close("test: bye");
+    let e = tokio::time::timeout(WAIT, events.recv()).await.unwrap();
+    assert!(
+        matches!(&e, Some(ConnectionEvent::Disconnected { reason, .. }) if reason.contains("test: bye")),
+        "{e:?}"
+    );
+    assert!(tokio::time::timeout(WAIT, events.recv()).await.unwrap().is_none());
+}
+
 #[tokio::test]
 async fn with_wait_for_connection_a_call_made_while_disconnected_waits_for_the_new_connection() {
     let identity = fixed_identity();

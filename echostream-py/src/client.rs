@@ -7,7 +7,8 @@ use crate::{metadata_pairs, seconds};
 use echostream::rpc::Subscription;
 use echostream::timesync::SyncedClock;
 use echostream::{
-    CallOptions, ClientTrust, Codec, ConnectionInfo, Fingerprint, Peer, RpcClient, ServerIdentity,
+    CallOptions, ClientTrust, Codec, ConnectionInfo, Fingerprint, Peer, ReconnectPolicy, RpcClient,
+    ServerIdentity, ZeroRtt,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -34,6 +35,32 @@ fn call_options(timeout: Option<f64>, md: Option<Vec<(String, String)>>) -> PyRe
     Ok(opts)
 }
 
+/// `sha256:HEX` strings as fingerprints; the `ValueError` names the one that is not.
+pub(crate) fn fingerprints(pins: Vec<String>) -> PyResult<Vec<Fingerprint>> {
+    pins.into_iter()
+        .map(|pin| {
+            pin.parse().map_err(|e| {
+                PyValueError::new_err(format!(
+                    "pin `{pin}` is not a fingerprint: {e} (expected sha256:HEX)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `ReconnectPolicy` from the Python half (`Reconnect._spec`): initial and longest backoff in
+/// seconds, most failed attempts in a row, whether calls wait for the new connection.
+type ReconnectSpec = (f64, f64, Option<u32>, bool);
+
+fn reconnect_policy((initial, max, attempts, wait): ReconnectSpec) -> PyResult<ReconnectPolicy> {
+    Ok(ReconnectPolicy {
+        initial_backoff: seconds(initial, "initial_backoff")?,
+        max_backoff: seconds(max, "max_backoff")?,
+        max_attempts: attempts,
+        wait_for_connection: wait,
+    })
+}
+
 /// The trust the keyword arguments ask for (`None`: the Rust default, trust on first use
 /// recorded in the known-hosts file).
 fn trust(
@@ -46,16 +73,7 @@ fn trust(
         return Ok(Some(ClientTrust::dangerous_accept_any_certificate()));
     }
     if let Some(pins) = pins {
-        let mut fps = Vec::new();
-        for pin in pins {
-            let fp: Fingerprint = pin.parse().map_err(|e| {
-                PyValueError::new_err(format!(
-                    "pin `{pin}` is not a fingerprint: {e} (expected sha256:HEX)"
-                ))
-            })?;
-            fps.push(fp);
-        }
-        return Ok(Some(ClientTrust::Pinned(fps)));
+        return Ok(Some(ClientTrust::Pinned(fingerprints(pins)?)));
     }
     if let Some(ca) = ca {
         return Ok(Some(ClientTrust::CaFile(ca.into())));
@@ -75,7 +93,9 @@ fn trust(
 #[pyfunction]
 #[pyo3(signature = (addr, *, pins=None, ca=None, known_hosts=None, insecure=false, token=None,
     timeout=None, server_name=None, cert=None, key=None, routes=None, hello=None, discover=None,
-    discover_timeout=None, interfaces=None))]
+    discover_timeout=None, interfaces=None, identity=None, call_timeout=None, reconnect=None,
+    zero_rtt=true, resumption=true, idempotent=None, idle_timeout=None, keep_alive=None,
+    max_frame_size=None, stream_options=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn connect<'py>(
     py: Python<'py>,
@@ -94,8 +114,45 @@ pub(crate) fn connect<'py>(
     discover: Option<String>,
     discover_timeout: Option<f64>,
     interfaces: Option<crate::InterfacesArg>,
+    identity: Option<crate::server::IdentitySpec>,
+    call_timeout: Option<f64>,
+    reconnect: Option<ReconnectSpec>,
+    zero_rtt: bool,
+    resumption: bool,
+    idempotent: Option<Vec<String>>,
+    idle_timeout: Option<f64>,
+    keep_alive: Option<f64>,
+    max_frame_size: Option<u32>,
+    stream_options: Option<std::collections::HashMap<String, f64>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let mut builder = RpcClient::builder().codec(Codec::Json);
+    let mut builder = RpcClient::builder()
+        .codec(Codec::Json)
+        .zero_rtt(zero_rtt)
+        .resumption(resumption);
+    match call_timeout {
+        // Calls carry no deadline unless they set one (the server's handler timeout applies).
+        Some(0.0) => builder = builder.no_default_timeout(),
+        Some(t) => builder = builder.timeout(seconds(t, "call_timeout")?),
+        None => {}
+    }
+    if let Some(spec) = reconnect {
+        builder = builder.reconnect(reconnect_policy(spec)?);
+    }
+    for method in idempotent.unwrap_or_default() {
+        builder = builder.idempotent(method);
+    }
+    if let Some(t) = idle_timeout {
+        builder = builder.idle_timeout(seconds(t, "idle_timeout")?);
+    }
+    if let Some(t) = keep_alive {
+        builder = builder.keep_alive(Some(seconds(t, "keep_alive")?));
+    }
+    if let Some(n) = max_frame_size {
+        builder = builder.max_frame_size(n);
+    }
+    if let Some(map) = stream_options {
+        builder = builder.stream_options(crate::stream_options(map)?);
+    }
     let target = match (addr, discover) {
         (Some(addr), None) => Target::Address(addr),
         (None, Some(name)) => {
@@ -123,14 +180,24 @@ pub(crate) fn connect<'py>(
     if let Some(token) = token {
         builder = builder.token(token);
     }
-    match (cert, key) {
-        (Some(cert_chain), Some(private_key)) => {
+    match (cert, key, identity) {
+        (Some(cert_chain), Some(private_key), None) => {
             builder = builder.client_identity(ServerIdentity::PemFiles {
                 cert_chain: cert_chain.into(),
                 private_key: private_key.into(),
             });
         }
-        (None, None) => {}
+        (None, None, Some(spec)) => {
+            if let Some(id) = crate::server::identity(spec)? {
+                builder = builder.client_identity(id);
+            }
+        }
+        (None, None, None) => {}
+        (_, _, Some(_)) => {
+            return Err(PyValueError::new_err(
+                "give the client certificate either as identity= or as cert= and key=, not both",
+            ))
+        }
         _ => return Err(PyValueError::new_err("cert and key go together (PEM files)")),
     }
     for (k, v) in hello.unwrap_or_default() {
@@ -240,13 +307,25 @@ impl Client {
         self.inner.is_connected()
     }
 
+    /// What happens to the connection from now on (`RpcClient::connection_events`).
+    fn connection_events(&self) -> ClientEventStream {
+        ClientEventStream {
+            inner: Arc::new(tokio::sync::Mutex::new(self.inner.connection_events())),
+        }
+    }
+
+    /// Whether a TLS session ticket for the server is held (a reconnection resumes).
+    fn can_resume(&self) -> bool {
+        self.inner.can_resume()
+    }
+
     /// The server's address.
     #[getter]
     fn remote_address(&self) -> String {
         self.inner.remote_addr().to_string()
     }
 
-    /// The server's certificate fingerprint (`sha256:...`).
+    /// The server's certificate fingerprint (64 hex digits of SHA-256).
     #[getter]
     fn server_fingerprint(&self) -> Option<String> {
         self.inner.server_fingerprint().map(|f| f.to_string())
@@ -394,6 +473,19 @@ impl PeerHandle {
         self.inner.remote_addr().to_string()
     }
 
+    /// What became of 0-RTT on this connection.
+    #[getter]
+    fn zero_rtt(&self) -> &'static str {
+        match self.inner.zero_rtt() {
+            ZeroRtt::NotAttempted => "not-attempted",
+            ZeroRtt::Pending => "pending",
+            ZeroRtt::Accepted => "accepted",
+            ZeroRtt::Rejected => "rejected",
+            // A state added to the core later.
+            _ => "unknown",
+        }
+    }
+
     /// The connection's id (unique within this process).
     #[getter]
     fn connection_id(&self) -> u64 {
@@ -418,6 +510,25 @@ impl PeerHandle {
             self.inner.remote_addr(),
             self.inner.connection_id()
         )
+    }
+}
+
+/// A client's connection events as dicts (`ClientConnectionEvents`).
+#[pyclass(frozen, module = "echostream._echostream")]
+pub(crate) struct ClientEventStream {
+    inner: Arc<tokio::sync::Mutex<echostream::ClientConnectionEvents>>,
+}
+
+#[pymethods]
+impl ClientEventStream {
+    /// The next event (`{"event": "connected" | "disconnected", ...}`), or `None` once no
+    /// further connection will come.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        future_into_py(py, async move {
+            let event = inner.lock().await.recv().await;
+            crate::server::event_dict(event)
+        })
     }
 }
 

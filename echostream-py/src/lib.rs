@@ -28,6 +28,45 @@ fn seconds(value: f64, name: &str) -> PyResult<Duration> {
         })
 }
 
+/// Stream limits and timeouts from Python (`stream_options={"max_read_to_end": ...}`), keyed by
+/// the names of [`StreamOptions`](echostream::stream::StreamOptions)' fields; times in seconds.
+fn stream_options(
+    map: std::collections::HashMap<String, f64>,
+) -> PyResult<echostream::stream::StreamOptions> {
+    let mut o = echostream::stream::StreamOptions::default();
+    for (key, value) in map {
+        let count = || -> PyResult<usize> {
+            if value.fract() == 0.0 && value >= 1.0 && value <= usize::MAX as f64 {
+                Ok(value as usize)
+            } else {
+                Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "stream_options `{key}`={value} is not a positive whole number"
+                )))
+            }
+        };
+        let name = format!("stream_options `{key}`");
+        match key.as_str() {
+            "accept_queue" => o.accept_queue = count()?,
+            "decision_queue" => o.decision_queue = count()?,
+            "pairing_timeout" => o.pairing_timeout = seconds(value, &name)?,
+            "open_timeout" => o.open_timeout = seconds(value, &name)?,
+            "decision_timeout" => o.decision_timeout = seconds(value, &name)?,
+            "max_error_size" => o.max_error_size = count()?,
+            "max_message_size" => o.max_message_size = count()?,
+            "max_read_to_end" => o.max_read_to_end = count()?,
+            "max_streams_per_connection" => o.max_streams_per_connection = count()?,
+            _ => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "stream_options: unknown option `{key}` (known: accept_queue, decision_queue, \
+                     pairing_timeout, open_timeout, decision_timeout, max_error_size, \
+                     max_message_size, max_read_to_end, max_streams_per_connection)"
+                )))
+            }
+        }
+    }
+    Ok(o)
+}
+
 /// `(key, value)` pairs from Python as call metadata.
 fn metadata(pairs: Option<Vec<(String, String)>>) -> echostream::Metadata {
     let mut md = echostream::Metadata::new();
@@ -91,13 +130,17 @@ fn _echostream(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::Client>()?;
     m.add_class::<client::PeerHandle>()?;
     m.add_class::<client::EventStream>()?;
+    m.add_class::<client::ClientEventStream>()?;
     m.add_class::<client::Clock>()?;
     m.add_class::<server::NativeServer>()?;
     m.add_class::<server::CallContext>()?;
     m.add_class::<server::StreamAcceptor>()?;
     m.add_class::<server::ConnectionEventStream>()?;
+    m.add_class::<server::ConnectionRequestStream>()?;
+    m.add_class::<server::PendingConnection>()?;
     m.add_class::<stream::Stream>()?;
     m.add_class::<stream::MessageStream>()?;
     m.add_function(wrap_pyfunction!(server::start_server, m)?)?;
+    m.add_function(wrap_pyfunction!(server::identity_fingerprint, m)?)?;
     Ok(())
 }

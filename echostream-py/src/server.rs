@@ -9,12 +9,13 @@
 use crate::client::{info_dict, raw_json, EventStream, PeerHandle};
 use crate::errors::{stream_to_py, to_py};
 use crate::stream::Stream;
-use crate::{metadata_pairs, Buf};
+use crate::{metadata_pairs, seconds, Buf};
+use echostream::rpc::{ConnectionRequest, ConnectionRequests, RateLimit};
 use echostream::rpc::{Handler, Listener, Payload, PeerIdentity, ServerHandle, StaticTokens};
 use echostream::stream::StreamHandler;
 use echostream::{
-    Code, Codec, ConnectionEvent, ConnectionEvents, Context, IncomingStreams, RpcServer, ServerIdentity,
-    Status, XStream,
+    ClientAuth, ClientCertTrust, Code, Codec, ConnectionEvent, ConnectionEvents, ConnectionPolicy, Context,
+    IncomingStreams, RpcServer, ServerIdentity, Status, XStream,
 };
 use futures::future::BoxFuture;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -28,12 +29,14 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// What the Python half registered: `(name, function)` lists of handlers, listeners and stream
-/// handlers. Each function takes `(CallContext, data)` and returns a coroutine.
+/// handlers, and the names of the handlers declared idempotent. Each function takes
+/// `(CallContext, data)` and returns a coroutine.
 #[derive(FromPyObject)]
 pub(crate) struct PyRoutes(
     Vec<(String, Py<PyAny>)>,
     Vec<(String, Py<PyAny>)>,
     Vec<(String, Py<PyAny>)>,
+    Vec<String>,
 );
 
 /// One Python function and the loop it runs on.
@@ -147,12 +150,16 @@ fn not_json(kind: &str, name: &str, codec: Codec) -> Status {
     )
 }
 
-/// A Python request handler.
-pub(crate) struct PyHandler(Target);
+/// A Python request handler, and whether it is declared idempotent (run for 0-RTT calls).
+pub(crate) struct PyHandler(Target, bool);
 
 impl Handler for PyHandler {
     fn method(&self) -> &str {
         &self.0.name
+    }
+
+    fn idempotent(&self) -> bool {
+        self.1
     }
 
     fn call(&self, ctx: Context, args: Payload) -> BoxFuture<'static, Result<Payload, Status>> {
@@ -222,7 +229,10 @@ impl PyRoutes {
     pub(crate) fn handlers(&self, locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<PyHandler> {
         Target::list(&self.0, locals, py)
             .into_iter()
-            .map(PyHandler)
+            .map(|t| {
+                let idempotent = self.3.contains(&t.name);
+                PyHandler(t, idempotent)
+            })
             .collect()
     }
 
@@ -301,9 +311,33 @@ impl CallContext {
     }
 }
 
-/// The server's identity from the Python half: `("default" | "ephemeral" | "persistent" |
-/// "pem", name or certificate path, key path)`.
-fn identity(spec: (String, Option<String>, Option<String>)) -> PyResult<Option<ServerIdentity>> {
+/// An identity from the Python half (`Identity._spec`): `("default" | "ephemeral" |
+/// "persistent" | "pem", name or certificate path, key path)`.
+pub(crate) type IdentitySpec = (String, Option<String>, Option<String>);
+
+/// How the server checks client certificates, from the Python half (`ClientAuth._spec`):
+/// `(required, CA file, pinned fingerprints)`, exactly one of the last two given.
+pub(crate) type ClientAuthSpec = (bool, Option<String>, Option<Vec<String>>);
+
+fn client_auth_of((required, ca, pins): ClientAuthSpec) -> PyResult<ClientAuth> {
+    let trust = match (ca, pins) {
+        (Some(ca), None) => ClientCertTrust::CaFile(ca.into()),
+        (None, Some(pins)) => ClientCertTrust::pinned(crate::client::fingerprints(pins)?),
+        _ => {
+            return Err(PyValueError::new_err(
+                "client_auth: give either a CA file (ca=) or pinned fingerprints (pins=)",
+            ))
+        }
+    };
+    Ok(if required {
+        ClientAuth::required(trust)
+    } else {
+        ClientAuth::optional(trust)
+    })
+}
+
+/// The identity a spec names (`None`: the Rust default, the persistent identity "default").
+pub(crate) fn identity(spec: IdentitySpec) -> PyResult<Option<ServerIdentity>> {
     match spec {
         (k, None, None) if k == "default" => Ok(None),
         (k, None, None) if k == "ephemeral" => Ok(Some(ServerIdentity::Ephemeral)),
@@ -318,24 +352,106 @@ fn identity(spec: (String, Option<String>, Option<String>)) -> PyResult<Option<S
     }
 }
 
+/// The fingerprint of the identity a spec names, loading it (a persistent one is made on first
+/// use). An ephemeral identity has none to give: it is new each time it is loaded.
+#[pyfunction]
+pub(crate) fn identity_fingerprint(py: Python<'_>, spec: IdentitySpec) -> PyResult<String> {
+    let id = match identity(spec)? {
+        Some(ServerIdentity::Ephemeral) => {
+            return Err(PyValueError::new_err(
+                "an ephemeral identity has no lasting fingerprint: it is new each time it is loaded \
+                 (use Identity.persistent(name) or Identity.pem(...))",
+            ))
+        }
+        Some(id) => id,
+        None => ServerIdentity::default(),
+    };
+    let loaded = py
+        .detach(|| id.load())
+        .map_err(|e| to_py(echostream::Error::from(e)))?;
+    Ok(loaded.fingerprint.to_string())
+}
+
 /// Builds the server (binding its socket) and runs it on the runtime; must be called from a
 /// coroutine, whose loop then runs the Python handlers.
 #[pyfunction]
 #[pyo3(signature = (bind, identity_spec, routes, discovery=None, interfaces=None, tokens=None,
-    require_token=false))]
+    require_token=false, client_auth=None, approve_connections=None, max_connections=None,
+    handshake_timeout=None, shutdown_grace=None, zero_rtt=false, idle_timeout=None,
+    max_frame_size=None, max_concurrent_requests=None, stream_options=None, rate_limit=None,
+    method_rate_limits=None, default_handler_timeout=None, max_connections_per_address=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_server(
     py: Python<'_>,
     bind: String,
-    identity_spec: (String, Option<String>, Option<String>),
+    identity_spec: IdentitySpec,
     routes: PyRoutes,
     discovery: Option<String>,
     interfaces: Option<crate::InterfacesArg>,
     tokens: Option<Vec<(String, String)>>,
     require_token: bool,
+    client_auth: Option<ClientAuthSpec>,
+    approve_connections: Option<usize>,
+    max_connections: Option<usize>,
+    handshake_timeout: Option<f64>,
+    shutdown_grace: Option<f64>,
+    zero_rtt: bool,
+    idle_timeout: Option<f64>,
+    max_frame_size: Option<u32>,
+    max_concurrent_requests: Option<usize>,
+    stream_options: Option<std::collections::HashMap<String, f64>>,
+    rate_limit: Option<u32>,
+    method_rate_limits: Option<Vec<(String, u32)>>,
+    default_handler_timeout: Option<f64>,
+    max_connections_per_address: Option<usize>,
 ) -> PyResult<NativeServer> {
     let locals = Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
-    let mut builder = RpcServer::builder().bind(bind).codec(Codec::Json);
+    let mut builder = RpcServer::builder()
+        .bind(bind)
+        .codec(Codec::Json)
+        .zero_rtt(zero_rtt);
+    if let Some(spec) = client_auth {
+        builder = builder.client_auth(client_auth_of(spec)?);
+    }
+    let mut requests = None;
+    if let Some(queue) = approve_connections {
+        let (policy, rx) = ConnectionPolicy::approve_via_event(queue);
+        builder = builder.connection_policy(policy);
+        requests = Some(rx);
+    }
+    if let Some(n) = max_connections {
+        builder = builder.max_connections(n);
+    }
+    if let Some(t) = handshake_timeout {
+        builder = builder.handshake_timeout(seconds(t, "handshake_timeout")?);
+    }
+    if let Some(t) = shutdown_grace {
+        builder = builder.shutdown_grace(seconds(t, "shutdown_grace")?);
+    }
+    if let Some(t) = idle_timeout {
+        builder = builder.idle_timeout(seconds(t, "idle_timeout")?);
+    }
+    if let Some(n) = max_frame_size {
+        builder = builder.max_frame_size(n);
+    }
+    if let Some(n) = max_concurrent_requests {
+        builder = builder.max_concurrent_requests(n);
+    }
+    if let Some(map) = stream_options {
+        builder = builder.stream_options(crate::stream_options(map)?);
+    }
+    if let Some(n) = rate_limit {
+        builder = builder.rate_limit(RateLimit::per_second(n));
+    }
+    for (pattern, n) in method_rate_limits.unwrap_or_default() {
+        builder = builder.method_rate_limit(&pattern, RateLimit::per_second(n));
+    }
+    if let Some(t) = default_handler_timeout {
+        builder = builder.default_handler_timeout(Some(seconds(t, "default_handler_timeout")?));
+    }
+    if let Some(n) = max_connections_per_address {
+        builder = builder.max_connections_per_address(n);
+    }
     if let Some(id) = identity(identity_spec)? {
         builder = builder.identity(id);
     }
@@ -375,6 +491,7 @@ pub(crate) fn start_server(
     Ok(NativeServer {
         handle,
         task: Mutex::new(Some(task)),
+        requests: Mutex::new(requests),
     })
 }
 
@@ -383,6 +500,8 @@ pub(crate) fn start_server(
 pub(crate) struct NativeServer {
     handle: ServerHandle,
     task: Mutex<Option<tokio::task::JoinHandle<echostream::Result<()>>>>,
+    /// The connections waiting for a decision (approve via event), until Python takes them.
+    requests: Mutex<Option<ConnectionRequests>>,
 }
 
 #[pymethods]
@@ -439,6 +558,21 @@ impl NativeServer {
         }
     }
 
+    /// The connections waiting for the application's decision (the server was started with
+    /// `approve_connections`); can be taken once.
+    fn connection_requests(&self) -> PyResult<ConnectionRequestStream> {
+        let taken = self.requests.lock().ok().and_then(|mut r| r.take());
+        let Some(rx) = taken else {
+            return Err(PyRuntimeError::new_err(
+                "connection_requests(): the server was not started with approve_connections, or \
+                 they were already taken",
+            ));
+        };
+        Ok(ConnectionRequestStream {
+            inner: Arc::new(tokio::sync::Mutex::new(rx)),
+        })
+    }
+
     /// Stops accepting, lets running calls finish (the shutdown grace), and resolves once the
     /// server has stopped.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -492,18 +626,111 @@ impl ConnectionEventStream {
         let inner = self.inner.clone();
         future_into_py(py, async move {
             let event = inner.lock().await.recv().await;
-            Python::attach(|py| -> PyResult<Option<Py<PyDict>>> {
-                let Some(event) = event else { return Ok(None) };
-                let (kind, info, reason) = match event {
-                    ConnectionEvent::Connected(info) => ("connected", info, None),
-                    ConnectionEvent::Disconnected { info, reason } => ("disconnected", info, Some(reason)),
-                    _ => return Ok(None),
-                };
-                let d = info_dict(py, &info)?;
-                d.set_item("event", kind)?;
-                d.set_item("reason", reason)?;
-                Ok(Some(d.unbind()))
-            })
+            event_dict(event)
         })
+    }
+}
+
+/// A connection event as the dict Python gets (`None` at the end, or for a kind of event this
+/// front does not know).
+pub(crate) fn event_dict(event: Option<ConnectionEvent>) -> PyResult<Option<Py<PyDict>>> {
+    Python::attach(|py| {
+        let Some(event) = event else { return Ok(None) };
+        let (kind, info, reason) = match event {
+            ConnectionEvent::Connected(info) => ("connected", info, None),
+            ConnectionEvent::Disconnected { info, reason } => ("disconnected", info, Some(reason)),
+            _ => return Ok(None),
+        };
+        let d = info_dict(py, &info)?;
+        d.set_item("event", kind)?;
+        d.set_item("reason", reason)?;
+        Ok(Some(d.unbind()))
+    })
+}
+
+/// The connections waiting for a decision (`ConnectionRequests`).
+#[pyclass(frozen, module = "echostream._echostream")]
+pub(crate) struct ConnectionRequestStream {
+    inner: Arc<tokio::sync::Mutex<ConnectionRequests>>,
+}
+
+#[pymethods]
+impl ConnectionRequestStream {
+    /// The next connection to decide on, or `None` once the server is gone.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        future_into_py(py, async move {
+            let request = inner.lock().await.recv().await;
+            Ok(request.map(PendingConnection::new))
+        })
+    }
+}
+
+/// One connection waiting for the application's decision (`ConnectionRequest`). Dropping it
+/// undecided rejects the connection.
+#[pyclass(frozen, module = "echostream._echostream")]
+pub(crate) struct PendingConnection {
+    remote: String,
+    fingerprint: Option<String>,
+    metadata: Vec<(String, String)>,
+    /// `None` once decided.
+    request: Mutex<Option<ConnectionRequest>>,
+}
+
+impl PendingConnection {
+    fn new(r: ConnectionRequest) -> Self {
+        PendingConnection {
+            remote: r.remote_addr().to_string(),
+            fingerprint: r.fingerprint().map(|f| f.to_string()),
+            metadata: metadata_pairs(r.metadata()),
+            request: Mutex::new(Some(r)),
+        }
+    }
+
+    fn take(&self) -> PyResult<ConnectionRequest> {
+        self.request
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .ok_or_else(|| {
+                PyRuntimeError::new_err(format!("the connection from {} is already decided", self.remote))
+            })
+    }
+}
+
+#[pymethods]
+impl PendingConnection {
+    /// The client's address.
+    #[getter]
+    fn remote(&self) -> String {
+        self.remote.clone()
+    }
+
+    /// The client certificate's fingerprint, if it presented one.
+    #[getter]
+    fn fingerprint(&self) -> Option<String> {
+        self.fingerprint.clone()
+    }
+
+    /// The metadata of the client's hello.
+    #[getter]
+    fn metadata(&self) -> Vec<(String, String)> {
+        self.metadata.clone()
+    }
+
+    /// Admits the connection.
+    fn approve(&self) -> PyResult<()> {
+        self.take()?.approve();
+        Ok(())
+    }
+
+    /// Refuses the connection; the client's `connect` fails with `reason`.
+    fn reject(&self, reason: String) -> PyResult<()> {
+        self.take()?.reject(reason);
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<ConnectionRequest from {}>", self.remote)
     }
 }

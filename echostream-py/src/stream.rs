@@ -14,12 +14,19 @@ use std::sync::{Arc, Mutex};
 #[pyclass(frozen, module = "echostream._echostream")]
 pub(crate) struct Stream {
     inner: Mutex<Option<Arc<XStream>>>,
+    /// The buffer `read(n)` fills, kept between reads: a zeroed allocation of `n` bytes per
+    /// read (1 MiB for bulk readers) would cost more than the data it receives.
+    read_buf: Arc<Mutex<Vec<u8>>>,
 }
+
+/// The largest read buffer a stream keeps between reads.
+const KEPT_READ_BUF: usize = 4 << 20;
 
 impl Stream {
     pub(crate) fn new(s: XStream) -> Self {
         Stream {
             inner: Mutex::new(Some(Arc::new(s))),
+            read_buf: Arc::default(),
         }
     }
 
@@ -76,17 +83,32 @@ fn read_size(n: usize) -> PyResult<usize> {
 
 #[pymethods]
 impl Stream {
-    /// Up to `n` bytes; `b""` at the end of the data. One read takes what has arrived, from
-    /// several QUIC chunks: for bulk data a large `n` (1 MiB) means fewer awaits.
+    /// Up to `n` bytes; `b""` at the end of the data. One read waits for the first bytes, then
+    /// takes everything else that has already arrived, up to `n`: for bulk data a large `n`
+    /// (1 MiB) means fewer awaits.
     #[pyo3(signature = (n=65536))]
     fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
         let n = read_size(n)?;
         let s = self.get()?;
+        let kept = self.read_buf.clone();
         future_into_py(py, async move {
-            let mut buf = vec![0u8; n];
-            let got = s.read(&mut buf).await.map_err(stream_to_py)?;
-            buf.truncate(got);
-            Ok(Buf(buf.into()))
+            // Reads of one stream wait for each other in the core; one taking the buffer
+            // while another holds it just allocates its own.
+            let mut buf = kept
+                .lock()
+                .map(|mut b| std::mem::take(&mut *b))
+                .unwrap_or_default();
+            if buf.len() < n {
+                buf = vec![0u8; n];
+            }
+            let got = s.read(&mut buf[..n]).await.map_err(stream_to_py)?;
+            let out = bytes::Bytes::copy_from_slice(&buf[..got]);
+            if buf.len() <= KEPT_READ_BUF {
+                if let Ok(mut slot) = kept.lock() {
+                    *slot = buf;
+                }
+            }
+            Ok(Buf(out))
         })
     }
 

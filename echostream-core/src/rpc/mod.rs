@@ -124,6 +124,10 @@
 //!   the new connection syncs from scratch), and calls in flight.
 //!   `tests/restart.rs` checks this across a graceful restart and across a
 //!   server process killed with SIGKILL and started again.
+//!   `RpcClient::connection_events()` reports each
+//!   end (`Disconnected`) and each new connection (`Connected`) on the client's
+//!   side; it is lazy (no task: it watches the current `Peer` and the
+//!   supervisor's generation counter) and ends once no connection will come.
 //! - **Resumption and 0-RTT.** Client `resumption`/`zero_rtt` on by default
 //!   (tickets per server address, shared by a builder and its clones;
 //!   `RpcClient::can_resume()`), server `zero_rtt` off by default. Only calls
@@ -154,7 +158,7 @@ pub mod service;
 pub mod subscribe;
 
 pub use crate::protocol::{CallOptions, ClockEstimate, ConnectionInfo, Peer, ZeroRtt};
-pub use client::{ClientBuilder, ReconnectPolicy, RpcClient};
+pub use client::{ClientBuilder, ClientConnectionEvents, ReconnectPolicy, RpcClient};
 pub use context::Context;
 #[cfg(feature = "discovery")]
 pub use discovery::DiscoverOptions;

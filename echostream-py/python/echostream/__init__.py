@@ -65,6 +65,10 @@ __all__ = [
     "Server",
     "Router",
     "Identity",
+    "ClientAuth",
+    "Reconnect",
+    "ConnectionRequest",
+    "ConnectionRequests",
     "Context",
     "Peer",
     "Stream",
@@ -218,7 +222,7 @@ class Peer(_Caller):
 
     @property
     def fingerprint(self) -> Optional[str]:
-        """The peer's certificate fingerprint (``sha256:...``), if it presented one."""
+        """The peer's certificate fingerprint (64 hex digits of SHA-256), if it presented one."""
         return self._native.fingerprint
 
     @property
@@ -237,6 +241,13 @@ class Peer(_Caller):
     async def closed(self) -> str:
         """Waits until the connection closes; returns why."""
         return await self._native.closed()
+
+    @property
+    def zero_rtt(self) -> str:
+        """What became of 0-RTT on this connection: ``"not-attempted"``, ``"pending"`` (sent
+        early, handshake not complete), ``"accepted"`` or ``"rejected"`` (all sent again after
+        the handshake)."""
+        return self._native.zero_rtt
 
     def __repr__(self) -> str:
         return f"<echostream.Peer {self.address} #{self.connection_id}>"
@@ -274,6 +285,19 @@ class Client(_Caller):
     def is_connected(self) -> bool:
         """Whether the connection is up."""
         return self._native.is_connected()
+
+    def connection_events(self) -> "ConnectionEvents":
+        """What happens to the connection from now on, as dicts (the keys of
+        :meth:`Server.connection_events`): ``"disconnected"`` (with ``reason``) when the
+        connection ends and, with ``reconnect=``, ``"connected"`` for each new connection.
+        Ends after the last connection's end (no reconnection, :meth:`close`, or the reconnect
+        policy gave up)."""
+        return ConnectionEvents(self._native.connection_events())
+
+    def can_resume(self) -> bool:
+        """Whether the client holds a TLS session ticket for the server, so a reconnection
+        (``reconnect=``) resumes the session and may send 0-RTT early data."""
+        return self._native.can_resume()
 
     async def close(self) -> None:
         """Closes the connection gracefully."""
@@ -477,6 +501,7 @@ class Router:
 
     def __init__(self) -> None:
         self._handlers: Dict[str, Callable[..., Any]] = {}
+        self._idempotent: set = set()
         self._listeners: Dict[str, Callable[..., Any]] = {}
         self._streams: Dict[str, Callable[..., Any]] = {}
 
@@ -486,12 +511,21 @@ class Router:
             raise TypeError(f"the {what} name must be a non-empty str, not {name!r}")
         return name
 
-    def handler(self, name: str) -> Callable[[F], F]:
-        """Decorator: ``@router.handler("math.add")`` serves requests of that method."""
+    def handler(self, name: str, *, idempotent: bool = False) -> Callable[[F], F]:
+        """Decorator: ``@router.handler("math.add")`` serves requests of that method.
+
+        ``idempotent=True`` declares the handler safe to run twice for one call: a server with
+        ``zero_rtt=True`` runs it for calls that arrive as 0-RTT early data (which an attacker
+        can replay); other handlers refuse early calls, and the client sends them again after
+        the handshake."""
         name = self._name(name, "method")
 
         def register(fn: F) -> F:
             self._handlers[name] = _handler_invoker(name, fn)
+            if idempotent:
+                self._idempotent.add(name)
+            else:
+                self._idempotent.discard(name)
             return fn
 
         return register
@@ -518,11 +552,12 @@ class Router:
 
         return register
 
-    def _routes(self) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, Any]], List[Tuple[str, Any]]]:
+    def _routes(self) -> Tuple[Any, ...]:
         return (
             list(self._handlers.items()),
             list(self._listeners.items()),
             list(self._streams.items()),
+            sorted(self._idempotent),
         )
 
 
@@ -543,52 +578,77 @@ async def connect(
     server_name: Optional[str] = None,
     cert: Optional[str] = None,
     key: Optional[str] = None,
+    identity: Optional["Identity"] = None,
     router: Optional[Router] = None,
     hello: MetadataArg = None,
+    call_timeout: Optional[float] = None,
+    reconnect: Union[bool, "Reconnect", None] = None,
+    zero_rtt: bool = True,
+    resumption: bool = True,
+    idempotent: Sequence[str] = (),
+    idle_timeout: Optional[float] = None,
+    keep_alive: Optional[float] = None,
+    max_frame_size: Optional[int] = None,
+    stream_options: Optional[Mapping[str, float]] = None,
 ) -> Client:
     """Connects to the server at ``addr`` (``"host:port"``).
 
     Trust, in order: ``insecure=True`` accepts any certificate (never outside tests);
     ``pin="sha256:..."`` (or a list) accepts only those fingerprints; ``ca="ca.pem"`` checks the
-    chain against that CA; ``known_hosts="file"`` trusts on first use with that file; by default
-    the user's known-hosts file, as the Rust client and the ``echostream`` tool do.
-    ``token`` is sent as credentials; ``cert``/``key`` (PEM files) are the client's certificate
-    for mutual TLS. ``timeout`` bounds the connection attempt (seconds). ``router`` serves the
-    calls, events and streams the server sends; ``hello`` is metadata sent in the hello.
+    chain against that CA (and the name in it against ``server_name``, by default the host part
+    of ``addr``); ``known_hosts="file"`` trusts on first use with that file; by default the
+    user's known-hosts file, as the Rust client and the ``echostream`` tool do.
+
+    ``token`` is sent as credentials. For mutual TLS the client presents ``cert``/``key`` (PEM
+    files, for example issued by the CA the server trusts) or ``identity`` (an
+    :class:`Identity`, for example ``Identity.persistent("device")`` whose fingerprint the
+    server pins). ``router`` serves the calls, events and streams the server sends; ``hello``
+    is metadata sent in the hello.
+
+    Options (the Rust ``ClientBuilder``'s): ``timeout`` bounds the connection attempt;
+    ``call_timeout`` is the default deadline of calls (30 s; ``0``: calls carry no
+    deadline unless they set one, and the server's handler timeout applies); ``reconnect=True`` (or a
+    :class:`Reconnect`) re-establishes a dropped connection; ``resumption`` and ``zero_rtt``
+    (both on) resume TLS sessions and send the calls to the ``idempotent`` methods as 0-RTT
+    early data to servers that allow it; ``idle_timeout`` (30 s) and ``keep_alive`` (10 s) are
+    the transport's; ``max_frame_size`` is the largest frame accepted from the server (32 MiB).
+    ``stream_options`` sets stream limits and timeouts by the names of the Rust
+    ``StreamOptions`` fields: ``accept_queue`` (64), ``decision_queue`` (64),
+    ``pairing_timeout`` (10 s), ``open_timeout`` (30 s), ``decision_timeout`` (10 s),
+    ``max_error_size`` (64 KiB), ``max_message_size`` (16 MiB), ``max_read_to_end`` (256 MiB),
+    ``max_streams_per_connection`` (16,384). All times are in seconds.
     """
     if not isinstance(addr, str):
         raise TypeError(f"addr must be a str such as '127.0.0.1:5000', not {type(addr).__name__}")
-    return await _connect(addr, None, None, pin, ca, known_hosts, insecure, token, timeout,
-                          server_name, cert, key, router, hello)
+    return await _connect(addr, None, None, pin=pin, ca=ca, known_hosts=known_hosts,
+                          insecure=insecure, token=token, timeout=timeout,
+                          server_name=server_name, cert=cert, key=key, identity=identity,
+                          router=router, hello=hello, call_timeout=call_timeout,
+                          reconnect=reconnect, zero_rtt=zero_rtt, resumption=resumption,
+                          idempotent=idempotent, idle_timeout=idle_timeout,
+                          keep_alive=keep_alive, max_frame_size=max_frame_size,
+                          stream_options=stream_options)
 
 
 async def discover(
     name: str,
     *,
     timeout: float = 3.0,
-    pin: Optional[Union[str, Sequence[str]]] = None,
-    ca: Optional[str] = None,
-    known_hosts: Optional[str] = None,
-    insecure: bool = False,
-    token: Optional[str] = None,
-    connect_timeout: Optional[float] = None,
-    server_name: Optional[str] = None,
-    cert: Optional[str] = None,
-    key: Optional[str] = None,
-    router: Optional[Router] = None,
-    hello: MetadataArg = None,
     interfaces: Union[str, Sequence[str]] = "all",
+    connect_timeout: Optional[float] = None,
+    **options: Any,
 ) -> Client:
     """Finds an instance of service ``name`` on the LAN (mDNS, for up to ``timeout`` seconds)
     and connects to it. By default the fingerprint the instance announces is pinned; the trust
     arguments of :func:`connect` replace that (use them where an attacker on the LAN is a
-    concern). ``interfaces`` is ``"all"``, ``"loopback"`` or a list of interface names.
-    Raises :class:`DiscoveryTimeoutError` naming what was seen if none answers."""
+    concern). ``interfaces`` is ``"all"``, ``"loopback"`` or a list of interface names;
+    ``connect_timeout`` bounds the connection attempt; every other keyword argument of
+    :func:`connect` applies. Raises :class:`DiscoveryTimeoutError` naming what was seen if none
+    answers."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, not {name!r}")
-    return await _connect(None, name, _timeout(timeout), pin, ca, known_hosts, insecure, token,
-                          connect_timeout, server_name, cert, key, router, hello,
-                          _interfaces(interfaces))
+    return await _connect(None, name, _timeout(timeout), interfaces=_interfaces(interfaces),
+                          timeout=connect_timeout, **options)
 
 
 def _interfaces(interfaces: Union[str, Sequence[str]]) -> Union[str, List[str]]:
@@ -600,34 +660,75 @@ def _interfaces(interfaces: Union[str, Sequence[str]]) -> Union[str, List[str]]:
     return names
 
 
+def _number(value: Any, name: str, kind: type = float) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise TypeError(f"{name} must be {'a number' if kind is float else 'an int'}, not {type(value).__name__}")
+    return kind(value)
+
+
+def _stream_options(options: Optional[Mapping[str, float]]) -> Optional[Dict[str, float]]:
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        raise TypeError(f"stream_options must be a dict of option name to number, not {type(options).__name__}")
+    out = {}
+    for k, v in options.items():
+        if not isinstance(k, str):
+            raise TypeError(f"stream_options keys must be str, not {type(k).__name__}")
+        out[k] = _number(v, f"stream_options[{k!r}]")
+    return out
+
+
+def _strs(values: Any, name: str) -> List[str]:
+    if isinstance(values, str):
+        return [values]
+    out = list(values)
+    if not all(isinstance(v, str) for v in out):
+        raise TypeError(f"{name} must be a str or a list of str")
+    return out
+
+
 async def _connect(
     addr: Optional[str],
     service: Optional[str],
     discover_timeout: Optional[float],
-    pin: Optional[Union[str, Sequence[str]]],
-    ca: Optional[str],
-    known_hosts: Optional[str],
-    insecure: bool,
-    token: Optional[str],
-    timeout: Optional[float],
-    server_name: Optional[str],
-    cert: Optional[str],
-    key: Optional[str],
-    router: Optional[Router],
-    hello: MetadataArg,
+    *,
+    pin: Optional[Union[str, Sequence[str]]] = None,
+    ca: Optional[str] = None,
+    known_hosts: Optional[str] = None,
+    insecure: bool = False,
+    token: Optional[str] = None,
+    timeout: Optional[float] = None,
+    server_name: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    identity: Optional["Identity"] = None,
+    router: Optional[Router] = None,
+    hello: MetadataArg = None,
     interfaces: Optional[Union[str, List[str]]] = None,
+    call_timeout: Optional[float] = None,
+    reconnect: Union[bool, "Reconnect", None] = None,
+    zero_rtt: bool = True,
+    resumption: bool = True,
+    idempotent: Sequence[str] = (),
+    idle_timeout: Optional[float] = None,
+    keep_alive: Optional[float] = None,
+    max_frame_size: Optional[int] = None,
+    stream_options: Optional[Mapping[str, float]] = None,
 ) -> Client:
-    pins: Optional[List[str]]
-    if pin is None:
-        pins = None
-    elif isinstance(pin, str):
-        pins = [pin]
-    else:
-        pins = list(pin)
-        if not all(isinstance(p, str) for p in pins):
-            raise TypeError("pin must be a str or a list of str (sha256:HEX)")
+    pins = None if pin is None else _strs(pin, "pin")
     if router is not None and not isinstance(router, Router):
         raise TypeError(f"router must be an echostream.Router, not {type(router).__name__}")
+    if identity is not None and not isinstance(identity, Identity):
+        raise TypeError(f"identity must be an echostream.Identity, not {type(identity).__name__}")
+    if reconnect is True:
+        reconnect = Reconnect()
+    elif reconnect is False:
+        reconnect = None
+    if reconnect is not None and not isinstance(reconnect, Reconnect):
+        raise TypeError(f"reconnect must be True or an echostream.Reconnect, not {type(reconnect).__name__}")
     native = await _native.connect(
         addr,
         pins=pins,
@@ -644,8 +745,51 @@ async def _connect(
         discover=service,
         discover_timeout=discover_timeout,
         interfaces=interfaces,
+        identity=identity._spec if identity is not None else None,
+        call_timeout=_number(call_timeout, "call_timeout"),
+        reconnect=reconnect._spec if reconnect is not None else None,
+        zero_rtt=bool(zero_rtt),
+        resumption=bool(resumption),
+        idempotent=_strs(idempotent, "idempotent"),
+        idle_timeout=_number(idle_timeout, "idle_timeout"),
+        keep_alive=_number(keep_alive, "keep_alive"),
+        max_frame_size=_number(max_frame_size, "max_frame_size", int),
+        stream_options=_stream_options(stream_options),
     )
     return Client(native)
+
+
+class Reconnect:
+    """How a client re-establishes a dropped connection (Rust ``ReconnectPolicy``).
+
+    After the connection ends (other than by :meth:`Client.close`), the client reconnects to
+    the same address with the same options, waiting ``initial_backoff`` seconds, then twice as
+    long after each failure up to ``max_backoff``; it gives up after ``max_attempts`` failures
+    in a row (``None``: never). Handlers and subscriptions carry over. Calls made while
+    disconnected fail at once with :class:`ConnectionClosedError`, unless
+    ``wait_for_connection``: then they wait for the new connection, up to their timeout. A
+    call in flight when the connection drops fails; it is never sent again.
+    """
+
+    __slots__ = ("_spec",)
+
+    def __init__(
+        self,
+        initial_backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        max_attempts: Optional[int] = None,
+        wait_for_connection: bool = False,
+    ) -> None:
+        self._spec = (
+            _number(initial_backoff, "initial_backoff"),
+            _number(max_backoff, "max_backoff"),
+            _number(max_attempts, "max_attempts", int),
+            bool(wait_for_connection),
+        )
+
+    def __repr__(self) -> str:
+        i, m, a, w = self._spec
+        return f"Reconnect(initial_backoff={i}, max_backoff={m}, max_attempts={a}, wait_for_connection={w})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -654,7 +798,8 @@ async def _connect(
 
 
 class Identity:
-    """A server's TLS identity (the certificate clients pin)."""
+    """A TLS identity: a server's (the certificate clients pin), or a client's for mutual TLS
+    (``connect(..., identity=...)``, the certificate a server pins or checks against its CA)."""
 
     __slots__ = ("_spec",)
 
@@ -677,8 +822,51 @@ class Identity:
         """A certificate chain and key from PEM files (for example signed by your CA)."""
         return cls(("pem", cert_chain, private_key))
 
+    def fingerprint(self) -> str:
+        """The certificate's fingerprint (64 hex digits of SHA-256), what a peer pins: loads the identity
+        (a persistent one is made on first use). ``ValueError`` for an ephemeral identity,
+        which is new each time it is loaded."""
+        return _native.identity_fingerprint(self._spec)
+
     def __repr__(self) -> str:
         return f"Identity{self._spec!r}"
+
+
+class ClientAuth:
+    """Whether a server asks clients for a certificate (mutual TLS), and which it trusts (Rust
+    ``ClientAuth`` with ``ClientCertTrust``): ``ca="ca.pem"`` trusts certificates that CA issued
+    (for client authentication), ``pins=["sha256:..."]`` only those fingerprints (self-signed
+    clients, such as an :class:`Identity` made by the client). Give exactly one of them.
+
+    With :meth:`required` a client without a trusted certificate cannot connect: its
+    :func:`connect` raises :class:`RejectedError` naming the client certificate. With
+    :meth:`optional` a client without one is admitted anonymously; one with an untrusted
+    certificate is refused. Handlers see the client's fingerprint in ``ctx.fingerprint``.
+    """
+
+    __slots__ = ("_spec",)
+
+    def __init__(self, required: bool, ca: Optional[str], pins: Optional[Union[str, Sequence[str]]]) -> None:
+        if (ca is None) == (pins is None):
+            raise TypeError("ClientAuth: give either ca= (a PEM file) or pins= (fingerprints)")
+        if ca is not None and not isinstance(ca, str):
+            raise TypeError(f"ca must be a path (str), not {type(ca).__name__}")
+        self._spec = (bool(required), ca, None if pins is None else _strs(pins, "pins"))
+
+    @classmethod
+    def required(cls, *, ca: Optional[str] = None, pins: Optional[Union[str, Sequence[str]]] = None) -> "ClientAuth":
+        """Every client must present a certificate trusted by ``ca`` or ``pins``."""
+        return cls(True, ca, pins)
+
+    @classmethod
+    def optional(cls, *, ca: Optional[str] = None, pins: Optional[Union[str, Sequence[str]]] = None) -> "ClientAuth":
+        """Clients may present a certificate; if they do, ``ca`` or ``pins`` must trust it."""
+        return cls(False, ca, pins)
+
+    def __repr__(self) -> str:
+        required, ca, pins = self._spec
+        kind = "required" if required else "optional"
+        return f"ClientAuth.{kind}(ca={ca!r})" if ca is not None else f"ClientAuth.{kind}(pins={pins!r})"
 
 
 class Server(Router):
@@ -690,7 +878,29 @@ class Server(Router):
     ``discovery_interfaces``: ``"all"``, ``"loopback"`` or a list of interface names).
     ``tokens={"secret": "alice"}`` accepts clients that connect with ``token="secret"`` as
     ``alice`` (``ctx.identity``); with ``require_token=True`` clients without a known token are
-    refused.
+    refused. ``client_auth`` (a :class:`ClientAuth`) asks clients for certificates (mutual TLS).
+
+    ``approve_connections=True`` hands each incoming connection, after its TLS handshake and
+    hello, to the application: ``async for request in server.connection_requests()`` then
+    ``request.approve()`` or ``request.reject(reason)`` (the client's :func:`connect` raises
+    :class:`RejectedError` with the reason). At most 64 (or the int given) wait for a decision;
+    beyond that the connection is rejected, and one not decided within ``handshake_timeout`` is
+    closed (:class:`ConnectionClosedError`), each with a reason that says so; a request dropped
+    undecided is rejected.
+
+    Limits and timeouts (the Rust ``ServerBuilder``'s, in seconds): ``max_connections``
+    (10,000), ``handshake_timeout`` (10 s), ``shutdown_grace`` (how long :meth:`close` lets calls
+    finish, 10 s), ``idle_timeout`` (30 s), ``max_frame_size`` (32 MiB),
+    ``max_concurrent_requests`` per connection (1024). ``zero_rtt=True`` accepts 0-RTT early
+    data from returning clients, for handlers that are safe to run twice only (not with
+    ``client_auth``). ``stream_options`` sets stream limits and timeouts (see :func:`connect`).
+
+    Protection: ``rate_limit`` is the calls per second (requests, events, stream opens; burst
+    as large) one connection may make, ``method_rate_limits={"admin.*": 1}`` the same per name
+    pattern (``"prefix.*"``, an exact name, or ``"*"``); over a limit a call fails with
+    :class:`RateLimitedError` and the connection stays usable. ``default_handler_timeout``
+    bounds handlers whose caller set no deadline (300 s); ``max_connections_per_address``
+    (1000) caps the connections from one IP address, refused before any TLS work.
     """
 
     def __init__(
@@ -702,6 +912,20 @@ class Server(Router):
         discovery_interfaces: Union[str, Sequence[str]] = "all",
         tokens: Optional[Mapping[str, str]] = None,
         require_token: bool = False,
+        client_auth: Optional[ClientAuth] = None,
+        approve_connections: Union[bool, int] = False,
+        max_connections: Optional[int] = None,
+        handshake_timeout: Optional[float] = None,
+        shutdown_grace: Optional[float] = None,
+        zero_rtt: bool = False,
+        idle_timeout: Optional[float] = None,
+        max_frame_size: Optional[int] = None,
+        max_concurrent_requests: Optional[int] = None,
+        stream_options: Optional[Mapping[str, float]] = None,
+        rate_limit: Optional[int] = None,
+        method_rate_limits: Optional[Mapping[str, int]] = None,
+        default_handler_timeout: Optional[float] = None,
+        max_connections_per_address: Optional[int] = None,
     ) -> None:
         super().__init__()
         if not isinstance(bind, str):
@@ -716,6 +940,33 @@ class Server(Router):
         self._interfaces = _interfaces(discovery_interfaces)
         self._tokens = _metadata(tokens, "tokens")
         self._require_token = bool(require_token)
+        if client_auth is not None and not isinstance(client_auth, ClientAuth):
+            raise TypeError(f"client_auth must be an echostream.ClientAuth, not {type(client_auth).__name__}")
+        if approve_connections is True:
+            queue: Optional[int] = 64
+        elif approve_connections is False:
+            queue = None
+        else:
+            queue = _number(approve_connections, "approve_connections", int)
+        self._options = dict(
+            client_auth=client_auth._spec if client_auth is not None else None,
+            approve_connections=queue,
+            max_connections=_number(max_connections, "max_connections", int),
+            handshake_timeout=_number(handshake_timeout, "handshake_timeout"),
+            shutdown_grace=_number(shutdown_grace, "shutdown_grace"),
+            zero_rtt=bool(zero_rtt),
+            idle_timeout=_number(idle_timeout, "idle_timeout"),
+            max_frame_size=_number(max_frame_size, "max_frame_size", int),
+            max_concurrent_requests=_number(max_concurrent_requests, "max_concurrent_requests", int),
+            stream_options=_stream_options(stream_options),
+            rate_limit=_number(rate_limit, "rate_limit", int),
+            method_rate_limits=None if method_rate_limits is None else [
+                (_strs(k, "method_rate_limits keys")[0], _number(v, f"method_rate_limits[{k!r}]", int))
+                for k, v in dict(method_rate_limits).items()
+            ],
+            default_handler_timeout=_number(default_handler_timeout, "default_handler_timeout"),
+            max_connections_per_address=_number(max_connections_per_address, "max_connections_per_address", int),
+        )
         self._native: Any = None
 
     async def start(self) -> "Server":
@@ -725,7 +976,7 @@ class Server(Router):
         spec = self._identity._spec if self._identity is not None else ("default", None, None)
         self._native = _native.start_server(
             self._bind, spec, self._routes(), self._discovery, self._interfaces,
-            self._tokens, self._require_token,
+            self._tokens, self._require_token, **self._options,
         )
         return self
 
@@ -741,7 +992,7 @@ class Server(Router):
 
     @property
     def fingerprint(self) -> str:
-        """The certificate fingerprint clients pin (``sha256:...``)."""
+        """The certificate fingerprint clients pin (64 hex digits of SHA-256)."""
         return self._running().fingerprint
 
     def peers(self) -> List[Peer]:
@@ -770,6 +1021,11 @@ class Server(Router):
         """Connected / disconnected notifications from now on, as dicts (``event``,
         ``remote``, ``connection_id``, ``fingerprint``, ``reason``, traffic counters)."""
         return ConnectionEvents(self._running().connection_events())
+
+    def connection_requests(self) -> "ConnectionRequests":
+        """``async for request in server.connection_requests()``: the connections waiting for a
+        decision (the server was made with ``approve_connections``). Can be called once."""
+        return ConnectionRequests(self._running().connection_requests())
 
     async def close(self) -> None:
         """Stops accepting, lets running calls finish, and returns once the server stopped."""
@@ -802,6 +1058,66 @@ class Incoming:
             raise StopAsyncIteration
         peer, stream = item
         return Peer(peer), stream
+
+
+class ConnectionRequest:
+    """One incoming connection waiting for the application's decision: ``remote``
+    (``host:port``), ``fingerprint`` (its client certificate's, if any), ``metadata`` (its
+    hello's). Call :meth:`approve` or :meth:`reject` once. A request dropped undecided is
+    rejected, but only when Python frees it (which a reference cycle can delay): decide
+    explicitly."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    @property
+    def remote(self) -> str:
+        """The client's ``host:port``."""
+        return self._native.remote
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """The client certificate's fingerprint, if it presented one."""
+        return self._native.fingerprint
+
+    @property
+    def metadata(self) -> Dict[str, str]:
+        """The metadata of the client's hello (``hello=`` of :func:`connect`)."""
+        return dict(self._native.metadata)
+
+    def approve(self) -> None:
+        """Admits the connection."""
+        self._native.approve()
+
+    def reject(self, reason: str) -> None:
+        """Refuses the connection; the client's :func:`connect` raises :class:`RejectedError`
+        with ``reason``."""
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        self._native.reject(reason)
+
+    def __repr__(self) -> str:
+        return f"<echostream.ConnectionRequest from {self.remote}>"
+
+
+class ConnectionRequests:
+    """An async iterator of :class:`ConnectionRequest`; ends when the server stops."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    def __aiter__(self) -> "ConnectionRequests":
+        return self
+
+    async def __anext__(self) -> ConnectionRequest:
+        item = await self._native.next()
+        if item is None:
+            raise StopAsyncIteration
+        return ConnectionRequest(item)
 
 
 class ConnectionEvents:

@@ -4,7 +4,9 @@ it encodes and decodes values (JSON) around these classes."""
 from typing import Any, Awaitable, Dict, List, Optional, Tuple, Union
 
 _Pairs = List[Tuple[str, str]]
-_Routes = Tuple[List[Tuple[str, Any]], List[Tuple[str, Any]], List[Tuple[str, Any]]]
+_IdentitySpec = Tuple[str, Optional[str], Optional[str]]
+_Routes = Tuple[List[Tuple[str, Any]], List[Tuple[str, Any]], List[Tuple[str, Any]], List[str]]
+"""Handlers, listeners, stream handlers (name, function), and the idempotent handlers' names."""
 
 def connect(
     addr: Optional[str],
@@ -23,15 +25,42 @@ def connect(
     discover: Optional[str] = None,
     discover_timeout: Optional[float] = None,
     interfaces: Optional[Union[str, List[str]]] = None,
+    identity: Optional[_IdentitySpec] = None,
+    call_timeout: Optional[float] = None,
+    reconnect: Optional[Tuple[float, float, Optional[int], bool]] = None,
+    zero_rtt: bool = True,
+    resumption: bool = True,
+    idempotent: Optional[List[str]] = None,
+    idle_timeout: Optional[float] = None,
+    keep_alive: Optional[float] = None,
+    max_frame_size: Optional[int] = None,
+    stream_options: Optional[Dict[str, float]] = None,
 ) -> Awaitable[Client]: ...
+def identity_fingerprint(spec: _IdentitySpec) -> str:
+    """The fingerprint of the identity ``spec`` names (loads it; not for ephemeral ones)."""
+
 def start_server(
     bind: str,
-    identity_spec: Tuple[str, Optional[str], Optional[str]],
+    identity_spec: _IdentitySpec,
     routes: _Routes,
     discovery: Optional[str] = None,
     interfaces: Optional[Union[str, List[str]]] = None,
     tokens: Optional[_Pairs] = None,
     require_token: bool = False,
+    client_auth: Optional[Tuple[bool, Optional[str], Optional[List[str]]]] = None,
+    approve_connections: Optional[int] = None,
+    max_connections: Optional[int] = None,
+    handshake_timeout: Optional[float] = None,
+    shutdown_grace: Optional[float] = None,
+    zero_rtt: bool = False,
+    idle_timeout: Optional[float] = None,
+    max_frame_size: Optional[int] = None,
+    max_concurrent_requests: Optional[int] = None,
+    stream_options: Optional[Dict[str, float]] = None,
+    rate_limit: Optional[int] = None,
+    method_rate_limits: Optional[List[Tuple[str, int]]] = None,
+    default_handler_timeout: Optional[float] = None,
+    max_connections_per_address: Optional[int] = None,
 ) -> NativeServer: ...
 
 class Client:
@@ -47,11 +76,15 @@ class Client:
     def clock(self) -> Clock: ...
     def info(self) -> Dict[str, Any]: ...
     def is_connected(self) -> bool: ...
+    def can_resume(self) -> bool: ...
+    def connection_events(self) -> ClientEventStream: ...
     def open_stream(self, name: str, metadata: Optional[_Pairs] = None) -> Awaitable[Stream]: ...
     def close(self) -> Awaitable[None]: ...
 
 class PeerHandle:
     address: str
+    zero_rtt: str
+    """``"not-attempted"``, ``"pending"``, ``"accepted"`` or ``"rejected"``."""
     connection_id: int
     fingerprint: Optional[str]
     hello_metadata: _Pairs
@@ -66,6 +99,9 @@ class PeerHandle:
     def is_closed(self) -> bool: ...
     def info(self) -> Dict[str, Any]: ...
     def clock(self) -> Clock: ...
+
+class ClientEventStream:
+    def next(self) -> Awaitable[Optional[Dict[str, Any]]]: ...
 
 class EventStream:
     def next(self) -> Awaitable[Optional[str]]: ...
@@ -99,8 +135,9 @@ class Stream:
     metadata: _Pairs
     peer: PeerHandle
     def read(self, n: int = 65536) -> Awaitable[bytes]:
-        """Up to ``n`` bytes; ``b""`` at the end of the data. A read takes what has arrived:
-        for bulk data a large ``n`` (1 MiB) means fewer awaits."""
+        """Up to ``n`` bytes; ``b""`` at the end of the data. A read waits for the first bytes,
+        then takes everything else that has already arrived, up to ``n``: for bulk data a large
+        ``n`` (1 MiB) means fewer awaits."""
     def read_chunk(self) -> Awaitable[Optional[bytes]]:
         """The next chunk as it arrived (often one packet's worth), or ``None`` at the end."""
     def read_exact(self, n: int) -> Awaitable[bytes]:
@@ -147,6 +184,20 @@ class StreamAcceptor:
 class ConnectionEventStream:
     def next(self) -> Awaitable[Optional[Dict[str, Any]]]: ...
 
+class ConnectionRequestStream:
+    def next(self) -> Awaitable[Optional[PendingConnection]]: ...
+
+class PendingConnection:
+    """One connection waiting for a decision; dropping it undecided rejects it."""
+
+    remote: str
+    fingerprint: Optional[str]
+    metadata: _Pairs
+    def approve(self) -> None:
+        """Admits the connection (``RuntimeError`` if already decided)."""
+    def reject(self, reason: str) -> None:
+        """Refuses it; the client's connect fails with ``reason``."""
+
 class NativeServer:
     address: str
     fingerprint: str
@@ -155,4 +206,5 @@ class NativeServer:
     def subscribe(self, name: str) -> EventStream: ...
     def accept(self, name: str) -> StreamAcceptor: ...
     def connection_events(self) -> ConnectionEventStream: ...
+    def connection_requests(self) -> ConnectionRequestStream: ...
     def close(self) -> Awaitable[None]: ...

@@ -353,6 +353,9 @@ struct ClientInner {
     reconnect: Option<ReconnectPolicy>,
     /// Set by `close()`: do not reconnect.
     closed_by_user: AtomicBool,
+    /// Set once no further connection will come: `close()`, or the reconnect task gave up.
+    /// Ends [`ClientConnectionEvents`].
+    ended: watch::Sender<bool>,
 }
 
 impl ClientInner {
@@ -411,6 +414,9 @@ async fn supervise(inner: Weak<ClientInner>, policy: ReconnectPolicy) {
                         tracing::debug!(%addr, error = %e, failures, "reconnect attempt failed");
                         if policy.max_attempts.is_some_and(|m| failures >= m) {
                             tracing::warn!(%addr, failures, "giving up reconnecting");
+                            if let Some(client) = inner.upgrade() {
+                                client.ended.send_replace(true);
+                            }
                             return;
                         }
                         backoff = (backoff * 2).min(policy.max_backoff);
@@ -424,6 +430,7 @@ async fn supervise(inner: Weak<ClientInner>, policy: ReconnectPolicy) {
                     tracing::debug!(addr = %client.params.addr, error = %e, failures, "reconnect attempt failed");
                     if policy.max_attempts.is_some_and(|m| failures >= m) {
                         tracing::warn!(addr = %client.params.addr, failures, "giving up reconnecting");
+                        client.ended.send_replace(true);
                         return;
                     }
                     backoff = (backoff * 2).min(policy.max_backoff);
@@ -465,6 +472,7 @@ impl RpcClient {
             params,
             reconnect: reconnect.clone(),
             closed_by_user: AtomicBool::new(false),
+            ended: watch::channel(false).0,
         });
         if let Some(policy) = reconnect {
             tokio::spawn(supervise(Arc::downgrade(&inner), policy));
@@ -589,6 +597,22 @@ impl RpcClient {
         !self.inner.current().is_closed()
     }
 
+    /// What happens to this client's connection from now on: [`ConnectionEvent::Disconnected`](crate::rpc::ConnectionEvent::Disconnected)
+    /// when the current connection ends (with why), and, with a [`ReconnectPolicy`],
+    /// [`ConnectionEvent::Connected`](crate::rpc::ConnectionEvent::Connected) each time a new connection replaces it. The stream ends
+    /// after the last connection's end: without reconnection, after [`RpcClient::close`], once
+    /// the reconnect task gives up, or when the client is dropped.
+    pub fn connection_events(&self) -> ClientConnectionEvents {
+        let current = self.inner.current();
+        ClientConnectionEvents {
+            inner: Arc::downgrade(&self.inner),
+            generation: self.inner.generation.subscribe(),
+            ended: self.inner.ended.subscribe(),
+            last_id: current.connection_id(),
+            watching: Some(current),
+        }
+    }
+
     /// Events from the server that a listener here could not decode or that failed.
     pub fn failed_events(&self) -> u64 {
         self.inner.params.router.bad_events()
@@ -622,6 +646,7 @@ impl RpcClient {
     /// after this).
     pub async fn close(&self) {
         self.inner.closed_by_user.store(true, Ordering::Release);
+        self.inner.ended.send_replace(true);
         self.inner
             .current()
             .finish_and_close(CloseCode::NORMAL, "client closed", Duration::from_secs(2))
@@ -656,5 +681,55 @@ impl RpcClient {
     /// `client.create_stream(name).with_metadata(k, v).build().await?`.
     pub fn create_stream(&self, name: &str) -> crate::stream::CreateStream {
         self.peer().create_stream(name)
+    }
+}
+
+/// A client's connection events (see [`RpcClient::connection_events`]). Holds no strong
+/// reference to the client: dropping the client ends it.
+#[derive(Debug)]
+pub struct ClientConnectionEvents {
+    inner: Weak<ClientInner>,
+    /// Bumped by the reconnect task each time a new connection is in place.
+    generation: watch::Receiver<u64>,
+    ended: watch::Receiver<bool>,
+    /// The connection whose end is reported next (`None` between connections).
+    watching: Option<Peer>,
+    /// The id of the last connection reported: the next one with another id is new.
+    last_id: u64,
+}
+
+impl ClientConnectionEvents {
+    /// The next event; `None` once no further connection will come.
+    pub async fn recv(&mut self) -> Option<crate::rpc::ConnectionEvent> {
+        use crate::rpc::ConnectionEvent;
+        if let Some(peer) = self.watching.take() {
+            let reason = peer.closed().await.to_string();
+            self.last_id = peer.connection_id();
+            return Some(ConnectionEvent::Disconnected {
+                info: peer.info(),
+                reason,
+            });
+        }
+        loop {
+            // Marked seen before reading the current connection, so a replacement made after
+            // the read wakes the wait below.
+            self.generation.borrow_and_update();
+            let current = {
+                let inner = self.inner.upgrade()?;
+                inner.reconnect.as_ref()?;
+                inner.current()
+            };
+            if current.connection_id() != self.last_id {
+                self.last_id = current.connection_id();
+                let info = current.info();
+                self.watching = Some(current);
+                return Some(ConnectionEvent::Connected(info));
+            }
+            drop(current);
+            tokio::select! {
+                changed = self.generation.changed() => changed.ok()?,
+                _ = self.ended.wait_for(|e| *e) => return None,
+            }
+        }
     }
 }
