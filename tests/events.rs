@@ -200,6 +200,49 @@ async fn server_keeps_a_peer_handle_and_calls_the_client_after_the_handler_retur
     assert!(matches!(err, Error::ConnectionClosed { .. }), "{err:?}");
 }
 
+/// A raw quinn client (no EchoStream client code) that completes the hello and then never reads
+/// its control stream, with a small stream window so that flow control fills quickly.
+async fn raw_client_that_stops_reading(
+    addr: &str,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    (quinn::SendStream, quinn::RecvStream),
+) {
+    use echostream::types::{Frame, Hello, Metadata};
+    let (crypto, _) =
+        echostream::tls::client_crypto(&echostream::ClientTrust::dangerous_accept_any_certificate(), addr)
+            .unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(16 * 1024));
+    config.transport_config(Arc::new(transport));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(config);
+    let conn = tokio::time::timeout(WAIT, ep.connect(addr.parse().unwrap(), "localhost").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut hello = bytes::BytesMut::new();
+    Frame::Hello(Hello {
+        version: 1,
+        max_frame_size: 1 << 20,
+        metadata: Metadata::new(),
+    })
+    .encode(&mut hello)
+    .unwrap();
+    send.write_all(&hello).await.unwrap();
+    // The welcome came; from now on nothing is read.
+    let chunk = tokio::time::timeout(WAIT, recv.read_chunk(1 << 16, true))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(chunk.is_some(), "server answered the hello");
+    (ep, conn, (send, recv))
+}
+
 fn broadcast_server() -> ServerBuilder {
     RpcServer::builder().slow_peer_timeout(Duration::from_millis(500))
 }
@@ -238,20 +281,9 @@ async fn broadcast_reaches_49_readers_while_one_client_that_does_not_read_is_dis
         counters.push(n);
         clients.push(c);
     }
-    // The slow client's listener never returns, and it reads little.
-    let slow = RpcClient::builder()
-        .pin(handle.fingerprint())
-        .event_queue(16)
-        .transport(echostream::connection::TransportOptions {
-            stream_receive_window: Some(16 * 1024),
-            ..Default::default()
-        })
-        .listener(listener_fn("chat", |_c: Context, _m: (u64, String)| {
-            std::future::pending::<()>()
-        }))
-        .connect(&addr)
-        .await
-        .unwrap();
+    // The slow client completes the hello, then never reads again (a wedged process: a
+    // listener that never returns does not stop an EchoStream client's reader).
+    let (slow_ep, slow, _control) = raw_client_that_stops_reading(&addr).await;
     wait_until("50 connected", || handle.connection_count() == 50).await;
     let mut evicted = vec![];
     let text = "x".repeat(200);
@@ -263,18 +295,14 @@ async fn broadcast_reaches_49_readers_while_one_client_that_does_not_read_is_dis
         counters.iter().all(|n| n.load(Ordering::SeqCst) == EVENTS)
     })
     .await;
-    assert_eq!(
-        evicted,
-        vec![slow
-            .local_addr()
-            .map(|a| a.port())
-            .map(|p| { std::net::SocketAddr::from(([127, 0, 0, 1], p)) })
-            .unwrap()]
-    );
-    let err = slow.peer().closed().await;
-    match err {
-        Error::ConnectionClosed { code, reason } => {
-            assert_eq!(code, Some(echostream::types::CloseCode::SLOW_CONSUMER));
+    assert_eq!(evicted, vec![slow_ep.local_addr().unwrap()]);
+    match tokio::time::timeout(WAIT, slow.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            assert_eq!(
+                a.error_code.into_inner(),
+                u64::from(echostream::types::CloseCode::SLOW_CONSUMER.0)
+            );
+            let reason = String::from_utf8_lossy(&a.reason);
             assert!(reason.contains("did not keep up"), "{reason}");
         }
         other => panic!("expected the slow client to be disconnected, got {other:?}"),
@@ -282,63 +310,73 @@ async fn broadcast_reaches_49_readers_while_one_client_that_does_not_read_is_dis
     assert_eq!(handle.connection_count(), 49);
 }
 
+/// A listener that blocks does not hold up the connection: the reader never waits for room in
+/// the event queue, so the events beyond it are dropped and counted (none lost silently), the
+/// emits complete, and calls on the same connection are still answered.
 #[tokio::test]
-async fn emit_waits_instead_of_queueing_without_bound() {
-    // A server whose only listener blocks: the client's emits must stop
-    // completing once the queues and flow-control windows are full.
+async fn events_beyond_a_blocked_listeners_queue_are_dropped_and_counted_while_calls_go_on() {
+    const N: usize = 2_000;
+    const QUEUE: usize = 8;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g2 = gate.clone();
     let done = Arc::new(AtomicUsize::new(0));
     let d2 = done.clone();
-    let s = serve(RpcServer::builder().event_queue(8).listener(listener_fn(
-        "blocked",
-        move |_c: Context, _b: Vec<u8>| {
-            let g = g2.clone();
-            let d = d2.clone();
-            async move {
-                g.acquire().await.unwrap().forget();
-                d.fetch_add(1, Ordering::SeqCst);
-            }
-        },
-    )));
-    let c = connect(&s).await;
-    let emitted = Arc::new(AtomicUsize::new(0));
-    let e2 = emitted.clone();
-    let c2 = c.clone();
-    let emitter = tokio::spawn(async move {
-        for _ in 0..20_000 {
-            c2.emit("blocked", vec![0u8; 1024]).await.unwrap();
-            e2.fetch_add(1, Ordering::SeqCst);
-        }
-    });
-    // Wait until emitting stalls.
-    let mut last = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = emitted.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    assert!(last < 20_000, "emit never applied backpressure");
-    // Not merely slow: while the listener is blocked, nothing more goes out.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        emitted.load(Ordering::SeqCst),
-        last,
-        "emits kept completing while the receiver was blocked"
+    let server_peer: Arc<Mutex<Option<Peer>>> = Arc::default();
+    let p2 = server_peer.clone();
+    let s = serve(
+        RpcServer::builder()
+            .event_queue(QUEUE)
+            .handler(handler_fn("echo", |_c: Context, n: u64| async move {
+                Ok::<_, Error>(n)
+            }))
+            .listener(listener_fn("blocked", move |ctx: Context, _b: Vec<u8>| {
+                let (g, d) = (g2.clone(), d2.clone());
+                p2.lock().unwrap().get_or_insert_with(|| ctx.peer().clone());
+                async move {
+                    g.acquire().await.unwrap().forget();
+                    d.fetch_add(1, Ordering::SeqCst);
+                }
+            })),
     );
-    // Releasing the listener lets everything through, nothing lost.
-    gate.add_permits(1_000_000);
-    tokio::time::timeout(WAIT * 3, emitter).await.unwrap().unwrap();
-    wait_until("all delivered", || done.load(Ordering::SeqCst) == 20_000).await;
+    let c = connect(&s).await;
+    let emits = async {
+        for _ in 0..N {
+            c.emit("blocked", vec![0u8; 1024]).await.unwrap();
+        }
+    };
+    tokio::time::timeout(WAIT, emits)
+        .await
+        .expect("emits complete while the listener is blocked");
+    let dropped = || {
+        server_peer
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, Peer::events_dropped) as usize
+    };
+    // Every event but the queued ones (and the one the listener holds) is dropped.
+    wait_until("the excess events are counted as dropped", || {
+        dropped() >= N - QUEUE - 1
+    })
+    .await;
+    let back: u64 = tokio::time::timeout(WAIT, c.request("echo", 7u64))
+        .await
+        .expect("a call answers while the listener is blocked")
+        .unwrap();
+    assert_eq!(back, 7);
+    gate.add_permits(N);
+    wait_until("every event delivered or counted as dropped", || {
+        done.load(Ordering::SeqCst) + dropped() == N
+    })
+    .await;
+    assert!(done.load(Ordering::SeqCst) >= QUEUE, "queued events were lost");
 }
 
 /// Frames are written directly by their sender while the connection's writer is idle and
-/// queued to it otherwise; when the receiver stalls (flow control fills, a direct write is
-/// only partly taken) the two paths alternate. Each emitter's events must still arrive in
-/// its order, complete, and calls on the same connection still get their answers.
+/// queued to it otherwise; when the receiver is slow (a direct write is only partly taken) the
+/// two paths alternate. Each emitter's events must still arrive in its order, complete, and
+/// calls on the same connection still get their answers. The event queue holds every event,
+/// so none is dropped.
 #[tokio::test]
 async fn each_emitters_order_survives_stalls_that_mix_direct_and_queued_writes() {
     const EMITTERS: u64 = 4;
@@ -347,7 +385,7 @@ async fn each_emitters_order_survives_stalls_that_mix_direct_and_queued_writes()
     let s2 = seen.clone();
     let s = serve(
         RpcServer::builder()
-            .event_queue(16)
+            .event_queue((EMITTERS * EACH) as usize)
             .handler(handler_fn("echo", |_c: Context, b: Vec<u8>| async move {
                 Ok::<_, Error>(b)
             }))
@@ -394,9 +432,10 @@ async fn each_emitters_order_survives_stalls_that_mix_direct_and_queued_writes()
     }
 }
 
-/// One emitter of large events toward a receiver that stalls: the stream's flow-control
-/// credit runs out in the middle of a frame written directly, and the writer must send the
-/// rest of that frame before anything else.
+/// One emitter of large events toward a receiver whose listener stalls: a frame written directly
+/// may be only partly taken by quinn, and the writer must send the rest of that frame before
+/// anything else. The event queue holds every event (12 MB, within the byte budget), so none is
+/// dropped.
 #[tokio::test]
 async fn large_events_toward_a_stalled_receiver_arrive_whole_and_in_order() {
     const N: u64 = 200;
@@ -404,7 +443,7 @@ async fn large_events_toward_a_stalled_receiver_arrive_whole_and_in_order() {
     let g2 = gate.clone();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
-    let s = serve(RpcServer::builder().event_queue(4).listener(listener_fn(
+    let s = serve(RpcServer::builder().event_queue(N as usize).listener(listener_fn(
         "big",
         move |_c: Context, (n, body): (u64, Vec<u8>)| {
             let ok = body.len() == 60_000 && body.iter().all(|&b| b == n as u8);
@@ -436,4 +475,79 @@ async fn large_events_toward_a_stalled_receiver_arrive_whole_and_in_order() {
     );
     assert!(seen.iter().all(|(_, ok)| *ok), "an event arrived damaged");
     drop(c);
+}
+
+/// The exact case of issue 22: a listener that calls back the peer that sent the event, on the
+/// same connection, while that connection's event queue is full. The answer to the listener's
+/// call travels on the control stream behind the queued events; a reader that waited for room
+/// in the event queue would never read it, and the call would time out. The reader must never
+/// wait on a queue user code drains: events beyond the queue are dropped and counted, and every
+/// event is either delivered or counted as dropped.
+#[tokio::test]
+async fn a_listener_that_calls_back_its_peer_while_the_event_queue_is_full_gets_its_answer() {
+    init_tracing();
+    const N: u64 = 2_000;
+    // Holds the first listener run until the client has sent every event: the queue is full.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let ran = Arc::new(AtomicU64::new(0));
+    let server_peer: Arc<Mutex<Option<Peer>>> = Arc::default();
+    let (g2, f2, r2, p2) = (gate.clone(), failures.clone(), ran.clone(), server_peer.clone());
+    let s = serve(RpcServer::builder().event_queue(4).listener(listener_fn(
+        "flood",
+        move |ctx: Context, n: u64| {
+            let (g, f, r) = (g2.clone(), f2.clone(), r2.clone());
+            p2.lock().unwrap().get_or_insert_with(|| ctx.peer().clone());
+            async move {
+                if n == 0 {
+                    g.acquire().await.unwrap().forget();
+                }
+                let opts = CallOptions::new().timeout(Duration::from_secs(10));
+                match ctx.peer().request_with::<_, u64>("client.echo", n, opts).await {
+                    Ok(back) if back == n => {}
+                    Ok(back) => f.lock().unwrap().push(format!("event {n}: answer {back}")),
+                    Err(e) => f.lock().unwrap().push(format!("event {n}: {e}")),
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    )));
+    let c = client_for(&s)
+        .handler(handler_fn("client.echo", |_c: Context, n: u64| async move {
+            Ok::<_, Error>(n)
+        }))
+        .connect(&s.addr)
+        .await
+        .unwrap();
+    for n in 0..N {
+        c.emit("flood", n).await.unwrap();
+    }
+    gate.add_permits(1);
+    let dropped = || {
+        server_peer
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, Peer::events_dropped)
+    };
+    wait_until("every event delivered or counted as dropped", || {
+        !failures.lock().unwrap().is_empty() || ran.load(Ordering::SeqCst) + dropped() == N
+    })
+    .await;
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "listener calls back to the peer failed: {failures:?}"
+    );
+    assert!(dropped() > 0, "the event queue never filled");
+    // The connection still serves calls in both directions.
+    let () = c
+        .request("nothing", ())
+        .await
+        .map(|_: ()| ())
+        .or_else(|e| match e {
+            Error::UnknownMethod { .. } => Ok(()),
+            e => Err(e),
+        })
+        .unwrap();
 }

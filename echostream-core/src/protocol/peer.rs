@@ -108,6 +108,7 @@ impl Peer {
             out: Arc::new(out_tx),
             calls,
             events: ev_tx,
+            events_dropped: AtomicU64::new(0),
             clock_sync: OnceLock::new(),
             pings: Default::default(),
         });
@@ -286,6 +287,14 @@ impl Peer {
     /// True once the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.shared.state.closed().is_some() || self.shared.conn.close_reason().is_some()
+    }
+
+    /// Events of the peer dropped on arrival because this connection's event queue was full
+    /// (listeners not keeping up): the reader never waits for room, so that no listener can
+    /// stall it. Each drop is also counted in `echostream.events.dropped` (policy
+    /// `queue_full`) and logged.
+    pub fn events_dropped(&self) -> u64 {
+        self.shared.events_dropped.load(Ordering::Relaxed)
     }
 
     /// Number of the peer's requests running here now.

@@ -66,8 +66,14 @@
 //!   at a time in registration order; a listener error, an undecodable payload
 //!   or a panic is logged with the event name and counted (`failed_events()`),
 //!   and the next event proceeds. The listener queue is bounded (`event_queue`,
-//!   1024): when full, the reader stops reading and the sender's `emit` waits
-//!   (backpressure through QUIC flow control).
+//!   16,384 events, 64 MiB of payload) and the connection's reader never waits
+//!   for it: listeners are user code and may wait for that reader (a listener
+//!   that calls its peer back needs the reader to read the answer). An event
+//!   that finds the queue full is **dropped, counted and logged**
+//!   (`Peer::events_dropped()`, `echostream.events.dropped{policy="queue_full"}`,
+//!   a `warn` line at the start and the end of each run of drops). `emit`
+//!   therefore does not wait for the receiver's listeners: a sender that must
+//!   not outrun them uses requests, or paces itself.
 //! - **Subscriptions** (`subscribe::<T>(name)` on a client or server handle): a
 //!   bounded buffer each (1024). A slow consumer gets **counted drops** for that
 //!   subscription only (`dropped()`), so it never slows the connection or the

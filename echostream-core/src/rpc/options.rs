@@ -101,9 +101,12 @@ macro_rules! shared_setters {
             self
         }
 
-        /// Events queued per connection for listeners before the connection
-        /// stops reading (default 1024); a full queue pushes back on the sender
-        /// through QUIC flow control.
+        /// Events queued per connection for listeners (default 16,384, and at
+        /// most 64 MiB of payload). The connection's reader never waits for room:
+        /// an event that finds the queue full is dropped, counted
+        /// (`Peer::events_dropped`, metric `echostream.events.dropped` with
+        /// policy `queue_full`) and logged, because a listener may be waiting
+        /// for that very reader (its own call to the peer).
         pub fn event_queue(mut self, n: usize) -> Self {
             self.opts.protocol.event_queue = n;
             self
