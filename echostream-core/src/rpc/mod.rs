@@ -93,8 +93,11 @@
 //!   fingerprint, hello metadata, RTT and quinn's traffic statistics, calls
 //!   pending and running; also `peer.info()`, `client.info()`). Admission:
 //!   `ConnectionPolicy::approve_all()` (default) or `approve_via_event(queue)`,
-//!   which hands the application a `ConnectionRequest` after the hello and
-//!   before the welcome;
+//!   which hands the application a `ConnectionRequest` after the hello was
+//!   validated and the client authenticated, before the welcome: it carries
+//!   who connects (`identity()` from a token or the client certificate,
+//!   `certificate()` with fingerprint, names and DER, the hello `metadata()`)
+//!   as well as `remote_addr()`, so a policy can admit by identity;
 //!   `reject(reason)`, a full decision queue or no answer within the handshake
 //!   timeout close with `REJECTED` and a reason (the client gets
 //!   `Error::Rejected { reason }`). `max_connections` (10,000) closes the
