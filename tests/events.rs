@@ -310,73 +310,63 @@ async fn broadcast_reaches_49_readers_while_one_client_that_does_not_read_is_dis
     assert_eq!(handle.connection_count(), 49);
 }
 
-/// A listener that blocks does not hold up the connection: the reader never waits for room in
-/// the event queue, so the events beyond it are dropped and counted (none lost silently), the
-/// emits complete, and calls on the same connection are still answered.
 #[tokio::test]
-async fn events_beyond_a_blocked_listeners_queue_are_dropped_and_counted_while_calls_go_on() {
-    const N: usize = 2_000;
-    const QUEUE: usize = 8;
+async fn emit_waits_instead_of_queueing_without_bound() {
+    // A server whose only listener blocks: the client's emits must stop
+    // completing once the listener queue's credit is used up.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g2 = gate.clone();
     let done = Arc::new(AtomicUsize::new(0));
     let d2 = done.clone();
-    let server_peer: Arc<Mutex<Option<Peer>>> = Arc::default();
-    let p2 = server_peer.clone();
-    let s = serve(
-        RpcServer::builder()
-            .event_queue(QUEUE)
-            .handler(handler_fn("echo", |_c: Context, n: u64| async move {
-                Ok::<_, Error>(n)
-            }))
-            .listener(listener_fn("blocked", move |ctx: Context, _b: Vec<u8>| {
-                let (g, d) = (g2.clone(), d2.clone());
-                p2.lock().unwrap().get_or_insert_with(|| ctx.peer().clone());
-                async move {
-                    g.acquire().await.unwrap().forget();
-                    d.fetch_add(1, Ordering::SeqCst);
-                }
-            })),
-    );
+    let s = serve(RpcServer::builder().event_queue(8).listener(listener_fn(
+        "blocked",
+        move |_c: Context, _b: Vec<u8>| {
+            let g = g2.clone();
+            let d = d2.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    )));
     let c = connect(&s).await;
-    let emits = async {
-        for _ in 0..N {
-            c.emit("blocked", vec![0u8; 1024]).await.unwrap();
+    let emitted = Arc::new(AtomicUsize::new(0));
+    let e2 = emitted.clone();
+    let c2 = c.clone();
+    let emitter = tokio::spawn(async move {
+        for _ in 0..20_000 {
+            c2.emit("blocked", vec![0u8; 1024]).await.unwrap();
+            e2.fetch_add(1, Ordering::SeqCst);
         }
-    };
-    tokio::time::timeout(WAIT, emits)
-        .await
-        .expect("emits complete while the listener is blocked");
-    let dropped = || {
-        server_peer
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map_or(0, Peer::events_dropped) as usize
-    };
-    // Every event but the queued ones (and the one the listener holds) is dropped.
-    wait_until("the excess events are counted as dropped", || {
-        dropped() >= N - QUEUE - 1
-    })
-    .await;
-    let back: u64 = tokio::time::timeout(WAIT, c.request("echo", 7u64))
-        .await
-        .expect("a call answers while the listener is blocked")
-        .unwrap();
-    assert_eq!(back, 7);
-    gate.add_permits(N);
-    wait_until("every event delivered or counted as dropped", || {
-        done.load(Ordering::SeqCst) + dropped() == N
-    })
-    .await;
-    assert!(done.load(Ordering::SeqCst) >= QUEUE, "queued events were lost");
+    });
+    // Wait until emitting stalls.
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = emitted.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(last < 20_000, "emit never applied backpressure");
+    // Not merely slow: while the listener is blocked, nothing more goes out.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        emitted.load(Ordering::SeqCst),
+        last,
+        "emits kept completing while the receiver was blocked"
+    );
+    // Releasing the listener lets everything through, nothing lost.
+    gate.add_permits(1_000_000);
+    tokio::time::timeout(WAIT * 3, emitter).await.unwrap().unwrap();
+    wait_until("all delivered", || done.load(Ordering::SeqCst) == 20_000).await;
 }
 
 /// Frames are written directly by their sender while the connection's writer is idle and
-/// queued to it otherwise; when the receiver is slow (a direct write is only partly taken) the
-/// two paths alternate. Each emitter's events must still arrive in its order, complete, and
-/// calls on the same connection still get their answers. The event queue holds every event,
-/// so none is dropped.
+/// queued to it otherwise; when the receiver stalls (flow control fills, a direct write is
+/// only partly taken) the two paths alternate. Each emitter's events must still arrive in
+/// its order, complete, and calls on the same connection still get their answers.
 #[tokio::test]
 async fn each_emitters_order_survives_stalls_that_mix_direct_and_queued_writes() {
     const EMITTERS: u64 = 4;
@@ -385,7 +375,7 @@ async fn each_emitters_order_survives_stalls_that_mix_direct_and_queued_writes()
     let s2 = seen.clone();
     let s = serve(
         RpcServer::builder()
-            .event_queue((EMITTERS * EACH) as usize)
+            .event_queue(16)
             .handler(handler_fn("echo", |_c: Context, b: Vec<u8>| async move {
                 Ok::<_, Error>(b)
             }))
@@ -432,10 +422,9 @@ async fn each_emitters_order_survives_stalls_that_mix_direct_and_queued_writes()
     }
 }
 
-/// One emitter of large events toward a receiver whose listener stalls: a frame written directly
-/// may be only partly taken by quinn, and the writer must send the rest of that frame before
-/// anything else. The event queue holds every event (12 MB, within the byte budget), so none is
-/// dropped.
+/// One emitter of large events toward a receiver that stalls: the stream's flow-control
+/// credit runs out in the middle of a frame written directly, and the writer must send the
+/// rest of that frame before anything else.
 #[tokio::test]
 async fn large_events_toward_a_stalled_receiver_arrive_whole_and_in_order() {
     const N: u64 = 200;
@@ -443,7 +432,7 @@ async fn large_events_toward_a_stalled_receiver_arrive_whole_and_in_order() {
     let g2 = gate.clone();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
-    let s = serve(RpcServer::builder().event_queue(N as usize).listener(listener_fn(
+    let s = serve(RpcServer::builder().event_queue(4).listener(listener_fn(
         "big",
         move |_c: Context, (n, body): (u64, Vec<u8>)| {
             let ok = body.len() == 60_000 && body.iter().all(|&b| b == n as u8);
@@ -479,15 +468,15 @@ async fn large_events_toward_a_stalled_receiver_arrive_whole_and_in_order() {
 
 /// The exact case of issue 22: a listener that calls back the peer that sent the event, on the
 /// same connection, while that connection's event queue is full. The answer to the listener's
-/// call travels on the control stream behind the queued events; a reader that waited for room
-/// in the event queue would never read it, and the call would time out. The reader must never
-/// wait on a queue user code drains: events beyond the queue are dropped and counted, and every
-/// event is either delivered or counted as dropped.
+/// call travels on the control stream behind the peer's queued events; a reader that waited
+/// for room in the event queue would never read it, and the call would time out. The reader
+/// never waits on a queue listeners drain: the sender is held back by event credit instead,
+/// so every event is delivered, none dropped, and every call back gets its answer.
 #[tokio::test]
 async fn a_listener_that_calls_back_its_peer_while_the_event_queue_is_full_gets_its_answer() {
     init_tracing();
-    const N: u64 = 2_000;
-    // Holds the first listener run until the client has sent every event: the queue is full.
+    const N: u64 = 500;
+    // Holds the first listener run until the client has filled the queue.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let ran = Arc::new(AtomicU64::new(0));
@@ -519,19 +508,24 @@ async fn a_listener_that_calls_back_its_peer_while_the_event_queue_is_full_gets_
         .connect(&s.addr)
         .await
         .unwrap();
-    for n in 0..N {
-        c.emit("flood", n).await.unwrap();
-    }
+    let emitted = Arc::new(AtomicU64::new(0));
+    let (c2, e2) = (c.clone(), emitted.clone());
+    let emitter = tokio::spawn(async move {
+        for n in 0..N {
+            c2.emit("flood", n).await.unwrap();
+            e2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    // The queue's worth of events is out (more if the peer's reader would take them); give
+    // them time to arrive, then let the listener call back.
+    wait_until("the queue's worth of events sent", || {
+        emitted.load(Ordering::SeqCst) >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     gate.add_permits(1);
-    let dropped = || {
-        server_peer
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map_or(0, Peer::events_dropped)
-    };
-    wait_until("every event delivered or counted as dropped", || {
-        !failures.lock().unwrap().is_empty() || ran.load(Ordering::SeqCst) + dropped() == N
+    wait_until("every event handled", || {
+        !failures.lock().unwrap().is_empty() || ran.load(Ordering::SeqCst) == N
     })
     .await;
     let failures = failures.lock().unwrap().clone();
@@ -539,15 +533,30 @@ async fn a_listener_that_calls_back_its_peer_while_the_event_queue_is_full_gets_
         failures.is_empty(),
         "listener calls back to the peer failed: {failures:?}"
     );
-    assert!(dropped() > 0, "the event queue never filled");
-    // The connection still serves calls in both directions.
-    let () = c
-        .request("nothing", ())
-        .await
-        .map(|_: ()| ())
-        .or_else(|e| match e {
-            Error::UnknownMethod { .. } => Ok(()),
-            e => Err(e),
-        })
-        .unwrap();
+    tokio::time::timeout(WAIT, emitter).await.unwrap().unwrap();
+    let dropped = server_peer.lock().unwrap().as_ref().map(Peer::events_dropped);
+    assert_eq!(dropped, Some(0), "a credit-aware sender never overruns the queue");
+}
+
+/// An emit waiting for event credit (the peer's listener is blocked) fails with the
+/// connection's end instead of waiting forever.
+#[tokio::test]
+async fn an_emit_waiting_for_event_credit_fails_when_the_connection_ends() {
+    let s = serve(
+        RpcServer::builder()
+            .event_queue(2)
+            .listener(listener_fn("stuck", |_c: Context, _n: u64| {
+                std::future::pending::<()>()
+            })),
+    );
+    let c = connect(&s).await;
+    c.emit("stuck", 0u64).await.unwrap();
+    c.emit("stuck", 1u64).await.unwrap();
+    let c2 = c.clone();
+    let waiting = tokio::spawn(async move { c2.emit("stuck", 2u64).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the third emit waits for credit");
+    c.close().await;
+    let result = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    assert!(result.is_err(), "{result:?}");
 }

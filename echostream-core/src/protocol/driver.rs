@@ -413,6 +413,16 @@ async fn reader_task(
                 Step::Welcome(_) | Step::TimeReply { .. } | Step::ClockSample(_)
             );
             let answer = match step {
+                Step::Event(ev) if ev.name == super::credit::EVENT_CREDIT_EVENT => {
+                    match super::credit::EventCredit::parse(&ev.payload) {
+                        Some(n) => peer.shared.credit.grant(n),
+                        None => tracing::debug!(
+                            len = ev.payload.len(),
+                            "event credit with a payload other than 4 bytes: ignored"
+                        ),
+                    }
+                    continue;
+                }
                 Step::Event(ev) => {
                     // Never waits: a listener may be waiting for this very reader.
                     if !overflow.offer(&peer, ev) {
@@ -542,6 +552,7 @@ pub(super) fn perform(
             shared
                 .peer_max_frame
                 .store(welcome.max_frame_size, std::sync::atomic::Ordering::Release);
+            shared.credit.start(&welcome.metadata);
             let _ = shared.peer_hello.set(welcome.metadata);
             tracing::debug!("welcome received");
             Ok(None)
@@ -639,23 +650,29 @@ async fn side_stream_task(peer: Peer) {
 /// budget until it has been processed.
 pub(super) type QueuedEvent = (EventFrame, Peer, EventBytes);
 
-/// Hands events to the RPC layer one at a time, in arrival order.
+/// Hands events to the RPC layer one at a time, in arrival order, and gives the sender its
+/// event credit back as they finish (see `credit`).
 async fn event_task(mut rx: mpsc::Receiver<QueuedEvent>) {
-    while let Some((ev, peer, _bytes)) = rx.recv().await {
+    while let Some((ev, peer, bytes)) = rx.recv().await {
         let inbound = peer.shared.inbound.clone();
         inbound.event(&peer, ev).await;
+        drop(bytes);
+        if let Some(n) = peer.shared.credit.finished(1) {
+            peer.give_event_credit(n).await;
+        }
     }
 }
 
 /// The reader's side of the event queue: it queues each event without waiting, and drops
 /// (counts, logs) the events that find the queue full.
 ///
-/// Why not wait for room, pushing back on the sender through QUIC flow control: the queue is
-/// drained by listeners, which are user code, and a listener may wait for something only this
-/// reader can deliver (the answer to its own call to the peer, a handler's effect, a pong, a
-/// clock sample). A reader waiting for the queue would then never read it, and the connection
-/// would stall until the listener's call timed out. So the reader never waits on a queue that
-/// user code drains, and the policy beyond the queue is drop-newest: the event is not
+/// Why not wait for room: the queue is drained by listeners, which are user code, and a
+/// listener may wait for something only this reader can deliver (the answer to its own call to
+/// the peer, a handler's effect, a pong, a clock sample). A reader waiting for the queue would
+/// then never read it, and the connection would stall until the listener's call timed out. A
+/// well-behaved sender is held back by event credit instead (`credit`: it never has more
+/// events unprocessed here than the queue holds), so the queue is only found full by a peer
+/// that ignores credit or announced none. For those the policy is drop-newest: the event is not
 /// delivered, `echostream.events.dropped` (policy `queue_full`) and [`Peer::events_dropped`]
 /// count it, and the first drop of a run logs a `warn` line naming the event, the peer and the
 /// limit; the end of the run logs how many were dropped (one line per run, however long: a
@@ -693,6 +710,8 @@ impl Overflow {
             Some((ev, over_bytes)) => {
                 crate::metrics::event_received();
                 crate::metrics::event_dropped("queue_full");
+                // Finished too: its credit goes back with the next batch.
+                shared.credit.owe();
                 shared
                     .events_dropped
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -11,8 +11,9 @@
 //!   callers, requests go up to the RPC layer through the `Inbound` trait, which polls the
 //!   handler once right there (answers are batched to the writer) and moves it to a task of
 //!   its own only if it waits; events go to one in-order listener task through a bounded
-//!   queue, never waited for (events that find it full are dropped and counted: a listener
-//!   may be waiting for this very reader);
+//!   queue, never waited for (a listener may be waiting for this very reader): senders are
+//!   held back by event credit (`credit`), and events of a peer that overruns it are dropped
+//!   and counted;
 //! - a **side-stream task** accepts unidirectional streams that carry one
 //!   large frame each, so a 16 MiB response does not hold up small calls on
 //!   the control stream.
@@ -41,6 +42,7 @@ pub(crate) mod budget;
 mod call;
 mod clock;
 mod context;
+mod credit;
 mod driver;
 mod encode;
 mod handshake;
@@ -78,8 +80,9 @@ use timesync::{Clock, SystemClock};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-/// Default most events of one connection queued for its listeners; the reader drops (and
-/// counts) those that find the queue full rather than wait for listeners (see `driver`).
+/// Default most events of one connection queued for its listeners: the event credit this side
+/// announces. The reader drops (and counts) events that find the queue full rather than wait
+/// for listeners (see `driver`, `credit`).
 pub(crate) const DEFAULT_EVENT_QUEUE: usize = 16 * 1024;
 
 /// Settings of the protocol layer for one side of a connection.
@@ -91,7 +94,8 @@ pub(crate) struct ProtocolConfig {
     pub(crate) inline_threshold: usize,
     /// Requests from the peer allowed to run at once on one connection.
     pub(crate) max_concurrent_requests: usize,
-    /// Events queued for listeners; beyond it (or the event byte budget) the reader drops them.
+    /// Events queued for listeners, announced as event credit; beyond it (or the event byte
+    /// budget) the reader drops them.
     pub(crate) event_queue: usize,
     /// Frames queued for the writer before callers wait.
     pub(crate) write_queue: usize,
@@ -386,6 +390,8 @@ struct Shared {
     events: mpsc::Sender<driver::QueuedEvent>,
     /// Events of the peer dropped because the event queue was full (see `driver`).
     events_dropped: AtomicU64,
+    /// Event credit in both directions (see `credit`).
+    credit: credit::EventCredit,
     /// Clock synchronisation with the peer, started on first use.
     clock_sync: OnceLock<Arc<ClockSync>>,
     /// Reply permits and the byte budgets of running requests and queued events.

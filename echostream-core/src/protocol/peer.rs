@@ -82,7 +82,9 @@ impl Peer {
         };
         let established = watch::channel(client_early.is_none() && tls_done.is_none()).0;
         let peer_hello = OnceLock::new();
+        let credit = super::credit::EventCredit::new(config.event_queue);
         if !welcome_pending {
+            credit.start(&hs.peer_hello.metadata);
             let _ = peer_hello.set(hs.peer_hello.metadata);
         }
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
@@ -109,6 +111,7 @@ impl Peer {
             calls,
             events: ev_tx,
             events_dropped: AtomicU64::new(0),
+            credit,
             clock_sync: OnceLock::new(),
             pings: Default::default(),
         });
@@ -289,9 +292,10 @@ impl Peer {
         self.shared.state.closed().is_some() || self.shared.conn.close_reason().is_some()
     }
 
-    /// Events of the peer dropped on arrival because this connection's event queue was full
-    /// (listeners not keeping up): the reader never waits for room, so that no listener can
-    /// stall it. Each drop is also counted in `echostream.events.dropped` (policy
+    /// Events of the peer dropped on arrival because this connection's event queue was full:
+    /// the reader never waits for room, so that no listener can stall it. A well-behaved peer
+    /// is held back by event credit and never gets here; a peer that ignores credit (or
+    /// announces none) does. Each drop is also counted in `echostream.events.dropped` (policy
     /// `queue_full`) and logged.
     pub fn events_dropped(&self) -> u64 {
         self.shared.events_dropped.load(Ordering::Relaxed)
@@ -522,7 +526,9 @@ impl Peer {
 
     /// Sends a one-way event. Returns once the event is handed to the
     /// connection's writer (not when the peer has processed it); waits while
-    /// the write queue is full.
+    /// the write queue is full, and while the peer already holds as many of
+    /// our events unprocessed as its listener queue takes (event credit, which
+    /// the peer gives back as its listeners finish them).
     pub async fn emit<T: Serialize>(&self, name: &str, value: T) -> Result<(), Error> {
         self.emit_with(name, value, CallOptions::default()).await
     }
@@ -541,6 +547,14 @@ impl Peer {
         }
         let codec = opts.codec.unwrap_or(self.shared.config.default_codec);
         let payload = encode_value(codec, &value, name, "event")?;
+        // Waits while the peer's listeners are behind (event credit), never the peer's reader;
+        // a connection that ends meanwhile ends the wait.
+        // Biased: with credit at hand, the close watch is never polled (it takes quinn's lock).
+        tokio::select! {
+            biased;
+            () = self.shared.credit.acquire() => {}
+            e = self.closed() => return Err(e),
+        }
         let frame = Frame::Event(EventFrame {
             name: name.to_owned(),
             codec,
@@ -567,7 +581,12 @@ impl Peer {
                 "broadcast event larger than the peer's frame limit; not sent to it");
             return Delivery::Skipped;
         }
-        match tokio::time::timeout(wait, self.shared.out.send(Outgoing::Frame { head, tail })).await {
+        let queued = async {
+            // The peer's listeners being behind for `wait` counts as not keeping up too.
+            self.shared.credit.acquire().await;
+            self.shared.out.send(Outgoing::Frame { head, tail }).await
+        };
+        match tokio::time::timeout(wait, queued).await {
             Ok(Ok(())) => {
                 crate::metrics::event_sent();
                 Delivery::Queued
@@ -577,8 +596,10 @@ impl Peer {
                 Delivery::Skipped
             }
             Err(_) => {
-                let reason =
-                    format!("it did not keep up with events: its write queue stayed full for {wait:?}");
+                let reason = format!(
+                    "it did not keep up with events: its write queue stayed full, or its \
+                     listeners behind, for {wait:?}"
+                );
                 tracing::warn!(peer = %self.shared.remote, reason, "disconnecting slow peer");
                 self.shared
                     .conn
@@ -590,6 +611,20 @@ impl Peer {
                 crate::metrics::event_dropped("slow_consumer");
                 Delivery::Evicted
             }
+        }
+    }
+
+    /// Gives `n` units of event credit back to the peer (see `credit`): its listeners here
+    /// finished that many of its events.
+    pub(super) async fn give_event_credit(&self, n: u32) {
+        let frame = Frame::Event(EventFrame {
+            name: super::credit::EVENT_CREDIT_EVENT.to_owned(),
+            codec: Codec::Bincode,
+            metadata: Metadata::new(),
+            payload: Bytes::copy_from_slice(&n.to_be_bytes()),
+        });
+        if let Err(e) = self.send_frame(&frame, || "event credit".into(), false).await {
+            tracing::debug!(error = %e, "event credit not sent");
         }
     }
 

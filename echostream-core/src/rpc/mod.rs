@@ -68,12 +68,14 @@
 //!   and the next event proceeds. The listener queue is bounded (`event_queue`,
 //!   16,384 events, 64 MiB of payload) and the connection's reader never waits
 //!   for it: listeners are user code and may wait for that reader (a listener
-//!   that calls its peer back needs the reader to read the answer). An event
-//!   that finds the queue full is **dropped, counted and logged**
-//!   (`Peer::events_dropped()`, `echostream.events.dropped{policy="queue_full"}`,
-//!   a `warn` line at the start and the end of each run of drops). `emit`
-//!   therefore does not wait for the receiver's listeners: a sender that must
-//!   not outrun them uses requests, or paces itself.
+//!   that calls its peer back needs the reader to read the answer). Instead
+//!   the sender's `emit` waits for **event credit**: each side announces its
+//!   queue in the hello, and a sender never has more events unprocessed at the
+//!   receiver than that (the receiver gives credit back as its listeners
+//!   finish). An event that finds the queue full anyway (a peer that ignores
+//!   credit) is **dropped, counted and logged** (`Peer::events_dropped()`,
+//!   `echostream.events.dropped{policy="queue_full"}`, a `warn` line at the
+//!   start and the end of each run of drops).
 //! - **Subscriptions** (`subscribe::<T>(name)` on a client or server handle): a
 //!   bounded buffer each (1024). A slow consumer gets **counted drops** for that
 //!   subscription only (`dropped()`), so it never slows the connection or the

@@ -102,11 +102,13 @@ macro_rules! shared_setters {
         }
 
         /// Events queued per connection for listeners (default 16,384, and at
-        /// most 64 MiB of payload). The connection's reader never waits for room:
-        /// an event that finds the queue full is dropped, counted
-        /// (`Peer::events_dropped`, metric `echostream.events.dropped` with
-        /// policy `queue_full`) and logged, because a listener may be waiting
-        /// for that very reader (its own call to the peer).
+        /// most 64 MiB of payload). This side announces it in its hello as event
+        /// credit: the peer's `emit` waits while that many of its events are
+        /// unprocessed here (backpressure that never stops the connection's
+        /// reader, so a listener that calls the peer back still gets its answer).
+        /// An event that finds the queue full anyway (a peer that ignores credit)
+        /// is dropped, counted (`Peer::events_dropped`, metric
+        /// `echostream.events.dropped` with policy `queue_full`) and logged.
         pub fn event_queue(mut self, n: usize) -> Self {
             self.opts.protocol.event_queue = n;
             self
