@@ -14,7 +14,9 @@
 //! being read: a listener that calls its peer back gets its answer. A peer that ignores credit
 //! (or announced none, as a peer without this feature does) only finds the queue full: its
 //! excess events are dropped and counted (`driver::Overflow`). A peer without this feature sees
-//! the credit events as events nobody listens to.
+//! the credit events as events nobody listens to. A 0-RTT client learns the server's credit
+//! from the welcome, which may come after the handshake: events it sends before that are not
+//! held back (the server's reader still never waits for them).
 
 use echostream_types::Metadata;
 use std::sync::atomic::{AtomicUsize, Ordering};

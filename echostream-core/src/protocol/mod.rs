@@ -26,7 +26,9 @@
 //!   the close record, 0-RTT status) and `classify`, the one place that decides what a frame
 //!   means.
 //! - `driver`: the reader, writer, side-stream and event tasks.
-//! - `peer`: [`Peer`], the per-connection handle, and all its methods.
+//! - `peer`: [`Peer`], the per-connection handle, and its methods; `emit`: its event methods.
+//! - `credit`: event credit, which holds a sender of events back by the receiver's listeners
+//!   without the receiver's reader ever waiting for them.
 //! - `call`: what those methods use that is not a method: the guard that cancels a dropped
 //!   call, `Answer` (a request answered where it was read), and small helpers for a call's
 //!   payloads, deadline and failures.
@@ -44,6 +46,7 @@ mod clock;
 mod context;
 mod credit;
 mod driver;
+mod emit;
 mod encode;
 mod handshake;
 mod inbound;
