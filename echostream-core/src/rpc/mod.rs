@@ -86,7 +86,8 @@
 //!   `connection_events()`, `subscribe`, `shutdown()`. `broadcast` encodes once
 //!   and queues on every connection concurrently; a peer whose write queue stays
 //!   full for `slow_peer_timeout` (default 2 s: it stopped reading and flow
-//!   control filled up) is disconnected with `SLOW_CONSUMER` (8) and a reason,
+//!   control filled up), or whose listeners give no event credit back for
+//!   that long, is disconnected with `SLOW_CONSUMER` (8) and a reason,
 //!   and listed in the `BroadcastReport`; the others are never held up by it.
 //!   Events are not silently dropped for a connected peer.
 //! - **Connection life-cycle.** `connection_events()` is a bounded broadcast
