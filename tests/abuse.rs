@@ -383,3 +383,94 @@ async fn a_peer_that_sends_requests_but_never_reads_answers_is_held_back_not_buf
     );
     assert!(conn.close_reason().is_none());
 }
+
+/// A peer that ignores event credit and floods events at a listener that is blocked: the
+/// server's reader never waits for the listener queue, so the events beyond it are dropped and
+/// counted (none silently), and a request sent after the flood, on the same control stream, is
+/// still answered.
+#[tokio::test]
+async fn events_beyond_the_queue_from_a_peer_ignoring_credit_are_dropped_and_counted_while_calls_go_on() {
+    const N: usize = 2_000;
+    const QUEUE: usize = 8;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (g2, d2) = (gate.clone(), done.clone());
+    let server = RpcServer::builder()
+        .bind("127.0.0.1:0")
+        .identity(ServerIdentity::Ephemeral)
+        .event_queue(QUEUE)
+        .listener(listener_fn("tick", move |_c: Context, _n: u64| {
+            let (g, d) = (g2.clone(), d2.clone());
+            async move {
+                g.acquire().await.unwrap().forget();
+                d.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }))
+        .handler(handler_fn("echo", |_c: Context, s: String| async move {
+            Ok::<_, Error>(s)
+        }))
+        .build()
+        .unwrap();
+    let handle = server.handle();
+    let addr = handle.local_addr().to_string();
+    tokio::spawn(server.run());
+    let (conn, mut send, mut recv) = raw_session(&addr).await;
+    let mut b = BytesMut::new();
+    for n in 0..N as u64 {
+        Frame::Event(echostream::types::EventFrame {
+            name: "tick".into(),
+            codec: Codec::Bincode,
+            metadata: Metadata::new(),
+            payload: Codec::Bincode.encode(&n).unwrap(),
+        })
+        .encode(&mut b)
+        .unwrap();
+    }
+    Frame::Request(RequestFrame {
+        id: 0,
+        method: "echo".into(),
+        codec: Codec::Bincode,
+        deadline: None,
+        metadata: Metadata::new(),
+        payload: Codec::Bincode.encode("after the flood").unwrap(),
+    })
+    .encode(&mut b)
+    .unwrap();
+    send.write_all(&b).await.unwrap();
+    // The answer comes (credit events may come first: skipped).
+    let dec = echostream::types::FrameDecoder::new(1 << 20);
+    let mut buf = BytesMut::new();
+    let answer = loop {
+        match dec.decode(&mut buf).unwrap() {
+            Some(Frame::Response(r)) => break r,
+            Some(_) => continue,
+            None => {}
+        }
+        let chunk = tokio::time::timeout(WAIT, recv.read_chunk(1 << 16, true))
+            .await
+            .expect("the request after the flood is answered")
+            .unwrap()
+            .unwrap();
+        buf.put_slice(&chunk.bytes);
+    };
+    assert_eq!(answer.id, 0);
+    let (codec, payload) = answer.result.unwrap();
+    assert_eq!(codec.decode::<String>(&payload).unwrap(), "after the flood");
+    let peer = handle.peers().pop().unwrap();
+    // All but the queued ones (and the one the listener holds) were dropped and counted.
+    let deadline = std::time::Instant::now() + WAIT;
+    while (peer.events_dropped() as usize) < N - QUEUE - 1 {
+        assert!(std::time::Instant::now() < deadline, "drops not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.add_permits(N);
+    let deadline = std::time::Instant::now() + WAIT;
+    while done.load(std::sync::atomic::Ordering::SeqCst) + peer.events_dropped() as usize != N {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events neither delivered nor counted as dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(conn.close_reason().is_none());
+}

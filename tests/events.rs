@@ -200,6 +200,49 @@ async fn server_keeps_a_peer_handle_and_calls_the_client_after_the_handler_retur
     assert!(matches!(err, Error::ConnectionClosed { .. }), "{err:?}");
 }
 
+/// A raw quinn client (no EchoStream client code) that completes the hello and then never reads
+/// its control stream, with a small stream window so that flow control fills quickly.
+async fn raw_client_that_stops_reading(
+    addr: &str,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    (quinn::SendStream, quinn::RecvStream),
+) {
+    use echostream::types::{Frame, Hello, Metadata};
+    let (crypto, _) =
+        echostream::tls::client_crypto(&echostream::ClientTrust::dangerous_accept_any_certificate(), addr)
+            .unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(16 * 1024));
+    config.transport_config(Arc::new(transport));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(config);
+    let conn = tokio::time::timeout(WAIT, ep.connect(addr.parse().unwrap(), "localhost").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut hello = bytes::BytesMut::new();
+    Frame::Hello(Hello {
+        version: 1,
+        max_frame_size: 1 << 20,
+        metadata: Metadata::new(),
+    })
+    .encode(&mut hello)
+    .unwrap();
+    send.write_all(&hello).await.unwrap();
+    // The welcome came; from now on nothing is read.
+    let chunk = tokio::time::timeout(WAIT, recv.read_chunk(1 << 16, true))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(chunk.is_some(), "server answered the hello");
+    (ep, conn, (send, recv))
+}
+
 fn broadcast_server() -> ServerBuilder {
     RpcServer::builder().slow_peer_timeout(Duration::from_millis(500))
 }
@@ -238,20 +281,9 @@ async fn broadcast_reaches_49_readers_while_one_client_that_does_not_read_is_dis
         counters.push(n);
         clients.push(c);
     }
-    // The slow client's listener never returns, and it reads little.
-    let slow = RpcClient::builder()
-        .pin(handle.fingerprint())
-        .event_queue(16)
-        .transport(echostream::connection::TransportOptions {
-            stream_receive_window: Some(16 * 1024),
-            ..Default::default()
-        })
-        .listener(listener_fn("chat", |_c: Context, _m: (u64, String)| {
-            std::future::pending::<()>()
-        }))
-        .connect(&addr)
-        .await
-        .unwrap();
+    // The slow client completes the hello, then never reads again (a wedged process: a
+    // listener that never returns does not stop an EchoStream client's reader).
+    let (slow_ep, slow, _control) = raw_client_that_stops_reading(&addr).await;
     wait_until("50 connected", || handle.connection_count() == 50).await;
     let mut evicted = vec![];
     let text = "x".repeat(200);
@@ -263,18 +295,14 @@ async fn broadcast_reaches_49_readers_while_one_client_that_does_not_read_is_dis
         counters.iter().all(|n| n.load(Ordering::SeqCst) == EVENTS)
     })
     .await;
-    assert_eq!(
-        evicted,
-        vec![slow
-            .local_addr()
-            .map(|a| a.port())
-            .map(|p| { std::net::SocketAddr::from(([127, 0, 0, 1], p)) })
-            .unwrap()]
-    );
-    let err = slow.peer().closed().await;
-    match err {
-        Error::ConnectionClosed { code, reason } => {
-            assert_eq!(code, Some(echostream::types::CloseCode::SLOW_CONSUMER));
+    assert_eq!(evicted, vec![slow_ep.local_addr().unwrap()]);
+    match tokio::time::timeout(WAIT, slow.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            assert_eq!(
+                a.error_code.into_inner(),
+                u64::from(echostream::types::CloseCode::SLOW_CONSUMER.0)
+            );
+            let reason = String::from_utf8_lossy(&a.reason);
             assert!(reason.contains("did not keep up"), "{reason}");
         }
         other => panic!("expected the slow client to be disconnected, got {other:?}"),
@@ -285,7 +313,7 @@ async fn broadcast_reaches_49_readers_while_one_client_that_does_not_read_is_dis
 #[tokio::test]
 async fn emit_waits_instead_of_queueing_without_bound() {
     // A server whose only listener blocks: the client's emits must stop
-    // completing once the queues and flow-control windows are full.
+    // completing once the listener queue's credit is used up.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g2 = gate.clone();
     let done = Arc::new(AtomicUsize::new(0));
@@ -436,4 +464,99 @@ async fn large_events_toward_a_stalled_receiver_arrive_whole_and_in_order() {
     );
     assert!(seen.iter().all(|(_, ok)| *ok), "an event arrived damaged");
     drop(c);
+}
+
+/// The exact case of issue 22: a listener that calls back the peer that sent the event, on the
+/// same connection, while that connection's event queue is full. The answer to the listener's
+/// call travels on the control stream behind the peer's queued events; a reader that waited
+/// for room in the event queue would never read it, and the call would time out. The reader
+/// never waits on a queue listeners drain: the sender is held back by event credit instead,
+/// so every event is delivered, none dropped, and every call back gets its answer.
+#[tokio::test]
+async fn a_listener_that_calls_back_its_peer_while_the_event_queue_is_full_gets_its_answer() {
+    init_tracing();
+    const N: u64 = 500;
+    // Holds the first listener run until the client has filled the queue.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let ran = Arc::new(AtomicU64::new(0));
+    let server_peer: Arc<Mutex<Option<Peer>>> = Arc::default();
+    let (g2, f2, r2, p2) = (gate.clone(), failures.clone(), ran.clone(), server_peer.clone());
+    let s = serve(RpcServer::builder().event_queue(4).listener(listener_fn(
+        "flood",
+        move |ctx: Context, n: u64| {
+            let (g, f, r) = (g2.clone(), f2.clone(), r2.clone());
+            p2.lock().unwrap().get_or_insert_with(|| ctx.peer().clone());
+            async move {
+                if n == 0 {
+                    g.acquire().await.unwrap().forget();
+                }
+                let opts = CallOptions::new().timeout(Duration::from_secs(10));
+                match ctx.peer().request_with::<_, u64>("client.echo", n, opts).await {
+                    Ok(back) if back == n => {}
+                    Ok(back) => f.lock().unwrap().push(format!("event {n}: answer {back}")),
+                    Err(e) => f.lock().unwrap().push(format!("event {n}: {e}")),
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    )));
+    let c = client_for(&s)
+        .handler(handler_fn("client.echo", |_c: Context, n: u64| async move {
+            Ok::<_, Error>(n)
+        }))
+        .connect(&s.addr)
+        .await
+        .unwrap();
+    let emitted = Arc::new(AtomicU64::new(0));
+    let (c2, e2) = (c.clone(), emitted.clone());
+    let emitter = tokio::spawn(async move {
+        for n in 0..N {
+            c2.emit("flood", n).await.unwrap();
+            e2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    // The queue's worth of events is out (more if the peer's reader would take them); give
+    // them time to arrive, then let the listener call back.
+    wait_until("the queue's worth of events sent", || {
+        emitted.load(Ordering::SeqCst) >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.add_permits(1);
+    wait_until("every event handled", || {
+        !failures.lock().unwrap().is_empty() || ran.load(Ordering::SeqCst) == N
+    })
+    .await;
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "listener calls back to the peer failed: {failures:?}"
+    );
+    tokio::time::timeout(WAIT, emitter).await.unwrap().unwrap();
+    let dropped = server_peer.lock().unwrap().as_ref().map(Peer::events_dropped);
+    assert_eq!(dropped, Some(0), "a credit-aware sender never overruns the queue");
+}
+
+/// An emit waiting for event credit (the peer's listener is blocked) fails with the
+/// connection's end instead of waiting forever.
+#[tokio::test]
+async fn an_emit_waiting_for_event_credit_fails_when_the_connection_ends() {
+    let s = serve(
+        RpcServer::builder()
+            .event_queue(2)
+            .listener(listener_fn("stuck", |_c: Context, _n: u64| {
+                std::future::pending::<()>()
+            })),
+    );
+    let c = connect(&s).await;
+    c.emit("stuck", 0u64).await.unwrap();
+    c.emit("stuck", 1u64).await.unwrap();
+    let c2 = c.clone();
+    let waiting = tokio::spawn(async move { c2.emit("stuck", 2u64).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the third emit waits for credit");
+    c.close().await;
+    let result = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    assert!(result.is_err(), "{result:?}");
 }

@@ -24,7 +24,7 @@
 //! | `echostream.connections.accepted` | counter | |
 //! | `echostream.connections.open` | gauge | `side` (`server`) |
 //! | `echostream.events.sent`, `echostream.events.received` | counter | |
-//! | `echostream.events.dropped` | counter | `policy` (`no_listener`, `refused`, `subscription_full`, `slow_consumer`) |
+//! | `echostream.events.dropped` | counter | `policy` (`no_listener`, `refused`, `queue_full` (the connection's listener queue was full), `subscription_full`, `slow_consumer`) |
 //! | `echostream.streams.opened` | counter | `side` (`opener`, `acceptor`) |
 //! | `echostream.streams.refused` | counter | `reason` (`no_acceptor`, `busy`, `rejected`, `bad_header`) |
 //! | `echostream.bytes.sent`, `echostream.bytes.received` | counter, bytes | `kind` (`stream`: application stream data; `control`: control-stream bytes) |
@@ -452,7 +452,8 @@ pub(crate) fn event_received() {
     metrics::counter!(names::EVENTS_RECEIVED).increment(1);
 }
 
-/// An event was not delivered: `no_listener`, `refused`, `subscription_full`, `slow_consumer`.
+/// An event was not delivered: `no_listener`, `refused`, `queue_full`, `subscription_full`,
+/// `slow_consumer`.
 pub(crate) fn event_dropped(policy: &'static str) {
     metrics::counter!(names::EVENTS_DROPPED, "policy" => policy).increment(1);
 }

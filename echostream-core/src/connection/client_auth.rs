@@ -273,6 +273,9 @@ pub struct PeerCertificate {
     pub common_name: Option<String>,
     /// Subject alternative names: DNS names, IP addresses, e-mail addresses and URIs, as text.
     pub alt_names: Vec<String>,
+    /// The leaf certificate itself (DER), for checks the fields above do not cover (an
+    /// extension, a policy OID, the key).
+    pub der: bytes::Bytes,
 }
 
 impl PeerCertificate {
@@ -286,6 +289,7 @@ impl PeerCertificate {
             subject: String::new(),
             common_name: None,
             alt_names: Vec::new(),
+            der: bytes::Bytes::copy_from_slice(der),
         };
         let Ok((_, parsed)) = x509_parser::parse_x509_certificate(der) else {
             return cert;

@@ -1,5 +1,6 @@
 //! Per-connection budgets the reader enforces: permits for answers sent from their own tasks,
-//! the payload bytes of the peer's running requests and of its events queued for listeners.
+//! the payload bytes of the peer's running requests and of its events queued for listeners
+//! (taken without waiting: an event that does not fit is dropped).
 //! They bound what a peer can make this side hold, whatever the RPC layer's policy.
 
 use super::ProtocolConfig;
@@ -23,39 +24,36 @@ pub(crate) struct Budgets {
     request_bytes: Arc<Semaphore>,
     request_bytes_limit: usize,
     /// One permit per payload byte of events queued for listeners (released when the event
-    /// has been processed); the reader waits for permits, pushing back on the sender.
+    /// has been processed); an event that does not fit is dropped, never waited for.
     event_bytes: Arc<Semaphore>,
+    event_bytes_limit: usize,
 }
 
 impl Budgets {
     pub(crate) fn new(config: &ProtocolConfig) -> Self {
         // A request as large as the frame limit must always be able to run alone.
         let request_bytes_limit = config.max_request_bytes.max(config.max_frame_size as usize);
+        let event_bytes_limit = DEFAULT_EVENT_BYTES.max(config.max_frame_size as usize);
         Self {
             replies: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
             request_bytes: Arc::new(Semaphore::new(request_bytes_limit)),
             request_bytes_limit,
-            event_bytes: Arc::new(Semaphore::new(
-                DEFAULT_EVENT_BYTES.max(config.max_frame_size as usize),
-            )),
+            event_bytes: Arc::new(Semaphore::new(event_bytes_limit)),
+            event_bytes_limit,
         }
     }
 
-    /// Waits until `len` bytes of queued events fit in the budget, then takes them; they come
-    /// back through [`Budgets::release_event_bytes_on_drop`].
-    pub(crate) async fn reserve_event_bytes(&self, len: usize) {
-        let n = u32::try_from(len).unwrap_or(u32::MAX);
-        if let Ok(permit) = self.event_bytes.acquire_many(n).await {
-            permit.forget();
-        }
+    /// Takes `len` bytes of queued events from the budget until the returned value drops, or
+    /// `None` when they do not fit: the reader never waits for event room (see `driver`).
+    pub(crate) fn try_reserve_event_bytes(&self, len: usize) -> Option<EventBytes> {
+        let n = u32::try_from(len).ok()?;
+        let permit = self.event_bytes.clone().try_acquire_many_owned(n).ok()?;
+        Some(EventBytes { _permit: permit })
     }
 
-    /// Gives `len` event bytes back to the budget when the returned value drops.
-    pub(crate) fn release_event_bytes_on_drop(&self, len: usize) -> EventBytes {
-        EventBytes {
-            budget: self.event_bytes.clone(),
-            len: u32::try_from(len).unwrap_or(u32::MAX) as usize,
-        }
+    /// The most payload bytes of events queued for listeners at once.
+    pub(crate) fn event_bytes_limit(&self) -> usize {
+        self.event_bytes_limit
     }
 
     /// Reserves `len` payload bytes for a request of `method` until the returned permit drops,
@@ -100,14 +98,8 @@ impl Budgets {
     }
 }
 
-/// Event bytes held while an event is processed (see [`Budgets::release_event_bytes_on_drop`]).
+/// Event bytes held while an event is queued or processed (see
+/// [`Budgets::try_reserve_event_bytes`]).
 pub(crate) struct EventBytes {
-    budget: Arc<Semaphore>,
-    len: usize,
-}
-
-impl Drop for EventBytes {
-    fn drop(&mut self) {
-        self.budget.add_permits(self.len);
-    }
+    _permit: OwnedSemaphorePermit,
 }

@@ -5,6 +5,7 @@
 //!
 //! [`CallState::classify`]: super::state::CallState::classify
 
+use super::budget::EventBytes;
 use super::call::Answer;
 use super::encode::COPY_BELOW;
 use super::state::{Origin, Step};
@@ -68,7 +69,7 @@ pub(super) fn spawn(
     out_rx: mpsc::Receiver<Outgoing>,
     lent: Arc<Mutex<outbox::Lent>>,
     client_early: Option<ClientEarlyStart>,
-    ev_rx: mpsc::Receiver<(EventFrame, Peer)>,
+    ev_rx: mpsc::Receiver<QueuedEvent>,
     tls_done: Option<futures::future::Shared<quinn::ZeroRttAccepted>>,
 ) {
     let role = peer.shared.state.role();
@@ -385,6 +386,7 @@ async fn reader_task(
     let mut replies = BytesMut::new();
     let mut chunks: [Bytes; 16] = Default::default();
     let is_server = peer.shared.state.role() == Role::Server;
+    let mut overflow = Overflow::default();
     loop {
         loop {
             let frame = match decoder.decode(&mut buf) {
@@ -411,14 +413,19 @@ async fn reader_task(
                 Step::Welcome(_) | Step::TimeReply { .. } | Step::ClockSample(_)
             );
             let answer = match step {
-                Step::Event(ev) => {
-                    if !flush_replies(&peer, &mut replies, Bytes::new()).await {
-                        return;
+                Step::Event(ev) if ev.name == super::credit::EVENT_CREDIT_EVENT => {
+                    match super::credit::EventCredit::parse(&ev.payload) {
+                        Some(n) => peer.shared.credit.grant(n),
+                        None => tracing::debug!(
+                            len = ev.payload.len(),
+                            "event credit with a payload other than 4 bytes: ignored"
+                        ),
                     }
-                    peer.shared.budgets.reserve_event_bytes(ev.payload.len()).await;
-                    // Waits while the listener queue is full: the peer's emits
-                    // then wait on QUIC flow control instead of piling up here.
-                    if peer.shared.events.send((ev, peer.clone())).await.is_err() {
+                    continue;
+                }
+                Step::Event(ev) => {
+                    // Never waits: a listener may be waiting for this very reader.
+                    if !overflow.offer(&peer, ev) {
                         return;
                     }
                     continue;
@@ -545,6 +552,7 @@ pub(super) fn perform(
             shared
                 .peer_max_frame
                 .store(welcome.max_frame_size, std::sync::atomic::Ordering::Release);
+            shared.credit.start(&welcome.metadata);
             let _ = shared.peer_hello.set(welcome.metadata);
             tracing::debug!("welcome received");
             Ok(None)
@@ -638,12 +646,96 @@ async fn side_stream_task(peer: Peer) {
     }
 }
 
-/// Hands events to the RPC layer one at a time, in arrival order, each event's bytes held
-/// against the connection's event budget until it has been processed.
-async fn event_task(mut rx: mpsc::Receiver<(EventFrame, Peer)>) {
-    while let Some((ev, peer)) = rx.recv().await {
-        let _bytes = peer.shared.budgets.release_event_bytes_on_drop(ev.payload.len());
+/// An event on its way to the event task, with its bytes held against the connection's event
+/// budget until it has been processed.
+pub(super) type QueuedEvent = (EventFrame, Peer, EventBytes);
+
+/// Hands events to the RPC layer one at a time, in arrival order, and gives the sender its
+/// event credit back as they finish (see `credit`).
+async fn event_task(mut rx: mpsc::Receiver<QueuedEvent>) {
+    while let Some((ev, peer, bytes)) = rx.recv().await {
         let inbound = peer.shared.inbound.clone();
         inbound.event(&peer, ev).await;
+        drop(bytes);
+        if let Some(n) = peer.shared.credit.finished(1) {
+            peer.give_event_credit(n).await;
+        }
+    }
+}
+
+/// The reader's side of the event queue: it queues each event without waiting, and drops
+/// (counts, logs) the events that find the queue full.
+///
+/// Why not wait for room: the queue is drained by listeners, which are user code, and a
+/// listener may wait for something only this reader can deliver (the answer to its own call to
+/// the peer, a handler's effect, a pong, a clock sample). A reader waiting for the queue would
+/// then never read it, and the connection would stall until the listener's call timed out. A
+/// well-behaved sender is held back by event credit instead (`credit`: it never has more
+/// events unprocessed here than the queue holds), so the queue is only found full by a peer
+/// that ignores credit or announced none. For those the policy is drop-newest: the event is not
+/// delivered, `echostream.events.dropped` (policy `queue_full`) and [`Peer::events_dropped`]
+/// count it, and the first drop of a run logs a `warn` line naming the event, the peer and the
+/// limit; the end of the run logs how many were dropped (one line per run, however long: a
+/// flooding peer cannot flood the log).
+#[derive(Default)]
+struct Overflow {
+    /// Events dropped since the queue was last found with room.
+    run: u64,
+}
+
+impl Overflow {
+    /// Queues `ev` for the listeners, or drops it when the queue is full. False when the
+    /// connection's event task is gone (the connection is over).
+    fn offer(&mut self, peer: &Peer, ev: EventFrame) -> bool {
+        let shared = &peer.shared;
+        let full = match shared.budgets.try_reserve_event_bytes(ev.payload.len()) {
+            None => Some((ev, true)),
+            Some(bytes) => match shared.events.try_send((ev, peer.clone(), bytes)) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full((ev, _, _))) => Some((ev, false)),
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            },
+        };
+        match full {
+            None if self.run > 0 => {
+                tracing::warn!(
+                    peer = %shared.remote,
+                    dropped = self.run,
+                    "event queue has room again after dropping {} events of this connection",
+                    self.run
+                );
+                self.run = 0;
+            }
+            None => {}
+            Some((ev, over_bytes)) => {
+                crate::metrics::event_received();
+                crate::metrics::event_dropped("queue_full");
+                // Finished too: its credit goes back with the next batch.
+                shared.credit.owe();
+                shared
+                    .events_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if self.run == 0 {
+                    let limit = if over_bytes {
+                        format!(
+                            "{} bytes of event payloads, the event byte budget",
+                            shared.budgets.event_bytes_limit()
+                        )
+                    } else {
+                        format!("{} events, event_queue", shared.config.event_queue.max(1))
+                    };
+                    tracing::warn!(
+                        event = %ev.name,
+                        peer = %shared.remote,
+                        "event `{}` dropped: the connection's event queue is full ({limit}); \
+                         listeners are not keeping up, further events are dropped and counted \
+                         until it has room",
+                        ev.name
+                    );
+                }
+                self.run += 1;
+            }
+        }
+        true
     }
 }

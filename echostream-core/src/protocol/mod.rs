@@ -11,7 +11,9 @@
 //!   callers, requests go up to the RPC layer through the `Inbound` trait, which polls the
 //!   handler once right there (answers are batched to the writer) and moves it to a task of
 //!   its own only if it waits; events go to one in-order listener task through a bounded
-//!   queue;
+//!   queue, never waited for (a listener may be waiting for this very reader): senders are
+//!   held back by event credit (`credit`), and events of a peer that overruns it are dropped
+//!   and counted;
 //! - a **side-stream task** accepts unidirectional streams that carry one
 //!   large frame each, so a 16 MiB response does not hold up small calls on
 //!   the control stream.
@@ -24,7 +26,9 @@
 //!   the close record, 0-RTT status) and `classify`, the one place that decides what a frame
 //!   means.
 //! - `driver`: the reader, writer, side-stream and event tasks.
-//! - `peer`: [`Peer`], the per-connection handle, and all its methods.
+//! - `peer`: [`Peer`], the per-connection handle, and its methods; `emit`: its event methods.
+//! - `credit`: event credit, which holds a sender of events back by the receiver's listeners
+//!   without the receiver's reader ever waiting for them.
 //! - `call`: what those methods use that is not a method: the guard that cancels a dropped
 //!   call, `Answer` (a request answered where it was read), and small helpers for a call's
 //!   payloads, deadline and failures.
@@ -40,7 +44,9 @@ pub(crate) mod budget;
 mod call;
 mod clock;
 mod context;
+mod credit;
 mod driver;
+mod emit;
 mod encode;
 mod handshake;
 mod inbound;
@@ -66,16 +72,21 @@ use budget::Budgets;
 use bytes::Bytes;
 use clock::ClockSync;
 use driver::ReplySender;
-use echostream_types::{CloseCode, Codec, EventFrame, Metadata};
+use echostream_types::{CloseCode, Codec, Metadata};
 use state::CallState;
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use timesync::{Clock, SystemClock};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
+
+/// Default most events of one connection queued for its listeners: the event credit this side
+/// announces. The reader drops (and counts) events that find the queue full rather than wait
+/// for listeners (see `driver`, `credit`).
+pub(crate) const DEFAULT_EVENT_QUEUE: usize = 16 * 1024;
 
 /// Settings of the protocol layer for one side of a connection.
 #[derive(Clone)]
@@ -86,7 +97,8 @@ pub(crate) struct ProtocolConfig {
     pub(crate) inline_threshold: usize,
     /// Requests from the peer allowed to run at once on one connection.
     pub(crate) max_concurrent_requests: usize,
-    /// Events queued for listeners before the connection stops reading.
+    /// Events queued for listeners, announced as event credit; beyond it (or the event byte
+    /// budget) the reader drops them.
     pub(crate) event_queue: usize,
     /// Frames queued for the writer before callers wait.
     pub(crate) write_queue: usize,
@@ -134,7 +146,7 @@ impl Default for ProtocolConfig {
             max_frame_size: echostream_types::DEFAULT_MAX_FRAME_SIZE,
             inline_threshold: 64 * 1024,
             max_concurrent_requests: 1024,
-            event_queue: 1024,
+            event_queue: DEFAULT_EVENT_QUEUE,
             write_queue: 1024,
             hello_timeout: Duration::from_secs(10),
             default_timeout: Some(Duration::from_secs(30)),
@@ -378,7 +390,11 @@ struct Shared {
     calls: Option<Arc<crate::connection::priority::CallActivity>>,
     /// Ids, waiting and running calls, go-away, the close record, 0-RTT status.
     state: CallState<ReplySender, tokio::task::AbortHandle>,
-    events: mpsc::Sender<(EventFrame, Peer)>,
+    events: mpsc::Sender<driver::QueuedEvent>,
+    /// Events of the peer dropped because the event queue was full (see `driver`).
+    events_dropped: AtomicU64,
+    /// Event credit in both directions (see `credit`).
+    credit: credit::EventCredit,
     /// Clock synchronisation with the peer, started on first use.
     clock_sync: OnceLock<Arc<ClockSync>>,
     /// Reply permits and the byte budgets of running requests and queued events.

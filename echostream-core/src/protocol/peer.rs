@@ -10,16 +10,15 @@ use super::driver::{self, Outgoing};
 use super::encode::{encode_frame, encode_with, COPY_BELOW};
 use super::state::{CallState, Closed};
 use super::{
-    describe_close, outbox, peer_fingerprint, side, timesync, CallOptions, ConnectionInfo, Delivery,
-    EarlyStart, HandshakeOutcome, Inbound, Payload, ProtocolConfig, Role, Shared, StreamHost, SyncedClock,
-    ZeroRtt,
+    describe_close, outbox, peer_fingerprint, side, timesync, CallOptions, ConnectionInfo, EarlyStart,
+    HandshakeOutcome, Inbound, Payload, ProtocolConfig, Role, Shared, StreamHost, SyncedClock, ZeroRtt,
 };
 use crate::connection::tls::Fingerprint;
 use crate::Error;
 use bytes::{Bytes, BytesMut};
 use echostream_types::frame::LENGTH_PREFIX;
 use echostream_types::{
-    CloseCode, Code, Codec, EventFrame, Frame, FrameError, Metadata, RequestRef, ResponseFrame, Status,
+    CloseCode, Code, Codec, Frame, FrameError, Metadata, RequestRef, ResponseFrame, Status,
 };
 use futures::FutureExt;
 use serde::{de::DeserializeOwned, Serialize};
@@ -82,7 +81,9 @@ impl Peer {
         };
         let established = watch::channel(client_early.is_none() && tls_done.is_none()).0;
         let peer_hello = OnceLock::new();
+        let credit = super::credit::EventCredit::new(config.event_queue);
         if !welcome_pending {
+            credit.start(&hs.peer_hello.metadata);
             let _ = peer_hello.set(hs.peer_hello.metadata);
         }
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
@@ -108,6 +109,8 @@ impl Peer {
             out: Arc::new(out_tx),
             calls,
             events: ev_tx,
+            events_dropped: AtomicU64::new(0),
+            credit,
             clock_sync: OnceLock::new(),
             pings: Default::default(),
         });
@@ -286,6 +289,15 @@ impl Peer {
     /// True once the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.shared.state.closed().is_some() || self.shared.conn.close_reason().is_some()
+    }
+
+    /// Events of the peer dropped on arrival because this connection's event queue was full:
+    /// the reader never waits for room, so that no listener can stall it. A well-behaved peer
+    /// is held back by event credit and never gets here; a peer that ignores credit (or
+    /// announces none) does. Each drop is also counted in `echostream.events.dropped` (policy
+    /// `queue_full`) and logged.
+    pub fn events_dropped(&self) -> u64 {
+        self.shared.events_dropped.load(Ordering::Relaxed)
     }
 
     /// Number of the peer's requests running here now.
@@ -509,79 +521,6 @@ impl Peer {
     /// closes, or at once when 64 pings are already waiting on this connection.
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
         super::ping::round_trip(self, timeout).await
-    }
-
-    /// Sends a one-way event. Returns once the event is handed to the
-    /// connection's writer (not when the peer has processed it); waits while
-    /// the write queue is full.
-    pub async fn emit<T: Serialize>(&self, name: &str, value: T) -> Result<(), Error> {
-        self.emit_with(name, value, CallOptions::default()).await
-    }
-
-    /// [`Peer::emit`] with metadata or a codec.
-    pub async fn emit_with<T: Serialize>(
-        &self,
-        name: &str,
-        value: T,
-        opts: CallOptions,
-    ) -> Result<(), Error> {
-        self.check_open()?;
-        if self.shared.state.role() == Role::Client {
-            // An event cannot be told apart from its replay: never send one early.
-            self.wait_established().await?;
-        }
-        let codec = opts.codec.unwrap_or(self.shared.config.default_codec);
-        let payload = encode_value(codec, &value, name, "event")?;
-        let frame = Frame::Event(EventFrame {
-            name: name.to_owned(),
-            codec,
-            metadata: opts.metadata,
-            payload,
-        });
-        // Events stay on the control stream so that they arrive in order.
-        self.send_frame(&frame, || format!("event `{name}`"), false)
-            .await
-            .inspect(|()| crate::metrics::event_sent())
-    }
-
-    /// Queues an already encoded event, waiting at most `wait` for room in the
-    /// write queue. A peer that cannot take it in time is disconnected with
-    /// `SLOW_CONSUMER` (see `ServerHandle::broadcast`).
-    pub(crate) async fn send_prepared_event(&self, head: Bytes, tail: Bytes, wait: Duration) -> Delivery {
-        if self.end_recorded() {
-            return Delivery::Skipped;
-        }
-        let size = (head.len() - LENGTH_PREFIX + tail.len()) as u64;
-        let limit = self.peer_max_frame_size();
-        if size > u64::from(limit) {
-            tracing::warn!(peer = %self.shared.remote, size, limit,
-                "broadcast event larger than the peer's frame limit; not sent to it");
-            return Delivery::Skipped;
-        }
-        match tokio::time::timeout(wait, self.shared.out.send(Outgoing::Frame { head, tail })).await {
-            Ok(Ok(())) => {
-                crate::metrics::event_sent();
-                Delivery::Queued
-            }
-            Ok(Err(e)) => {
-                self.note_write_failure(e);
-                Delivery::Skipped
-            }
-            Err(_) => {
-                let reason =
-                    format!("it did not keep up with events: its write queue stayed full for {wait:?}");
-                tracing::warn!(peer = %self.shared.remote, reason, "disconnecting slow peer");
-                self.shared
-                    .conn
-                    .close(CloseCode::SLOW_CONSUMER.0.into(), reason.as_bytes());
-                self.mark_closed(
-                    Some(CloseCode::SLOW_CONSUMER),
-                    format!("closed locally: {reason}"),
-                );
-                crate::metrics::event_dropped("slow_consumer");
-                Delivery::Evicted
-            }
-        }
     }
 
     /// Closes the connection now with a reason; calls in flight fail.

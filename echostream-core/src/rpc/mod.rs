@@ -71,8 +71,16 @@
 //!   at a time in registration order; a listener error, an undecodable payload
 //!   or a panic is logged with the event name and counted (`failed_events()`),
 //!   and the next event proceeds. The listener queue is bounded (`event_queue`,
-//!   1024): when full, the reader stops reading and the sender's `emit` waits
-//!   (backpressure through QUIC flow control).
+//!   16,384 events, 64 MiB of payload) and the connection's reader never waits
+//!   for it: listeners are user code and may wait for that reader (a listener
+//!   that calls its peer back needs the reader to read the answer). Instead
+//!   the sender's `emit` waits for **event credit**: each side announces its
+//!   queue in the hello, and a sender never has more events unprocessed at the
+//!   receiver than that (the receiver gives credit back as its listeners
+//!   finish). An event that finds the queue full anyway (a peer that ignores
+//!   credit) is **dropped, counted and logged** (`Peer::events_dropped()`,
+//!   `echostream.events.dropped{policy="queue_full"}`, a `warn` line at the
+//!   start and the end of each run of drops).
 //! - **Subscriptions** (`subscribe::<T>(name)` on a client or server handle): a
 //!   bounded buffer each (1024). A slow consumer gets **counted drops** for that
 //!   subscription only (`dropped()`), so it never slows the connection or the
@@ -83,7 +91,8 @@
 //!   `connection_events()`, `subscribe`, `shutdown()`. `broadcast` encodes once
 //!   and queues on every connection concurrently; a peer whose write queue stays
 //!   full for `slow_peer_timeout` (default 2 s: it stopped reading and flow
-//!   control filled up) is disconnected with `SLOW_CONSUMER` (8) and a reason,
+//!   control filled up), or whose listeners give no event credit back for
+//!   that long, is disconnected with `SLOW_CONSUMER` (8) and a reason,
 //!   and listed in the `BroadcastReport`; the others are never held up by it.
 //!   Events are not silently dropped for a connected peer.
 //! - **Connection life-cycle.** `connection_events()` is a bounded broadcast
@@ -92,8 +101,11 @@
 //!   fingerprint, hello metadata, RTT and quinn's traffic statistics, calls
 //!   pending and running; also `peer.info()`, `client.info()`). Admission:
 //!   `ConnectionPolicy::approve_all()` (default) or `approve_via_event(queue)`,
-//!   which hands the application a `ConnectionRequest` after the hello and
-//!   before the welcome;
+//!   which hands the application a `ConnectionRequest` after the hello was
+//!   validated and the client authenticated, before the welcome: it carries
+//!   who connects (`identity()` from a token or the client certificate,
+//!   `certificate()` with fingerprint, names and DER, the hello `metadata()`)
+//!   as well as `remote_addr()`, so a policy can admit by identity;
 //!   `reject(reason)`, a full decision queue or no answer within the handshake
 //!   timeout close with `REJECTED` and a reason (the client gets
 //!   `Error::Rejected { reason }`). `max_connections` (10,000) closes the

@@ -110,9 +110,14 @@ macro_rules! shared_setters {
             self
         }
 
-        /// Events queued per connection for listeners before the connection
-        /// stops reading (default 1024); a full queue pushes back on the sender
-        /// through QUIC flow control.
+        /// Events queued per connection for listeners (default 16,384, and at
+        /// most 64 MiB of payload). This side announces it in its hello as event
+        /// credit: the peer's `emit` waits while that many of its events are
+        /// unprocessed here (backpressure that never stops the connection's
+        /// reader, so a listener that calls the peer back still gets its answer).
+        /// An event that finds the queue full anyway (a peer that ignores credit)
+        /// is dropped, counted (`Peer::events_dropped`, metric
+        /// `echostream.events.dropped` with policy `queue_full`) and logged.
         pub fn event_queue(mut self, n: usize) -> Self {
             self.opts.protocol.event_queue = n;
             self

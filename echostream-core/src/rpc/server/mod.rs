@@ -1,12 +1,12 @@
 //! The server: accepts connections and serves handlers on them.
 
 use crate::connection;
+use crate::connection::client_auth::PeerCertificate;
 use crate::connection::tls::{Fingerprint, ServerIdentity};
 use crate::protocol::{
-    peer_fingerprint, server_read_hello, server_send_welcome, ConnectionInfo, Delivery, Peer, ProtocolConfig,
-    Role,
+    server_read_hello, server_send_welcome, ConnectionInfo, Delivery, Peer, ProtocolConfig, Role,
 };
-use crate::rpc::{Router, Subscription};
+use crate::rpc::{PeerIdentity, Router, Subscription};
 use crate::{Error, Result};
 use bytes::BytesMut;
 use echostream_types::{CloseCode, Codec, EventFrame, Frame, Metadata};
@@ -114,10 +114,16 @@ impl futures::Stream for ConnectionRequests {
 
 /// One incoming connection waiting for the application's decision. Dropping
 /// it without answering rejects the connection.
+///
+/// It is made once the client's hello has been read and validated and the
+/// server's [`Authenticator`](crate::rpc::Authenticator) has run, so it carries
+/// who connects, not only from where: the identity authentication established
+/// (from a token or the client certificate), the verified client certificate,
+/// and the hello metadata. A policy can therefore admit by identity.
 #[derive(Debug)]
 pub struct ConnectionRequest {
     remote: SocketAddr,
-    fingerprint: Option<Fingerprint>,
+    auth: crate::rpc::auth::PeerAuth,
     metadata: Metadata,
     responder: oneshot::Sender<std::result::Result<(), String>>,
 }
@@ -128,12 +134,30 @@ impl ConnectionRequest {
         self.remote
     }
 
-    /// The client certificate's fingerprint, if it presented one.
-    pub fn fingerprint(&self) -> Option<Fingerprint> {
-        self.fingerprint
+    /// Who the client is, as authentication established it: the identity the server's
+    /// [`Authenticator`](crate::rpc::Authenticator) returned (for example the one a
+    /// [`StaticTokens`](crate::rpc::StaticTokens) token maps to), or, without an
+    /// authenticator, [`PeerIdentity::from_certificate`] for a client that presented a
+    /// verified certificate. `None` for an anonymous client. The same identity handlers see
+    /// as [`Context::identity`](crate::rpc::Context::identity).
+    pub fn identity(&self) -> Option<&PeerIdentity> {
+        self.auth.identity.as_deref()
     }
 
-    /// Metadata from the client's hello (name, credentials, ...).
+    /// The client's verified certificate (mutual TLS, see
+    /// [`ServerBuilder::client_auth`](crate::rpc::ServerBuilder::client_auth)): fingerprint,
+    /// subject, names and the DER itself. `None` if it presented none.
+    pub fn certificate(&self) -> Option<&PeerCertificate> {
+        self.auth.certificate.as_deref()
+    }
+
+    /// The client certificate's fingerprint, if it presented one.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.certificate().map(|c| c.fingerprint)
+    }
+
+    /// Metadata from the client's hello (name, version, credentials under
+    /// [`AUTH_METADATA_KEY`](crate::rpc::auth::AUTH_METADATA_KEY), ...).
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
@@ -674,7 +698,7 @@ async fn admit(
         let (tx, rx) = oneshot::channel();
         let request = ConnectionRequest {
             remote: conn.remote_address(),
-            fingerprint: peer_fingerprint(conn),
+            auth: auth.clone(),
             metadata: hello.metadata.clone(),
             responder: tx,
         };
