@@ -191,6 +191,12 @@ async fn connection_events_and_info_describe_each_connection() {
         panic!("expected a connected event")
     };
     assert_eq!(info.hello_metadata.get_str("name"), Some("probe"));
+    // The protocol's own hello entry (event credit) is not the application's metadata.
+    assert!(
+        info.hello_metadata.get("echostream.event-credit").is_none(),
+        "{:?}",
+        info.hello_metadata
+    );
     assert_eq!(
         info.remote,
         c.local_addr().map(|a| ([127, 0, 0, 1], a.port()).into()).unwrap()

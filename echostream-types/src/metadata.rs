@@ -39,6 +39,13 @@ impl Metadata {
         self.get(key).and_then(|v| std::str::from_utf8(v).ok())
     }
 
+    /// Removes every entry under `key`; returns how many there were.
+    pub fn remove(&mut self, key: &str) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|(k, _)| k != key);
+        before - self.entries.len()
+    }
+
     /// All entries, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
         self.entries.iter().map(|(k, v)| (k.as_str(), v))

@@ -55,6 +55,13 @@ impl EventCredit {
         metadata.insert(EVENT_CREDIT_KEY, own_queue.max(1).to_string());
     }
 
+    /// The peer's hello metadata as the application sees it: without the credit announcement,
+    /// which belongs to the protocol (after [`EventCredit::start`] read it).
+    pub(crate) fn application_metadata(mut peer_hello: Metadata) -> Metadata {
+        peer_hello.remove(EVENT_CREDIT_KEY);
+        peer_hello
+    }
+
     /// Starts holding our events back by what the peer announced in its hello (`peer_hello`).
     /// A missing, unreadable or zero announcement leaves sends unlimited.
     pub(crate) fn start(&self, peer_hello: &Metadata) {

@@ -553,7 +553,9 @@ pub(super) fn perform(
                 .peer_max_frame
                 .store(welcome.max_frame_size, std::sync::atomic::Ordering::Release);
             shared.credit.start(&welcome.metadata);
-            let _ = shared.peer_hello.set(welcome.metadata);
+            let _ = shared
+                .peer_hello
+                .set(super::credit::EventCredit::application_metadata(welcome.metadata));
             tracing::debug!("welcome received");
             Ok(None)
         }

@@ -59,6 +59,11 @@ pub mod timesync;
 pub mod trace;
 
 pub use clock::SyncedClock;
+
+/// A peer's hello metadata as applications see it (without the protocol's own entries).
+pub(crate) fn application_hello_metadata(hello: echostream_types::Metadata) -> echostream_types::Metadata {
+    credit::EventCredit::application_metadata(hello)
+}
 pub use context::{Context, Payload};
 pub(crate) use handshake::{
     client_error, client_handshake, client_send_hello, server_read_hello, server_send_welcome,

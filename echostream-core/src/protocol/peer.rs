@@ -84,7 +84,9 @@ impl Peer {
         let credit = super::credit::EventCredit::new(config.event_queue);
         if !welcome_pending {
             credit.start(&hs.peer_hello.metadata);
-            let _ = peer_hello.set(hs.peer_hello.metadata);
+            let _ = peer_hello.set(super::credit::EventCredit::application_metadata(
+                hs.peer_hello.metadata,
+            ));
         }
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
         let fingerprint = OnceLock::new();

@@ -699,7 +699,7 @@ async fn admit(
         let request = ConnectionRequest {
             remote: conn.remote_address(),
             auth: auth.clone(),
-            metadata: hello.metadata.clone(),
+            metadata: crate::protocol::application_hello_metadata(hello.metadata.clone()),
             responder: tx,
         };
         if decide.try_send(request).is_err() {
