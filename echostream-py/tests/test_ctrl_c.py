@@ -6,7 +6,11 @@ import signal
 import sys
 
 SCRIPT = r'''
-import asyncio, echostream
+import asyncio, echostream, signal
+
+# A process started from a background job of a non-interactive shell (as CI scripts often
+# are) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 async def main():
     # A short grace: if the call was cancelled before its request left, the server's handler
