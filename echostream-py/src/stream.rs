@@ -14,19 +14,12 @@ use std::sync::{Arc, Mutex};
 #[pyclass(frozen, module = "echostream._echostream")]
 pub(crate) struct Stream {
     inner: Mutex<Option<Arc<XStream>>>,
-    /// The buffer `read(n)` fills, kept between reads: a zeroed allocation of `n` bytes per
-    /// read (1 MiB for bulk readers) would cost more than the data it receives.
-    read_buf: Arc<Mutex<Vec<u8>>>,
 }
-
-/// The largest read buffer a stream keeps between reads.
-const KEPT_READ_BUF: usize = 4 << 20;
 
 impl Stream {
     pub(crate) fn new(s: XStream) -> Self {
         Stream {
             inner: Mutex::new(Some(Arc::new(s))),
-            read_buf: Arc::default(),
         }
     }
 
@@ -90,25 +83,11 @@ impl Stream {
     fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
         let n = read_size(n)?;
         let s = self.get()?;
-        let kept = self.read_buf.clone();
         future_into_py(py, async move {
-            // Reads of one stream wait for each other in the core; one taking the buffer
-            // while another holds it just allocates its own.
-            let mut buf = kept
-                .lock()
-                .map(|mut b| std::mem::take(&mut *b))
-                .unwrap_or_default();
-            if buf.len() < n {
-                buf = vec![0u8; n];
-            }
-            let got = s.read(&mut buf[..n]).await.map_err(stream_to_py)?;
-            let out = bytes::Bytes::copy_from_slice(&buf[..got]);
-            if buf.len() <= KEPT_READ_BUF {
-                if let Ok(mut slot) = kept.lock() {
-                    *slot = buf;
-                }
-            }
-            Ok(Buf(out))
+            let mut buf = vec![0u8; n];
+            let got = s.read(&mut buf).await.map_err(stream_to_py)?;
+            buf.truncate(got);
+            Ok(Buf(buf.into()))
         })
     }
 

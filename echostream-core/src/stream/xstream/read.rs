@@ -19,9 +19,6 @@ pub(super) struct Reader {
     end: usize,
     /// Reads from quinn made one chunk at a time (before `batch` exists).
     single_reads: u8,
-    /// The end of the data or a failure that [`Reader::read_ready`] met while gathering for a
-    /// read that already had data: reported by the next read instead.
-    ahead: Option<Result<Option<Bytes>, quinn::ReadError>>,
 }
 
 /// The most chunks (about one packet each) taken from quinn at once.
@@ -35,7 +32,6 @@ impl Reader {
             next: 0,
             end: 0,
             single_reads: 0,
-            ahead: None,
         }
     }
 
@@ -55,9 +51,6 @@ impl Reader {
     /// The next chunk from quinn, at most `max` bytes of it; `None` at the end. Once the
     /// stream has read two chunks this way, it takes a batch and keeps the rest.
     async fn read_more(&mut self, max: usize) -> Result<Option<Bytes>, quinn::ReadError> {
-        if let Some(ahead) = self.ahead.take() {
-            return ahead;
-        }
         if self.batch.is_none() && self.single_reads < 2 {
             self.single_reads += 1;
             let chunk = self.stream.read_chunk(max, true).await?.map(|c| c.bytes);
@@ -74,25 +67,6 @@ impl Reader {
         crate::metrics::stream_bytes_received(batch[..n].iter().map(Bytes::len).sum());
         // quinn fills at least one slot of a non-empty slice, and never with an empty chunk.
         Ok(Some(self.take(max).unwrap_or_default()))
-    }
-
-    /// A chunk quinn has already received, at most `max` bytes of it, without waiting: `None`
-    /// when nothing is there yet. The end of the data or a failure met here is kept for the
-    /// next [`Reader::read_more`], so the read that gathers never swallows it.
-    ///
-    /// Polling quinn with a no-op waker is safe here: the caller holds the receiving half's
-    /// lock, so no other read of this stream has a waker registered that this would replace.
-    fn read_ready(&mut self, max: usize) -> Option<Bytes> {
-        if self.ahead.is_some() {
-            return None;
-        }
-        match futures::FutureExt::now_or_never(self.read_more(max))? {
-            Ok(Some(chunk)) => Some(chunk),
-            other => {
-                self.ahead = Some(other);
-                None
-            }
-        }
     }
 }
 
@@ -157,12 +131,8 @@ impl XStream {
 
 // Behind the read path: a chunk from the batch or from quinn, the clean end, failures.
 impl Inner {
-    /// Reads into `buf` (not empty): the next chunk, waiting for it, then whatever else quinn
-    /// has already received and fits, without waiting. 0 at the clean end.
-    ///
-    /// Filling the buffer from what has arrived makes one read of a large buffer take a whole
-    /// burst of packets: fewer, larger reads for a consumer slower than the network (a Python
-    /// reader pays a thread hop per read).
+    /// Reads into `buf` (not empty): the next chunk, waiting for it, then whatever else was
+    /// already taken from quinn and fits. 0 at the clean end.
     async fn read_into(&self, op: &'static str, buf: &mut [u8]) -> Result<usize, StreamError> {
         let Some(first) = self.next_chunk(op, buf.len()).await? else {
             return Ok(0);
@@ -175,8 +145,7 @@ impl Inner {
         // Another task reading meanwhile just means this read returns less.
         if let Ok(mut recv) = self.recv.try_lock() {
             while n < buf.len() {
-                let room = buf.len() - n;
-                let Some(c) = recv.take(room).or_else(|| recv.read_ready(room)) else {
+                let Some(c) = recv.take(buf.len() - n) else {
                     break;
                 };
                 buf[n..n + c.len()].copy_from_slice(&c);
