@@ -224,15 +224,6 @@ async fn connection_events_and_info_describe_each_connection() {
     }
 }
 
-/// One identity reused across server restarts, so a pinned client trusts both.
-fn fixed_identity() -> ServerIdentity {
-    let id = ServerIdentity::Ephemeral.load().unwrap();
-    ServerIdentity::Der {
-        cert_chain: id.cert_chain.clone(),
-        private_key: Arc::new(id.private_key.clone_key()),
-    }
-}
-
 fn restartable(identity: &ServerIdentity, addr: &str) -> RpcServer {
     RpcServer::builder()
         .bind(addr)

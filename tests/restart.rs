@@ -20,15 +20,6 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// One identity reused across restarts, so the pinned client trusts every instance.
-fn fixed_identity() -> ServerIdentity {
-    let id = ServerIdentity::Ephemeral.load().unwrap();
-    ServerIdentity::Der {
-        cert_chain: id.cert_chain.clone(),
-        private_key: Arc::new(id.private_key.clone_key()),
-    }
-}
-
 /// `tick.send(n)` pushes `tick` and `note` events with `n` to the caller; `ask_client` calls
 /// the client's own handler; stream `hold` reads until its stream ends.
 fn restartable(identity: &ServerIdentity, addr: &str) -> RpcServer {

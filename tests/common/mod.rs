@@ -112,3 +112,13 @@ pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// One identity (an ephemeral one, kept as DER) for a server restarted on the same port, so
+/// a client pinning it trusts every instance.
+pub fn fixed_identity() -> ServerIdentity {
+    let id = ServerIdentity::Ephemeral.load().unwrap();
+    ServerIdentity::Der {
+        cert_chain: id.cert_chain.clone(),
+        private_key: std::sync::Arc::new(id.private_key.clone_key()),
+    }
+}
