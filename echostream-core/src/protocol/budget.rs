@@ -16,9 +16,9 @@ const DEFAULT_EVENT_BYTES: usize = 64 * 1024 * 1024;
 
 /// The budgets of one connection.
 pub(crate) struct Budgets {
-    /// Permits for answers sent from short tasks (refusals, errors) while the write queue is
-    /// full; the reader stops reading while none is left, so a peer that sends requests without
-    /// reading the answers cannot make them pile up.
+    /// Permits for answers sent from short tasks (large ones, and any while the writer is
+    /// congested): they bound how many such tasks a peer that does not read its answers can
+    /// make this side hold (see `replies`).
     replies: Arc<Semaphore>,
     /// One permit per payload byte of running requests.
     request_bytes: Arc<Semaphore>,
@@ -84,17 +84,15 @@ impl Budgets {
             .map_err(|_| refused())
     }
 
-    /// A permit for one answer sent from its own task; `None` when the backlog is full (the
-    /// reader then waits in [`Budgets::wait_for_reply_room`] before reading more).
+    /// A permit for one answer sent from its own task; `None` when all are taken.
     pub(crate) fn reply_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.replies.clone().try_acquire_owned().ok()
     }
 
-    /// Waits until an answer permit is free.
-    pub(crate) async fn wait_for_reply_room(&self) {
-        if self.replies.available_permits() == 0 {
-            let _ = self.replies.acquire().await;
-        }
+    /// Waits for a permit for one answer sent from its own task (the reader races this
+    /// against handing its held answers to the writer, see `replies`).
+    pub(crate) async fn reply_permit_wait(&self) -> Option<OwnedSemaphorePermit> {
+        self.replies.clone().acquire_owned().await.ok()
     }
 }
 

@@ -8,6 +8,8 @@
 use super::budget::EventBytes;
 use super::call::Answer;
 use super::encode::COPY_BELOW;
+use super::peer::Placed;
+use super::replies::Replies;
 use super::state::{Origin, Step};
 use super::{in_span, outbox, side, Peer, Role, ZeroRtt};
 use crate::Error;
@@ -382,13 +384,19 @@ async fn reader_task(
     // When the bytes now in `buf` arrived: the receive time of clock-sync frames.
     let mut received_at = peer.shared.config.clock.now().0;
     // Answers to requests handled during this read, handed to the writer as one frame
-    // batch before the reader waits for anything.
-    let mut replies = BytesMut::new();
+    // batch, never waiting for it (see `replies`).
+    let mut replies = Replies::new();
     let mut chunks: [Bytes; 16] = Default::default();
     let is_server = peer.shared.state.role() == Role::Server;
     let mut overflow = Overflow::default();
     loop {
         loop {
+            // A peer far beyond its limits that does not read its answers: hold it back here.
+            while replies.over_limit() {
+                if !replies.drain_one(&peer).await {
+                    return;
+                }
+            }
             let frame = match decoder.decode(&mut buf) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -441,29 +449,55 @@ async fn reader_task(
             if quiet {
                 continue;
             }
-            match answer {
-                Some(answer) => {
-                    let tail = peer.answer(answer, &mut replies);
-                    if (tail.is_some() || replies.len() >= COPY_BELOW * 16)
-                        && !flush_replies(&peer, &mut replies, tail.unwrap_or_default()).await
-                    {
+            let Some(answer) = answer else {
+                if !replies.flush(&peer, Bytes::new()) {
+                    return;
+                }
+                continue;
+            };
+            let congested = replies.congested();
+            match peer.answer(answer, replies.batch(), congested) {
+                Placed::Batched if replies.batch().len() < COPY_BELOW * 16 => {}
+                Placed::Batched => {
+                    if !replies.flush(&peer, Bytes::new()) {
                         return;
                     }
                 }
-                None => {
-                    if !flush_replies(&peer, &mut replies, Bytes::new()).await {
+                Placed::Tail(tail) => {
+                    if !replies.flush(&peer, tail) {
                         return;
                     }
+                }
+                Placed::Later => {}
+                Placed::NoRoom(Answer { id, result }) => {
+                    // Every reply permit is taken: wait for one, moving held answers to the
+                    // writer meanwhile (their room and a permit come back independently).
+                    let permit = loop {
+                        tokio::select! {
+                            p = peer.shared.budgets.reply_permit_wait() => break p,
+                            ok = replies.drain_one(&peer) => if !ok { return },
+                        }
+                    };
+                    let Some(permit) = permit else { return };
+                    peer.respond_later(permit, id, result);
                 }
             }
-            // A large answer went to its own task: bounded like the others.
-            peer.shared.budgets.wait_for_reply_room().await;
         }
-        if !flush_replies(&peer, &mut replies, Bytes::new()).await {
+        if !replies.flush(&peer, Bytes::new()) {
             return;
         }
-        // Several chunks per call: each read takes the connection's lock.
-        match recv.read_chunks(&mut chunks).await {
+        // Several chunks per call: each read takes the connection's lock. While answers are
+        // held, wait for the network and for the writer's room at once.
+        let read = loop {
+            if !replies.congested() {
+                break recv.read_chunks(&mut chunks).await;
+            }
+            tokio::select! {
+                read = recv.read_chunks(&mut chunks) => break read,
+                ok = replies.drain_one(&peer) => if !ok { return },
+            }
+        };
+        match read {
             Ok(Some(n)) => {
                 received_at = peer.shared.config.clock.now().0;
                 let before = buf.len();
@@ -573,22 +607,6 @@ pub(super) fn perform(
         }
         Step::Event(_) | Step::Nothing => Ok(None),
         Step::Violation(code, reason) => Err((code, reason)),
-    }
-}
-
-/// Hands the reader's batched answers (and `tail`, the payload of the last one when it was not
-/// copied) to the writer. Returns false when the connection is closed.
-async fn flush_replies(peer: &Peer, replies: &mut BytesMut, tail: Bytes) -> bool {
-    if replies.is_empty() {
-        return true;
-    }
-    let head = replies.split().freeze();
-    match peer.shared.out.send_replies(head, tail).await {
-        Ok(()) => true,
-        Err(e) => {
-            peer.note_write_failure(e);
-            false
-        }
     }
 }
 

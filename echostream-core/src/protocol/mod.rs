@@ -53,6 +53,7 @@ mod inbound;
 mod outbox;
 mod peer;
 mod ping;
+mod replies;
 mod side;
 mod state;
 pub mod timesync;

@@ -19,7 +19,7 @@ use crate::connection::priority::CallActivity;
 use bytes::Bytes;
 use futures::FutureExt;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Bytes of the reader's answer batches that may wait in the writer's queue. The queue
 /// counts frames (1,024), and a batch can hold 64 KiB of answers: without this bound a peer
@@ -102,32 +102,67 @@ impl Outbox {
         self.enqueue(o).await
     }
 
-    /// Sends the reader's batch of answers (`head`, then `tail` uncopied): directly when the
-    /// writer is idle (the direct path stays open after it), else through the queue once the
-    /// queued answers are within [`QUEUED_REPLY_BYTES`] (the reader waits meanwhile, and so
-    /// stops reading). `Err` when the writer is gone.
-    pub(super) async fn send_replies(&self, head: Bytes, tail: Bytes) -> Result<(), Closed> {
+    /// Hands the reader's batch of answers to the writer *without waiting*: directly when the
+    /// writer is idle, else into the queue if it and the answer budget have room now. On
+    /// `Full` the chunks come back untouched (the reader holds them: `replies`).
+    pub(super) fn try_send_replies(&self, head: Bytes, tail: Bytes) -> Result<(), TryReplies> {
         self.mark();
         let mut chunks = [head, tail];
         match self.write_direct(&mut chunks, true) {
             Direct::Done => return Ok(()),
-            Direct::Failed(e) => return Err(Closed::Write(e)),
+            Direct::Failed(e) => return Err(TryReplies::Closed(Closed::Write(e))),
             Direct::NotNow => {}
         }
         let [head, tail] = chunks;
-        let len = (head.len() + tail.len()).clamp(1, QUEUED_REPLY_BYTES);
-        let budget = self
-            .reply_bytes
-            .clone()
-            .acquire_many_owned(u32::try_from(len).unwrap_or(u32::MAX))
-            .await
-            .map_err(|_| Closed::Gone)?;
-        self.enqueue(Outgoing::Replies {
+        let len = reply_len(&head, &tail);
+        let Ok(budget) = self.reply_bytes.clone().try_acquire_many_owned(len) else {
+            return Err(TryReplies::Full(head, tail));
+        };
+        let permit = match self.queue.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(())) => return Err(TryReplies::Full(head, tail)),
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(TryReplies::Closed(Closed::Gone)),
+        };
+        let mut lent = lock(&self.lent);
+        lent.queued = true;
+        permit.send(Outgoing::Replies {
             head,
             tail,
             _budget: budget,
-        })
-        .await
+        });
+        Ok(())
+    }
+
+    /// Waits until a batch of `len` answer bytes fits in the queue. Cancel-safe: dropping the
+    /// future gives back what it took, so the reader can wait for this and for the network at
+    /// once.
+    pub(super) async fn reply_room(&self, len: usize) -> Result<ReplyRoom, Closed> {
+        let n = u32::try_from(len.clamp(1, QUEUED_REPLY_BYTES)).unwrap_or(u32::MAX);
+        let budget = self
+            .reply_bytes
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| Closed::Gone)?;
+        let slot = self
+            .queue
+            .clone()
+            .reserve_owned()
+            .await
+            .map_err(|_| Closed::Gone)?;
+        Ok(ReplyRoom { budget, slot })
+    }
+
+    /// Queues a batch of answers in the room [`Outbox::reply_room`] found.
+    pub(super) fn send_in_room(&self, room: ReplyRoom, head: Bytes, tail: Bytes) {
+        self.mark();
+        let mut lent = lock(&self.lent);
+        lent.queued = true;
+        room.slot.send(Outgoing::Replies {
+            head,
+            tail,
+            _budget: room.budget,
+        });
     }
 
     /// Puts `o` in the writer's queue, waiting for room; closes the direct path.
@@ -224,6 +259,26 @@ impl Outbox {
         }
         Direct::Done
     }
+}
+
+/// Room for one batch of answers in the writer's queue (see [`Outbox::reply_room`]).
+pub(super) struct ReplyRoom {
+    budget: OwnedSemaphorePermit,
+    slot: mpsc::OwnedPermit<Outgoing>,
+}
+
+/// Why [`Outbox::try_send_replies`] did not send.
+pub(super) enum TryReplies {
+    /// No room now: the batch, untouched.
+    Full(Bytes, Bytes),
+    /// The writer is gone or the stream failed.
+    Closed(Closed),
+}
+
+/// A batch's weight against [`QUEUED_REPLY_BYTES`] (a batch larger than the whole budget
+/// takes all of it).
+fn reply_len(head: &Bytes, tail: &Bytes) -> u32 {
+    u32::try_from((head.len() + tail.len()).clamp(1, QUEUED_REPLY_BYTES)).unwrap_or(u32::MAX)
 }
 
 /// Why a frame could not be sent.

@@ -725,11 +725,19 @@ impl Peer {
             .refuse_early(method, idempotent, || self.is_early())
     }
 
-    /// Sends an answer the reader produced: small ones are appended to `replies` (the reader
-    /// hands the batch to the writer); one too large for that goes from its own task, which
-    /// may use a side stream.
-    pub(super) fn answer(&self, answer: Answer, replies: &mut BytesMut) -> Option<Bytes> {
+    /// Places an answer the reader produced: small ones are appended to `replies` (the reader
+    /// hands the batch to the writer); one too large for that, or any while the writer is
+    /// congested (the reader holds batches it had no room for), goes from a short task of its
+    /// own holding a reply permit (which may use a side stream). Never waits: with no permit
+    /// left, a large answer comes back as [`Placed::NoRoom`].
+    pub(super) fn answer(&self, answer: Answer, replies: &mut BytesMut, congested: bool) -> Placed {
         let Answer { id, result } = answer;
+        if congested {
+            if let Some(permit) = self.shared.budgets.reply_permit() {
+                self.respond_later(permit, id, result);
+                return Placed::Later;
+            }
+        }
         let mark = replies.len();
         let frame = Frame::Response(ResponseFrame {
             id,
@@ -739,27 +747,37 @@ impl Peer {
             Ok(tail) if replies.len() - mark + tail.len() <= self.shared.config.inline_threshold => {
                 if tail.len() < COPY_BELOW {
                     replies.extend_from_slice(tail);
-                    None
+                    Placed::Batched
                 } else {
-                    Some(tail.clone())
+                    Placed::Tail(tail.clone())
                 }
             }
             _ => {
                 replies.truncate(mark);
                 let Frame::Response(ResponseFrame { id, result }) = frame else {
-                    return None;
+                    return Placed::Batched;
                 };
-                self.respond_later(id, result.map(|(codec, bytes)| Payload { codec, bytes }));
-                None
+                let result = result.map(|(codec, bytes)| Payload { codec, bytes });
+                match self.shared.budgets.reply_permit() {
+                    Some(permit) => {
+                        self.respond_later(permit, id, result);
+                        Placed::Later
+                    }
+                    None => Placed::NoRoom(Answer { id, result }),
+                }
             }
         }
     }
 
-    /// Answers from a short task; bounded by the connection's reply permits (`Budgets`): the
-    /// reader waits for one before reading more.
-    fn respond_later(&self, id: u64, result: Result<Payload, Status>) {
+    /// Answers from a short task, which holds one of the connection's reply permits
+    /// (`Budgets`) until the answer is written.
+    pub(super) fn respond_later(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        id: u64,
+        result: Result<Payload, Status>,
+    ) {
         let peer = self.clone();
-        let permit = self.shared.budgets.reply_permit();
         tokio::spawn(async move {
             let _permit = permit;
             peer.send_response(id, result).await
@@ -784,4 +802,16 @@ impl Peer {
             Err(e) => tracing::debug!(id, error = %e, "response not sent"),
         }
     }
+}
+
+/// Where [`Peer::answer`] put an answer.
+pub(super) enum Placed {
+    /// Appended to the reader's batch.
+    Batched,
+    /// Its head is in the batch; this payload follows it uncopied.
+    Tail(Bytes),
+    /// Sent from a task of its own.
+    Later,
+    /// Too large for the batch and no reply permit is free: the reader waits for one.
+    NoRoom(Answer),
 }
