@@ -104,19 +104,9 @@ async fn a_restart_keeps_subscriptions_listeners_and_handlers_resumes_clock_sync
         "{read:?}"
     );
 
-    // `run()` can return while a stream handler's task still holds the old connection (and
-    // so the socket) for a moment: binding is retried, bounded.
-    let deadline = Instant::now() + WAIT;
-    let second = loop {
-        match try_restartable(&identity, &addr) {
-            Ok(server) => break server,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!("port still taken: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("cannot bind {addr} again: {e}"),
-        }
-    };
+    // `run()` returns once nothing holds the old connections (a stream handler was reading
+    // one), so the port is free at once.
+    let second = try_restartable(&identity, &addr).expect("the port is free once run() returned");
     tokio::spawn(second.run());
     wait_until("reconnected", || client.is_connected()).await;
 
@@ -159,9 +149,27 @@ fn server_example() -> std::path::PathBuf {
     path
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped, so that a failing assertion
+/// never leaves a server running after the test.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    /// SIGKILL now, and wait for the process to end.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The `server` example as a child process on `addr`, with its persistent identity under
 /// `home`; returns it once it printed its fingerprint.
-fn start_server_process(home: &std::path::Path, addr: &str) -> (std::process::Child, String) {
+fn start_server_process(home: &std::path::Path, addr: &str) -> (KillOnDrop, String) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(server_example())
         .arg(addr)
@@ -173,7 +181,9 @@ fn start_server_process(home: &std::path::Path, addr: &str) -> (std::process::Ch
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start the server example");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let stdout = child.stdout.take().expect("stdout");
+    let child = KillOnDrop(child);
+    let mut lines = BufReader::new(stdout);
     let mut fingerprint = None;
     let mut line = String::new();
     while fingerprint.is_none() {
@@ -269,8 +279,7 @@ async fn a_server_killed_mid_call_mid_stream_and_mid_broadcast_fails_everything_
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!call.is_finished() && !upload.is_finished());
 
-    server.kill().expect("SIGKILL the server");
-    let _ = server.wait();
+    server.kill();
     let killed = Instant::now();
 
     // Every pending operation fails with connection-lost, within the idle timeout (bounded
@@ -311,7 +320,6 @@ async fn a_server_killed_mid_call_mid_stream_and_mid_broadcast_fails_everything_
         echostream::tls::list_known_hosts(Some(&known_hosts)).unwrap(),
         recorded
     );
-    server.kill().expect("stop the server");
-    let _ = server.wait();
+    server.kill();
     let _ = std::fs::remove_dir_all(&home);
 }

@@ -85,7 +85,7 @@ fn smoke_run_produces_every_figure_with_correct_answers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `--soak` for 90 s (`ECHOSTREAM_SOAK_SECS` for longer): calls, events, streams, and clients
+/// `--soak` for 3 minutes (`ECHOSTREAM_SOAK_SECS` for longer): calls, events, streams, and clients
 /// coming and going; the server heap stays flat after warm-up, and descriptors, tasks and
 /// connections return to their baseline once the clients leave (the program checks and exits
 /// non-zero otherwise; see `echostream-bench/src/soak.rs`).
@@ -94,7 +94,7 @@ fn soak_keeps_server_memory_flat_and_returns_descriptors_tasks_and_connections_t
     let secs: u64 = std::env::var("ECHOSTREAM_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(90);
+        .unwrap_or(180);
     let dir = std::env::temp_dir().join(format!("echostream-bench-soak-{}", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_echostream-bench"))
         .args(["--soak", &format!("{secs}s")])

@@ -10,6 +10,7 @@
 pub mod client_auth;
 pub mod priority;
 pub(crate) mod resumption;
+pub(crate) mod socket;
 pub mod tls;
 
 pub use priority::CallPriority;
@@ -198,6 +199,15 @@ pub fn endpoint(
     server: Option<quinn::ServerConfig>,
     opts: &TransportOptions,
 ) -> std::io::Result<quinn::Endpoint> {
+    endpoint_watched(addr, server, opts).map(|(endpoint, _)| endpoint)
+}
+
+/// [`endpoint`], plus what tells when its socket has been closed (see `socket`).
+pub(crate) fn endpoint_watched(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    opts: &TransportOptions,
+) -> std::io::Result<(quinn::Endpoint, socket::SocketClosed)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -214,7 +224,11 @@ pub fn endpoint(
     socket.bind(&addr.into())?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime found: EchoStream needs a tokio runtime"))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket.into(), runtime)
+    let socket = runtime.wrap_udp_socket(socket.into())?;
+    let (socket, closed) = socket::Watched::new(socket);
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), server, socket, runtime)?;
+    Ok((endpoint, closed))
 }
 
 /// Resolves `"host:port"` (or an IP literal) to socket addresses.

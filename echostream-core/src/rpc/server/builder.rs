@@ -193,8 +193,9 @@ impl ServerBuilder {
             .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(opts.transport.quinn()?);
-        let endpoint = connection::endpoint(addr, Some(server_config), &opts.transport)
-            .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}"))))?;
+        let (endpoint, socket_closed) =
+            connection::endpoint_watched(addr, Some(server_config), &opts.transport)
+                .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}"))))?;
         let local_addr = endpoint.local_addr()?;
         let (shutdown_tx, _) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
@@ -226,6 +227,7 @@ impl ServerBuilder {
                 }),
             },
             grace: self.grace,
+            socket_closed,
             discovery: self.discovery.start(local_addr, fingerprint)?,
         })
     }

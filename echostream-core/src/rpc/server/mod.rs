@@ -51,6 +51,11 @@ struct ServerShared {
     health: Arc<crate::rpc::health::Health>,
 }
 
+/// How long `run()` waits, after closing every connection, for the tasks and stream handles
+/// that still hold one (a stream handler returning after its connection-lost error), and so
+/// the UDP socket, before it returns anyway.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 /// Triggers a graceful shutdown of a running [`RpcServer`]. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
@@ -407,6 +412,8 @@ pub struct RpcServer {
     grace: Duration,
     /// The mDNS announcement, if discovery is enabled; says goodbye at shutdown.
     pub(super) discovery: super::discovery::ServerAnnouncement,
+    /// Fires once the endpoint's socket is closed (see `connection::socket`).
+    socket_closed: crate::connection::socket::SocketClosed,
 }
 
 impl std::fmt::Debug for RpcServer {
@@ -469,7 +476,12 @@ impl RpcServer {
         self.handle.connection_count()
     }
 
-    /// Serves until the shutdown handle is triggered.
+    /// Serves until the shutdown handle is triggered, then shuts down gracefully: new
+    /// connections are refused, health turns `NOT_SERVING`, every peer gets a go-away, calls in
+    /// flight may finish within the grace period, the rest are cancelled, and every connection
+    /// is closed. Returns once no task holds a connection any more (a stream handler that has
+    /// not yet seen its connection-lost error; waited for up to 5 s), so that a new server can
+    /// bind the same port at once.
     pub async fn run(self) -> Result<()> {
         let mut rx = self.handle.shared.shutdown.tx.subscribe();
         self.run_until(async move {
@@ -505,6 +517,31 @@ impl RpcServer {
             }
         }
         self.graceful_shutdown().await;
+        // quinn closes the socket once every handle to the endpoint, its connections and their
+        // streams is gone: tasks still holding a closed connection (a stream handler that has
+        // not yet seen its connection-lost error) keep the port bound, and a restart on it
+        // would fail with "address in use". Wait for that, bounded.
+        let RpcServer {
+            endpoint,
+            handle,
+            socket_closed,
+            discovery,
+            ..
+        } = self;
+        let addr = handle.local_addr();
+        drop((endpoint, discovery));
+        if tokio::time::timeout(RELEASE_WAIT, socket_closed.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                %addr,
+                "tasks still hold connections {RELEASE_WAIT:?} after the shutdown (a stream \
+                 handler ignoring its connection-lost error?): the port stays bound until they \
+                 end"
+            );
+        }
+        handle.shared.stopped.send_replace(true);
         Ok(())
     }
 
@@ -536,8 +573,8 @@ impl RpcServer {
             .iter()
             .map(|p| p.finish_and_close(CloseCode::GOING_AWAY, "server shut down", Duration::from_secs(2)));
         futures::future::join_all(flushes).await;
+        drop(peers);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        self.handle.shared.stopped.send_replace(true);
     }
 }
 
