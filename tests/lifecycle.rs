@@ -397,7 +397,8 @@ async fn clients_of_one_builder_share_a_socket_and_close_independently() {
     let b = builder.clone().connect(&s.addr).await.unwrap();
     // One UDP socket for both: binding costs time and quinn buffers.
     assert_eq!(a.local_addr().unwrap(), b.local_addr().unwrap());
-    let other = client_for(&s).connect(&s.addr).await.unwrap();
+    // A builder that opts out of sharing gets a socket of its own.
+    let other = client_for(&s).share_socket(false).connect(&s.addr).await.unwrap();
     assert_ne!(other.local_addr().unwrap(), a.local_addr().unwrap());
     // Closing one leaves the other working.
     a.close().await;
@@ -466,4 +467,43 @@ async fn a_connection_closed_by_the_other_side_releases_its_state_and_socket() {
         std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).is_ok()
     })
     .await;
+}
+
+/// Clients connected one by one (each from its own builder, as `RpcClient::connect` does) in
+/// one runtime share one UDP socket while any of them lives; closing one leaves the others
+/// working; `share_socket(false)` gives a client its own; the shared socket closes once its
+/// last client is gone.
+#[tokio::test]
+async fn clients_connected_separately_share_one_socket_until_the_last_is_gone() {
+    let s = serve(
+        RpcServer::builder().handler(handler_fn("echo", |_c: Context, x: u32| async move {
+            Ok::<_, Error>(x)
+        })),
+    );
+    let a = connect(&s).await;
+    let b = connect(&s).await;
+    let shared = a.local_addr().unwrap();
+    assert_eq!(
+        b.local_addr().unwrap(),
+        shared,
+        "a second client binds no socket of its own"
+    );
+    let own = client_for(&s).share_socket(false).connect(&s.addr).await.unwrap();
+    assert_ne!(own.local_addr().unwrap(), shared);
+
+    a.close().await;
+    drop(a);
+    let x: u32 = b.request("echo", 7u32).await.unwrap();
+    assert_eq!(x, 7, "closing one client leaves the others on the socket working");
+    let y: u32 = own.request("echo", 8u32).await.unwrap();
+    assert_eq!(y, 8);
+
+    b.close().await;
+    drop(b);
+    // Nothing holds the shared endpoint any more: its socket closes and the port is free.
+    wait_until("the shared socket closes after its last client", || {
+        std::net::UdpSocket::bind(shared).is_ok()
+    })
+    .await;
+    own.close().await;
 }

@@ -32,6 +32,8 @@ pub struct ClientBuilder {
     /// second client from the same builder, reuses the socket (binding one
     /// costs a few hundred µs and ~3 MiB of quinn buffers).
     endpoints: Arc<ClientEndpoints>,
+    /// Share UDP endpoints with other builders in the process (see `ClientEndpoints`).
+    share_socket: bool,
     /// Offer session resumption.
     resumption: bool,
     /// Send the hello and idempotent calls as 0-RTT early data when a ticket allows it.
@@ -60,6 +62,7 @@ impl Default for ClientBuilder {
             early_subscriptions: Arc::default(),
             sessions: Arc::default(),
             endpoints: Arc::default(),
+            share_socket: true,
             resumption: true,
             zero_rtt: true,
             security: Default::default(),
@@ -92,6 +95,17 @@ impl ClientBuilder {
     /// part of the address passed to `connect`).
     pub fn server_name(mut self, name: impl Into<String>) -> Self {
         self.server_name = Some(name.into());
+        self
+    }
+
+    /// Whether this client may share its UDP socket with other clients of the process (on by
+    /// default). Clients connecting from one tokio runtime with the same socket buffer size
+    /// use one quinn endpoint while any of them lives: an idle client then costs a connection's
+    /// state, not a socket and its ~3 MiB of buffers. Every connection keeps its own transport
+    /// settings, trust and session tickets either way; `false` gives this builder's clients a
+    /// socket of their own (its local port, its own buffers), shared only among themselves.
+    pub fn share_socket(mut self, share: bool) -> Self {
+        self.share_socket = share;
         self
     }
 
@@ -171,7 +185,7 @@ impl ClientBuilder {
             };
             let endpoint = self
                 .endpoints
-                .get(bind, &self.opts.transport)
+                .get(bind, &self.opts.transport, self.share_socket)
                 .map_err(|e| Error::Connect {
                     addr: addr.to_owned(),
                     reason: format!("cannot bind a local UDP socket: {e}"),

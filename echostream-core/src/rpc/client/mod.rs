@@ -29,6 +29,12 @@ pub use builder::ClientBuilder;
 /// builder keeps them while it lives, so connecting again from it (a
 /// reconnect, the next 0-RTT connection) reuses the socket; drop the
 /// builder to let the last client close it.
+///
+/// Builders also share with each other, through [`PROCESS_ENDPOINTS`]: a
+/// second `RpcClient::connect` in the same runtime uses the socket of the
+/// first while that lives (an endpoint costs about 3 MiB of quinn buffers;
+/// connection settings are per connection, so nothing else needs a socket
+/// of its own). [`ClientBuilder::share_socket`] opts out.
 #[derive(Default)]
 struct ClientEndpoints {
     slots: std::sync::Mutex<Vec<EndpointSlot>>,
@@ -77,8 +83,27 @@ impl Drop for EndpointUse {
     }
 }
 
+/// The endpoints every builder may share, held weakly: one closes when its last client and
+/// builder are gone, as a builder's own would.
+static PROCESS_ENDPOINTS: std::sync::Mutex<Vec<WeakSlot>> = std::sync::Mutex::new(Vec::new());
+
+/// An entry of [`PROCESS_ENDPOINTS`].
+struct WeakSlot {
+    bind: SocketAddr,
+    socket_buffer: usize,
+    runtime: tokio::runtime::Id,
+    endpoint: std::sync::Weak<SharedEndpoint>,
+}
+
 impl ClientEndpoints {
-    fn get(&self, bind: SocketAddr, transport: &TransportOptions) -> std::io::Result<EndpointUse> {
+    /// An endpoint for `bind` in this runtime: the builder's, else (when `share`) one another
+    /// builder made that is still alive, else a new one.
+    fn get(
+        &self,
+        bind: SocketAddr,
+        transport: &TransportOptions,
+        share: bool,
+    ) -> std::io::Result<EndpointUse> {
         let runtime = tokio::runtime::Handle::current().id();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         // Endpoints of runtimes that ended are dead; so is any other idle one.
@@ -89,10 +114,28 @@ impl ClientEndpoints {
         if let Some(s) = found {
             return Ok(EndpointUse::new(s.endpoint.clone()));
         }
-        let endpoint = Arc::new(SharedEndpoint {
-            endpoint: connection::endpoint(bind, None, transport)?,
-            clients: Default::default(),
-        });
+        let endpoint = match share
+            .then(|| shared_endpoint(bind, transport.socket_buffer, runtime))
+            .flatten()
+        {
+            Some(endpoint) => endpoint,
+            None => {
+                let endpoint = Arc::new(SharedEndpoint {
+                    endpoint: connection::endpoint(bind, None, transport)?,
+                    clients: Default::default(),
+                });
+                if share {
+                    let mut all = PROCESS_ENDPOINTS.lock().unwrap_or_else(|p| p.into_inner());
+                    all.push(WeakSlot {
+                        bind,
+                        socket_buffer: transport.socket_buffer,
+                        runtime,
+                        endpoint: Arc::downgrade(&endpoint),
+                    });
+                }
+                endpoint
+            }
+        };
         slots.push(EndpointSlot {
             bind,
             socket_buffer: transport.socket_buffer,
@@ -101,6 +144,19 @@ impl ClientEndpoints {
         });
         Ok(EndpointUse::new(endpoint))
     }
+}
+
+/// A live endpoint of [`PROCESS_ENDPOINTS`] for this key; forgets the dead ones.
+fn shared_endpoint(
+    bind: SocketAddr,
+    socket_buffer: usize,
+    runtime: tokio::runtime::Id,
+) -> Option<Arc<SharedEndpoint>> {
+    let mut all = PROCESS_ENDPOINTS.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|s| s.endpoint.strong_count() > 0);
+    all.iter()
+        .filter(|s| s.bind == bind && s.socket_buffer == socket_buffer && s.runtime == runtime)
+        .find_map(|s| s.endpoint.upgrade())
 }
 
 impl std::fmt::Debug for ClientEndpoints {
