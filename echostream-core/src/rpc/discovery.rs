@@ -29,9 +29,9 @@
 #[cfg(feature = "discovery")]
 pub use echostream_discovery::Interfaces;
 #[cfg(feature = "discovery")]
-pub use enabled::{DiscoverOptions, DEFAULT_DISCOVER_TIMEOUT};
+pub(crate) use enabled::{discovery_error, timeout_error, trust_for, ServerAnnouncement, ServerDiscovery};
 #[cfg(feature = "discovery")]
-pub(crate) use enabled::{ServerAnnouncement, ServerDiscovery};
+pub use enabled::{DiscoverOptions, DEFAULT_DISCOVER_TIMEOUT};
 
 #[cfg(not(feature = "discovery"))]
 pub(crate) use disabled::{ServerAnnouncement, ServerDiscovery};
@@ -83,7 +83,7 @@ mod enabled {
     /// milliseconds behind) go first, like RFC 8305's resolution delay.
     const IPV6_ONLY_DELAY: Duration = Duration::from_millis(250);
 
-    fn discovery_error(e: DiscoveryError) -> Error {
+    pub(crate) fn discovery_error(e: DiscoveryError) -> Error {
         Error::Discovery(e.to_string())
     }
 
@@ -272,6 +272,11 @@ mod enabled {
         pub fn name(&self) -> &str {
             &self.name
         }
+
+        /// How long discovery waits (for a balancer: for its first instance).
+        pub(crate) fn discover_timeout(&self) -> Duration {
+            self.timeout
+        }
     }
 
     impl From<&str> for DiscoverOptions {
@@ -332,7 +337,10 @@ mod enabled {
     }
 
     /// Why an instance cannot be tried, or the trust to try it with.
-    fn trust_for(inst: &Instance, opts: &DiscoverOptions) -> std::result::Result<ClientTrust, String> {
+    pub(crate) fn trust_for(
+        inst: &Instance,
+        opts: &DiscoverOptions,
+    ) -> std::result::Result<ClientTrust, String> {
         if let Some(v) = inst.protocol_version() {
             if v != echostream_types::PROTOCOL_VERSION {
                 return Err(format!(
@@ -385,7 +393,7 @@ mod enabled {
         Err(format!("{label}: {}", errors.join("; ")))
     }
 
-    fn timeout_error(
+    pub(crate) fn timeout_error(
         opts: &DiscoverOptions,
         source: &Source,
         other_names: Vec<String>,
