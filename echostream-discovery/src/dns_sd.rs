@@ -355,6 +355,18 @@ fn parse_txt<'a>(strings: impl Iterator<Item = &'a [u8]>, name: &Name) -> Vec<(S
     out
 }
 
+/// The wait before the next refresh, always within `min..=max`: the shortest TTL of a
+/// successful answer (`u32::MAX`, no records at all: [`EMPTY_RETRY`]), or after `failures`
+/// failed refreshes in a row (`ttl` is `None`), `min` doubled per failure.
+fn next_refresh(ttl: Option<u32>, failures: u32, min: Duration, max: Duration) -> Duration {
+    let wait = match ttl {
+        Some(u32::MAX) => EMPTY_RETRY,
+        Some(ttl) => Duration::from_secs(u64::from(ttl)),
+        None => min.saturating_mul(1u32 << failures.clamp(1, 17).saturating_sub(1)),
+    };
+    wait.clamp(min, max)
+}
+
 /// The refresh task of one watch; ends when the last watcher is dropped.
 async fn refresh_loop(r: Resolving, (min, max): (Duration, Duration), tx: watch::Sender<Snapshot>) {
     let mut failures: u32 = 0;
@@ -366,11 +378,7 @@ async fn refresh_loop(r: Resolving, (min, max): (Duration, Duration), tx: watch:
         let wait = match result {
             Ok((instances, ttl)) => {
                 failures = 0;
-                let wait = if instances.is_empty() && ttl == u32::MAX {
-                    EMPTY_RETRY
-                } else {
-                    Duration::from_secs(u64::from(ttl))
-                };
+                let wait = next_refresh(Some(ttl), 0, min, max);
                 tx.send_if_modified(|s| {
                     // The first answer is published even when empty: watchers then know.
                     let changed = s.instances != instances || !s.resolved;
@@ -378,7 +386,7 @@ async fn refresh_loop(r: Resolving, (min, max): (Duration, Duration), tx: watch:
                     s.resolved = true;
                     changed
                 });
-                wait.clamp(min, max)
+                wait
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -387,8 +395,7 @@ async fn refresh_loop(r: Resolving, (min, max): (Duration, Duration), tx: watch:
                     s.errors += 1;
                     s.last_error = Some(e);
                 });
-                min.saturating_mul(1 << failures.min(16).saturating_sub(1))
-                    .min(max)
+                next_refresh(None, failures, min, max)
             }
         };
         tokio::select! {
@@ -470,6 +477,19 @@ mod tests {
                 ("room".to_owned(), "Küche".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn refresh_follows_the_shortest_ttl_within_the_bounds_and_backs_off_on_failure() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        assert_eq!(next_refresh(Some(30), 0, min, max), Duration::from_secs(30));
+        // A TTL of 0 (do not cache) is re-queried at the minimum, not in a loop.
+        assert_eq!(next_refresh(Some(0), 0, min, max), min);
+        assert_eq!(next_refresh(Some(86_400), 0, min, max), max);
+        assert_eq!(next_refresh(Some(u32::MAX), 0, min, max), EMPTY_RETRY);
+        assert_eq!(next_refresh(None, 1, min, max), Duration::from_secs(1));
+        assert_eq!(next_refresh(None, 3, min, max), Duration::from_secs(4));
+        assert_eq!(next_refresh(None, 1000, min, max), max);
     }
 
     #[test]
