@@ -23,7 +23,8 @@
 //!   instance's [`RpcClient`] for them.
 //!
 //! The call path allocates nothing of its own: it clones two `Arc`s (the
-//! member list and the chosen client) and bumps atomics.
+//! member list and the chosen client) and bumps atomics; the argument is
+//! encoded once, and again only for a retry.
 //!
 //! Layout: this file holds the public type, the choice and the call path;
 //! `member` holds one instance's connection, counters and probing task.
@@ -426,19 +427,26 @@ impl Balancer {
         } else {
             opts.timeout.or(self.inner.default_timeout)
         };
-        // Encoded once: a retry sends the same bytes, and the caller's value is not held.
+        // Encoded here, and again only for a retry: cloning the encoded `Bytes` to keep it would
+        // cost an allocation per call (a `Bytes` made from a `Vec` allocates on its first clone).
         let codec = opts.codec.unwrap_or(self.inner.default_codec);
-        let args = Payload {
-            codec,
-            bytes: encode_value(codec, &args, method, "argument")?,
+        let encode = |args: &A| -> Result<Payload> {
+            Ok(Payload {
+                codec,
+                bytes: encode_value(codec, args, method, "argument")?,
+            })
+        };
+        let first = encode(&args)?;
+        // Options are kept for a retry only when one may happen (metadata is cloned then).
+        let (now, for_retry) = if idempotent {
+            (opts.clone(), Some(opts))
+        } else {
+            (opts, None)
         };
         let (member, client) = self.pick(None, limit).await?;
         let result = {
             let _counted = InFlight::new(&member);
-            client
-                .peer()
-                .request_raw(method, args.clone(), opts.clone())
-                .await
+            client.peer().request_raw(method, first, now).await
         };
         let e = match result {
             Ok((codec, bytes)) => return decode_result(codec, &bytes, method),
@@ -446,15 +454,16 @@ impl Balancer {
             Err(e) => return Err(e),
         };
         member.eject(&client, &e);
-        if !idempotent {
+        let Some(opts) = for_retry else {
             return Err(named(&member, e));
-        }
+        };
         let Ok((second, client)) = self.pick(Some(&member), limit).await else {
             return Err(named(&member, e));
         };
         tracing::debug!(method, from = %member.describe(), to = %second.describe(), "idempotent call retried");
+        let again = encode(&args)?;
         let _counted = InFlight::new(&second);
-        match client.peer().request_raw(method, args, opts).await {
+        match client.peer().request_raw(method, again, opts).await {
             Ok((codec, bytes)) => decode_result(codec, &bytes, method),
             Err(e) if e.is_connection_error() => {
                 second.eject(&client, &e);
