@@ -273,3 +273,48 @@ fn dns_sd_resolver_timeout_names_the_name_and_the_server() {
         drop(silent);
     });
 }
+
+#[test]
+fn a_balancer_over_dns_sd_follows_instances_added_and_removed_in_dns() {
+    if !inside("a_balancer_over_dns_sd_follows_instances_added_and_removed_in_dns") {
+        return;
+    }
+    runtime().block_on(async {
+        let servers = [server("one"), server("two"), server("three")];
+        let records: Vec<Record> = ["one", "two", "three"]
+            .iter()
+            .zip(&servers)
+            .map(|(l, s)| Record::new(l, port(s), &s.fingerprint.to_string()))
+            .collect();
+        let mut dns = Dnsmasq::start(DNS_PORT, 1, &records[..2]);
+        let balancer = RpcClient::builder()
+            .balanced(
+                DiscoverOptions::new(format!("dns-sd:{SERVICE}"))
+                    .dns_server(dns.addr)
+                    .timeout(WAIT),
+            )
+            .await
+            .expect("balancer over DNS-SD");
+        let b = balancer.clone();
+        common::wait_until("two instances in rotation", || b.healthy_count() == 2).await;
+
+        // A third instance appears in DNS: it joins the rotation and gets calls.
+        dns.restart(&records);
+        let b = balancer.clone();
+        common::wait_until("three instances in rotation", || b.healthy_count() == 3).await;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            seen.insert(balancer.request::<_, String>("whoami", ()).await.unwrap());
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+
+        // The first is removed from DNS: it leaves, and no call reaches it any more.
+        dns.restart(&records[1..]);
+        let b = balancer.clone();
+        common::wait_until("instance one forgotten", || b.instances().len() == 2).await;
+        for _ in 0..100 {
+            let who: String = balancer.request("whoami", ()).await.unwrap();
+            assert_ne!(who, "one");
+        }
+    });
+}
