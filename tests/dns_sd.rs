@@ -17,7 +17,7 @@ use dns::{Dnsmasq, Record, SERVICE};
 use echostream::discovery::{BrowseEvent, DiscoveryError, DnsSd, Source, Watcher};
 use echostream::prelude::*;
 use echostream::rpc::handler_fn;
-use echostream::{DiscoverOptions, ServerIdentity};
+use echostream::{ClientTrust, DiscoverOptions, ServerIdentity};
 use std::time::Duration;
 
 /// Bound for anything awaited (shared CI machines).
@@ -316,5 +316,61 @@ fn a_balancer_over_dns_sd_follows_instances_added_and_removed_in_dns() {
             let who: String = balancer.request("whoami", ()).await.unwrap();
             assert_ne!(who, "one");
         }
+    });
+}
+
+#[test]
+fn plain_srv_records_as_a_kubernetes_headless_service_serves_them_are_instances() {
+    if !inside("plain_srv_records_as_a_kubernetes_headless_service_serves_them_are_instances") {
+        return;
+    }
+    runtime().block_on(async {
+        let (a, b) = (server("pod-a"), server("pod-b"));
+        // `_PORT-NAME._udp.SERVICE.NAMESPACE.svc.cluster.local`: SRV records only, one per pod.
+        let name = "_rpc._udp.audio.default.svc.cluster.local";
+        let dns = Dnsmasq::start_plain_srv(
+            DNS_PORT,
+            5,
+            name,
+            &[
+                ("pod-a.audio.default.svc.cluster.local", port(&a)),
+                ("pod-b.audio.default.svc.cluster.local", port(&b)),
+            ],
+        );
+        let d = DnsSd::new(name).server(dns.addr);
+        let mut found: Vec<(String, u16)> = d
+            .lookup()
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| (i.name().to_owned(), i.port()))
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [("pod-a".to_owned(), port(&a)), ("pod-b".to_owned(), port(&b))]
+        );
+
+        // No TXT, so no fingerprint to pin: without other trust nothing is usable, and the
+        // error says why.
+        let err = RpcClient::builder()
+            .discover(DiscoverOptions::from(Source::DnsSd(d.clone())).timeout(Duration::from_secs(2)))
+            .await
+            .expect_err("no fingerprint to pin");
+        assert!(err.to_string().contains("no certificate fingerprint"), "{err}");
+
+        // With the fingerprints pinned by configuration, a balancer uses both pods.
+        let trust = ClientTrust::Pinned(vec![a.fingerprint, b.fingerprint]);
+        let balancer = RpcClient::builder()
+            .balanced(DiscoverOptions::from(Source::DnsSd(d)).trust(trust).timeout(WAIT))
+            .await
+            .expect("balancer over plain SRV records");
+        let bal = balancer.clone();
+        common::wait_until("both pods in rotation", || bal.healthy_count() == 2).await;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            seen.insert(balancer.request::<_, String>("whoami", ()).await.unwrap());
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["pod-a", "pod-b"]);
     });
 }

@@ -3,8 +3,9 @@
 //! A service such as `_echostream._udp.example.internal.` lists its instances
 //! as PTR records; each instance has an SRV record (target host and port), a
 //! TXT record (`fp`, `proto`, application keys) and the target's A/AAAA
-//! records. Consul's DNS interface and Kubernetes headless services serve
-//! exactly these SRV records (see the README).
+//! records. Where the service name has no PTR records but SRV records of
+//! its own, as Consul's DNS interface and Kubernetes headless services serve
+//! them, each SRV record is an instance (without TXT; see the README).
 //!
 //! A [`DnsWatcher`] is fed by one task per watch that resolves the whole set,
 //! publishes it in a `watch` channel (the latest state only: nothing queues),
@@ -240,7 +241,8 @@ impl Resolving {
         self.resolver.clear_cache();
         let ptr = match self.resolver.lookup(self.service.clone(), RecordType::PTR).await {
             Ok(l) => l,
-            Err(e) if e.is_no_records_found() => return Ok((BTreeMap::new(), u32::MAX)),
+            // No DNS-SD listing: perhaps plain SRV records (Consul, Kubernetes).
+            Err(e) if e.is_no_records_found() => return self.resolve_plain_srv().await,
             Err(e) => return Err(self.error(&self.service, "PTR", &e)),
         };
         let mut ttl = u32::MAX;
@@ -255,6 +257,9 @@ impl Resolving {
             if !names.iter().any(|n| n.eq_ignore_root_case(&p.0)) {
                 names.push(p.0.clone());
             }
+        }
+        if names.is_empty() {
+            return self.resolve_plain_srv().await;
         }
         let found = futures::future::join_all(names.iter().map(|n| self.resolve_instance(n))).await;
         let mut out = BTreeMap::new();
@@ -306,11 +311,75 @@ impl Resolving {
             Err(e) if e.is_no_records_found() => {}
             Err(e) => return Err(self.error(name, "TXT", &e)),
         }
+        let Some((addrs, t)) = self.addresses(&target, port).await? else {
+            return Ok(None);
+        };
+        ttl = ttl.min(t);
+        let label = instance_label_bytes(name.iter().next().unwrap_or_default());
+        let inst = Instance::from_parts(label, name.to_utf8(), target.to_utf8(), port, addrs, txt);
+        Ok(Some((inst, ttl)))
+    }
+}
+
+impl Resolving {
+    /// Plain SRV records on the service name itself, as Consul's DNS interface
+    /// (`_echostream._udp.service.consul`) and Kubernetes headless services
+    /// (`_port-name._udp.svc.namespace.svc.cluster.local`) serve them: one
+    /// instance per record (every priority), named after the first label of
+    /// its target, with the full name `TARGET:PORT` and no TXT (so no
+    /// fingerprint to pin: verify such servers with a CA or pinned
+    /// fingerprints).
+    async fn resolve_plain_srv(&self) -> Result<(BTreeMap<String, Instance>, u32), DiscoveryError> {
+        let srv = match self.resolver.lookup(self.service.clone(), RecordType::SRV).await {
+            Ok(l) => l,
+            Err(e) if e.is_no_records_found() => return Ok((BTreeMap::new(), u32::MAX)),
+            Err(e) => return Err(self.error(&self.service, "SRV", &e)),
+        };
+        let mut ttl = u32::MAX;
+        let mut targets: Vec<(Name, u16)> = Vec::new();
+        for r in srv.answers() {
+            let RData::SRV(s) = &r.data else { continue };
+            if s.port == 0 || s.target.is_root() {
+                continue;
+            }
+            if targets.len() == MAX_INSTANCES {
+                tracing::warn!(service = %self.service, limit = MAX_INSTANCES, "DNS-SD: more SRV records than the limit; the rest are ignored");
+                break;
+            }
+            ttl = ttl.min(r.ttl);
+            if !targets
+                .iter()
+                .any(|(t, p)| *p == s.port && t.eq_ignore_root_case(&s.target))
+            {
+                targets.push((s.target.clone(), s.port));
+            }
+        }
+        let found = futures::future::join_all(targets.iter().map(|(t, p)| self.addresses(t, *p))).await;
+        let mut out = BTreeMap::new();
+        for ((target, port), r) in targets.iter().zip(found) {
+            let Some((addrs, t)) = r? else { continue };
+            ttl = ttl.min(t);
+            let host = target.to_utf8();
+            let label = instance_label_bytes(target.iter().next().unwrap_or_default());
+            let inst = Instance::from_parts(label, format!("{host}:{port}"), host, *port, addrs, []);
+            out.insert(inst.fullname().to_ascii_lowercase(), inst);
+        }
+        Ok((out, ttl))
+    }
+
+    /// The A/AAAA addresses of `target` with `port` (at most [`MAX_ADDRS`]) and their
+    /// shortest TTL; `None` when it has none.
+    async fn addresses(
+        &self,
+        target: &Name,
+        port: u16,
+    ) -> Result<Option<(Vec<SocketAddr>, u32)>, DiscoveryError> {
         let ips = match self.resolver.lookup_ip(target.clone()).await {
             Ok(l) => l,
             Err(e) if e.is_no_records_found() => return Ok(None),
-            Err(e) => return Err(self.error(&target, "A/AAAA", &e)),
+            Err(e) => return Err(self.error(target, "A/AAAA", &e)),
         };
+        let mut ttl = u32::MAX;
         for r in ips.as_lookup().answers() {
             if matches!(r.data, RData::A(_) | RData::AAAA(_)) {
                 ttl = ttl.min(r.ttl);
@@ -321,12 +390,7 @@ impl Resolving {
             .filter_map(|ip| dns_socket_addr(ip, port))
             .take(MAX_ADDRS)
             .collect();
-        if addrs.is_empty() {
-            return Ok(None);
-        }
-        let label = instance_label_bytes(name.iter().next().unwrap_or_default());
-        let inst = Instance::from_parts(label, name.to_utf8(), target.to_utf8(), port, addrs, txt);
-        Ok(Some((inst, ttl)))
+        Ok((!addrs.is_empty()).then_some((addrs, ttl)))
     }
 }
 

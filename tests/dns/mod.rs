@@ -50,6 +50,8 @@ pub struct Dnsmasq {
     child: Option<Child>,
     pub addr: SocketAddr,
     ttl: u32,
+    /// Plain SRV records (owner, target host, port), with an A record (127.0.0.1) per target.
+    plain_srv: Vec<(String, String, u16)>,
 }
 
 impl Dnsmasq {
@@ -60,8 +62,25 @@ impl Dnsmasq {
             child: None,
             addr,
             ttl,
+            plain_srv: Vec::new(),
         };
         d.spawn(records);
+        d
+    }
+
+    /// Starts dnsmasq serving only plain SRV records on `owner` (no PTR, no TXT), one per
+    /// `(target host, port)`, as Kubernetes headless services and Consul serve them.
+    pub fn start_plain_srv(port: u16, ttl: u32, owner: &str, targets: &[(&str, u16)]) -> Dnsmasq {
+        let mut d = Dnsmasq {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            ttl,
+            plain_srv: targets
+                .iter()
+                .map(|(h, p)| (owner.to_owned(), (*h).to_owned(), *p))
+                .collect(),
+        };
+        d.spawn(&[]);
         d
     }
 
@@ -95,6 +114,7 @@ impl Dnsmasq {
             "--log-queries",
             // Authoritative for the test zone: a name without records is NXDOMAIN, not REFUSED.
             "--local=/example.internal/",
+            "--local=/cluster.local/",
         ])
         .arg(format!("--port={}", self.addr.port()))
         .arg(format!("--local-ttl={}", self.ttl))
@@ -109,6 +129,10 @@ impl Dnsmasq {
             }
             cmd.arg(txt);
             cmd.arg(format!("--host-record={},{}", r.host, r.addr));
+        }
+        for (owner, host, port) in &self.plain_srv {
+            cmd.arg(format!("--srv-host={owner},{host},{port},0,0"));
+            cmd.arg(format!("--host-record={host},127.0.0.1"));
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
