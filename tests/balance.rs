@@ -102,6 +102,10 @@ fn diff(a: [u64; 3], b: [u64; 3]) -> [u64; 3] {
 }
 
 async fn balanced_over(servers: &[SocketAddr], fp: &str) -> Balancer {
+    balanced_with_idle(servers, fp, Duration::from_secs(5)).await
+}
+
+async fn balanced_with_idle(servers: &[SocketAddr], fp: &str, idle: Duration) -> Balancer {
     let source = Source::fixed(
         LABELS
             .iter()
@@ -109,7 +113,9 @@ async fn balanced_over(servers: &[SocketAddr], fp: &str) -> Balancer {
             .map(|(l, a)| Instance::at(*l, [*a]).with_fingerprint(fp)),
     );
     let balancer = RpcClient::builder()
-        .idle_timeout(Duration::from_secs(5))
+        .idle_timeout(idle)
+        // `whoami` may be repeated: a balancer retries it on another instance.
+        .idempotent("whoami")
         .keep_alive(Some(Duration::from_millis(500)))
         .balanced(DiscoverOptions::from(source).timeout(WAIT))
         .await
@@ -304,4 +310,85 @@ async fn a_balancer_with_no_reachable_instance_fails_naming_them() {
         .expect_err("nothing answers");
     let text = err.to_string();
     assert!(text.contains(&format!("instance `ghost` at {addr}")), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_idempotent_calls_survive_an_instance_that_goes_silent_and_comes_back() {
+    init_tracing();
+    // s2 sits behind a relay that the test cuts: its packets vanish, as when a host crashes or
+    // its network goes away (no CONNECTION_CLOSE, no ICMP). Keep-alives then find the
+    // connection dead within the idle timeout.
+    let identity = fixed_identity();
+    let fp = identity.load().unwrap().fingerprint.to_string();
+    let mut running = Vec::new();
+    let mut addrs = Vec::new();
+    for l in LABELS {
+        let s = instance(&identity, "127.0.0.1:0", l).unwrap();
+        addrs.push(s.local_addr());
+        running.push(run(s));
+    }
+    let relay = echostream::testing::Relay::start(addrs[2], echostream::testing::Impairment::none(), 7)
+        .await
+        .unwrap();
+    addrs[2] = relay.local_addr();
+    let balancer = balanced_with_idle(&addrs, &fp, Duration::from_secs(2)).await;
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (b, tally, stop) = (balancer.clone(), tally.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match b.request::<_, String>("whoami", ()).await {
+                        Ok(label) => {
+                            let i = LABELS.iter().position(|l| *l == label).unwrap();
+                            tally.per_label[i].fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tally.failed.fetch_add(1, Ordering::Relaxed);
+                            tally.first_failure.lock().unwrap().get_or_insert(e.to_string());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for_calls(&tally, PHASE_CALLS).await;
+
+    relay.set_cut(true);
+    let b = balancer.clone();
+    common::wait_until("the silent instance leaves the rotation", || {
+        b.healthy_count() == 2
+    })
+    .await;
+    let before = tally.snapshot();
+    wait_for_calls(&tally, PHASE_CALLS).await;
+    let down = diff(before, tally.snapshot());
+    println!("s2 silent: {down:?}");
+    assert_eq!(down[2], 0);
+
+    relay.set_cut(false);
+    let b = balancer.clone();
+    common::wait_until("s2 back in rotation", || b.healthy_count() == 3).await;
+    let before = tally.snapshot();
+    wait_for_calls(&tally, PHASE_CALLS).await;
+    let back = diff(before, tally.snapshot());
+    println!("s2 reachable again: {back:?}");
+    assert!(back[2] > 0, "s2 gets calls again: {back:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    for c in callers {
+        tokio::time::timeout(WAIT, c).await.expect("callers end").unwrap();
+    }
+    // The method is declared idempotent on the builder: retried, never failed.
+    assert_eq!(
+        tally.failed.load(Ordering::Relaxed),
+        0,
+        "first failure: {:?}",
+        tally.first_failure.lock().unwrap()
+    );
+    for r in running {
+        r.handle.shutdown();
+    }
 }
