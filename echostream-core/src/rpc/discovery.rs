@@ -200,7 +200,8 @@ mod enabled {
         timeout: Duration,
         interfaces: Interfaces,
         trust: Option<ClientTrust>,
-        source: Option<Source>,
+        /// Boxed: a `DiscoverOptions` travels by value in enums of the fronts (CLI, Python).
+        source: Option<Box<Source>>,
         dns_server: Option<SocketAddr>,
     }
 
@@ -221,7 +222,7 @@ mod enabled {
         /// Takes instances from `source` instead of the one the name selects.
         pub fn source(mut self, source: Source) -> Self {
             self.name = source.name().to_owned();
-            self.source = Some(source);
+            self.source = Some(Box::new(source));
             self
         }
 
@@ -234,7 +235,7 @@ mod enabled {
         /// The source these options select (see the type's documentation).
         pub fn to_source(&self) -> Result<Source> {
             let source = match &self.source {
-                Some(s) => s.clone(),
+                Some(s) => (**s).clone(),
                 None => Source::parse(&self.name, self.interfaces.clone()).map_err(discovery_error)?,
             };
             Ok(match (source, self.dns_server) {
