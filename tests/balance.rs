@@ -19,6 +19,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LABELS: [&str; 3] = ["s0", "s1", "s2"];
+
+/// A typed service, to call through the balancer with its generated client.
+mod api {
+    use echostream::prelude::*;
+
+    /// Which instance answers.
+    #[echostream::service("who")]
+    pub trait Who {
+        /// The instance label.
+        #[idempotent]
+        async fn name(&self) -> Result<String>;
+    }
+}
+
+struct Named(&'static str);
+
+impl api::Who for Named {
+    async fn name(&self) -> Result<String> {
+        Ok(self.0.to_owned())
+    }
+}
 /// Concurrent callers of the idempotent method.
 const CALLERS: usize = 64;
 /// Calls each phase waits for (counted, not timed).
@@ -33,6 +54,7 @@ fn instance(identity: &ServerIdentity, bind: &str, label: &'static str) -> Resul
         .handler(handler_fn("whoami", move |_c: Context, _: ()| async move {
             Ok::<_, Error>(label.to_owned())
         }))
+        .service(api::WhoServer::new(Named(label)))
         .handler(handler_fn("slow.write", move |_c: Context, _: ()| async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
             Ok::<_, Error>(label.to_owned())
@@ -251,7 +273,7 @@ async fn balanced_idempotent_calls_survive_a_killed_and_restarted_instance_and_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pinned_client_keeps_one_instance_and_typed_callers_work_over_the_balancer() {
+async fn a_pinned_client_keeps_one_instance_and_typed_clients_work_over_the_balancer() {
     init_tracing();
     let identity = fixed_identity();
     let fp = identity.load().unwrap().fingerprint.to_string();
@@ -275,12 +297,18 @@ async fn a_pinned_client_keeps_one_instance_and_typed_callers_work_over_the_bala
         balancer.health("").await.unwrap(),
         echostream::rpc::health::HealthStatus::Serving
     );
-    // Calls through the balancer reach every instance.
+    // Calls through the balancer reach every instance, plain or through a generated client.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..300 {
         seen.insert(balancer.request::<_, String>("whoami", ()).await.unwrap());
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
+    let who = api::WhoClient::new(balancer.clone());
+    let mut typed = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        typed.insert(who.name().await.unwrap());
+    }
+    assert_eq!(typed.len(), 3, "{typed:?}");
 
     // A graceful shutdown (NOT_SERVING first) takes the instance out without failed calls.
     running[0].handle.shutdown();
