@@ -271,6 +271,30 @@ fn dns_sd_resolver_timeout_names_the_name_and_the_server() {
             other => panic!("expected a DNS error event, got {other:?}"),
         }
         drop(silent);
+
+        // Nothing bound at all on the port (refused rather than silent): the same kind of error.
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = tokio::time::timeout(
+            WAIT,
+            DnsSd::new(SERVICE)
+                .server(closed)
+                .timeout(Duration::from_millis(500))
+                .lookup(),
+        )
+        .await
+        .expect("the lookup ends")
+        .expect_err("nothing listens");
+        println!("with nothing listening: {err}");
+        match &err {
+            DiscoveryError::Dns { name, server, .. } => {
+                assert_eq!(name, &format!("{SERVICE}."));
+                assert_eq!(server, &format!("DNS server {closed}"));
+            }
+            other => panic!("expected a DNS error, got {other:?}"),
+        }
     });
 }
 

@@ -1,13 +1,18 @@
 //! `--balanced [DURATION]`: what the balancing layer costs (issue 23).
 //!
-//! 64 callers of the 64-byte idempotent `echo` for DURATION each (default 5 s), in one run,
+//! 64 callers of the 64-byte idempotent `echo` for DURATION each (default 3 s), three rounds
+//! interleaved (plain, balanced 1, balanced 3, then again; the median of each is compared, so
+//! a burst of other work on a shared machine does not land on one system only), in one run,
 //! split layout (servers on one runtime thread, clients on the other, so the counting
 //! allocator attributes client allocations exactly):
 //! - **plain**: one `RpcClient` connected to instance A;
 //! - **balanced, 1 instance**: a `Balancer` over a static list holding only A (the layer's
 //!   own cost: the same server work, the same one connection);
+//! - **3 plain clients**: one `RpcClient` per instance A, B, C, each caller bound to one: what
+//!   three connections cost by themselves (smaller batches per connection);
 //! - **balanced, 3 instances**: a `Balancer` over A, B and C (the same three servers share
-//!   the one server thread, so this shows the spread, not more capacity).
+//!   the one server thread, so this shows the spread, not more capacity); its cost is read
+//!   against the three plain clients.
 //!
 //! It prints calls/s and client-side allocations per call for each, and the balanced/plain
 //! ratios. The goal of issue 23 is a cost of at most 10 % of calls/s and no extra allocation
@@ -26,19 +31,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CALLERS: usize = 64;
+/// Interleaved rounds; the median of each system is reported.
+const ROUNDS: usize = 3;
 
-/// Either client, called the same way.
+/// The clients compared, called the same way.
 #[derive(Clone)]
 enum Target {
     Plain(RpcClient),
+    /// One plain client per instance, each caller task bound to one (no balancing logic):
+    /// what three connections cost by themselves.
+    Spread(Arc<[RpcClient]>),
     Balanced(Balancer),
 }
 
 impl Target {
-    async fn echo(&self, b: Bytes) -> Result<Bytes> {
+    async fn echo(&self, caller: usize, b: Bytes) -> Result<Bytes> {
         let opts = CallOptions::new().idempotent();
         match self {
             Target::Plain(c) => c.request_with("echo", b, opts).await,
+            Target::Spread(cs) => cs[caller % cs.len()].request_with("echo", b, opts).await,
             Target::Balanced(c) => c.request_with("echo", b, opts).await,
         }
     }
@@ -55,8 +66,8 @@ struct Figure {
 async fn measure(target: Target, duration: Duration) -> Figure {
     let payload = Bytes::from(vec![7u8; 64]);
     // Warm-up: connections, buffers and the runtime's task slots reach their steady state.
-    for _ in 0..200 {
-        let _ = target.echo(payload.clone()).await;
+    for i in 0..200 {
+        let _ = target.echo(i, payload.clone()).await;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
@@ -64,7 +75,7 @@ async fn measure(target: Target, duration: Duration) -> Figure {
     let before = alloc::side(Side::Client);
     let started = Instant::now();
     let tasks: Vec<_> = (0..CALLERS)
-        .map(|_| {
+        .map(|caller| {
             let (t, p, stop, calls, errors) = (
                 target.clone(),
                 payload.clone(),
@@ -74,7 +85,7 @@ async fn measure(target: Target, duration: Duration) -> Figure {
             );
             tokio::spawn(async move {
                 while !stop.load(Relaxed) {
-                    match t.echo(p.clone()).await {
+                    match t.echo(caller, p.clone()).await {
                         Ok(_) => calls.fetch_add(1, Relaxed),
                         Err(_) => errors.fetch_add(1, Relaxed),
                     };
@@ -127,25 +138,56 @@ pub(crate) fn run(duration: Duration) -> bool {
     let result = run_on(rts.client(), {
         let servers = servers.clone();
         async move {
-            let plain = RpcClient::builder().pin(fp).connect(&a).await?;
-            let p = measure(Target::Plain(plain), duration).await;
-            let one = balancer(&servers[..1]).await?;
-            let b1 = measure(Target::Balanced(one), duration).await;
-            let three = balancer(&servers).await?;
-            let b3 = measure(Target::Balanced(three.clone()), duration).await;
-            let spread: Vec<u64> = three.instances().iter().map(|i| i.calls).collect();
-            Ok::<_, Error>((p, b1, b3, spread))
+            let plain = Target::Plain(RpcClient::builder().pin(fp).connect(&a).await?);
+            let one = Target::Balanced(balancer(&servers[..1]).await?);
+            let three_b = balancer(&servers).await?;
+            let three = Target::Balanced(three_b.clone());
+            let mut each = Vec::new();
+            for (addr, fp) in &servers {
+                each.push(RpcClient::builder().pin(*fp).connect(addr).await?);
+            }
+            let spread3 = Target::Spread(Arc::from(each));
+            let mut rounds = Vec::new();
+            for _ in 0..ROUNDS {
+                let p = measure(plain.clone(), duration).await;
+                let b1 = measure(one.clone(), duration).await;
+                let s3 = measure(spread3.clone(), duration).await;
+                let b3 = measure(three.clone(), duration).await;
+                rounds.push([p, b1, s3, b3]);
+            }
+            let spread: Vec<u64> = three_b.instances().iter().map(|i| i.calls).collect();
+            Ok::<_, Error>((rounds, spread))
         }
     });
     alloc::set_counting(false);
-    let (p, b1, b3, spread) = match result {
+    let (rounds, spread) = match result {
         Ok(r) => r,
         Err(e) => {
             eprintln!("balanced benchmark failed: {e}");
             return false;
         }
     };
-    println!("balanced client vs one plain connection: {CALLERS} callers, 64-byte idempotent echo, {duration:?} each, split 1+1 layout");
+    let median = |k: usize| {
+        let mut v: Vec<Figure> = rounds.iter().map(|r| r[k]).collect();
+        v.sort_by(|x, y| x.calls_per_s.total_cmp(&y.calls_per_s));
+        let mid = v[v.len() / 2];
+        Figure {
+            errors: v.iter().map(|f| f.errors).sum(),
+            ..mid
+        }
+    };
+    for (i, r) in rounds.iter().enumerate() {
+        println!(
+            "round {}: plain {:.0}, balanced(1) {:.0}, 3 plain clients {:.0}, balanced(3) {:.0} calls/s",
+            i + 1,
+            r[0].calls_per_s,
+            r[1].calls_per_s,
+            r[2].calls_per_s,
+            r[3].calls_per_s
+        );
+    }
+    let (p, b1, s3, b3) = (median(0), median(1), median(2), median(3));
+    println!("balanced client vs one plain connection: {CALLERS} callers, 64-byte idempotent echo, {duration:?} each, median of {ROUNDS} interleaved rounds, split 1+1 layout");
     println!(
         "{:<26} {:>12} {:>16} {:>8}",
         "client", "calls/s", "client allocs/call", "errors"
@@ -153,6 +195,7 @@ pub(crate) fn run(duration: Duration) -> bool {
     for (name, f) in [
         ("plain RpcClient (A)", p),
         ("Balancer, 1 instance (A)", b1),
+        ("3 plain clients (A, B, C)", s3),
         ("Balancer, 3 instances", b3),
     ] {
         println!(
@@ -161,10 +204,12 @@ pub(crate) fn run(duration: Duration) -> bool {
         );
     }
     println!(
-        "balanced(1)/plain: {:.3} calls/s, {:+.2} allocs/call; balanced(3)/plain: {:.3} calls/s; calls per instance (3): {spread:?}",
+        "balanced(1)/plain: {:.3} calls/s, {:+.2} allocs/call; balanced(3)/3 plain clients: {:.3} calls/s, {:+.2} allocs/call; balanced(3)/plain: {:.3}; calls per instance (3): {spread:?}",
         b1.calls_per_s / p.calls_per_s,
         b1.allocs_per_call - p.allocs_per_call,
+        b3.calls_per_s / s3.calls_per_s,
+        b3.allocs_per_call - s3.allocs_per_call,
         b3.calls_per_s / p.calls_per_s,
     );
-    p.errors + b1.errors + b3.errors == 0
+    p.errors + b1.errors + s3.errors + b3.errors == 0
 }

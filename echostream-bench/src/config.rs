@@ -164,7 +164,8 @@ USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--systems L
                  prints heap, RSS, descriptors and tasks and checks they stay flat (90s, 10m)
   --balanced [DURATION]
                  the balanced client (over 1 and 3 instances) against one plain connection:
-                 calls/s and client allocations per call, 64 callers, DURATION each (5s)
+                 calls/s and client allocations per call, 64 callers, DURATION each (3s),
+                 median of three interleaved rounds
 ";
 
 impl Config {

@@ -47,7 +47,7 @@ fn main() {
         Some("--balanced") => {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let duration = match args.next().map(|d| config::parse_duration(&d)) {
-                None => std::time::Duration::from_secs(5),
+                None => std::time::Duration::from_secs(3),
                 Some(Ok(d)) => d,
                 Some(Err(e)) => {
                     eprintln!("{e}\n");
