@@ -15,6 +15,10 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The longest a dnsmasq started here runs (`timeout` kills it after that), well above the
+/// netns helper's 120 s limit for a whole test.
+const LIFETIME: &str = "300";
+
 /// The DNS-SD service every test serves.
 pub const SERVICE: &str = "_echostream._udp.example.internal";
 
@@ -92,13 +96,17 @@ impl Dnsmasq {
 
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            // `timeout` passes SIGTERM on to dnsmasq and exits with it.
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let _ = c.wait();
         }
     }
 
     fn spawn(&mut self, records: &[Record]) {
-        let mut cmd = Command::new(dnsmasq_path());
+        // Under `timeout`: if this test process is killed (the netns helper's time limit),
+        // dnsmasq does not outlive it by more than LIFETIME in the namespace it keeps alive.
+        let mut cmd = Command::new("timeout");
+        cmd.args(["--signal=KILL", LIFETIME, &dnsmasq_path()]);
         cmd.args([
             "--no-daemon",
             "--conf-file=/dev/null",
