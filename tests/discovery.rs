@@ -203,6 +203,61 @@ fn shut_down_server_is_reported_removed() {
 }
 
 #[test]
+fn a_balancer_over_mdns_takes_instances_as_they_are_announced_and_drops_them_on_goodbye() {
+    if !netns::in_fresh_netns(
+        "a_balancer_over_mdns_takes_instances_as_they_are_announced_and_drops_them_on_goodbye",
+    ) {
+        return;
+    }
+    runtime().block_on(async {
+        let (stop_one, port_one, _, task_one) =
+            start(announced_server("Mixer", "127.0.0.1:0", Interfaces::Loopback));
+        let balancer = RpcClient::builder()
+            .balanced(loopback("Mixer"))
+            .await
+            .expect("balancer over mDNS");
+        assert_eq!(balancer.healthy_count(), 1);
+
+        // A second instance announced later joins the rotation.
+        let (stop_two, port_two, _, task_two) =
+            start(announced_server("Mixer", "127.0.0.1:0", Interfaces::Loopback));
+        let deadline = Instant::now() + WAIT;
+        while balancer.healthy_count() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "second instance not in rotation: {:?}",
+                balancer.instances()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut ports = std::collections::BTreeSet::new();
+        for s in balancer.instances() {
+            ports.insert(s.addrs[0].port());
+        }
+        assert_eq!(ports, [port_one, port_two].into_iter().collect());
+
+        // The first says goodbye (graceful shutdown): it leaves, and calls keep working.
+        stop_one.shutdown();
+        task_one.await.unwrap().unwrap();
+        let deadline = Instant::now() + WAIT;
+        while balancer.instances().len() > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "goodbye not applied: {:?}",
+                balancer.instances()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..20 {
+            let _: String = balancer.request("whoami", ()).await.unwrap();
+        }
+        assert_eq!(balancer.instances()[0].addrs[0].port(), port_two);
+        stop_two.shutdown();
+        task_two.await.unwrap().unwrap();
+    });
+}
+
+#[test]
 fn discovering_an_unknown_name_times_out_saying_what_where_how_long_and_what_else() {
     if !netns::in_fresh_netns(
         "discovering_an_unknown_name_times_out_saying_what_where_how_long_and_what_else",

@@ -162,6 +162,14 @@ USAGE: echostream-bench [--quick | --full | --smoke] [--only CASES] [--systems L
   --soak DURATION [--every D]
                  a long mixed load (calls, events, streams, clients coming and going) that
                  prints heap, RSS, descriptors and tasks and checks they stay flat (90s, 10m)
+  --balanced [DURATION]
+                 the balanced client (over 1 and 3 instances) against one plain connection:
+                 calls/s and client allocations per call, 64 callers, DURATION each (3s),
+                 median of three interleaved rounds
+  --failover [DURATION]
+                 64 callers of a balanced client over three servers for DURATION (20s); one
+                 server killed at 25 % and restarted at 60 %: calls per second per instance,
+                 failed calls, time back in rotation, spread
 ";
 
 impl Config {

@@ -14,11 +14,16 @@
 //! - `cases`: the nine cases and the allocation count, and the goals.
 //! - `report`: figures, table, JSON.
 //! - `soak`: `--soak DURATION`, a long mixed load that checks for leaks.
+//! - `balanced`: `--balanced [DURATION]`, the balanced client against one plain connection.
+//! - `failover`: `--failover [DURATION]`, the balanced client through an instance killed and
+//!   restarted.
 
 mod alloc;
+mod balanced;
 mod cases;
 mod config;
 mod cpu;
+mod failover;
 mod report;
 mod rt;
 mod soak;
@@ -41,6 +46,32 @@ fn main() {
         Some("--serve") => {
             serve(&args.next().unwrap_or_else(|| "127.0.0.1:5000".to_owned()));
             return;
+        }
+        Some("--balanced") => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let duration = match args.next().map(|d| config::parse_duration(&d)) {
+                None => std::time::Duration::from_secs(3),
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    eprintln!("{e}\n");
+                    eprint!("{USAGE}");
+                    std::process::exit(2);
+                }
+            };
+            std::process::exit(if balanced::run(duration) { 0 } else { 1 });
+        }
+        Some("--failover") => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let duration = match args.next().map(|d| config::parse_duration(&d)) {
+                None => std::time::Duration::from_secs(20),
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    eprintln!("{e}\n");
+                    eprint!("{USAGE}");
+                    std::process::exit(2);
+                }
+            };
+            std::process::exit(if failover::run_failover(duration) { 0 } else { 1 });
         }
         Some("--soak") => {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -132,7 +132,7 @@ pub(crate) struct ConnectArgs {
     /// The name checked against a CA-issued certificate (default: the target's host).
     #[arg(long, value_name = "NAME")]
     pub(crate) server_name: Option<String>,
-    /// Seconds allowed to find (mdns:) and connect to the server.
+    /// Seconds allowed to find (mdns:, dns-sd:) and connect to the server.
     #[arg(long, value_name = "SECONDS", default_value = "10")]
     pub(crate) connect_timeout: f64,
 }
@@ -140,8 +140,8 @@ pub(crate) struct ConnectArgs {
 /// A TARGET and how to connect to it.
 #[derive(Debug, Args)]
 pub(crate) struct TargetArgs {
-    /// `host:port`, or `mdns:NAME` to find the service on the LAN (its announced fingerprint is
-    /// pinned).
+    /// `host:port`, `mdns:NAME` to find the service on the LAN, or `dns-sd:SERVICE` to find it by
+    /// unicast DNS-SD through the system resolver (the announced fingerprint is pinned).
     pub(crate) target: String,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,

@@ -1,6 +1,6 @@
 //! From a TARGET and the trust flags to a connected [`RpcClient`]: `host:port` directly,
-//! `mdns:NAME` through discovery (pinning the announced fingerprint unless a trust flag says
-//! otherwise).
+//! `mdns:NAME` and `dns-sd:SERVICE` through discovery (pinning the announced fingerprint unless
+//! a trust flag says otherwise).
 
 use crate::args::{seconds, ConnectArgs, TargetArgs};
 use crate::exit::{Class, Failure};
@@ -15,6 +15,8 @@ pub(crate) enum Target {
     Address(String),
     /// `mdns:NAME`: an instance of service NAME found on the LAN.
     Mdns(String),
+    /// `dns-sd:SERVICE`: an instance listed by unicast DNS-SD (system resolver).
+    DnsSd(String),
 }
 
 impl Target {
@@ -27,12 +29,20 @@ impl Target {
             }
             return Ok(Target::Mdns(name.to_owned()));
         }
+        if let Some(service) = text.strip_prefix("dns-sd:") {
+            if service.is_empty() {
+                return Err(usage(
+                    "`dns-sd:` needs a DNS-SD service name, for example dns-sd:_echostream._udp.example.internal",
+                ));
+            }
+            return Ok(Target::DnsSd(service.to_owned()));
+        }
         // `host:port` or `[v6]:port`: the port is what the library cannot guess.
         let port = text.rsplit_once(':').map(|(_, p)| p);
         match port.map(str::parse::<u16>) {
             Some(Ok(_)) => Ok(Target::Address(text.to_owned())),
             _ => Err(usage(format!(
-                "target `{text}` is neither `host:port` nor `mdns:NAME` (for example 127.0.0.1:5000)"
+                "target `{text}` is neither `host:port`, `mdns:NAME` nor `dns-sd:SERVICE` (for example 127.0.0.1:5000)"
             ))),
         }
     }
@@ -120,6 +130,13 @@ pub(crate) async fn connect_with(
             }
             builder.discover(opts).await?
         }
+        Target::DnsSd(service) => {
+            let mut opts = DiscoverOptions::new(format!("dns-sd:{service}")).timeout(timeout);
+            if let Some(trust) = trust {
+                opts = opts.trust(trust);
+            }
+            builder.discover(opts).await?
+        }
     };
     tracing::info!(server = %client.remote_addr(), fingerprint = ?client.server_fingerprint(), "connected");
     Ok(client)
@@ -161,7 +178,11 @@ mod tests {
             Target::Address("localhost:1".into())
         );
         assert_eq!(Target::parse("mdns:Audio").unwrap(), Target::Mdns("Audio".into()));
-        for bad in ["127.0.0.1", "mdns:", "host:port", "host:70000"] {
+        assert_eq!(
+            Target::parse("dns-sd:_echostream._udp.example.internal").unwrap(),
+            Target::DnsSd("_echostream._udp.example.internal".into())
+        );
+        for bad in ["127.0.0.1", "mdns:", "dns-sd:", "host:port", "host:70000"] {
             assert_eq!(Target::parse(bad).unwrap_err().class, Class::Usage, "{bad}");
         }
     }

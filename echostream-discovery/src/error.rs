@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// What can go wrong while announcing or browsing. Messages name the service,
 /// the interfaces and the limit involved.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DiscoveryError {
     /// The service name cannot be an instance name.
@@ -48,6 +48,28 @@ pub enum DiscoveryError {
         waited: Duration,
         /// Instance names of the service type that were seen but did not match.
         other_names: Vec<String>,
+    },
+    /// A unicast DNS query failed (timeout, refused, server failure). Not
+    /// returned for a name that does not exist: that is an empty answer.
+    #[error("DNS query for `{name}` ({record}) to {server} failed: {reason}")]
+    Dns {
+        /// The name queried.
+        name: String,
+        /// The record type asked for (`PTR`, `SRV`, `TXT`, `A/AAAA`).
+        record: &'static str,
+        /// The server asked, in words (`DNS server 10.0.0.2:53`, or the
+        /// system resolver and its name servers).
+        server: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The DNS resolver could not be set up (system configuration unreadable).
+    #[error("cannot set up the DNS resolver ({server}): {reason}")]
+    Resolver {
+        /// The server asked, in words.
+        server: String,
+        /// What went wrong.
+        reason: String,
     },
     /// The daemon stopped while browsing.
     #[error("browsing for `{name}` on {interfaces} ended: the mDNS daemon stopped")]

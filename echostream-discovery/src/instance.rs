@@ -43,6 +43,57 @@ impl Instance {
         }
     }
 
+    /// An instance from parts: what a static list or a unicast DNS-SD lookup
+    /// found. Addresses are sorted into connection order; TXT keys lowercased
+    /// (RFC 6763 §6.4), the first value of a repeated key kept.
+    pub(crate) fn from_parts(
+        name: String,
+        fullname: String,
+        host: String,
+        port: u16,
+        mut addrs: Vec<SocketAddr>,
+        txt: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        sort_addrs(&mut addrs);
+        addrs.dedup();
+        let mut map = BTreeMap::new();
+        for (k, v) in txt {
+            map.entry(k.to_ascii_lowercase()).or_insert(v);
+        }
+        Instance {
+            name,
+            fullname,
+            host,
+            port,
+            addrs,
+            txt: map,
+        }
+    }
+
+    /// An instance of a static list ([`crate::Source::fixed`]): `name` at
+    /// `addrs` (all with the same port), no TXT entries yet. Add the server's
+    /// fingerprint with [`Instance::with_fingerprint`] to pin it, as the TXT
+    /// record of a discovered instance would.
+    pub fn at(name: impl Into<String>, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        let name = name.into();
+        let addrs: Vec<SocketAddr> = addrs.into_iter().collect();
+        let port = addrs.first().map_or(0, SocketAddr::port);
+        let host = addrs.first().map(|a| a.ip().to_string()).unwrap_or_default();
+        Instance::from_parts(name.clone(), name, host, port, addrs, [])
+    }
+
+    /// This instance with a TXT entry set (key lowercased); for static lists.
+    pub fn with_txt(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.txt.insert(key.into().to_ascii_lowercase(), value.into());
+        self
+    }
+
+    /// This instance with the server certificate fingerprint (64 hex digits)
+    /// in its TXT entries, as an announced server carries it; for static lists.
+    pub fn with_fingerprint(self, fingerprint: impl Into<String>) -> Self {
+        self.with_txt(txt::FINGERPRINT, fingerprint)
+    }
+
     /// Keeps the addresses of an earlier resolve of the same instance (same
     /// host and port): mdns-sd reports A and AAAA records as they arrive, and a
     /// later resolve can carry only some of them.
@@ -161,6 +212,12 @@ pub(crate) fn instance_label(fullname: &str) -> String {
     unescape(escaped)
 }
 
+/// An instance label from the raw bytes of a DNS label (no escapes to undo).
+#[cfg(feature = "dns-sd")]
+pub(crate) fn instance_label_bytes(label: &[u8]) -> String {
+    String::from_utf8_lossy(label).into_owned()
+}
+
 fn unescape(s: &str) -> String {
     let mut bytes = Vec::with_capacity(s.len());
     let raw = s.as_bytes();
@@ -184,6 +241,16 @@ fn unescape(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A socket address for a unicast DNS answer: link-local IPv6 addresses are
+/// dropped (a DNS answer carries no scope id, so nothing can connect to them).
+#[cfg(feature = "dns-sd")]
+pub(crate) fn dns_socket_addr(ip: IpAddr, port: u16) -> Option<SocketAddr> {
+    match ip {
+        IpAddr::V6(v6) if is_link_local_v6(&v6) => None,
+        ip => Some(SocketAddr::new(ip, port)),
+    }
 }
 
 fn socket_addr(ip: &ScopedIp, port: u16) -> Option<SocketAddr> {

@@ -51,6 +51,10 @@
 //! - `instance`: [`Instance`] (addresses in connection order, TXT).
 //! - [`Interfaces`]: which interfaces to use.
 //! - [`netns`]: is this process in a network namespace of its own?
+//! - `source`: [`Source`] and [`Watcher`]: mDNS, a static list and unicast
+//!   DNS-SD behind one interface.
+//! - `dns_sd` (feature `dns-sd`): [`DnsSd`], PTR → SRV + TXT → A/AAAA with
+//!   hickory-resolver, refreshed as TTLs expire.
 //!
 //! # Network namespaces
 //!
@@ -63,16 +67,24 @@
 
 mod announce;
 mod browse;
+#[cfg(feature = "dns-sd")]
+mod dns_sd;
 mod error;
 mod instance;
 mod interfaces;
 pub mod netns;
+mod source;
 
 pub use announce::{Addresses, Announcement, Announcer, MAX_NAME_LEN};
 pub use browse::{BrowseEvent, Browser};
+#[cfg(feature = "dns-sd")]
+pub use dns_sd::{
+    DnsSd, DEFAULT_DNS_TIMEOUT, DEFAULT_REFRESH_BOUNDS, MAX_ADDRS, MAX_INSTANCES, MAX_TXT_ENTRIES,
+};
 pub use error::DiscoveryError;
 pub use instance::{name_matches, Instance};
 pub use interfaces::Interfaces;
+pub use source::{Source, Watcher, DNS_SD_PREFIX};
 
 use mdns_sd::ServiceDaemon;
 use std::collections::HashMap;

@@ -70,7 +70,7 @@ pub(super) fn time_left(t: Duration, started: Instant) -> Duration {
 
 /// Encodes a call's argument or an event's value (`what` says which, `name` names the
 /// method or event).
-pub(super) fn encode_value<T: Serialize>(
+pub(crate) fn encode_value<T: Serialize>(
     codec: Codec,
     value: &T,
     name: &str,
@@ -83,7 +83,7 @@ pub(super) fn encode_value<T: Serialize>(
 }
 
 /// Decodes the result of a call of `method` as `R`.
-pub(super) fn decode_result<R: DeserializeOwned>(
+pub(crate) fn decode_result<R: DeserializeOwned>(
     codec: Codec,
     bytes: &[u8],
     method: &str,

@@ -59,6 +59,9 @@ mod state;
 pub mod timesync;
 pub mod trace;
 
+/// The balancer (`rpc::balance`) encodes an argument once for a call it may send twice.
+#[cfg(feature = "discovery")]
+pub(crate) use call::{decode_result, encode_value};
 pub use clock::SyncedClock;
 
 /// A peer's hello metadata as applications see it (without the protocol's own entries).

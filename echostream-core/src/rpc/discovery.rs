@@ -7,7 +7,12 @@
 //!   port, the certificate fingerprint and the protocol version in TXT, and
 //!   says goodbye when it shuts down (or is dropped).
 //! - Client: [`RpcClient::discover`] finds an instance by name and connects,
-//!   pinning the fingerprint its TXT record announces.
+//!   pinning the fingerprint its TXT record announces. The name selects the
+//!   source ([`echostream_discovery::Source`]): `"dns-sd:SERVICE"` is unicast
+//!   DNS-SD from a DNS server (feature `dns-sd`), anything else mDNS; a static
+//!   list or a configured DNS-SD source is set with [`DiscoverOptions::source`].
+//!   Every source yields the same instance records, and TXT fingerprints are
+//!   pinned the same way whatever their source.
 //!
 //! **Policy with several instances**: connection attempts start as instances
 //! resolve (in arrival order, each trying its addresses in
@@ -24,9 +29,9 @@
 #[cfg(feature = "discovery")]
 pub use echostream_discovery::Interfaces;
 #[cfg(feature = "discovery")]
-pub use enabled::{DiscoverOptions, DEFAULT_DISCOVER_TIMEOUT};
+pub(crate) use enabled::{discovery_error, timeout_error, trust_for, ServerAnnouncement, ServerDiscovery};
 #[cfg(feature = "discovery")]
-pub(crate) use enabled::{ServerAnnouncement, ServerDiscovery};
+pub use enabled::{DiscoverOptions, DEFAULT_DISCOVER_TIMEOUT};
 
 #[cfg(not(feature = "discovery"))]
 pub(crate) use disabled::{ServerAnnouncement, ServerDiscovery};
@@ -61,6 +66,7 @@ mod enabled {
     use crate::{Error, Result};
     use echostream_discovery::{
         Addresses, Announcement, Announcer, BrowseEvent, Discovery, DiscoveryError, Instance, Interfaces,
+        Source,
     };
     use futures::stream::{FuturesUnordered, StreamExt};
     use std::collections::HashSet;
@@ -77,7 +83,7 @@ mod enabled {
     /// milliseconds behind) go first, like RFC 8305's resolution delay.
     const IPV6_ONLY_DELAY: Duration = Duration::from_millis(250);
 
-    fn discovery_error(e: DiscoveryError) -> Error {
+    pub(crate) fn discovery_error(e: DiscoveryError) -> Error {
         Error::Discovery(e.to_string())
     }
 
@@ -180,13 +186,23 @@ mod enabled {
     }
 
     /// What [`ClientBuilder::discover`] looks for, where, for how long, and
-    /// how it trusts what it finds. `&str` and `String` convert into it.
+    /// how it trusts what it finds. `&str`, `String` and
+    /// [`Source`](echostream_discovery::Source) convert into it.
+    ///
+    /// The name selects the source: `"dns-sd:_echostream._udp.example.internal"`
+    /// is unicast DNS-SD of that service (system resolver, or
+    /// [`DiscoverOptions::dns_server`]; feature `dns-sd`), anything else an
+    /// mDNS instance name. [`DiscoverOptions::source`] sets any source (a
+    /// static list, DNS-SD with its own bounds) explicitly.
     #[derive(Clone, Debug)]
     pub struct DiscoverOptions {
         name: String,
         timeout: Duration,
         interfaces: Interfaces,
         trust: Option<ClientTrust>,
+        /// Boxed: a `DiscoverOptions` travels by value in enums of the fronts (CLI, Python).
+        source: Option<Box<Source>>,
+        dns_server: Option<SocketAddr>,
     }
 
     impl DiscoverOptions {
@@ -198,7 +214,35 @@ mod enabled {
                 timeout: DEFAULT_DISCOVER_TIMEOUT,
                 interfaces: Interfaces::All,
                 trust: None,
+                source: None,
+                dns_server: None,
             }
+        }
+
+        /// Takes instances from `source` instead of the one the name selects.
+        pub fn source(mut self, source: Source) -> Self {
+            self.name = source.name().to_owned();
+            self.source = Some(Box::new(source));
+            self
+        }
+
+        /// For a `dns-sd:` name: asks this DNS server instead of the system resolver.
+        pub fn dns_server(mut self, addr: SocketAddr) -> Self {
+            self.dns_server = Some(addr);
+            self
+        }
+
+        /// The source these options select (see the type's documentation).
+        pub fn to_source(&self) -> Result<Source> {
+            let source = match &self.source {
+                Some(s) => (**s).clone(),
+                None => Source::parse(&self.name, self.interfaces.clone()).map_err(discovery_error)?,
+            };
+            Ok(match (source, self.dns_server) {
+                #[cfg(feature = "dns-sd")]
+                (Source::DnsSd(d), Some(addr)) => Source::DnsSd(d.server(addr)),
+                (s, _) => s,
+            })
         }
 
         /// How long to wait for a usable instance (default 5 s); for
@@ -229,6 +273,11 @@ mod enabled {
         pub fn name(&self) -> &str {
             &self.name
         }
+
+        /// How long discovery waits (for a balancer: for its first instance).
+        pub(crate) fn discover_timeout(&self) -> Duration {
+            self.timeout
+        }
     }
 
     impl From<&str> for DiscoverOptions {
@@ -240,6 +289,20 @@ mod enabled {
     impl From<String> for DiscoverOptions {
         fn from(name: String) -> Self {
             DiscoverOptions::new(name)
+        }
+    }
+
+    impl From<Source> for DiscoverOptions {
+        fn from(source: Source) -> Self {
+            DiscoverOptions::new(String::new()).source(source)
+        }
+    }
+
+    /// Where a source looked, for messages: the interfaces for mDNS, as before; the source otherwise.
+    fn where_looked(source: &Source) -> String {
+        match source {
+            Source::Mdns { interfaces, .. } => interfaces.to_string(),
+            other => other.to_string(),
         }
     }
 
@@ -275,7 +338,10 @@ mod enabled {
     }
 
     /// Why an instance cannot be tried, or the trust to try it with.
-    fn trust_for(inst: &Instance, opts: &DiscoverOptions) -> std::result::Result<ClientTrust, String> {
+    pub(crate) fn trust_for(
+        inst: &Instance,
+        opts: &DiscoverOptions,
+    ) -> std::result::Result<ClientTrust, String> {
         if let Some(v) = inst.protocol_version() {
             if v != echostream_types::PROTOCOL_VERSION {
                 return Err(format!(
@@ -328,10 +394,15 @@ mod enabled {
         Err(format!("{label}: {}", errors.join("; ")))
     }
 
-    fn timeout_error(opts: &DiscoverOptions, other_names: Vec<String>, failures: Vec<String>) -> Error {
+    pub(crate) fn timeout_error(
+        opts: &DiscoverOptions,
+        source: &Source,
+        other_names: Vec<String>,
+        failures: Vec<String>,
+    ) -> Error {
         Error::DiscoveryTimeout {
             name: opts.name.clone(),
-            interfaces: opts.interfaces.to_string(),
+            interfaces: where_looked(source),
             waited: opts.timeout,
             other_names,
             failures,
@@ -363,8 +434,8 @@ mod enabled {
         /// ```
         pub async fn discover(self, opts: impl Into<DiscoverOptions>) -> Result<RpcClient> {
             let opts = opts.into();
-            let discovery = Discovery::shared(opts.interfaces.clone()).map_err(discovery_error)?;
-            let mut browser = discovery.browse(&opts.name).map_err(discovery_error)?;
+            let source = opts.to_source()?;
+            let mut browser = source.watch().map_err(discovery_error)?;
             let deadline = tokio::time::Instant::now() + opts.timeout;
             let mut attempts = FuturesUnordered::new();
             // (full name, fingerprint, address) already tried: a repeated
@@ -378,7 +449,7 @@ mod enabled {
                         Err(why) => failures.push(why),
                     },
                     event = browser.next() => match event {
-                        Some(BrowseEvent::Appeared(inst) | BrowseEvent::Updated(inst)) => {
+                        Some(Ok(BrowseEvent::Appeared(inst) | BrowseEvent::Updated(inst))) => {
                             let fp = inst.fingerprint();
                             let fresh: Vec<SocketAddr> = inst
                                 .addrs()
@@ -405,16 +476,18 @@ mod enabled {
                                 Err(why) => failures.push(format!("{}: {why}", describe(&inst))),
                             }
                         }
-                        Some(_) => {}
+                        // A failed refresh (DNS-SD): listed if nothing works in the end.
+                        Some(Err(e)) => failures.push(e.to_string()),
+                        Some(Ok(_)) => {}
                         None => {
                             return Err(Error::Discovery(format!(
-                                "the mDNS daemon stopped while looking for `{}` on {}",
-                                opts.name, opts.interfaces
+                                "{} stopped while looking for `{}`",
+                                source, opts.name
                             )))
                         }
                     },
                     _ = tokio::time::sleep_until(deadline) => {
-                        return Err(timeout_error(&opts, browser.other_names(), failures));
+                        return Err(timeout_error(&opts, &source, browser.other_names(), failures));
                     }
                 }
             }
@@ -426,11 +499,17 @@ mod enabled {
         /// [`Error::DiscoveryTimeout`] when none did.
         pub async fn discover_all(self, opts: impl Into<DiscoverOptions>) -> Result<Vec<RpcClient>> {
             let opts = opts.into();
-            let discovery = Discovery::shared(opts.interfaces.clone()).map_err(discovery_error)?;
-            let mut browser = discovery.browse(&opts.name).map_err(discovery_error)?;
-            let _ =
-                tokio::time::timeout(opts.timeout, async { while browser.next().await.is_some() {} }).await;
+            let source = opts.to_source()?;
+            let mut browser = source.watch().map_err(discovery_error)?;
             let mut failures = Vec::new();
+            let _ = tokio::time::timeout(opts.timeout, async {
+                while let Some(event) = browser.next().await {
+                    if let Err(e) = event {
+                        failures.push(e.to_string());
+                    }
+                }
+            })
+            .await;
             let mut attempts = Vec::new();
             for inst in browser.instances() {
                 match trust_for(&inst, &opts) {
@@ -451,7 +530,7 @@ mod enabled {
                 }
             }
             if clients.is_empty() {
-                return Err(timeout_error(&opts, browser.other_names(), failures));
+                return Err(timeout_error(&opts, &source, browser.other_names(), failures));
             }
             Ok(clients)
         }
@@ -466,8 +545,10 @@ mod enabled {
             let opts = DiscoverOptions::new("AudioService")
                 .timeout(Duration::from_millis(1500))
                 .interfaces(Interfaces::Loopback);
+            let source = opts.to_source().unwrap();
             let e = timeout_error(
                 &opts,
+                &source,
                 vec!["Camera".into()],
                 vec!["`AudioService` at [127.0.0.1:9]: could not connect".into()],
             );

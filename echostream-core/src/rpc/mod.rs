@@ -10,6 +10,8 @@
 //! - `peer_server`: [`Peer::server`] and [`Context::server`], which the RPC layer adds.
 //! - [`server`] / [`client`]: [`RpcServer`] and [`RpcClient`] with their builders.
 //! - [`discovery`]: `enable_discovery`, `RpcClient::discover` (feature `discovery`).
+//! - [`balance`]: [`Balancer`], one client over every instance a discovery source lists
+//!   (feature `discovery`).
 //!
 //! # Behaviour
 //!
@@ -152,6 +154,8 @@
 //!   replay and defaults: `docs/SECURITY.md` ("0-RTT early data and replay").
 
 pub mod auth;
+#[cfg(feature = "discovery")]
+pub mod balance;
 pub mod client;
 pub mod context;
 pub mod discovery;
@@ -170,6 +174,8 @@ pub mod service;
 pub mod subscribe;
 
 pub use crate::protocol::{CallOptions, ClockEstimate, ConnectionInfo, Peer, ZeroRtt};
+#[cfg(feature = "discovery")]
+pub use balance::{Balancer, InstanceStats};
 pub use client::{ClientBuilder, ClientConnectionEvents, ReconnectPolicy, RpcClient};
 pub use context::Context;
 #[cfg(feature = "discovery")]

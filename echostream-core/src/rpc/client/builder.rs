@@ -150,6 +150,13 @@ impl ClientBuilder {
         self
     }
 
+    /// This builder without a reconnect policy (a balancer probes its instances itself).
+    #[cfg(feature = "discovery")]
+    pub(crate) fn without_reconnect(mut self) -> Self {
+        self.reconnect = None;
+        self
+    }
+
     /// Re-establish a dropped connection automatically (see [`ReconnectPolicy`]).
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.reconnect = Some(policy);
