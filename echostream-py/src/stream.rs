@@ -6,6 +6,7 @@ use echostream::{Code, Codec, Status, StreamDuplex, XStream};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyBytes;
 use pyo3_async_runtimes::tokio::future_into_py;
 use serde_json::value::RawValue;
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,31 @@ impl std::ops::Deref for Data {
     }
 }
 
+/// Chunks handed to Python as one `bytes` object, built once: one copy, and no zeroed buffer
+/// before it.
+struct Joined(Vec<bytes::Bytes>);
+
+impl<'py> IntoPyObject<'py> for Joined {
+    type Target = PyBytes;
+    type Output = Bound<'py, PyBytes>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        if let [one] = &self.0[..] {
+            return Ok(PyBytes::new(py, one));
+        }
+        let len = self.0.iter().map(bytes::Bytes::len).sum();
+        PyBytes::new_with(py, len, |out| {
+            let mut at = 0;
+            for c in &self.0 {
+                out[at..at + c.len()].copy_from_slice(c);
+                at += c.len();
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A read size from Python, bounded so a typo cannot allocate without end.
 fn read_size(n: usize) -> PyResult<usize> {
     const MAX: usize = 64 << 20;
@@ -84,10 +110,10 @@ impl Stream {
         let n = read_size(n)?;
         let s = self.get()?;
         future_into_py(py, async move {
-            let mut buf = vec![0u8; n];
-            let got = s.read(&mut buf).await.map_err(stream_to_py)?;
-            buf.truncate(got);
-            Ok(Buf(buf.into()))
+            // The chunks as quinn received them, copied once, into the `bytes` object.
+            let mut chunks = Vec::new();
+            s.read_chunks(n, &mut chunks).await.map_err(stream_to_py)?;
+            Ok(Joined(chunks))
         })
     }
 
