@@ -170,7 +170,7 @@ pub mod service;
 pub mod subscribe;
 
 pub use crate::protocol::{CallOptions, ClockEstimate, ConnectionInfo, Peer, ZeroRtt};
-pub use client::{ClientBuilder, ClientConnectionEvents, ReconnectPolicy, RpcClient};
+pub use client::{ClientBuilder, ClientConnectionEvents, ReconnectPolicy, RpcClient, SessionCache};
 pub use context::Context;
 #[cfg(feature = "discovery")]
 pub use discovery::DiscoverOptions;
