@@ -8,7 +8,7 @@ use echostream::rpc::Subscription;
 use echostream::timesync::SyncedClock;
 use echostream::{
     CallOptions, ClientTrust, Codec, ConnectionInfo, Fingerprint, Peer, ReconnectPolicy, RpcClient,
-    ServerIdentity, ZeroRtt,
+    ServerIdentity, SessionCache, ZeroRtt,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -95,7 +95,8 @@ fn trust(
     timeout=None, server_name=None, cert=None, key=None, routes=None, hello=None, discover=None,
     discover_timeout=None, interfaces=None, identity=None, call_timeout=None, reconnect=None,
     zero_rtt=true, resumption=true, idempotent=None, idle_timeout=None, keep_alive=None,
-    max_frame_size=None, stream_options=None))]
+    max_frame_size=None, stream_options=None, event_queue=None, assembly_timeout=None,
+    max_assembly_bytes=None, interceptors=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn connect<'py>(
     py: Python<'py>,
@@ -124,11 +125,16 @@ pub(crate) fn connect<'py>(
     keep_alive: Option<f64>,
     max_frame_size: Option<u32>,
     stream_options: Option<std::collections::HashMap<String, f64>>,
+    event_queue: Option<usize>,
+    assembly_timeout: Option<f64>,
+    max_assembly_bytes: Option<usize>,
+    interceptors: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut builder = RpcClient::builder()
         .codec(Codec::Json)
         .zero_rtt(zero_rtt)
-        .resumption(resumption);
+        .resumption(resumption)
+        .session_cache(session_cache());
     match call_timeout {
         // Calls carry no deadline unless they set one (the server's handler timeout applies).
         Some(0.0) => builder = builder.no_default_timeout(),
@@ -152,6 +158,15 @@ pub(crate) fn connect<'py>(
     }
     if let Some(map) = stream_options {
         builder = builder.stream_options(crate::stream_options(map)?);
+    }
+    if let Some(n) = event_queue {
+        builder = builder.event_queue(crate::positive(n, "event_queue")?);
+    }
+    if let Some(t) = assembly_timeout {
+        builder = builder.assembly_timeout(seconds(t, "assembly_timeout")?);
+    }
+    if let Some(n) = max_assembly_bytes {
+        builder = builder.max_assembly_bytes(crate::positive(n, "max_assembly_bytes")?);
     }
     let target = match (addr, discover) {
         (Some(addr), None) => Target::Address(addr),
@@ -203,6 +218,12 @@ pub(crate) fn connect<'py>(
     for (k, v) in hello.unwrap_or_default() {
         builder = builder.metadata(k, v.into_bytes());
     }
+    if let Some(functions) = interceptors {
+        let locals = std::sync::Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
+        for f in functions {
+            builder = builder.interceptor(crate::server::interceptor(f, &locals));
+        }
+    }
     if let Some(routes) = routes {
         let locals = std::sync::Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
         for h in routes.handlers(&locals, py) {
@@ -228,6 +249,14 @@ pub(crate) fn connect<'py>(
         .map_err(to_py)?;
         Ok(Client { inner })
     })
+}
+
+/// The session tickets every `connect()` of this process shares: each call builds a builder of
+/// its own, and a second `connect()` to the same server resumes the session (0-RTT where the
+/// server allows it) as a Rust program reusing one builder does.
+fn session_cache() -> &'static SessionCache {
+    static CACHE: std::sync::OnceLock<SessionCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(SessionCache::new)
 }
 
 /// Where `connect` goes.
@@ -314,6 +343,20 @@ impl Client {
         }
     }
 
+    /// The server's health status for `service` (`""`: the whole server), from its health
+    /// service: `"SERVING"`, `"NOT_SERVING"`, `"UNKNOWN"` or `"SERVICE_UNKNOWN"`.
+    #[pyo3(signature = (service=""))]
+    fn health<'py>(&self, py: Python<'py>, service: &str) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.inner.clone();
+        let service = service.to_owned();
+        future_into_py(py, async move {
+            let status = echostream::Caller::health(&client, &service)
+                .await
+                .map_err(to_py)?;
+            Ok(status.name())
+        })
+    }
+
     /// Whether a TLS session ticket for the server is held (a reconnection resumes).
     fn can_resume(&self) -> bool {
         self.inner.can_resume()
@@ -372,7 +415,20 @@ pub(crate) fn info_dict<'py>(py: Python<'py>, info: &ConnectionInfo) -> PyResult
     d.set_item("lost_packets", info.lost_packets)?;
     d.set_item("calls_pending", info.calls_pending)?;
     d.set_item("requests_running", info.requests_running)?;
+    d.set_item("zero_rtt", zero_rtt_name(info.zero_rtt))?;
     Ok(d)
+}
+
+/// What became of 0-RTT, as the Python half names it.
+fn zero_rtt_name(z: ZeroRtt) -> &'static str {
+    match z {
+        ZeroRtt::NotAttempted => "not-attempted",
+        ZeroRtt::Pending => "pending",
+        ZeroRtt::Accepted => "accepted",
+        ZeroRtt::Rejected => "rejected",
+        // A state added to the core later.
+        _ => "unknown",
+    }
 }
 
 /// One connection (`Peer`): the server's view of a client, or the client's of its server.
@@ -476,14 +532,7 @@ impl PeerHandle {
     /// What became of 0-RTT on this connection.
     #[getter]
     fn zero_rtt(&self) -> &'static str {
-        match self.inner.zero_rtt() {
-            ZeroRtt::NotAttempted => "not-attempted",
-            ZeroRtt::Pending => "pending",
-            ZeroRtt::Accepted => "accepted",
-            ZeroRtt::Rejected => "rejected",
-            // A state added to the core later.
-            _ => "unknown",
-        }
+        zero_rtt_name(self.inner.zero_rtt())
     }
 
     /// The connection's id (unique within this process).

@@ -28,6 +28,17 @@ fn seconds(value: f64, name: &str) -> PyResult<Duration> {
         })
 }
 
+/// A count from Python that must be at least 1; `name` is the parameter named in the
+/// `ValueError`.
+fn positive(n: usize, name: &str) -> PyResult<usize> {
+    if n == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{name}=0: must be at least 1"
+        )));
+    }
+    Ok(n)
+}
+
 /// Stream limits and timeouts from Python (`stream_options={"max_read_to_end": ...}`), keyed by
 /// the names of [`StreamOptions`](echostream::stream::StreamOptions)' fields; times in seconds.
 fn stream_options(

@@ -9,7 +9,7 @@
 use crate::client::{info_dict, raw_json, EventStream, PeerHandle};
 use crate::errors::{stream_to_py, to_py};
 use crate::stream::Stream;
-use crate::{metadata_pairs, seconds, Buf};
+use crate::{metadata_pairs, positive, seconds, Buf};
 use echostream::rpc::{ConnectionRequest, ConnectionRequests, RateLimit};
 use echostream::rpc::{Handler, Listener, Payload, PeerIdentity, ServerHandle, StaticTokens};
 use echostream::stream::StreamHandler;
@@ -66,12 +66,20 @@ impl Target {
     where
         A: for<'py> IntoPyObject<'py> + Send + 'static,
     {
+        self.run_args((CallContext { inner: ctx }, arg))
+    }
+
+    /// Runs `function(*args)` on the loop, as [`Target::run`] does.
+    fn run_args<A>(&self, args: A) -> impl std::future::Future<Output = Outcome> + Send + 'static
+    where
+        A: for<'py> pyo3::call::PyCallArgs<'py> + Send + 'static,
+    {
         let function = self.function.clone();
         let locals = self.locals.clone();
         async move {
             tokio::task::yield_now().await;
             let (cf, rx) = Python::attach(|py| -> PyResult<(Py<PyAny>, oneshot::Receiver<Outcome>)> {
-                let coro = function.bind(py).call1((CallContext { inner: ctx }, arg))?;
+                let coro = function.bind(py).call1(args)?;
                 let cf = py
                     .import("asyncio")?
                     .call_method1("run_coroutine_threadsafe", (coro, locals.event_loop(py)))?;
@@ -222,6 +230,80 @@ impl StreamHandler for PyStreamHandler {
             running.await.map_err(status_of)?;
             Ok(())
         })
+    }
+}
+
+/// An authenticator written in Python: the Python half's wrapper takes `(remote, fingerprint,
+/// token, metadata)` and returns a coroutine resolving to the identity's name; `None` or an
+/// exception rejects the client (the exception's text is the reason it reads).
+pub(crate) struct PyAuthenticator(Target);
+
+impl echostream::rpc::Authenticator for PyAuthenticator {
+    fn authenticate(
+        &self,
+        request: echostream::rpc::AuthRequest,
+    ) -> BoxFuture<'static, echostream::rpc::AuthResult> {
+        let args = (
+            request.remote.to_string(),
+            request.certificate.as_ref().map(|c| c.fingerprint.to_string()),
+            request.token().map(str::to_owned),
+            metadata_pairs(&request.metadata),
+        );
+        // Runs on the asyncio loop; the connection's handshake task waits (within the
+        // handshake timeout) without the GIL, and no other connection waits for it.
+        let running = self.0.run_args(args);
+        Box::pin(async move {
+            match running.await {
+                Ok(name) => Python::attach(|py| match name.extract::<Option<String>>(py) {
+                    Ok(Some(name)) => Ok(Some(PeerIdentity::new(name))),
+                    Ok(None) => Err("rejected by the authenticator".to_owned()),
+                    Err(_) => {
+                        Err("the authenticator returned something other than a name (str) or None".to_owned())
+                    }
+                }),
+                Err(e) => Err(status_of(e).message().to_owned()),
+            }
+        })
+    }
+}
+
+/// An interceptor written in Python: the Python half's wrapper takes `(CallContext, kind)`
+/// (`"request"`, `"event"` or `"stream"`) and returns a coroutine; the call goes on unless it
+/// raises (an `echostream.RemoteError` keeps its code; the wrapper turns a `False` into
+/// `PERMISSION_DENIED`).
+pub(crate) struct PyInterceptor(Target);
+
+impl echostream::rpc::Interceptor for PyInterceptor {
+    fn intercept(
+        &self,
+        ctx: &Context,
+        kind: echostream::rpc::CallKind,
+    ) -> BoxFuture<'static, Result<(), Status>> {
+        let kind = match kind {
+            echostream::rpc::CallKind::Request => "request",
+            echostream::rpc::CallKind::Event => "event",
+            echostream::rpc::CallKind::StreamOpen => "stream",
+            _ => "unknown",
+        };
+        let running = self.0.run(ctx.clone(), kind);
+        Box::pin(async move {
+            running.await.map_err(status_of)?;
+            Ok(())
+        })
+    }
+}
+
+/// The interceptor that runs `function` (the Python half's wrapper) on the loop of `locals`.
+pub(crate) fn interceptor(function: Py<PyAny>, locals: &Arc<TaskLocals>) -> PyInterceptor {
+    PyInterceptor(target("interceptor", function, locals))
+}
+
+/// A Python function run on the loop of `locals`, by the name its errors use.
+fn target(name: &str, function: Py<PyAny>, locals: &Arc<TaskLocals>) -> Target {
+    Target {
+        name: name.to_owned(),
+        function: Arc::new(function),
+        locals: locals.clone(),
     }
 }
 
@@ -379,7 +461,9 @@ pub(crate) fn identity_fingerprint(py: Python<'_>, spec: IdentitySpec) -> PyResu
     require_token=false, client_auth=None, approve_connections=None, max_connections=None,
     handshake_timeout=None, shutdown_grace=None, zero_rtt=false, idle_timeout=None,
     max_frame_size=None, max_concurrent_requests=None, stream_options=None, rate_limit=None,
-    method_rate_limits=None, default_handler_timeout=None, max_connections_per_address=None))]
+    method_rate_limits=None, default_handler_timeout=None, max_connections_per_address=None,
+    event_queue=None, assembly_timeout=None, max_assembly_bytes=None, authenticator=None,
+    interceptors=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_server(
     py: Python<'_>,
@@ -404,6 +488,11 @@ pub(crate) fn start_server(
     method_rate_limits: Option<Vec<(String, u32)>>,
     default_handler_timeout: Option<f64>,
     max_connections_per_address: Option<usize>,
+    event_queue: Option<usize>,
+    assembly_timeout: Option<f64>,
+    max_assembly_bytes: Option<usize>,
+    authenticator: Option<Py<PyAny>>,
+    interceptors: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<NativeServer> {
     let locals = Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
     let mut builder = RpcServer::builder()
@@ -452,6 +541,18 @@ pub(crate) fn start_server(
     if let Some(n) = max_connections_per_address {
         builder = builder.max_connections_per_address(n);
     }
+    if let Some(n) = event_queue {
+        builder = builder.event_queue(positive(n, "event_queue")?);
+    }
+    if let Some(t) = assembly_timeout {
+        builder = builder.assembly_timeout(seconds(t, "assembly_timeout")?);
+    }
+    if let Some(n) = max_assembly_bytes {
+        builder = builder.max_assembly_bytes(positive(n, "max_assembly_bytes")?);
+    }
+    for f in interceptors.unwrap_or_default() {
+        builder = builder.interceptor(interceptor(f, &locals));
+    }
     if let Some(id) = identity(identity_spec)? {
         builder = builder.identity(id);
     }
@@ -460,6 +561,14 @@ pub(crate) fn start_server(
     }
     if let Some(i) = interfaces {
         builder = builder.discovery_interfaces(crate::interfaces(i)?);
+    }
+    if let Some(f) = authenticator {
+        if tokens.is_some() || require_token {
+            return Err(PyValueError::new_err(
+                "give either tokens/require_token or an authenticator, not both",
+            ));
+        }
+        builder = builder.authenticator(PyAuthenticator(target("authenticator", f, &locals)));
     }
     if tokens.is_some() || require_token {
         let mut table = StaticTokens::new();
@@ -535,6 +644,22 @@ impl NativeServer {
             let report = handle.broadcast(&name, &*value).await.map_err(to_py)?;
             Ok(report.delivered)
         })
+    }
+
+    /// Marks `service` (`""`: the whole server) serving in the health service.
+    fn set_serving(&self, service: &str) {
+        self.handle.set_serving(service);
+    }
+
+    /// Marks `service` (`""`: the whole server) not serving: health probes and watchers see it.
+    fn set_not_serving(&self, service: &str) {
+        self.handle.set_not_serving(service);
+    }
+
+    /// The health status of `service`: `"SERVING"`, `"NOT_SERVING"`, `"UNKNOWN"` or
+    /// `"SERVICE_UNKNOWN"` (none was set).
+    fn health(&self, service: &str) -> &'static str {
+        self.handle.health(service).name()
     }
 
     /// The events `name` clients send, as JSON text.

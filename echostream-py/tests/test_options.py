@@ -236,3 +236,46 @@ async def test_default_handler_timeout_bounds_calls_without_a_deadline(connected
     client = await connected(server, call_timeout=0)
     with pytest.raises(echostream.TimeoutError, match="hang"):
         await asyncio.wait_for(client.request("hang"), 10)
+
+
+async def test_a_second_connect_to_the_same_server_resumes_the_session_the_first_received(make_server):
+    server = make_server(zero_rtt=True)
+    ran = []
+
+    @server.handler("lookup", idempotent=True)
+    def lookup(key):
+        ran.append(key)
+        return key.upper()
+
+    async with server:
+        first = await echostream.connect(server.address, pin=server.fingerprint, idempotent=["lookup"])
+        try:
+            assert first.peer.zero_rtt == "not-attempted"
+            assert await first.request("lookup", "a") == "A"
+            await eventually(first.can_resume)
+        finally:
+            await first.close()
+        # A connect() of its own (a new client builder in Rust) finds the ticket: 0-RTT.
+        second = await echostream.connect(server.address, pin=server.fingerprint, idempotent=["lookup"])
+        try:
+            assert await second.request("lookup", "b", timeout=10) == "B"
+            assert second.peer.zero_rtt == "accepted"
+            assert second.info()["zero_rtt"] == "accepted"
+        finally:
+            await second.close()
+        # resumption=False offers no ticket.
+        third = await echostream.connect(server.address, pin=server.fingerprint, resumption=False)
+        try:
+            assert await third.request("lookup", "c") == "C"
+            assert third.peer.zero_rtt == "not-attempted"
+        finally:
+            await third.close()
+        # Other trust settings (here another pin list) never get the ticket of the first.
+        other = await echostream.connect(server.address, pin=[server.fingerprint, "sha256:" + "00" * 32],
+                                         idempotent=["lookup"])
+        try:
+            assert await other.request("lookup", "d") == "D"
+            assert other.peer.zero_rtt == "not-attempted"
+        finally:
+            await other.close()
+    assert ran == ["a", "b", "c", "d"]

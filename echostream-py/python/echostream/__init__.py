@@ -77,6 +77,7 @@ __all__ = [
     "Incoming",
     "ConnectionEvents",
     "MessageStream",
+    "AuthRequest",
     *_errors_all,
 ]
 
@@ -198,7 +199,9 @@ class _Caller:
         return self._native.clock()
 
     def info(self) -> Dict[str, Any]:
-        """Connection details: addresses, fingerprint, rtt, traffic counters."""
+        """Connection details: addresses, fingerprint, rtt, traffic counters, and ``zero_rtt``
+        (as :attr:`Peer.zero_rtt`: ``"accepted"`` means the TLS session was resumed and its
+        early data ran)."""
         return self._native.info()
 
 
@@ -294,9 +297,15 @@ class Client(_Caller):
         policy gave up)."""
         return ConnectionEvents(self._native.connection_events())
 
+    async def health(self, service: str = "") -> str:
+        """The server's health status for ``service`` (``""``: the whole server):
+        ``"SERVING"``, ``"NOT_SERVING"``, ``"UNKNOWN"`` or ``"SERVICE_UNKNOWN"``."""
+        return await self._native.health(_service(service))
+
     def can_resume(self) -> bool:
-        """Whether the client holds a TLS session ticket for the server, so a reconnection
-        (``reconnect=``) resumes the session and may send 0-RTT early data."""
+        """Whether the process holds a TLS session ticket for the server, so a reconnection
+        (``reconnect=``) or another :func:`connect` to the same address resumes the session
+        and may send 0-RTT early data."""
         return self._native.can_resume()
 
     async def close(self) -> None:
@@ -487,6 +496,76 @@ def _stream_invoker(name: str, fn: Callable[..., Any]) -> Callable[[Any, Stream]
     return invoke
 
 
+class AuthRequest:
+    """What a server's ``authenticator`` sees of a connecting client: ``remote``
+    (``host:port``), ``fingerprint`` (of its verified client certificate, if it presented
+    one), ``token`` (what the client passed as ``token=``, if any) and ``metadata`` (its
+    hello's, a dict)."""
+
+    __slots__ = ("remote", "fingerprint", "token", "metadata")
+
+    def __init__(self, remote: str, fingerprint: Optional[str], token: Optional[str],
+                 metadata: Dict[str, str]) -> None:
+        self.remote = remote
+        self.fingerprint = fingerprint
+        self.token = token
+        self.metadata = metadata
+
+    def __repr__(self) -> str:
+        # Never print the token.
+        return f"AuthRequest(remote={self.remote!r}, fingerprint={self.fingerprint!r})"
+
+
+def _auth_invoker(fn: Callable[..., Any]) -> Callable[..., Awaitable[Optional[str]]]:
+    if not callable(fn):
+        raise TypeError(f"authenticator must be callable, not {type(fn).__name__}")
+
+    async def invoke(remote: str, fingerprint: Optional[str], token: Optional[str],
+                     metadata: List[Tuple[str, str]]) -> Optional[str]:
+        request = AuthRequest(remote, fingerprint, token, dict(metadata))
+        try:
+            out = fn(request)
+            if inspect.isawaitable(out):
+                out = await out
+        except RemoteError:
+            raise
+        except Exception as e:
+            raise RemoteError(Code.UNAUTHENTICATED, str(e) or type(e).__name__) from None
+        if out is not None and not isinstance(out, str):
+            raise RemoteError(Code.INTERNAL, f"the authenticator returned a {type(out).__name__}, not a name (str) or None")
+        return out
+
+    return invoke
+
+
+def _interceptor_invokers(interceptor: Any) -> Optional[List[Callable[..., Awaitable[None]]]]:
+    if interceptor is None:
+        return None
+    functions = list(interceptor) if isinstance(interceptor, (list, tuple)) else [interceptor]
+    out = []
+    for fn in functions:
+        if not callable(fn):
+            raise TypeError(f"an interceptor must be callable, not {type(fn).__name__}")
+        out.append(_interceptor_invoker(fn))
+    return out
+
+
+def _interceptor_invoker(fn: Callable[..., Any]) -> Callable[[Any, str], Awaitable[None]]:
+    async def invoke(ctx: Any, kind: str) -> None:
+        try:
+            out = fn(Context(ctx), kind)
+            if inspect.isawaitable(out):
+                out = await out
+        except RemoteError:
+            raise
+        except Exception as e:
+            raise RemoteError(Code.PERMISSION_DENIED, f"`{ctx.method}` denied: {type(e).__name__}: {e}") from None
+        if out is False:
+            raise RemoteError(Code.PERMISSION_DENIED, f"`{ctx.method}` denied by an interceptor")
+
+    return invoke
+
+
 class Router:
     """Handlers, listeners and stream handlers one side serves to its peers.
 
@@ -590,6 +669,10 @@ async def connect(
     keep_alive: Optional[float] = None,
     max_frame_size: Optional[int] = None,
     stream_options: Optional[Mapping[str, float]] = None,
+    event_queue: Optional[int] = None,
+    assembly_timeout: Optional[float] = None,
+    max_assembly_bytes: Optional[int] = None,
+    interceptor: Union[Callable[..., Any], Sequence[Callable[..., Any]], None] = None,
 ) -> Client:
     """Connects to the server at ``addr`` (``"host:port"``).
 
@@ -610,13 +693,20 @@ async def connect(
     deadline unless they set one, and the server's handler timeout applies); ``reconnect=True`` (or a
     :class:`Reconnect`) re-establishes a dropped connection; ``resumption`` and ``zero_rtt``
     (both on) resume TLS sessions and send the calls to the ``idempotent`` methods as 0-RTT
-    early data to servers that allow it; ``idle_timeout`` (30 s) and ``keep_alive`` (10 s) are
+    early data to servers that allow it (the session tickets are kept in memory for the whole
+    process, so a later ``connect()`` to the same address resumes too, whenever its trust
+    settings and client certificate are the same); ``idle_timeout`` (30 s) and ``keep_alive`` (10 s) are
     the transport's; ``max_frame_size`` is the largest frame accepted from the server (32 MiB).
     ``stream_options`` sets stream limits and timeouts by the names of the Rust
     ``StreamOptions`` fields: ``accept_queue`` (64), ``decision_queue`` (64),
     ``pairing_timeout`` (10 s), ``open_timeout`` (30 s), ``decision_timeout`` (10 s),
     ``max_error_size`` (64 KiB), ``max_message_size`` (16 MiB), ``max_read_to_end`` (256 MiB),
-    ``max_streams_per_connection`` (16,384). All times are in seconds.
+    ``max_streams_per_connection`` (16,384). ``event_queue`` is how many of the server's
+    events may wait for this side's listeners (16,384; announced as event credit, so the
+    server's emits wait beyond it); ``assembly_timeout`` (10 s) and ``max_assembly_bytes``
+    (64 MiB) bound the large messages from the server being received at once.
+    ``interceptor`` (a function or a list) runs before each call, event and stream the server
+    sends this client (see :class:`Server`). All times are in seconds.
     """
     if not isinstance(addr, str):
         raise TypeError(f"addr must be a str such as '127.0.0.1:5000', not {type(addr).__name__}")
@@ -627,7 +717,9 @@ async def connect(
                           reconnect=reconnect, zero_rtt=zero_rtt, resumption=resumption,
                           idempotent=idempotent, idle_timeout=idle_timeout,
                           keep_alive=keep_alive, max_frame_size=max_frame_size,
-                          stream_options=stream_options)
+                          stream_options=stream_options, event_queue=event_queue,
+                          assembly_timeout=assembly_timeout,
+                          max_assembly_bytes=max_assembly_bytes, interceptor=interceptor)
 
 
 async def discover(
@@ -681,6 +773,12 @@ def _stream_options(options: Optional[Mapping[str, float]]) -> Optional[Dict[str
     return out
 
 
+def _service(service: Any) -> str:
+    if not isinstance(service, str):
+        raise TypeError(f"service must be a str (\"\": the whole server), not {type(service).__name__}")
+    return service
+
+
 def _strs(values: Any, name: str) -> List[str]:
     if isinstance(values, str):
         return [values]
@@ -717,6 +815,10 @@ async def _connect(
     keep_alive: Optional[float] = None,
     max_frame_size: Optional[int] = None,
     stream_options: Optional[Mapping[str, float]] = None,
+    event_queue: Optional[int] = None,
+    assembly_timeout: Optional[float] = None,
+    max_assembly_bytes: Optional[int] = None,
+    interceptor: Union[Callable[..., Any], Sequence[Callable[..., Any]], None] = None,
 ) -> Client:
     pins = None if pin is None else _strs(pin, "pin")
     if router is not None and not isinstance(router, Router):
@@ -755,6 +857,10 @@ async def _connect(
         keep_alive=_number(keep_alive, "keep_alive"),
         max_frame_size=_number(max_frame_size, "max_frame_size", int),
         stream_options=_stream_options(stream_options),
+        event_queue=_number(event_queue, "event_queue", int),
+        assembly_timeout=_number(assembly_timeout, "assembly_timeout"),
+        max_assembly_bytes=_number(max_assembly_bytes, "max_assembly_bytes", int),
+        interceptors=_interceptor_invokers(interceptor),
     )
     return Client(native)
 
@@ -901,6 +1007,26 @@ class Server(Router):
     :class:`RateLimitedError` and the connection stays usable. ``default_handler_timeout``
     bounds handlers whose caller set no deadline (300 s); ``max_connections_per_address``
     (1000) caps the connections from one IP address, refused before any TLS work.
+    ``event_queue`` (16,384 per connection), ``assembly_timeout`` and ``max_assembly_bytes``
+    bound what a client can make the server hold (see :func:`connect`).
+
+    ``authenticator`` decides who a connecting client is, after its hello and before any call
+    runs: a function (plain or ``async``, run on the server's loop) given an
+    :class:`AuthRequest` that returns the identity's name (``ctx.identity`` in handlers), or
+    ``None`` or raises to refuse the client (its :func:`connect` raises
+    :class:`RejectedError` with the exception's text). It runs within ``handshake_timeout``;
+    not together with ``tokens``.
+
+    ``interceptor`` (a function or a list of them, plain or ``async``) runs before every
+    request, event and stream open, in order, with the call's :class:`Context` and its kind
+    (``"request"``, ``"event"`` or ``"stream"``): returning ``False`` or raising denies it (the
+    caller gets :class:`PermissionDeniedError`, or the code of a :class:`RemoteError` raised
+    on purpose) and the handler never runs. An interceptor costs a round trip to the event
+    loop per call.
+
+    Health: every server answers the health service (``echostream.health``, what
+    :meth:`Client.health` and the ``echostream`` tool ask); :meth:`set_serving` and
+    :meth:`set_not_serving` change what it says per service name.
     """
 
     def __init__(
@@ -926,6 +1052,11 @@ class Server(Router):
         method_rate_limits: Optional[Mapping[str, int]] = None,
         default_handler_timeout: Optional[float] = None,
         max_connections_per_address: Optional[int] = None,
+        event_queue: Optional[int] = None,
+        assembly_timeout: Optional[float] = None,
+        max_assembly_bytes: Optional[int] = None,
+        authenticator: Optional[Callable[[AuthRequest], Any]] = None,
+        interceptor: Union[Callable[..., Any], Sequence[Callable[..., Any]], None] = None,
     ) -> None:
         super().__init__()
         if not isinstance(bind, str):
@@ -966,6 +1097,11 @@ class Server(Router):
             ],
             default_handler_timeout=_number(default_handler_timeout, "default_handler_timeout"),
             max_connections_per_address=_number(max_connections_per_address, "max_connections_per_address", int),
+            event_queue=_number(event_queue, "event_queue", int),
+            assembly_timeout=_number(assembly_timeout, "assembly_timeout"),
+            max_assembly_bytes=_number(max_assembly_bytes, "max_assembly_bytes", int),
+            authenticator=None if authenticator is None else _auth_invoker(authenticator),
+            interceptors=_interceptor_invokers(interceptor),
         )
         self._native: Any = None
 
@@ -998,6 +1134,20 @@ class Server(Router):
     def peers(self) -> List[Peer]:
         """The connected clients."""
         return [Peer(p) for p in self._running().peers()]
+
+    def set_serving(self, service: str = "") -> None:
+        """Marks ``service`` (``""``: the whole server) ``SERVING`` in the health service."""
+        self._running().set_serving(_service(service))
+
+    def set_not_serving(self, service: str = "") -> None:
+        """Marks ``service`` (``""``: the whole server) ``NOT_SERVING``: health probes and
+        watchers see it, and balanced clients take this server out of rotation for it."""
+        self._running().set_not_serving(_service(service))
+
+    def health(self, service: str = "") -> str:
+        """The health status of ``service``: ``"SERVING"``, ``"NOT_SERVING"``, ``"UNKNOWN"``
+        or ``"SERVICE_UNKNOWN"`` (none was set; the whole server starts ``SERVING``)."""
+        return self._running().health(_service(service))
 
     async def broadcast(self, event: str, value: Any = None) -> int:
         """Sends ``event`` to every client; returns how many it was queued for."""
