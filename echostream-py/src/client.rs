@@ -96,7 +96,7 @@ fn trust(
     discover_timeout=None, interfaces=None, identity=None, call_timeout=None, reconnect=None,
     zero_rtt=true, resumption=true, idempotent=None, idle_timeout=None, keep_alive=None,
     max_frame_size=None, stream_options=None, event_queue=None, assembly_timeout=None,
-    max_assembly_bytes=None, interceptors=None))]
+    max_assembly_bytes=None, interceptors=None, transport=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn connect<'py>(
     py: Python<'py>,
@@ -129,12 +129,17 @@ pub(crate) fn connect<'py>(
     assembly_timeout: Option<f64>,
     max_assembly_bytes: Option<usize>,
     interceptors: Option<Vec<Py<PyAny>>>,
+    transport: Option<std::collections::HashMap<String, Bound<'py, PyAny>>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut builder = RpcClient::builder()
         .codec(Codec::Json)
         .zero_rtt(zero_rtt)
         .resumption(resumption)
         .session_cache(session_cache());
+    // First: the separate idle_timeout and keep_alive arguments below override it.
+    if let Some(map) = transport {
+        builder = builder.transport(crate::transport_options(map)?);
+    }
     match call_timeout {
         // Calls carry no deadline unless they set one (the server's handler timeout applies).
         Some(0.0) => builder = builder.no_default_timeout(),

@@ -463,7 +463,7 @@ pub(crate) fn identity_fingerprint(py: Python<'_>, spec: IdentitySpec) -> PyResu
     max_frame_size=None, max_concurrent_requests=None, stream_options=None, rate_limit=None,
     method_rate_limits=None, default_handler_timeout=None, max_connections_per_address=None,
     event_queue=None, assembly_timeout=None, max_assembly_bytes=None, authenticator=None,
-    interceptors=None))]
+    interceptors=None, transport=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_server(
     py: Python<'_>,
@@ -493,12 +493,17 @@ pub(crate) fn start_server(
     max_assembly_bytes: Option<usize>,
     authenticator: Option<Py<PyAny>>,
     interceptors: Option<Vec<Py<PyAny>>>,
+    transport: Option<std::collections::HashMap<String, Bound<'_, PyAny>>>,
 ) -> PyResult<NativeServer> {
     let locals = Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
     let mut builder = RpcServer::builder()
         .bind(bind)
         .codec(Codec::Json)
         .zero_rtt(zero_rtt);
+    // First: the separate idle_timeout argument below overrides it.
+    if let Some(map) = transport {
+        builder = builder.transport(crate::transport_options(map)?);
+    }
     if let Some(spec) = client_auth {
         builder = builder.client_auth(client_auth_of(spec)?);
     }

@@ -673,6 +673,7 @@ async def connect(
     assembly_timeout: Optional[float] = None,
     max_assembly_bytes: Optional[int] = None,
     interceptor: Union[Callable[..., Any], Sequence[Callable[..., Any]], None] = None,
+    transport: Optional[Mapping[str, Any]] = None,
 ) -> Client:
     """Connects to the server at ``addr`` (``"host:port"``).
 
@@ -706,7 +707,14 @@ async def connect(
     server's emits wait beyond it); ``assembly_timeout`` (10 s) and ``max_assembly_bytes``
     (64 MiB) bound the large messages from the server being received at once.
     ``interceptor`` (a function or a list) runs before each call, event and stream the server
-    sends this client (see :class:`Server`). All times are in seconds.
+    sends this client (see :class:`Server`). ``transport`` sets QUIC transport options by the
+    names of the Rust ``TransportOptions`` fields, over their defaults (``idle_timeout`` and
+    ``keep_alive`` given separately win): ``idle_timeout`` (30 s), ``keep_alive`` (10 s,
+    ``None``: off), ``max_bidi_streams``, ``max_uni_streams``, ``socket_buffer`` (4 MiB),
+    ``stream_receive_window`` (256 KiB: raise it for one fast bulk stream),
+    ``receive_window`` (16 MiB), ``reordering_threshold`` (3), ``loss_time_threshold``
+    (1.125 round trips), ``congestion`` (``"cubic"``, ``"newreno"`` or ``"bbr"``),
+    ``call_priority`` (``True``: small calls go before bulk data). All times are in seconds.
     """
     if not isinstance(addr, str):
         raise TypeError(f"addr must be a str such as '127.0.0.1:5000', not {type(addr).__name__}")
@@ -719,7 +727,8 @@ async def connect(
                           keep_alive=keep_alive, max_frame_size=max_frame_size,
                           stream_options=stream_options, event_queue=event_queue,
                           assembly_timeout=assembly_timeout,
-                          max_assembly_bytes=max_assembly_bytes, interceptor=interceptor)
+                          max_assembly_bytes=max_assembly_bytes, interceptor=interceptor,
+                          transport=transport)
 
 
 async def discover(
@@ -773,6 +782,16 @@ def _stream_options(options: Optional[Mapping[str, float]]) -> Optional[Dict[str
     return out
 
 
+def _transport(options: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        raise TypeError(f"transport must be a dict of option name to value, not {type(options).__name__}")
+    if not all(isinstance(k, str) for k in options):
+        raise TypeError("transport keys must be str")
+    return dict(options)
+
+
 def _service(service: Any) -> str:
     if not isinstance(service, str):
         raise TypeError(f"service must be a str (\"\": the whole server), not {type(service).__name__}")
@@ -819,6 +838,7 @@ async def _connect(
     assembly_timeout: Optional[float] = None,
     max_assembly_bytes: Optional[int] = None,
     interceptor: Union[Callable[..., Any], Sequence[Callable[..., Any]], None] = None,
+    transport: Optional[Mapping[str, Any]] = None,
 ) -> Client:
     pins = None if pin is None else _strs(pin, "pin")
     if router is not None and not isinstance(router, Router):
@@ -861,6 +881,7 @@ async def _connect(
         assembly_timeout=_number(assembly_timeout, "assembly_timeout"),
         max_assembly_bytes=_number(max_assembly_bytes, "max_assembly_bytes", int),
         interceptors=_interceptor_invokers(interceptor),
+        transport=_transport(transport),
     )
     return Client(native)
 
@@ -1008,7 +1029,8 @@ class Server(Router):
     bounds handlers whose caller set no deadline (300 s); ``max_connections_per_address``
     (1000) caps the connections from one IP address, refused before any TLS work.
     ``event_queue`` (16,384 per connection), ``assembly_timeout`` and ``max_assembly_bytes``
-    bound what a client can make the server hold (see :func:`connect`).
+    bound what a client can make the server hold; ``transport`` sets QUIC transport options
+    (see :func:`connect`).
 
     ``authenticator`` decides who a connecting client is, after its hello and before any call
     runs: a function (plain or ``async``, run on the server's loop) given an
@@ -1057,6 +1079,7 @@ class Server(Router):
         max_assembly_bytes: Optional[int] = None,
         authenticator: Optional[Callable[[AuthRequest], Any]] = None,
         interceptor: Union[Callable[..., Any], Sequence[Callable[..., Any]], None] = None,
+        transport: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__()
         if not isinstance(bind, str):
@@ -1102,6 +1125,7 @@ class Server(Router):
             max_assembly_bytes=_number(max_assembly_bytes, "max_assembly_bytes", int),
             authenticator=None if authenticator is None else _auth_invoker(authenticator),
             interceptors=_interceptor_invokers(interceptor),
+            transport=_transport(transport),
         )
         self._native: Any = None
 

@@ -44,6 +44,7 @@ def connect(
     assembly_timeout: Optional[float] = None,
     max_assembly_bytes: Optional[int] = None,
     interceptors: Optional[List[_Interceptor]] = None,
+    transport: Optional[Dict[str, Any]] = None,
 ) -> Awaitable[Client]:
     """Connects; every connect() of the process shares one store of TLS session tickets."""
 def identity_fingerprint(spec: _IdentitySpec) -> str:
@@ -76,6 +77,7 @@ def start_server(
     max_assembly_bytes: Optional[int] = None,
     authenticator: Optional[_Authenticator] = None,
     interceptors: Optional[List[_Interceptor]] = None,
+    transport: Optional[Dict[str, Any]] = None,
 ) -> NativeServer: ...
 
 class Client:
