@@ -1,5 +1,7 @@
 //! `connect()`, the client, the peer handle, event subscriptions and the synced clock.
 
+#[cfg(unix)]
+use crate::completion::Completions;
 use crate::errors::{bad_json, stream_to_py, to_py};
 use crate::server::PyRoutes;
 use crate::stream::Stream;
@@ -291,6 +293,28 @@ impl Client {
         json_request(py, self.inner.clone(), method, args, timeout, metadata)
     }
 
+    /// `request`, finished through `completions` (see `completion.rs`): returns the call's id
+    /// there at once.
+    #[cfg(unix)]
+    #[pyo3(signature = (completions, method, args, timeout=None, metadata=None))]
+    fn request_via(
+        &self,
+        completions: Bound<'_, Completions>,
+        method: String,
+        args: String,
+        timeout: Option<f64>,
+        metadata: Option<Vec<(String, String)>>,
+    ) -> PyResult<u64> {
+        json_request_via(
+            completions.get(),
+            self.inner.clone(),
+            method,
+            args,
+            timeout,
+            metadata,
+        )
+    }
+
     /// Sends event `name` with JSON text `value`.
     fn emit<'py>(&self, py: Python<'py>, name: String, value: String) -> PyResult<Bound<'py, PyAny>> {
         let value = raw_json(value, "the event value")?;
@@ -455,6 +479,28 @@ impl PeerHandle {
         metadata: Option<Vec<(String, String)>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         json_request(py, self.inner.clone(), method, args, timeout, metadata)
+    }
+
+    /// `request`, finished through `completions` (see `completion.rs`): returns the call's id
+    /// there at once.
+    #[cfg(unix)]
+    #[pyo3(signature = (completions, method, args, timeout=None, metadata=None))]
+    fn request_via(
+        &self,
+        completions: Bound<'_, Completions>,
+        method: String,
+        args: String,
+        timeout: Option<f64>,
+        metadata: Option<Vec<(String, String)>>,
+    ) -> PyResult<u64> {
+        json_request_via(
+            completions.get(),
+            self.inner.clone(),
+            method,
+            args,
+            timeout,
+            metadata,
+        )
     }
 
     /// Sends event `name` with JSON text `value` to this peer.
@@ -669,6 +715,23 @@ impl Clock {
 }
 
 /// One call with JSON text in and out, over a client or a peer handle (both are `Caller`s).
+#[cfg(unix)]
+fn json_request_via<C: echostream::Caller + 'static>(
+    completions: &Completions,
+    caller: C,
+    method: String,
+    args: String,
+    timeout: Option<f64>,
+    metadata: Option<Vec<(String, String)>>,
+) -> PyResult<u64> {
+    let args = raw_json(args, "the arguments")?;
+    let opts = call_options(timeout, metadata)?;
+    Ok(completions.spawn(async move {
+        let out: Box<RawValue> = caller.send_request(&method, &*args, opts).await?;
+        Ok(out.get().to_owned())
+    }))
+}
+
 fn json_request<'py, C: echostream::Caller + 'static>(
     py: Python<'py>,
     caller: C,

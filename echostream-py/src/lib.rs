@@ -8,6 +8,8 @@
 //! future.
 
 mod client;
+#[cfg(unix)]
+mod completion;
 mod errors;
 mod server;
 mod stream;
@@ -218,6 +220,8 @@ fn _echostream(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::PendingConnection>()?;
     m.add_class::<stream::Stream>()?;
     m.add_class::<stream::MessageStream>()?;
+    #[cfg(unix)]
+    m.add_class::<completion::Completions>()?;
     m.add_function(wrap_pyfunction!(server::start_server, m)?)?;
     m.add_function(wrap_pyfunction!(server::identity_fingerprint, m)?)?;
     Ok(())

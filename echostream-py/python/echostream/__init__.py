@@ -50,7 +50,9 @@ from typing import (
 )
 
 import atexit
+import functools
 import time
+import weakref
 
 from . import _echostream as _native
 from ._echostream import Clock, Stream
@@ -151,6 +153,65 @@ def _timeout(timeout: Optional[float]) -> Optional[float]:
 # ---------------------------------------------------------------------------------------------
 
 
+class _Completions:
+    """The calls of one event loop whose results arrive in batches (the native
+    ``Completions``): a finished call costs the loop no thread hand-off of its own, and many
+    finished calls one wake-up. Cancelling a call's future aborts the Rust call (which cancels
+    it on the peer)."""
+
+    __slots__ = ("_native", "_pending", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._native = _native.Completions()
+        self._pending: Dict[int, "asyncio.Future[Any]"] = {}
+        # No reference to the loop here: the loop is the key of a weak dictionary.
+        loop.add_reader(self._native.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        for call_id, value, ok in self._native.take():
+            fut = self._pending.pop(call_id, None)
+            if fut is None or fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def future(self, call_id: int) -> "asyncio.Future[Any]":
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = fut
+        fut.add_done_callback(functools.partial(self._settled, call_id))
+        return fut
+
+    def _settled(self, call_id: int, fut: "asyncio.Future[Any]") -> None:
+        if fut.cancelled():
+            self._pending.pop(call_id, None)
+            self._native.cancel(call_id)
+
+
+_COMPLETIONS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Optional[_Completions]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _completions() -> Optional[_Completions]:
+    """The running loop's completions; ``None`` where a loop cannot watch a socket (Windows'
+    proactor loop) or the native module has none: calls then complete one by one."""
+    loop = asyncio.get_running_loop()
+    try:
+        return _COMPLETIONS[loop]
+    except KeyError:
+        pass
+    c: Optional[_Completions] = None
+    if hasattr(_native, "Completions"):
+        try:
+            c = _Completions(loop)
+        except NotImplementedError:
+            c = None
+    _COMPLETIONS[loop] = c
+    return c
+
+
 class _Caller:
     __slots__ = ("_native",)
 
@@ -168,9 +229,13 @@ class _Caller:
         """
         if not isinstance(method, str):
             raise TypeError(f"method must be a str, not {type(method).__name__}")
-        text = await self._native.request(
-            method, _encode_args(method, args), _timeout(timeout), _metadata(metadata)
-        )
+        encoded, seconds, md = _encode_args(method, args), _timeout(timeout), _metadata(metadata)
+        completions = _completions()
+        if completions is None:
+            text = await self._native.request(method, encoded, seconds, md)
+        else:
+            call_id = self._native.request_via(completions._native, method, encoded, seconds, md)
+            text = await completions.future(call_id)
         return json.loads(text)
 
     async def emit(self, event: str, value: Any = None) -> None:

@@ -1,0 +1,156 @@
+//! A cheaper way to hand finished calls to asyncio than one `future_into_py` each.
+//!
+//! `future_into_py` completes each awaitable from a tokio thread that takes the GIL and calls
+//! `loop.call_soon_threadsafe`, which writes to the loop's self-pipe: with many calls in flight
+//! the tokio threads queue for the GIL the loop thread holds, and every call costs a wake-up
+//! (profiled: README, "Where the time goes"). Here a finished call only pushes its result, as
+//! Rust data, onto a queue, and the first result of a batch writes one byte to a socket the loop
+//! watches (`loop.add_reader`); the loop then takes the whole batch at once (`take`), turning
+//! the results into Python objects on its own thread, with the GIL it already holds. A tokio
+//! thread never takes the GIL for a call made this way.
+//!
+//! The Python half (`_Completions` in `__init__.py`) keeps one `Completions` per event loop and
+//! a future per call id; cancelling that future aborts the Rust task (dropping the call, which
+//! sends CANCEL). The queue holds at most one entry per call in flight, which the application
+//! started: nothing a peer sends makes it grow.
+
+use crate::errors::to_py;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// What a call ended with, kept as Rust data until the loop takes it.
+enum Outcome {
+    Done(String),
+    Failed(echostream::Error),
+    Panicked,
+}
+
+struct Shared {
+    /// Finished calls not taken by the loop yet.
+    done: Mutex<Vec<(u64, Outcome)>>,
+    /// Calls running, to abort when Python cancels them.
+    running: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    /// Written (one byte) when `done` goes from empty to not empty.
+    wake: UnixStream,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn push(&self, id: u64, outcome: Outcome) {
+        let first = {
+            let mut done = lock(&self.done);
+            done.push((id, outcome));
+            done.len() == 1
+        };
+        if first {
+            // A full socket buffer means a wake-up is already pending: nothing is lost.
+            let _ = (&self.wake).write(&[1]);
+        }
+    }
+}
+
+/// The calls of one event loop whose results the loop takes in batches.
+#[pyclass(frozen, module = "echostream._echostream")]
+pub(crate) struct Completions {
+    shared: Arc<Shared>,
+    /// The end the loop watches; kept open for as long as this object lives.
+    watched: UnixStream,
+    next_id: AtomicU64,
+}
+
+impl Completions {
+    /// Runs `call` on the runtime; its result goes to the queue under the returned id.
+    pub(crate) fn spawn<F>(&self, call: F) -> u64
+    where
+        F: std::future::Future<Output = Result<String, echostream::Error>> + Send + 'static,
+    {
+        use futures::FutureExt;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        // Registered before the task can finish (and remove itself): the task waits for this
+        // lock if it is that quick.
+        let mut running = lock(&self.shared.running);
+        let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+            let outcome = match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+                Ok(Ok(text)) => Outcome::Done(text),
+                Ok(Err(e)) => Outcome::Failed(e),
+                Err(_) => Outcome::Panicked,
+            };
+            lock(&shared.running).remove(&id);
+            shared.push(id, outcome);
+        });
+        running.insert(id, task.abort_handle());
+        id
+    }
+}
+
+#[pymethods]
+impl Completions {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let (watched, wake) = UnixStream::pair()
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot make the completion socket pair: {e}")))?;
+        for s in [&watched, &wake] {
+            s.set_nonblocking(true).map_err(|e| {
+                PyRuntimeError::new_err(format!("cannot make the completion sockets non-blocking: {e}"))
+            })?;
+        }
+        Ok(Completions {
+            shared: Arc::new(Shared {
+                done: Mutex::default(),
+                running: Mutex::default(),
+                wake,
+            }),
+            watched,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The file descriptor the loop watches for readability.
+    fn fileno(&self) -> i32 {
+        self.watched.as_raw_fd()
+    }
+
+    /// The finished calls since the last `take`: `(id, value, ok)`, the value being the JSON
+    /// text of the result or the exception to raise.
+    fn take<'py>(&self, py: Python<'py>) -> Vec<(u64, Py<PyAny>, bool)> {
+        // The wake-up bytes first: a call finishing after this writes a new one.
+        let mut sink = [0u8; 256];
+        while matches!((&self.watched).read(&mut sink), Ok(n) if n > 0) {}
+        let done = std::mem::take(&mut *lock(&self.shared.done));
+        done.into_iter()
+            .map(|(id, outcome)| match outcome {
+                Outcome::Done(text) => (
+                    id,
+                    pyo3::types::PyString::new(py, &text).into_any().unbind(),
+                    true,
+                ),
+                Outcome::Failed(e) => (id, to_py(e).into_value(py).into_any(), false),
+                Outcome::Panicked => (
+                    id,
+                    PyRuntimeError::new_err("the call panicked in the Rust core (a bug: please report it)")
+                        .into_value(py)
+                        .into_any(),
+                    false,
+                ),
+            })
+            .collect()
+    }
+
+    /// Aborts call `id` (its Python future was cancelled): the call is dropped, which cancels
+    /// it on the peer too.
+    fn cancel(&self, id: u64) {
+        if let Some(task) = lock(&self.shared.running).remove(&id) {
+            task.abort();
+        }
+    }
+}
