@@ -98,7 +98,7 @@ fn trust(
     discover_timeout=None, interfaces=None, identity=None, call_timeout=None, reconnect=None,
     zero_rtt=true, resumption=true, idempotent=None, idle_timeout=None, keep_alive=None,
     max_frame_size=None, stream_options=None, event_queue=None, assembly_timeout=None,
-    max_assembly_bytes=None, interceptors=None, transport=None))]
+    max_assembly_bytes=None, interceptors=None, transport=None, completions=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn connect<'py>(
     py: Python<'py>,
@@ -132,6 +132,7 @@ pub(crate) fn connect<'py>(
     max_assembly_bytes: Option<usize>,
     interceptors: Option<Vec<Py<PyAny>>>,
     transport: Option<std::collections::HashMap<String, Bound<'py, PyAny>>>,
+    completions: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut builder = RpcClient::builder()
         .codec(Codec::Json)
@@ -225,22 +226,21 @@ pub(crate) fn connect<'py>(
     for (k, v) in hello.unwrap_or_default() {
         builder = builder.metadata(k, v.into_bytes());
     }
-    if let Some(functions) = interceptors {
-        let locals = std::sync::Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
-        for f in functions {
+    if interceptors.is_some() || routes.is_some() {
+        let locals = crate::server::PyLoop::current(py, completions)?;
+        for f in interceptors.unwrap_or_default() {
             builder = builder.interceptor(crate::server::interceptor(f, &locals));
         }
-    }
-    if let Some(routes) = routes {
-        let locals = std::sync::Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
-        for h in routes.handlers(&locals, py) {
-            builder = builder.handler(h);
-        }
-        for l in routes.listeners(&locals, py) {
-            builder = builder.listener(l);
-        }
-        for s in routes.stream_handlers(&locals, py) {
-            builder = builder.stream_handler(s);
+        if let Some(routes) = routes {
+            for h in routes.handlers(&locals, py) {
+                builder = builder.handler(h);
+            }
+            for l in routes.listeners(&locals, py) {
+                builder = builder.listener(l);
+            }
+            for s in routes.stream_handlers(&locals, py) {
+                builder = builder.stream_handler(s);
+            }
         }
     }
     future_into_py(py, async move {

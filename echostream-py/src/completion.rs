@@ -13,6 +13,12 @@
 //! a future per call id; cancelling that future aborts the Rust task (dropping the call, which
 //! sends CANCEL). The queue holds at most one entry per call in flight, which the application
 //! started: nothing a peer sends makes it grow.
+//!
+//! The same queue works the other way round for Python handlers (`server.rs`): a call from the
+//! peer pushes a job that starts the handler's coroutine as a task of the loop, and the loop runs
+//! the jobs when it drains; the result comes back through the task's done callback, on the loop's
+//! thread. One job per call (and one to cancel it) the core admitted, under its limits on
+//! requests, events and streams in flight.
 
 use crate::errors::to_py;
 use pyo3::exceptions::PyRuntimeError;
@@ -31,9 +37,19 @@ enum Outcome {
     Panicked,
 }
 
-struct Shared {
+/// The most jobs waiting for the loop; beyond it new Python calls fail at once.
+const MAX_JOBS: usize = 65_536;
+
+/// Work for the loop's thread, run with the GIL it holds and given the loop.
+pub(crate) type LoopJob = Box<dyn for<'py> FnOnce(Python<'py>, &Bound<'py, PyAny>) + Send>;
+
+pub(crate) struct Shared {
     /// Finished calls not taken by the loop yet.
     done: Mutex<Vec<(u64, Outcome)>>,
+    /// Jobs for the loop's thread not run yet, at most [`MAX_JOBS`].
+    jobs: Mutex<Vec<LoopJob>>,
+    /// The `Completions` is gone: nothing will run jobs any more.
+    closed: std::sync::atomic::AtomicBool,
     /// Calls running, to abort when Python cancels them.
     running: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
     /// Written (one byte) when `done` goes from empty to not empty.
@@ -52,9 +68,37 @@ impl Shared {
             done.len() == 1
         };
         if first {
-            // A full socket buffer means a wake-up is already pending: nothing is lost.
-            let _ = (&self.wake).write(&[1]);
+            self.wake();
         }
+    }
+
+    /// Has the loop run `job` on its thread (with the GIL) when it next drains. `Err` with a
+    /// reason when it will not: the `Completions` is gone, or the loop has not drained for so
+    /// long that [`MAX_JOBS`] wait (a closed or stuck loop: the calls fail instead of piling up).
+    pub(crate) fn push_job(&self, job: LoopJob) -> Result<(), String> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err("the asyncio loop that registered the handlers is gone".into());
+        }
+        let first = {
+            let mut jobs = lock(&self.jobs);
+            if jobs.len() >= MAX_JOBS {
+                return Err(format!(
+                    "the asyncio loop that registered the handlers is not taking work ({MAX_JOBS} \
+                     calls wait for it: is it closed or blocked?)"
+                ));
+            }
+            jobs.push(job);
+            jobs.len() == 1
+        };
+        if first {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    fn wake(&self) {
+        // A full socket buffer means a wake-up is already pending: nothing is lost.
+        let _ = (&self.wake).write(&[1]);
     }
 }
 
@@ -68,6 +112,11 @@ pub(crate) struct Completions {
 }
 
 impl Completions {
+    /// The queues, for handlers that start their coroutines through them.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Runs `call` on the runtime; its result goes to the queue under the returned id.
     pub(crate) fn spawn<F>(&self, call: F) -> u64
     where
@@ -93,6 +142,13 @@ impl Completions {
     }
 }
 
+impl Drop for Completions {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        lock(&self.shared.jobs).clear();
+    }
+}
+
 #[pymethods]
 impl Completions {
     #[new]
@@ -107,6 +163,8 @@ impl Completions {
         Ok(Completions {
             shared: Arc::new(Shared {
                 done: Mutex::default(),
+                jobs: Mutex::default(),
+                closed: Default::default(),
                 running: Mutex::default(),
                 wake,
             }),
@@ -120,12 +178,17 @@ impl Completions {
         self.watched.as_raw_fd()
     }
 
-    /// The finished calls since the last `take`: `(id, value, ok)`, the value being the JSON
-    /// text of the result or the exception to raise.
-    fn take<'py>(&self, py: Python<'py>) -> Vec<(u64, Py<PyAny>, bool)> {
-        // The wake-up bytes first: a call finishing after this writes a new one.
+    /// Runs the jobs pushed since the last drain (starting handlers' coroutines on `event_loop`),
+    /// then returns the finished calls: `(id, value, ok)`, the value being the JSON text of the
+    /// result or the exception to raise. Called by the loop when the socket is readable.
+    fn drain<'py>(&self, py: Python<'py>, event_loop: &Bound<'py, PyAny>) -> Vec<(u64, Py<PyAny>, bool)> {
+        // The wake-up bytes first: anything pushed after this writes a new one.
         let mut sink = [0u8; 256];
         while matches!((&self.watched).read(&mut sink), Ok(n) if n > 0) {}
+        let jobs = std::mem::take(&mut *lock(&self.shared.jobs));
+        for job in jobs {
+            job(py, event_loop);
+        }
         let done = std::mem::take(&mut *lock(&self.shared.done));
         done.into_iter()
             .map(|(id, outcome)| match outcome {

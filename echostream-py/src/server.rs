@@ -39,15 +39,44 @@ pub(crate) struct PyRoutes(
     Vec<String>,
 );
 
+/// The event loop Python functions run on, and (on unix) its completion queue, through which
+/// they start without a tokio thread taking the GIL (`completion.rs`).
+pub(crate) struct PyLoop {
+    locals: TaskLocals,
+    #[cfg(unix)]
+    jobs: Option<Arc<crate::completion::Shared>>,
+}
+
+impl PyLoop {
+    /// The running loop; `completions` is its `Completions` (the Python half's `_completions()`),
+    /// or `None` where it has none.
+    pub(crate) fn current(py: Python<'_>, completions: Option<Bound<'_, PyAny>>) -> PyResult<Arc<PyLoop>> {
+        let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
+        #[cfg(unix)]
+        {
+            let jobs = match completions {
+                Some(c) => Some(c.cast::<crate::completion::Completions>()?.get().shared()),
+                None => None,
+            };
+            Ok(Arc::new(PyLoop { locals, jobs }))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = completions;
+            Ok(Arc::new(PyLoop { locals }))
+        }
+    }
+}
+
 /// One Python function and the loop it runs on.
 struct Target {
     name: String,
     function: Arc<Py<PyAny>>,
-    locals: Arc<TaskLocals>,
+    locals: Arc<PyLoop>,
 }
 
 impl Target {
-    fn list(list: &[(String, Py<PyAny>)], locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<Target> {
+    fn list(list: &[(String, Py<PyAny>)], locals: &Arc<PyLoop>, py: Python<'_>) -> Vec<Target> {
         list.iter()
             .map(|(name, f)| Target {
                 name: name.clone(),
@@ -70,19 +99,23 @@ impl Target {
     }
 
     /// Runs `function(*args)` on the loop, as [`Target::run`] does.
-    fn run_args<A>(&self, args: A) -> impl std::future::Future<Output = Outcome> + Send + 'static
+    fn run_args<A>(&self, args: A) -> futures::future::BoxFuture<'static, Outcome>
     where
         A: for<'py> pyo3::call::PyCallArgs<'py> + Send + 'static,
     {
+        #[cfg(unix)]
+        if let Some(jobs) = &self.locals.jobs {
+            return Box::pin(run_queued(jobs.clone(), self.function.clone(), args));
+        }
         let function = self.function.clone();
         let locals = self.locals.clone();
-        async move {
+        Box::pin(async move {
             tokio::task::yield_now().await;
             let (cf, rx) = Python::attach(|py| -> PyResult<(Py<PyAny>, oneshot::Receiver<Outcome>)> {
                 let coro = function.bind(py).call1(args)?;
                 let cf = py
                     .import("asyncio")?
-                    .call_method1("run_coroutine_threadsafe", (coro, locals.event_loop(py)))?;
+                    .call_method1("run_coroutine_threadsafe", (coro, locals.locals.event_loop(py)))?;
                 let (tx, rx) = oneshot::channel();
                 cf.call_method1(
                     "add_done_callback",
@@ -98,6 +131,100 @@ impl Target {
                 .unwrap_or_else(|_| Err(PyRuntimeError::new_err("the asyncio loop dropped the call")));
             guard.0 = None;
             out
+        })
+    }
+}
+
+/// `function(*args)` started as a task of the loop by a job on its completion queue: the
+/// loop's thread makes the coroutine and the task when it drains, the task's done callback
+/// (also on that thread) sends the result, and dropping this future pushes a job that cancels
+/// the task. No tokio thread takes the GIL, and the core's inline first poll only queues.
+#[cfg(unix)]
+async fn run_queued<A>(jobs: Arc<crate::completion::Shared>, function: Arc<Py<PyAny>>, args: A) -> Outcome
+where
+    A: for<'py> pyo3::call::PyCallArgs<'py> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let state = Arc::new(Queued::default());
+    let job_state = state.clone();
+    let pushed = jobs.push_job(Box::new(move |py, event_loop| {
+        let done = Done {
+            tx: Mutex::new(Some(tx)),
+        };
+        // Under the lock `CancelQueued` takes too: either it sees the task, or this sees that
+        // the Rust side stopped waiting.
+        let mut slot = match job_state.task.lock() {
+            Ok(slot) => slot,
+            Err(_) => return,
+        };
+        if job_state.cancelled.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let started = (|| -> PyResult<Bound<'_, PyAny>> {
+            let coro = function.bind(py).call1(args)?;
+            event_loop.call_method1("create_task", (coro,))
+        })();
+        let task = match started {
+            Ok(task) => task,
+            Err(e) => return done.send(Err(e)),
+        };
+        match Py::new(py, done) {
+            Ok(callback) => {
+                if let Err(e) = task.call_method1("add_done_callback", (callback.clone_ref(py),)) {
+                    let _ = task.call_method0("cancel");
+                    return callback.get().send(Err(e));
+                }
+            }
+            // The callback (and its sender) is gone: the call ends as "dropped by the loop".
+            Err(_) => {
+                let _ = task.call_method0("cancel");
+                return;
+            }
+        }
+        *slot = Some(task.unbind());
+    }));
+    if let Err(reason) = pushed {
+        return Err(PyRuntimeError::new_err(reason));
+    }
+    let mut guard = CancelQueued(Some((jobs, state)));
+    let out = rx
+        .await
+        .unwrap_or_else(|_| Err(PyRuntimeError::new_err("the asyncio loop dropped the call")));
+    guard.0 = None;
+    out
+}
+
+/// A queued Python call's task, once the loop started it.
+#[cfg(unix)]
+#[derive(Default)]
+struct Queued {
+    task: Mutex<Option<Py<PyAny>>>,
+    /// The Rust side stopped waiting: not started, or cancelled.
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+/// Cancels a queued Python call when the Rust side stops waiting for it (deadline, the
+/// caller's cancel, the connection's end), through a job: no GIL here.
+#[cfg(unix)]
+struct CancelQueued(Option<(Arc<crate::completion::Shared>, Arc<Queued>)>);
+
+#[cfg(unix)]
+impl Drop for CancelQueued {
+    fn drop(&mut self) {
+        if let Some((jobs, state)) = self.0.take() {
+            let started = match state.task.lock() {
+                Ok(mut slot) => {
+                    state.cancelled.store(true, std::sync::atomic::Ordering::Release);
+                    slot.take()
+                }
+                Err(_) => None,
+            };
+            // Not started yet: the start job sees `cancelled` and does nothing.
+            if let Some(task) = started {
+                let _ = jobs.push_job(Box::new(move |py, _| {
+                    let _ = task.bind(py).call_method0("cancel");
+                }));
+            }
         }
     }
 }
@@ -111,13 +238,19 @@ struct Done {
     tx: Mutex<Option<oneshot::Sender<Outcome>>>,
 }
 
-#[pymethods]
 impl Done {
-    fn __call__(&self, fut: &Bound<'_, PyAny>) {
-        let result = fut.call_method0("result").map(Bound::unbind);
+    /// Hands the call's outcome to the Rust side waiting for it (once).
+    fn send(&self, result: Outcome) {
         if let Some(tx) = self.tx.lock().ok().and_then(|mut g| g.take()) {
             let _ = tx.send(result);
         }
+    }
+}
+
+#[pymethods]
+impl Done {
+    fn __call__(&self, fut: &Bound<'_, PyAny>) {
+        self.send(fut.call_method0("result").map(Bound::unbind));
     }
 }
 
@@ -294,12 +427,12 @@ impl echostream::rpc::Interceptor for PyInterceptor {
 }
 
 /// The interceptor that runs `function` (the Python half's wrapper) on the loop of `locals`.
-pub(crate) fn interceptor(function: Py<PyAny>, locals: &Arc<TaskLocals>) -> PyInterceptor {
+pub(crate) fn interceptor(function: Py<PyAny>, locals: &Arc<PyLoop>) -> PyInterceptor {
     PyInterceptor(target("interceptor", function, locals))
 }
 
 /// A Python function run on the loop of `locals`, by the name its errors use.
-fn target(name: &str, function: Py<PyAny>, locals: &Arc<TaskLocals>) -> Target {
+fn target(name: &str, function: Py<PyAny>, locals: &Arc<PyLoop>) -> Target {
     Target {
         name: name.to_owned(),
         function: Arc::new(function),
@@ -308,7 +441,7 @@ fn target(name: &str, function: Py<PyAny>, locals: &Arc<TaskLocals>) -> Target {
 }
 
 impl PyRoutes {
-    pub(crate) fn handlers(&self, locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<PyHandler> {
+    pub(crate) fn handlers(&self, locals: &Arc<PyLoop>, py: Python<'_>) -> Vec<PyHandler> {
         Target::list(&self.0, locals, py)
             .into_iter()
             .map(|t| {
@@ -318,14 +451,14 @@ impl PyRoutes {
             .collect()
     }
 
-    pub(crate) fn listeners(&self, locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<PyListener> {
+    pub(crate) fn listeners(&self, locals: &Arc<PyLoop>, py: Python<'_>) -> Vec<PyListener> {
         Target::list(&self.1, locals, py)
             .into_iter()
             .map(PyListener)
             .collect()
     }
 
-    pub(crate) fn stream_handlers(&self, locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<PyStreamHandler> {
+    pub(crate) fn stream_handlers(&self, locals: &Arc<PyLoop>, py: Python<'_>) -> Vec<PyStreamHandler> {
         Target::list(&self.2, locals, py)
             .into_iter()
             .map(PyStreamHandler)
@@ -463,7 +596,7 @@ pub(crate) fn identity_fingerprint(py: Python<'_>, spec: IdentitySpec) -> PyResu
     max_frame_size=None, max_concurrent_requests=None, stream_options=None, rate_limit=None,
     method_rate_limits=None, default_handler_timeout=None, max_connections_per_address=None,
     event_queue=None, assembly_timeout=None, max_assembly_bytes=None, authenticator=None,
-    interceptors=None, transport=None))]
+    interceptors=None, transport=None, completions=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_server(
     py: Python<'_>,
@@ -494,8 +627,9 @@ pub(crate) fn start_server(
     authenticator: Option<Py<PyAny>>,
     interceptors: Option<Vec<Py<PyAny>>>,
     transport: Option<std::collections::HashMap<String, Bound<'_, PyAny>>>,
+    completions: Option<Bound<'_, PyAny>>,
 ) -> PyResult<NativeServer> {
-    let locals = Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
+    let locals = PyLoop::current(py, completions)?;
     let mut builder = RpcServer::builder()
         .bind(bind)
         .codec(Codec::Json)

@@ -157,7 +157,7 @@ class _Completions:
     """The calls of one event loop whose results arrive in batches (the native
     ``Completions``): a finished call costs the loop no thread hand-off of its own, and many
     finished calls one wake-up. Cancelling a call's future aborts the Rust call (which cancels
-    it on the peer)."""
+    it on the peer). Handlers registered from this loop start through the same queue."""
 
     __slots__ = ("_native", "_pending", "__weakref__")
 
@@ -168,7 +168,8 @@ class _Completions:
         loop.add_reader(self._native.fileno(), self._drain)
 
     def _drain(self) -> None:
-        for call_id, value, ok in self._native.take():
+        # Starts the handlers' coroutines queued since the last drain, then settles the calls.
+        for call_id, value, ok in self._native.drain(asyncio.get_running_loop()):
             fut = self._pending.pop(call_id, None)
             if fut is None or fut.done():
                 continue
@@ -210,6 +211,11 @@ def _completions() -> Optional[_Completions]:
             c = None
     _COMPLETIONS[loop] = c
     return c
+
+
+def _native_completions() -> Any:
+    c = _completions()
+    return None if c is None else c._native
 
 
 class _Caller:
@@ -942,6 +948,7 @@ async def _connect(
         keep_alive=_number(keep_alive, "keep_alive"),
         max_frame_size=_number(max_frame_size, "max_frame_size", int),
         stream_options=_stream_options(stream_options),
+        completions=_native_completions(),
         event_queue=_number(event_queue, "event_queue", int),
         assembly_timeout=_number(assembly_timeout, "assembly_timeout"),
         max_assembly_bytes=_number(max_assembly_bytes, "max_assembly_bytes", int),
@@ -1201,7 +1208,7 @@ class Server(Router):
         spec = self._identity._spec if self._identity is not None else ("default", None, None)
         self._native = _native.start_server(
             self._bind, spec, self._routes(), self._discovery, self._interfaces,
-            self._tokens, self._require_token, **self._options,
+            self._tokens, self._require_token, completions=_native_completions(), **self._options,
         )
         return self
 

@@ -45,6 +45,7 @@ def connect(
     max_assembly_bytes: Optional[int] = None,
     interceptors: Optional[List[_Interceptor]] = None,
     transport: Optional[Dict[str, Any]] = None,
+    completions: Optional[Completions] = None,
 ) -> Awaitable[Client]:
     """Connects; every connect() of the process shares one store of TLS session tickets."""
 def identity_fingerprint(spec: _IdentitySpec) -> str:
@@ -78,6 +79,7 @@ def start_server(
     authenticator: Optional[_Authenticator] = None,
     interceptors: Optional[List[_Interceptor]] = None,
     transport: Optional[Dict[str, Any]] = None,
+    completions: Optional[Completions] = None,
 ) -> NativeServer: ...
 
 class Client:
@@ -86,6 +88,11 @@ class Client:
     def request(
         self, method: str, args: str, timeout: Optional[float] = None, metadata: Optional[_Pairs] = None
     ) -> Awaitable[str]: ...
+    def request_via(
+        self, completions: Completions, method: str, args: str, timeout: Optional[float] = None,
+        metadata: Optional[_Pairs] = None,
+    ) -> int:
+        """``request``, its result delivered through ``completions`` under the returned id."""
     def emit(self, name: str, value: str) -> Awaitable[None]: ...
     def subscribe(self, name: str) -> EventStream: ...
     def ping(self, timeout: float = 5.0) -> Awaitable[float]: ...
@@ -111,6 +118,11 @@ class PeerHandle:
     def request(
         self, method: str, args: str, timeout: Optional[float] = None, metadata: Optional[_Pairs] = None
     ) -> Awaitable[str]: ...
+    def request_via(
+        self, completions: Completions, method: str, args: str, timeout: Optional[float] = None,
+        metadata: Optional[_Pairs] = None,
+    ) -> int:
+        """``request``, its result delivered through ``completions`` under the returned id."""
     def emit(self, name: str, value: str) -> Awaitable[None]: ...
     def ping(self, timeout: float = 5.0) -> Awaitable[float]: ...
     def open_stream(self, name: str, metadata: Optional[_Pairs] = None) -> Awaitable[Stream]: ...
@@ -231,3 +243,13 @@ class NativeServer:
     def connection_events(self) -> ConnectionEventStream: ...
     def connection_requests(self) -> ConnectionRequestStream: ...
     def close(self) -> Awaitable[None]: ...
+
+class Completions:
+    """Requests whose results, and handler starts, the event loop takes in batches: register
+    ``loop.add_reader(c.fileno(), lambda: ...c.drain(loop)...)`` (unix only)."""
+
+    def fileno(self) -> int: ...
+    def drain(self, event_loop: Any) -> List[Tuple[int, Any, bool]]:
+        """Starts the queued handler coroutines, then returns ``(id, value, ok)`` per finished
+        request: the result's JSON text, or the exception to raise."""
+    def cancel(self, id: int) -> None: ...
