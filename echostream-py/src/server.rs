@@ -2,9 +2,11 @@
 //! server (`RpcServer` run on the runtime, driven through its `ServerHandle`).
 //!
 //! A Python function is always run on the asyncio loop that registered it (the one running
-//! `Server.start()` or `connect()`), through `asyncio.run_coroutine_threadsafe`: the Rust task
-//! waits without the GIL, and dropping the Rust future (the call's deadline, the caller's cancel,
-//! the connection's end) cancels the Python task.
+//! `Server.start()` or `connect()`): started by a job on that loop's completion queue
+//! (`completion.rs`, `run_queued`), or, where the loop has none, through
+//! `asyncio.run_coroutine_threadsafe`. The Rust task waits without the GIL, and dropping the Rust
+//! future (the call's deadline, the caller's cancel, the connection's end) cancels the Python
+//! task.
 
 use crate::client::{info_dict, raw_json, EventStream, PeerHandle};
 use crate::errors::{stream_to_py, to_py};
@@ -88,9 +90,10 @@ impl Target {
 
     /// Runs `function(ctx, arg)` on the loop; resolves to what the coroutine returns.
     ///
-    /// The first poll only yields: the core polls a call once inline, on the connection's
-    /// reader, and then moves it to a task of its own; the GIL is taken there, so a busy
-    /// interpreter never stalls the reader (and the other calls of the connection).
+    /// The core polls a call once inline, on the connection's reader, and then moves it to a
+    /// task of its own: the first poll only queues a job (`run_queued`), or, without a queue,
+    /// only yields, so that the GIL is taken in that task and a busy interpreter never stalls
+    /// the reader (and the other calls of the connection).
     fn run<A>(&self, ctx: Context, arg: A) -> impl std::future::Future<Output = Outcome> + Send + 'static
     where
         A: for<'py> IntoPyObject<'py> + Send + 'static,
