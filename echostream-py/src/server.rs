@@ -233,7 +233,15 @@ impl Drop for CancelQueued {
 }
 
 /// What a Python call ends with.
-type Outcome = PyResult<Py<PyAny>>;
+type Outcome = PyResult<Returned>;
+
+/// What a Python call returned, and its bytes when it is `bytes` (what the Python half's
+/// handler wrappers return): read on the loop's thread, where the GIL is held anyway, so that
+/// the handler's answer needs no GIL on a tokio thread.
+struct Returned {
+    object: Py<PyAny>,
+    bytes: Option<PyBackedBytes>,
+}
 
 /// Completion callback of the `concurrent.futures.Future` of one Python call.
 #[pyclass(frozen)]
@@ -253,7 +261,10 @@ impl Done {
 #[pymethods]
 impl Done {
     fn __call__(&self, fut: &Bound<'_, PyAny>) {
-        self.send(fut.call_method0("result").map(Bound::unbind));
+        self.send(fut.call_method0("result").map(|r| Returned {
+            bytes: r.extract::<PyBackedBytes>().ok(),
+            object: r.unbind(),
+        }));
     }
 }
 
@@ -315,11 +326,16 @@ impl Handler for PyHandler {
             ))));
         }
         let running = self.0.run(ctx, Buf(args.bytes));
+        let name = self.0.name.clone();
         Box::pin(async move {
             let out = running.await.map_err(status_of)?;
             // The Python half returns `bytes`; they are sent without a copy.
-            let bytes = Python::attach(|py| out.extract::<PyBackedBytes>(py).map_err(PyErr::from))
-                .map_err(status_of)?;
+            let Some(bytes) = out.bytes else {
+                return Err(Status::new(
+                    Code::INTERNAL,
+                    format!("handler `{name}`: the Python half answered with something other than bytes"),
+                ));
+            };
             Ok(Payload {
                 codec: Codec::Json,
                 bytes: bytes::Bytes::from_owner(bytes),
@@ -390,7 +406,7 @@ impl echostream::rpc::Authenticator for PyAuthenticator {
         let running = self.0.run_args(args);
         Box::pin(async move {
             match running.await {
-                Ok(name) => Python::attach(|py| match name.extract::<Option<String>>(py) {
+                Ok(returned) => Python::attach(|py| match returned.object.extract::<Option<String>>(py) {
                     Ok(Some(name)) => Ok(Some(PeerIdentity::new(name))),
                     Ok(None) => Err("rejected by the authenticator".to_owned()),
                     Err(_) => {
