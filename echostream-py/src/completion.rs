@@ -31,9 +31,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What a call ended with, kept as Rust data until the loop takes it.
-enum Outcome {
+pub(crate) enum Outcome {
+    /// A request's JSON text.
     Done(String),
+    /// A stream read's chunks, handed to Python as one `bytes`.
+    Chunks(Vec<bytes::Bytes>),
+    /// Done, with nothing to return (`None`).
+    Unit,
     Failed(echostream::Error),
+    StreamFailed(echostream::StreamError),
     Panicked,
 }
 
@@ -123,17 +129,38 @@ impl Completions {
         F: std::future::Future<Output = Result<String, echostream::Error>> + Send + 'static,
     {
         use futures::FutureExt;
+        self.spawn_outcome(call.map(|r| match r {
+            Ok(text) => Outcome::Done(text),
+            Err(e) => Outcome::Failed(e),
+        }))
+    }
+
+    /// The running loop's `Completions` (the Python half's `_completions()`), if it has one.
+    pub(crate) fn current(py: Python<'_>) -> PyResult<Option<(Bound<'_, PyAny>, Py<Completions>)>> {
+        let c = py.import("echostream")?.getattr("_completions")?.call0()?;
+        if c.is_none() {
+            return Ok(None);
+        }
+        let native = c.getattr("_native")?.cast_into::<Completions>()?.unbind();
+        Ok(Some((c, native)))
+    }
+
+    /// Runs `call` on the runtime; what it ends with goes to the queue under the returned id.
+    pub(crate) fn spawn_outcome<F>(&self, call: F) -> u64
+    where
+        F: std::future::Future<Output = Outcome> + Send + 'static,
+    {
+        use futures::FutureExt;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
         // Registered before the task can finish (and remove itself): the task waits for this
         // lock if it is that quick.
         let mut running = lock(&self.shared.running);
         let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
-            let outcome = match std::panic::AssertUnwindSafe(call).catch_unwind().await {
-                Ok(Ok(text)) => Outcome::Done(text),
-                Ok(Err(e)) => Outcome::Failed(e),
-                Err(_) => Outcome::Panicked,
-            };
+            let outcome = std::panic::AssertUnwindSafe(call)
+                .catch_unwind()
+                .await
+                .unwrap_or(Outcome::Panicked);
             lock(&shared.running).remove(&id);
             shared.push(id, outcome);
         });
@@ -197,7 +224,17 @@ impl Completions {
                     pyo3::types::PyString::new(py, &text).into_any().unbind(),
                     true,
                 ),
+                Outcome::Chunks(chunks) => match crate::stream::joined(py, &chunks) {
+                    Ok(b) => (id, b.into_any().unbind(), true),
+                    Err(e) => (id, e.into_value(py).into_any(), false),
+                },
+                Outcome::Unit => (id, py.None(), true),
                 Outcome::Failed(e) => (id, to_py(e).into_value(py).into_any(), false),
+                Outcome::StreamFailed(e) => (
+                    id,
+                    crate::errors::stream_to_py(e).into_value(py).into_any(),
+                    false,
+                ),
                 Outcome::Panicked => (
                     id,
                     PyRuntimeError::new_err("the call panicked in the Rust core (a bug: please report it)")

@@ -74,19 +74,24 @@ impl<'py> IntoPyObject<'py> for Joined {
     type Error = PyErr;
 
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
-        if let [one] = &self.0[..] {
-            return Ok(PyBytes::new(py, one));
-        }
-        let len = self.0.iter().map(bytes::Bytes::len).sum();
-        PyBytes::new_with(py, len, |out| {
-            let mut at = 0;
-            for c in &self.0 {
-                out[at..at + c.len()].copy_from_slice(c);
-                at += c.len();
-            }
-            Ok(())
-        })
+        joined(py, &self.0)
     }
+}
+
+/// `chunks` as one `bytes` object.
+pub(crate) fn joined<'py>(py: Python<'py>, chunks: &[bytes::Bytes]) -> PyResult<Bound<'py, PyBytes>> {
+    if let [one] = chunks {
+        return Ok(PyBytes::new(py, one));
+    }
+    let len = chunks.iter().map(bytes::Bytes::len).sum();
+    PyBytes::new_with(py, len, |out| {
+        let mut at = 0;
+        for c in chunks {
+            out[at..at + c.len()].copy_from_slice(c);
+            at += c.len();
+        }
+        Ok(())
+    })
 }
 
 /// A read size from Python, bounded so a typo cannot allocate without end.
@@ -109,6 +114,19 @@ impl Stream {
     fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
         let n = read_size(n)?;
         let s = self.get()?;
+        // Through the loop's completion queue where it has one: no GIL taken on a tokio thread
+        // to finish the read (`completion.rs`).
+        #[cfg(unix)]
+        if let Some((python_half, native)) = crate::completion::Completions::current(py)? {
+            let id = native.get().spawn_outcome(async move {
+                let mut chunks = Vec::new();
+                match s.read_chunks(n, &mut chunks).await {
+                    Ok(_) => crate::completion::Outcome::Chunks(chunks),
+                    Err(e) => crate::completion::Outcome::StreamFailed(e),
+                }
+            });
+            return python_half.call_method1("future", (id,));
+        }
         future_into_py(py, async move {
             // The chunks as quinn received them, copied once, into the `bytes` object.
             let mut chunks = Vec::new();
@@ -158,6 +176,16 @@ impl Stream {
         let s = self.get()?;
         // The Python object is the chunk's owner: `bytes` reach QUIC without a copy.
         let chunk = bytes::Bytes::from_owner(data.0);
+        #[cfg(unix)]
+        if let Some((python_half, native)) = crate::completion::Completions::current(py)? {
+            let id = native.get().spawn_outcome(async move {
+                match s.write_chunk(chunk).await {
+                    Ok(()) => crate::completion::Outcome::Unit,
+                    Err(e) => crate::completion::Outcome::StreamFailed(e),
+                }
+            });
+            return python_half.call_method1("future", (id,));
+        }
         future_into_py(
             py,
             async move { s.write_chunk(chunk).await.map_err(stream_to_py) },
