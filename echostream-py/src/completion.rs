@@ -1,4 +1,5 @@
-//! A cheaper way to hand finished calls to asyncio than one `future_into_py` each.
+//! A cheaper way to hand finished calls (requests, stream reads, `write_all`) to asyncio than
+//! one `future_into_py` each, and to start Python handlers.
 //!
 //! `future_into_py` completes each awaitable from a tokio thread that takes the GIL and calls
 //! `loop.call_soon_threadsafe`, which writes to the loop's self-pipe: with many calls in flight
