@@ -7,7 +7,8 @@
 //! ```
 //!
 //! `stream` is the Rust client of `echostream-py/bench/bench.py` (`--rust-client`): the same
-//! stream a Python client sends, from Rust, to the same Python server.
+//! stream a Python client sends, from Rust, to the same Python server, and to this example's
+//! own server (stream `sink`), for what Rust gets at both ends on the same machine.
 //!
 //! The server is an ordinary Rust server whose handlers know nothing about Python: a Python
 //! client calls them with the JSON codec. The client calls Python handlers with
@@ -65,6 +66,24 @@ async fn serve() -> Result<()> {
             |_ctx: Context, s: XStream| async move {
                 let data = s.read_to_end().await?;
                 s.write_all(&data.to_ascii_uppercase()).await?;
+                s.write_eof().await?;
+                Ok::<_, echostream::StreamError>(())
+            },
+        ))
+        // The bench's stream case with a Rust server (`bench.py --rust-client`): counts what
+        // arrives, in 1 MiB reads as the Python server does, and answers with the total.
+        .stream_handler(stream_handler_fn(
+            "sink",
+            |_ctx: Context, s: XStream| async move {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut total = 0u64;
+                loop {
+                    match s.read(&mut buf).await? {
+                        0 => break,
+                        n => total += n as u64,
+                    }
+                }
+                s.write_all(total.to_string().as_bytes()).await?;
                 s.write_eof().await?;
                 Ok::<_, echostream::StreamError>(())
             },

@@ -44,7 +44,7 @@ pub use echostream_core::connection::tls::{ClientTrust, Fingerprint, ServerIdent
 pub use echostream_core::rpc::{
     CallOptions, Caller, ClientConnectionEvents, ConnectionEvent, ConnectionEvents, ConnectionInfo,
     ConnectionPolicy, Context, Handler, Listener, Peer, ReconnectPolicy, RpcClient, RpcServer, ServerHandle,
-    Subscription, ZeroRtt,
+    SessionCache, Subscription, ZeroRtt,
 };
 pub use echostream_core::stream::{
     IncomingStreams, StreamDuplex, StreamError, StreamReceiver, StreamSender, StreamState, Streams,

@@ -144,6 +144,40 @@ async fn admission_via_event_approves_and_rejects_with_a_reason() {
 }
 
 #[tokio::test]
+async fn a_connection_admitted_while_the_server_shuts_down_is_closed_not_left_open() {
+    init_tracing();
+    let (policy, mut requests) = ConnectionPolicy::approve_via_event(8);
+    let s = serve(RpcServer::builder().connection_policy(policy));
+    let (builder, addr) = (client_for(&s), s.addr.clone());
+    let connecting = tokio::spawn(async move { builder.connect(&addr).await });
+    let request = tokio::time::timeout(WAIT, requests.recv())
+        .await
+        .expect("the connection asks for a decision in time")
+        .expect("a request");
+    s.shutdown.shutdown();
+    // The shutdown lists the connections to close meanwhile; this one is still being admitted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    request.approve();
+    match tokio::time::timeout(WAIT, connecting).await.unwrap().unwrap() {
+        // Closed before its welcome arrived.
+        Err(_) => {}
+        Ok(client) => {
+            // Admitted after the shutdown's list was taken: it must still be closed (before, it
+            // stayed open until its idle timeout, with the server's `run()` long returned).
+            let reason = tokio::time::timeout(WAIT, client.peer().closed())
+                .await
+                .expect("the server closes a connection it admitted while shutting down");
+            assert!(reason.to_string().contains("shut down"), "{reason}");
+        }
+    }
+    tokio::time::timeout(WAIT, s.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
 async fn the_connection_over_the_limit_is_rejected_with_a_reason() {
     let s = serve(RpcServer::builder().max_connections(2));
     let _a = connect(&s).await;

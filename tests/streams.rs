@@ -558,6 +558,61 @@ async fn reads_of_any_size_return_every_byte_in_order_and_take_waiting_packets_a
 }
 
 #[tokio::test]
+async fn a_large_read_takes_all_that_arrived_and_leaves_the_end_or_the_error_to_the_next_read() {
+    // The end of the data: the read that gathered everything returns bytes, the next one 0.
+    let p = pair().await;
+    let data = pattern(256 * 1024 + 5);
+    let (opener, sent) = (p.opener.clone(), data.clone());
+    let writer = tokio::spawn(async move {
+        opener.write_all(&sent).await.unwrap();
+        opener.write_eof().await.unwrap();
+    });
+    // Let a window's worth of packets arrive first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = Vec::new();
+    let mut largest = 0;
+    loop {
+        let n = bounded("read", p.acceptor.read(&mut buf)).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        largest = largest.max(n);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == data, "every byte, in order");
+    // One batch from quinn is at most 32 packets (under 64 KiB): a read took several batches.
+    assert!(
+        largest > 64 * 1024,
+        "a read takes every waiting packet that fits (largest read: {largest} bytes)"
+    );
+    bounded("writer", writer).await.unwrap();
+
+    // An error after the data: the read that gathered the data returns it, the next the error.
+    let p = pair().await;
+    let (acceptor, sent) = (p.acceptor.clone(), data.clone());
+    let writer = tokio::spawn(async move {
+        acceptor.write_all(&sent).await.unwrap();
+        acceptor.error_write(b"after the data", true).await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    let err = loop {
+        match bounded("read", p.opener.read(&mut buf)).await {
+            Ok(0) => panic!("clean end of data although the acceptor wrote an error"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert!(got == data, "every byte before the error");
+    assert!(
+        matches!(&err, StreamError::Remote { data, .. } if &data[..] == b"after the data"),
+        "{err:?}"
+    );
+    bounded("writer", writer).await.unwrap();
+}
+
+#[tokio::test]
 async fn xstream_works_as_tokio_async_read_and_write() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let p = pair().await;

@@ -309,6 +309,50 @@ async fn a_reconnect_resumes_the_session_and_its_early_data_is_accepted() {
 }
 
 #[tokio::test]
+async fn builders_made_separately_resume_each_others_sessions_through_a_shared_session_cache() {
+    init_tracing();
+    let seen = Arc::new(Seen::default());
+    let server = start(kv_server(&seen, "a").zero_rtt(true), ServerIdentity::Ephemeral);
+    let addr = server.addr.to_string();
+    let cache = echostream::SessionCache::new();
+    let first = RpcClient::builder().pin(server.fingerprint).session_cache(&cache);
+    first_connection(&first, &addr).await;
+    assert!(
+        cache.tickets(&addr) > 0,
+        "the first builder's ticket is in the shared cache"
+    );
+
+    // Another builder, made from scratch, with the same cache: early data accepted.
+    let second = RpcClient::builder().pin(server.fingerprint).session_cache(&cache);
+    let c = connect_to(&second, &addr).await;
+    let v: String = c
+        .request_with("kv.get", "k", CallOptions::new().idempotent())
+        .await
+        .unwrap();
+    assert_eq!(v, "a:k");
+    assert_eq!(settled(&c).await, ZeroRtt::Accepted);
+    c.close().await;
+
+    // A builder with a cache of its own has no ticket: a full handshake.
+    let alone = RpcClient::builder().pin(server.fingerprint);
+    let c = connect_to(&alone, &addr).await;
+    assert_eq!(c.peer().zero_rtt(), ZeroRtt::NotAttempted);
+    c.close().await;
+
+    // Other trust settings never take the shared ticket.
+    let other = RpcClient::builder()
+        .trust(echostream::ClientTrust::Pinned(vec![
+            server.fingerprint,
+            Fingerprint([7; 32]),
+        ]))
+        .session_cache(&cache);
+    let c = connect_to(&other, &addr).await;
+    let _: String = c.request("kv.get", "x").await.unwrap();
+    assert_eq!(c.peer().zero_rtt(), ZeroRtt::NotAttempted);
+    c.close().await;
+}
+
+#[tokio::test]
 async fn an_idempotent_call_travels_early_and_other_calls_wait_for_the_handshake() {
     init_tracing();
     let seen = Arc::new(Seen::default());

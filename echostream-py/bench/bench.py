@@ -3,7 +3,7 @@ from Python, in one run on one machine: each server runs in a process of its own
 this one.
 
     pip install ./echostream-py "grpcio==1.85.*" "pyzmq==27.*"
-    cargo build --release --example py_interop      # optional: the Rust-client stream row
+    cargo build --release --example py_interop      # optional: the Rust-client stream rows
     python echostream-py/bench/bench.py [--calls 3000] [--seconds 3] [--stream-mib 256] \\
         [--rust-client target/release/examples/py_interop]
 
@@ -230,12 +230,16 @@ async def measure(system, calls, seconds, mib):
         proc.wait()
 
 
-def rust_client_stream(binary, mib):
+def rust_client_stream(binary, mib, rust_server=False):
     """MB/s of the same stream sent by the Rust client (examples/py_interop.rs, `stream`) to the
-    same Python EchoStream server."""
+    same Python EchoStream server, or with `rust_server` to the Rust server of that example."""
     import json
 
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", "echostream"], stdout=subprocess.PIPE, text=True)
+    if rust_server:
+        cmd = [binary, "server"]
+    else:
+        cmd = [sys.executable, __file__, "--serve", "echostream"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         addr, pin = proc.stdout.readline().split()
         out = subprocess.run([binary, "stream", addr, pin, str(mib)], capture_output=True, text=True, check=True)
@@ -256,6 +260,8 @@ async def main(a):
     if a.rust_client:
         mbps = rust_client_stream(a.rust_client, a.stream_mib)
         print(f"| echostream, Rust client (py_interop) → Python server | | | | {mbps:,.0f} MB/s |")
+        mbps = rust_client_stream(a.rust_client, a.stream_mib, rust_server=True)
+        print(f"| echostream, Rust client → Rust server (py_interop) | | | | {mbps:,.0f} MB/s |")
 
 
 if __name__ == "__main__":

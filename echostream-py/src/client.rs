@@ -1,5 +1,7 @@
 //! `connect()`, the client, the peer handle, event subscriptions and the synced clock.
 
+#[cfg(unix)]
+use crate::completion::Completions;
 use crate::errors::{bad_json, stream_to_py, to_py};
 use crate::server::PyRoutes;
 use crate::stream::Stream;
@@ -8,7 +10,7 @@ use echostream::rpc::Subscription;
 use echostream::timesync::SyncedClock;
 use echostream::{
     CallOptions, ClientTrust, Codec, ConnectionInfo, Fingerprint, Peer, ReconnectPolicy, RpcClient,
-    ServerIdentity, ZeroRtt,
+    ServerIdentity, SessionCache, ZeroRtt,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -95,7 +97,8 @@ fn trust(
     timeout=None, server_name=None, cert=None, key=None, routes=None, hello=None, discover=None,
     discover_timeout=None, interfaces=None, identity=None, call_timeout=None, reconnect=None,
     zero_rtt=true, resumption=true, idempotent=None, idle_timeout=None, keep_alive=None,
-    max_frame_size=None, stream_options=None))]
+    max_frame_size=None, stream_options=None, event_queue=None, assembly_timeout=None,
+    max_assembly_bytes=None, interceptors=None, transport=None, completions=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn connect<'py>(
     py: Python<'py>,
@@ -124,11 +127,22 @@ pub(crate) fn connect<'py>(
     keep_alive: Option<f64>,
     max_frame_size: Option<u32>,
     stream_options: Option<std::collections::HashMap<String, f64>>,
+    event_queue: Option<usize>,
+    assembly_timeout: Option<f64>,
+    max_assembly_bytes: Option<usize>,
+    interceptors: Option<Vec<Py<PyAny>>>,
+    transport: Option<std::collections::HashMap<String, Bound<'py, PyAny>>>,
+    completions: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut builder = RpcClient::builder()
         .codec(Codec::Json)
         .zero_rtt(zero_rtt)
-        .resumption(resumption);
+        .resumption(resumption)
+        .session_cache(session_cache());
+    // First: the separate idle_timeout and keep_alive arguments below override it.
+    if let Some(map) = transport {
+        builder = builder.transport(crate::transport_options(map)?);
+    }
     match call_timeout {
         // Calls carry no deadline unless they set one (the server's handler timeout applies).
         Some(0.0) => builder = builder.no_default_timeout(),
@@ -152,6 +166,15 @@ pub(crate) fn connect<'py>(
     }
     if let Some(map) = stream_options {
         builder = builder.stream_options(crate::stream_options(map)?);
+    }
+    if let Some(n) = event_queue {
+        builder = builder.event_queue(crate::positive(n, "event_queue")?);
+    }
+    if let Some(t) = assembly_timeout {
+        builder = builder.assembly_timeout(seconds(t, "assembly_timeout")?);
+    }
+    if let Some(n) = max_assembly_bytes {
+        builder = builder.max_assembly_bytes(crate::positive(n, "max_assembly_bytes")?);
     }
     let target = match (addr, discover) {
         (Some(addr), None) => Target::Address(addr),
@@ -203,16 +226,21 @@ pub(crate) fn connect<'py>(
     for (k, v) in hello.unwrap_or_default() {
         builder = builder.metadata(k, v.into_bytes());
     }
-    if let Some(routes) = routes {
-        let locals = std::sync::Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
-        for h in routes.handlers(&locals, py) {
-            builder = builder.handler(h);
+    if interceptors.is_some() || routes.is_some() {
+        let locals = crate::server::PyLoop::current(py, completions)?;
+        for f in interceptors.unwrap_or_default() {
+            builder = builder.interceptor(crate::server::interceptor(f, &locals));
         }
-        for l in routes.listeners(&locals, py) {
-            builder = builder.listener(l);
-        }
-        for s in routes.stream_handlers(&locals, py) {
-            builder = builder.stream_handler(s);
+        if let Some(routes) = routes {
+            for h in routes.handlers(&locals, py) {
+                builder = builder.handler(h);
+            }
+            for l in routes.listeners(&locals, py) {
+                builder = builder.listener(l);
+            }
+            for s in routes.stream_handlers(&locals, py) {
+                builder = builder.stream_handler(s);
+            }
         }
     }
     future_into_py(py, async move {
@@ -228,6 +256,14 @@ pub(crate) fn connect<'py>(
         .map_err(to_py)?;
         Ok(Client { inner })
     })
+}
+
+/// The session tickets every `connect()` of this process shares: each call builds a builder of
+/// its own, and a second `connect()` to the same server resumes the session (0-RTT where the
+/// server allows it) as a Rust program reusing one builder does.
+fn session_cache() -> &'static SessionCache {
+    static CACHE: std::sync::OnceLock<SessionCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(SessionCache::new)
 }
 
 /// Where `connect` goes.
@@ -255,6 +291,28 @@ impl Client {
         metadata: Option<Vec<(String, String)>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         json_request(py, self.inner.clone(), method, args, timeout, metadata)
+    }
+
+    /// `request`, finished through `completions` (see `completion.rs`): returns the call's id
+    /// there at once.
+    #[cfg(unix)]
+    #[pyo3(signature = (completions, method, args, timeout=None, metadata=None))]
+    fn request_via(
+        &self,
+        completions: Bound<'_, Completions>,
+        method: String,
+        args: String,
+        timeout: Option<f64>,
+        metadata: Option<Vec<(String, String)>>,
+    ) -> PyResult<u64> {
+        json_request_via(
+            completions.get(),
+            self.inner.clone(),
+            method,
+            args,
+            timeout,
+            metadata,
+        )
     }
 
     /// Sends event `name` with JSON text `value`.
@@ -312,6 +370,20 @@ impl Client {
         ClientEventStream {
             inner: Arc::new(tokio::sync::Mutex::new(self.inner.connection_events())),
         }
+    }
+
+    /// The server's health status for `service` (`""`: the whole server), from its health
+    /// service: `"SERVING"`, `"NOT_SERVING"`, `"UNKNOWN"` or `"SERVICE_UNKNOWN"`.
+    #[pyo3(signature = (service=""))]
+    fn health<'py>(&self, py: Python<'py>, service: &str) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.inner.clone();
+        let service = service.to_owned();
+        future_into_py(py, async move {
+            let status = echostream::Caller::health(&client, &service)
+                .await
+                .map_err(to_py)?;
+            Ok(status.name())
+        })
     }
 
     /// Whether a TLS session ticket for the server is held (a reconnection resumes).
@@ -372,7 +444,20 @@ pub(crate) fn info_dict<'py>(py: Python<'py>, info: &ConnectionInfo) -> PyResult
     d.set_item("lost_packets", info.lost_packets)?;
     d.set_item("calls_pending", info.calls_pending)?;
     d.set_item("requests_running", info.requests_running)?;
+    d.set_item("zero_rtt", zero_rtt_name(info.zero_rtt))?;
     Ok(d)
+}
+
+/// What became of 0-RTT, as the Python half names it.
+fn zero_rtt_name(z: ZeroRtt) -> &'static str {
+    match z {
+        ZeroRtt::NotAttempted => "not-attempted",
+        ZeroRtt::Pending => "pending",
+        ZeroRtt::Accepted => "accepted",
+        ZeroRtt::Rejected => "rejected",
+        // A state added to the core later.
+        _ => "unknown",
+    }
 }
 
 /// One connection (`Peer`): the server's view of a client, or the client's of its server.
@@ -394,6 +479,28 @@ impl PeerHandle {
         metadata: Option<Vec<(String, String)>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         json_request(py, self.inner.clone(), method, args, timeout, metadata)
+    }
+
+    /// `request`, finished through `completions` (see `completion.rs`): returns the call's id
+    /// there at once.
+    #[cfg(unix)]
+    #[pyo3(signature = (completions, method, args, timeout=None, metadata=None))]
+    fn request_via(
+        &self,
+        completions: Bound<'_, Completions>,
+        method: String,
+        args: String,
+        timeout: Option<f64>,
+        metadata: Option<Vec<(String, String)>>,
+    ) -> PyResult<u64> {
+        json_request_via(
+            completions.get(),
+            self.inner.clone(),
+            method,
+            args,
+            timeout,
+            metadata,
+        )
     }
 
     /// Sends event `name` with JSON text `value` to this peer.
@@ -476,14 +583,7 @@ impl PeerHandle {
     /// What became of 0-RTT on this connection.
     #[getter]
     fn zero_rtt(&self) -> &'static str {
-        match self.inner.zero_rtt() {
-            ZeroRtt::NotAttempted => "not-attempted",
-            ZeroRtt::Pending => "pending",
-            ZeroRtt::Accepted => "accepted",
-            ZeroRtt::Rejected => "rejected",
-            // A state added to the core later.
-            _ => "unknown",
-        }
+        zero_rtt_name(self.inner.zero_rtt())
     }
 
     /// The connection's id (unique within this process).
@@ -615,6 +715,23 @@ impl Clock {
 }
 
 /// One call with JSON text in and out, over a client or a peer handle (both are `Caller`s).
+#[cfg(unix)]
+fn json_request_via<C: echostream::Caller + 'static>(
+    completions: &Completions,
+    caller: C,
+    method: String,
+    args: String,
+    timeout: Option<f64>,
+    metadata: Option<Vec<(String, String)>>,
+) -> PyResult<u64> {
+    let args = raw_json(args, "the arguments")?;
+    let opts = call_options(timeout, metadata)?;
+    Ok(completions.spawn(async move {
+        let out: Box<RawValue> = caller.send_request(&method, &*args, opts).await?;
+        Ok(out.get().to_owned())
+    }))
+}
+
 fn json_request<'py, C: echostream::Caller + 'static>(
     py: Python<'py>,
     caller: C,

@@ -8,6 +8,8 @@
 //! future.
 
 mod client;
+#[cfg(unix)]
+mod completion;
 mod errors;
 mod server;
 mod stream;
@@ -26,6 +28,17 @@ fn seconds(value: f64, name: &str) -> PyResult<Duration> {
                 "{name}={value} is not a positive number of seconds"
             ))
         })
+}
+
+/// A count from Python that must be at least 1; `name` is the parameter named in the
+/// `ValueError`.
+fn positive(n: usize, name: &str) -> PyResult<usize> {
+    if n == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{name}=0: must be at least 1"
+        )));
+    }
+    Ok(n)
 }
 
 /// Stream limits and timeouts from Python (`stream_options={"max_read_to_end": ...}`), keyed by
@@ -65,6 +78,73 @@ fn stream_options(
         }
     }
     Ok(o)
+}
+
+/// QUIC transport settings from Python (`transport={"stream_receive_window": 4 << 20, ...}`),
+/// keyed by the names of [`TransportOptions`](echostream::connection::TransportOptions)' fields,
+/// over its defaults; times in seconds, `congestion` one of `"cubic"`, `"newreno"`, `"bbr"`,
+/// `keep_alive` and `call_priority` also `None`/`False` for off.
+fn transport_options(
+    map: std::collections::HashMap<String, Bound<'_, PyAny>>,
+) -> PyResult<echostream::connection::TransportOptions> {
+    use echostream::connection::Congestion;
+    use pyo3::exceptions::PyValueError;
+    let mut t = echostream::connection::TransportOptions::default();
+    for (key, value) in map {
+        let name = format!("transport `{key}`");
+        let bad = |what: &str| PyValueError::new_err(format!("{name}={value}: expected {what}"));
+        let count = || -> PyResult<u32> {
+            match value.extract::<u32>() {
+                Ok(n) if n > 0 && !value.is_instance_of::<pyo3::types::PyBool>() => Ok(n),
+                _ => Err(bad("a whole number from 1 to 2**32-1")),
+            }
+        };
+        let secs = || -> PyResult<std::time::Duration> {
+            let v = value.extract::<f64>().map_err(|_| bad("seconds"))?;
+            seconds(v, &name)
+        };
+        let off = value.is_none() || value.extract::<bool>().is_ok_and(|b| !b);
+        match key.as_str() {
+            "idle_timeout" => t.idle_timeout = secs()?,
+            "keep_alive" => t.keep_alive = if off { None } else { Some(secs()?) },
+            "max_bidi_streams" => t.max_bidi_streams = count()?,
+            "max_uni_streams" => t.max_uni_streams = count()?,
+            "socket_buffer" => t.socket_buffer = count()? as usize,
+            "stream_receive_window" => t.stream_receive_window = Some(count()?),
+            "receive_window" => t.receive_window = Some(count()?),
+            "reordering_threshold" => t.reordering_threshold = count()?,
+            "loss_time_threshold" => {
+                t.loss_time_threshold = match value.extract::<f32>() {
+                    Ok(v) if v >= 9.0 / 8.0 && v.is_finite() => v,
+                    _ => return Err(bad("a number of round trips, at least 1.125")),
+                }
+            }
+            "congestion" => {
+                t.congestion = match value.extract::<String>().as_deref() {
+                    Ok("cubic") => Congestion::Cubic,
+                    Ok("newreno") => Congestion::NewReno,
+                    Ok("bbr") => Congestion::Bbr,
+                    _ => return Err(bad("\"cubic\", \"newreno\" or \"bbr\"")),
+                }
+            }
+            "call_priority" => {
+                t.call_priority = match value.extract::<bool>() {
+                    Ok(true) => Some(Default::default()),
+                    Ok(false) => None,
+                    Err(_) => return Err(bad("True or False")),
+                }
+            }
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "transport: unknown option `{key}` (known: idle_timeout, keep_alive, \
+                     max_bidi_streams, max_uni_streams, socket_buffer, stream_receive_window, \
+                     receive_window, reordering_threshold, loss_time_threshold, congestion, \
+                     call_priority)"
+                )))
+            }
+        }
+    }
+    Ok(t)
 }
 
 /// `(key, value)` pairs from Python as call metadata.
@@ -140,6 +220,8 @@ fn _echostream(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::PendingConnection>()?;
     m.add_class::<stream::Stream>()?;
     m.add_class::<stream::MessageStream>()?;
+    #[cfg(unix)]
+    m.add_class::<completion::Completions>()?;
     m.add_function(wrap_pyfunction!(server::start_server, m)?)?;
     m.add_function(wrap_pyfunction!(server::identity_fingerprint, m)?)?;
     Ok(())

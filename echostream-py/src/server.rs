@@ -2,14 +2,16 @@
 //! server (`RpcServer` run on the runtime, driven through its `ServerHandle`).
 //!
 //! A Python function is always run on the asyncio loop that registered it (the one running
-//! `Server.start()` or `connect()`), through `asyncio.run_coroutine_threadsafe`: the Rust task
-//! waits without the GIL, and dropping the Rust future (the call's deadline, the caller's cancel,
-//! the connection's end) cancels the Python task.
+//! `Server.start()` or `connect()`): started by a job on that loop's completion queue
+//! (`completion.rs`, `run_queued`), or, where the loop has none, through
+//! `asyncio.run_coroutine_threadsafe`. The Rust task waits without the GIL, and dropping the Rust
+//! future (the call's deadline, the caller's cancel, the connection's end) cancels the Python
+//! task.
 
 use crate::client::{info_dict, raw_json, EventStream, PeerHandle};
 use crate::errors::{stream_to_py, to_py};
 use crate::stream::Stream;
-use crate::{metadata_pairs, seconds, Buf};
+use crate::{metadata_pairs, positive, seconds, Buf};
 use echostream::rpc::{ConnectionRequest, ConnectionRequests, RateLimit};
 use echostream::rpc::{Handler, Listener, Payload, PeerIdentity, ServerHandle, StaticTokens};
 use echostream::stream::StreamHandler;
@@ -39,15 +41,44 @@ pub(crate) struct PyRoutes(
     Vec<String>,
 );
 
+/// The event loop Python functions run on, and (on unix) its completion queue, through which
+/// they start without a tokio thread taking the GIL (`completion.rs`).
+pub(crate) struct PyLoop {
+    locals: TaskLocals,
+    #[cfg(unix)]
+    jobs: Option<Arc<crate::completion::Shared>>,
+}
+
+impl PyLoop {
+    /// The running loop; `completions` is its `Completions` (the Python half's `_completions()`),
+    /// or `None` where it has none.
+    pub(crate) fn current(py: Python<'_>, completions: Option<Bound<'_, PyAny>>) -> PyResult<Arc<PyLoop>> {
+        let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
+        #[cfg(unix)]
+        {
+            let jobs = match completions {
+                Some(c) => Some(c.cast::<crate::completion::Completions>()?.get().shared()),
+                None => None,
+            };
+            Ok(Arc::new(PyLoop { locals, jobs }))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = completions;
+            Ok(Arc::new(PyLoop { locals }))
+        }
+    }
+}
+
 /// One Python function and the loop it runs on.
 struct Target {
     name: String,
     function: Arc<Py<PyAny>>,
-    locals: Arc<TaskLocals>,
+    locals: Arc<PyLoop>,
 }
 
 impl Target {
-    fn list(list: &[(String, Py<PyAny>)], locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<Target> {
+    fn list(list: &[(String, Py<PyAny>)], locals: &Arc<PyLoop>, py: Python<'_>) -> Vec<Target> {
         list.iter()
             .map(|(name, f)| Target {
                 name: name.clone(),
@@ -59,22 +90,35 @@ impl Target {
 
     /// Runs `function(ctx, arg)` on the loop; resolves to what the coroutine returns.
     ///
-    /// The first poll only yields: the core polls a call once inline, on the connection's
-    /// reader, and then moves it to a task of its own; the GIL is taken there, so a busy
-    /// interpreter never stalls the reader (and the other calls of the connection).
+    /// The core polls a call once inline, on the connection's reader, and then moves it to a
+    /// task of its own: the first poll only queues a job (`run_queued`), or, without a queue,
+    /// only yields, so that the GIL is taken in that task and a busy interpreter never stalls
+    /// the reader (and the other calls of the connection).
     fn run<A>(&self, ctx: Context, arg: A) -> impl std::future::Future<Output = Outcome> + Send + 'static
     where
         A: for<'py> IntoPyObject<'py> + Send + 'static,
     {
+        self.run_args((CallContext { inner: ctx }, arg))
+    }
+
+    /// Runs `function(*args)` on the loop, as [`Target::run`] does.
+    fn run_args<A>(&self, args: A) -> futures::future::BoxFuture<'static, Outcome>
+    where
+        A: for<'py> pyo3::call::PyCallArgs<'py> + Send + 'static,
+    {
+        #[cfg(unix)]
+        if let Some(jobs) = &self.locals.jobs {
+            return Box::pin(run_queued(jobs.clone(), self.function.clone(), args));
+        }
         let function = self.function.clone();
         let locals = self.locals.clone();
-        async move {
+        Box::pin(async move {
             tokio::task::yield_now().await;
             let (cf, rx) = Python::attach(|py| -> PyResult<(Py<PyAny>, oneshot::Receiver<Outcome>)> {
-                let coro = function.bind(py).call1((CallContext { inner: ctx }, arg))?;
+                let coro = function.bind(py).call1(args)?;
                 let cf = py
                     .import("asyncio")?
-                    .call_method1("run_coroutine_threadsafe", (coro, locals.event_loop(py)))?;
+                    .call_method1("run_coroutine_threadsafe", (coro, locals.locals.event_loop(py)))?;
                 let (tx, rx) = oneshot::channel();
                 cf.call_method1(
                     "add_done_callback",
@@ -90,12 +134,114 @@ impl Target {
                 .unwrap_or_else(|_| Err(PyRuntimeError::new_err("the asyncio loop dropped the call")));
             guard.0 = None;
             out
+        })
+    }
+}
+
+/// `function(*args)` started as a task of the loop by a job on its completion queue: the
+/// loop's thread makes the coroutine and the task when it drains, the task's done callback
+/// (also on that thread) sends the result, and dropping this future pushes a job that cancels
+/// the task. No tokio thread takes the GIL, and the core's inline first poll only queues.
+#[cfg(unix)]
+async fn run_queued<A>(jobs: Arc<crate::completion::Shared>, function: Arc<Py<PyAny>>, args: A) -> Outcome
+where
+    A: for<'py> pyo3::call::PyCallArgs<'py> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let state = Arc::new(Queued::default());
+    let job_state = state.clone();
+    let pushed = jobs.push_job(Box::new(move |py, event_loop| {
+        let done = Done {
+            tx: Mutex::new(Some(tx)),
+        };
+        // Under the lock `CancelQueued` takes too: either it sees the task, or this sees that
+        // the Rust side stopped waiting.
+        let mut slot = match job_state.task.lock() {
+            Ok(slot) => slot,
+            Err(_) => return,
+        };
+        if job_state.cancelled.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let started = (|| -> PyResult<Bound<'_, PyAny>> {
+            let coro = function.bind(py).call1(args)?;
+            event_loop.call_method1("create_task", (coro,))
+        })();
+        let task = match started {
+            Ok(task) => task,
+            Err(e) => return done.send(Err(e)),
+        };
+        match Py::new(py, done) {
+            Ok(callback) => {
+                if let Err(e) = task.call_method1("add_done_callback", (callback.clone_ref(py),)) {
+                    let _ = task.call_method0("cancel");
+                    return callback.get().send(Err(e));
+                }
+            }
+            // The callback (and its sender) is gone: the call ends as "dropped by the loop".
+            Err(_) => {
+                let _ = task.call_method0("cancel");
+                return;
+            }
+        }
+        *slot = Some(task.unbind());
+    }));
+    if let Err(reason) = pushed {
+        return Err(PyRuntimeError::new_err(reason));
+    }
+    let mut guard = CancelQueued(Some((jobs, state)));
+    let out = rx
+        .await
+        .unwrap_or_else(|_| Err(PyRuntimeError::new_err("the asyncio loop dropped the call")));
+    guard.0 = None;
+    out
+}
+
+/// A queued Python call's task, once the loop started it.
+#[cfg(unix)]
+#[derive(Default)]
+struct Queued {
+    task: Mutex<Option<Py<PyAny>>>,
+    /// The Rust side stopped waiting: not started, or cancelled.
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+/// Cancels a queued Python call when the Rust side stops waiting for it (deadline, the
+/// caller's cancel, the connection's end), through a job: no GIL here.
+#[cfg(unix)]
+struct CancelQueued(Option<(Arc<crate::completion::Shared>, Arc<Queued>)>);
+
+#[cfg(unix)]
+impl Drop for CancelQueued {
+    fn drop(&mut self) {
+        if let Some((jobs, state)) = self.0.take() {
+            let started = match state.task.lock() {
+                Ok(mut slot) => {
+                    state.cancelled.store(true, std::sync::atomic::Ordering::Release);
+                    slot.take()
+                }
+                Err(_) => None,
+            };
+            // Not started yet: the start job sees `cancelled` and does nothing.
+            if let Some(task) = started {
+                let _ = jobs.push_job(Box::new(move |py, _| {
+                    let _ = task.bind(py).call_method0("cancel");
+                }));
+            }
         }
     }
 }
 
 /// What a Python call ends with.
-type Outcome = PyResult<Py<PyAny>>;
+type Outcome = PyResult<Returned>;
+
+/// What a Python call returned, and its bytes when it is `bytes` (what the Python half's
+/// handler wrappers return): read on the loop's thread, where the GIL is held anyway, so that
+/// the handler's answer needs no GIL on a tokio thread.
+struct Returned {
+    object: Py<PyAny>,
+    bytes: Option<PyBackedBytes>,
+}
 
 /// Completion callback of the `concurrent.futures.Future` of one Python call.
 #[pyclass(frozen)]
@@ -103,13 +249,22 @@ struct Done {
     tx: Mutex<Option<oneshot::Sender<Outcome>>>,
 }
 
-#[pymethods]
 impl Done {
-    fn __call__(&self, fut: &Bound<'_, PyAny>) {
-        let result = fut.call_method0("result").map(Bound::unbind);
+    /// Hands the call's outcome to the Rust side waiting for it (once).
+    fn send(&self, result: Outcome) {
         if let Some(tx) = self.tx.lock().ok().and_then(|mut g| g.take()) {
             let _ = tx.send(result);
         }
+    }
+}
+
+#[pymethods]
+impl Done {
+    fn __call__(&self, fut: &Bound<'_, PyAny>) {
+        self.send(fut.call_method0("result").map(|r| Returned {
+            bytes: r.extract::<PyBackedBytes>().ok(),
+            object: r.unbind(),
+        }));
     }
 }
 
@@ -171,11 +326,16 @@ impl Handler for PyHandler {
             ))));
         }
         let running = self.0.run(ctx, Buf(args.bytes));
+        let name = self.0.name.clone();
         Box::pin(async move {
             let out = running.await.map_err(status_of)?;
             // The Python half returns `bytes`; they are sent without a copy.
-            let bytes = Python::attach(|py| out.extract::<PyBackedBytes>(py).map_err(PyErr::from))
-                .map_err(status_of)?;
+            let Some(bytes) = out.bytes else {
+                return Err(Status::new(
+                    Code::INTERNAL,
+                    format!("handler `{name}`: the Python half answered with something other than bytes"),
+                ));
+            };
             Ok(Payload {
                 codec: Codec::Json,
                 bytes: bytes::Bytes::from_owner(bytes),
@@ -225,8 +385,82 @@ impl StreamHandler for PyStreamHandler {
     }
 }
 
+/// An authenticator written in Python: the Python half's wrapper takes `(remote, fingerprint,
+/// token, metadata)` and returns a coroutine resolving to the identity's name; `None` or an
+/// exception rejects the client (the exception's text is the reason it reads).
+pub(crate) struct PyAuthenticator(Target);
+
+impl echostream::rpc::Authenticator for PyAuthenticator {
+    fn authenticate(
+        &self,
+        request: echostream::rpc::AuthRequest,
+    ) -> BoxFuture<'static, echostream::rpc::AuthResult> {
+        let args = (
+            request.remote.to_string(),
+            request.certificate.as_ref().map(|c| c.fingerprint.to_string()),
+            request.token().map(str::to_owned),
+            metadata_pairs(&request.metadata),
+        );
+        // Runs on the asyncio loop; the connection's handshake task waits (within the
+        // handshake timeout) without the GIL, and no other connection waits for it.
+        let running = self.0.run_args(args);
+        Box::pin(async move {
+            match running.await {
+                Ok(returned) => Python::attach(|py| match returned.object.extract::<Option<String>>(py) {
+                    Ok(Some(name)) => Ok(Some(PeerIdentity::new(name))),
+                    Ok(None) => Err("rejected by the authenticator".to_owned()),
+                    Err(_) => {
+                        Err("the authenticator returned something other than a name (str) or None".to_owned())
+                    }
+                }),
+                Err(e) => Err(status_of(e).message().to_owned()),
+            }
+        })
+    }
+}
+
+/// An interceptor written in Python: the Python half's wrapper takes `(CallContext, kind)`
+/// (`"request"`, `"event"` or `"stream"`) and returns a coroutine; the call goes on unless it
+/// raises (an `echostream.RemoteError` keeps its code; the wrapper turns a `False` into
+/// `PERMISSION_DENIED`).
+pub(crate) struct PyInterceptor(Target);
+
+impl echostream::rpc::Interceptor for PyInterceptor {
+    fn intercept(
+        &self,
+        ctx: &Context,
+        kind: echostream::rpc::CallKind,
+    ) -> BoxFuture<'static, Result<(), Status>> {
+        let kind = match kind {
+            echostream::rpc::CallKind::Request => "request",
+            echostream::rpc::CallKind::Event => "event",
+            echostream::rpc::CallKind::StreamOpen => "stream",
+            _ => "unknown",
+        };
+        let running = self.0.run(ctx.clone(), kind);
+        Box::pin(async move {
+            running.await.map_err(status_of)?;
+            Ok(())
+        })
+    }
+}
+
+/// The interceptor that runs `function` (the Python half's wrapper) on the loop of `locals`.
+pub(crate) fn interceptor(function: Py<PyAny>, locals: &Arc<PyLoop>) -> PyInterceptor {
+    PyInterceptor(target("interceptor", function, locals))
+}
+
+/// A Python function run on the loop of `locals`, by the name its errors use.
+fn target(name: &str, function: Py<PyAny>, locals: &Arc<PyLoop>) -> Target {
+    Target {
+        name: name.to_owned(),
+        function: Arc::new(function),
+        locals: locals.clone(),
+    }
+}
+
 impl PyRoutes {
-    pub(crate) fn handlers(&self, locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<PyHandler> {
+    pub(crate) fn handlers(&self, locals: &Arc<PyLoop>, py: Python<'_>) -> Vec<PyHandler> {
         Target::list(&self.0, locals, py)
             .into_iter()
             .map(|t| {
@@ -236,14 +470,14 @@ impl PyRoutes {
             .collect()
     }
 
-    pub(crate) fn listeners(&self, locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<PyListener> {
+    pub(crate) fn listeners(&self, locals: &Arc<PyLoop>, py: Python<'_>) -> Vec<PyListener> {
         Target::list(&self.1, locals, py)
             .into_iter()
             .map(PyListener)
             .collect()
     }
 
-    pub(crate) fn stream_handlers(&self, locals: &Arc<TaskLocals>, py: Python<'_>) -> Vec<PyStreamHandler> {
+    pub(crate) fn stream_handlers(&self, locals: &Arc<PyLoop>, py: Python<'_>) -> Vec<PyStreamHandler> {
         Target::list(&self.2, locals, py)
             .into_iter()
             .map(PyStreamHandler)
@@ -379,7 +613,9 @@ pub(crate) fn identity_fingerprint(py: Python<'_>, spec: IdentitySpec) -> PyResu
     require_token=false, client_auth=None, approve_connections=None, max_connections=None,
     handshake_timeout=None, shutdown_grace=None, zero_rtt=false, idle_timeout=None,
     max_frame_size=None, max_concurrent_requests=None, stream_options=None, rate_limit=None,
-    method_rate_limits=None, default_handler_timeout=None, max_connections_per_address=None))]
+    method_rate_limits=None, default_handler_timeout=None, max_connections_per_address=None,
+    event_queue=None, assembly_timeout=None, max_assembly_bytes=None, authenticator=None,
+    interceptors=None, transport=None, completions=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_server(
     py: Python<'_>,
@@ -404,12 +640,23 @@ pub(crate) fn start_server(
     method_rate_limits: Option<Vec<(String, u32)>>,
     default_handler_timeout: Option<f64>,
     max_connections_per_address: Option<usize>,
+    event_queue: Option<usize>,
+    assembly_timeout: Option<f64>,
+    max_assembly_bytes: Option<usize>,
+    authenticator: Option<Py<PyAny>>,
+    interceptors: Option<Vec<Py<PyAny>>>,
+    transport: Option<std::collections::HashMap<String, Bound<'_, PyAny>>>,
+    completions: Option<Bound<'_, PyAny>>,
 ) -> PyResult<NativeServer> {
-    let locals = Arc::new(pyo3_async_runtimes::tokio::get_current_locals(py)?);
+    let locals = PyLoop::current(py, completions)?;
     let mut builder = RpcServer::builder()
         .bind(bind)
         .codec(Codec::Json)
         .zero_rtt(zero_rtt);
+    // First: the separate idle_timeout argument below overrides it.
+    if let Some(map) = transport {
+        builder = builder.transport(crate::transport_options(map)?);
+    }
     if let Some(spec) = client_auth {
         builder = builder.client_auth(client_auth_of(spec)?);
     }
@@ -452,6 +699,18 @@ pub(crate) fn start_server(
     if let Some(n) = max_connections_per_address {
         builder = builder.max_connections_per_address(n);
     }
+    if let Some(n) = event_queue {
+        builder = builder.event_queue(positive(n, "event_queue")?);
+    }
+    if let Some(t) = assembly_timeout {
+        builder = builder.assembly_timeout(seconds(t, "assembly_timeout")?);
+    }
+    if let Some(n) = max_assembly_bytes {
+        builder = builder.max_assembly_bytes(positive(n, "max_assembly_bytes")?);
+    }
+    for f in interceptors.unwrap_or_default() {
+        builder = builder.interceptor(interceptor(f, &locals));
+    }
     if let Some(id) = identity(identity_spec)? {
         builder = builder.identity(id);
     }
@@ -460,6 +719,14 @@ pub(crate) fn start_server(
     }
     if let Some(i) = interfaces {
         builder = builder.discovery_interfaces(crate::interfaces(i)?);
+    }
+    if let Some(f) = authenticator {
+        if tokens.is_some() || require_token {
+            return Err(PyValueError::new_err(
+                "give either tokens/require_token or an authenticator, not both",
+            ));
+        }
+        builder = builder.authenticator(PyAuthenticator(target("authenticator", f, &locals)));
     }
     if tokens.is_some() || require_token {
         let mut table = StaticTokens::new();
@@ -535,6 +802,22 @@ impl NativeServer {
             let report = handle.broadcast(&name, &*value).await.map_err(to_py)?;
             Ok(report.delivered)
         })
+    }
+
+    /// Marks `service` (`""`: the whole server) serving in the health service.
+    fn set_serving(&self, service: &str) {
+        self.handle.set_serving(service);
+    }
+
+    /// Marks `service` (`""`: the whole server) not serving: health probes and watchers see it.
+    fn set_not_serving(&self, service: &str) {
+        self.handle.set_not_serving(service);
+    }
+
+    /// The health status of `service`: `"SERVING"`, `"NOT_SERVING"`, `"UNKNOWN"` or
+    /// `"SERVICE_UNKNOWN"` (none was set).
+    fn health(&self, service: &str) -> &'static str {
+        self.handle.health(service).name()
     }
 
     /// The events `name` clients send, as JSON text.

@@ -6,6 +6,7 @@ use echostream::{Code, Codec, Status, StreamDuplex, XStream};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyBytes;
 use pyo3_async_runtimes::tokio::future_into_py;
 use serde_json::value::RawValue;
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,36 @@ impl std::ops::Deref for Data {
     }
 }
 
+/// Chunks handed to Python as one `bytes` object, built once: one copy, and no zeroed buffer
+/// before it.
+struct Joined(Vec<bytes::Bytes>);
+
+impl<'py> IntoPyObject<'py> for Joined {
+    type Target = PyBytes;
+    type Output = Bound<'py, PyBytes>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        joined(py, &self.0)
+    }
+}
+
+/// `chunks` as one `bytes` object.
+pub(crate) fn joined<'py>(py: Python<'py>, chunks: &[bytes::Bytes]) -> PyResult<Bound<'py, PyBytes>> {
+    if let [one] = chunks {
+        return Ok(PyBytes::new(py, one));
+    }
+    let len = chunks.iter().map(bytes::Bytes::len).sum();
+    PyBytes::new_with(py, len, |out| {
+        let mut at = 0;
+        for c in chunks {
+            out[at..at + c.len()].copy_from_slice(c);
+            at += c.len();
+        }
+        Ok(())
+    })
+}
+
 /// A read size from Python, bounded so a typo cannot allocate without end.
 fn read_size(n: usize) -> PyResult<usize> {
     const MAX: usize = 64 << 20;
@@ -83,11 +114,24 @@ impl Stream {
     fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
         let n = read_size(n)?;
         let s = self.get()?;
+        // Through the loop's completion queue where it has one: no GIL taken on a tokio thread
+        // to finish the read (`completion.rs`).
+        #[cfg(unix)]
+        if let Some((python_half, native)) = crate::completion::Completions::current(py)? {
+            let id = native.get().spawn_outcome(async move {
+                let mut chunks = Vec::new();
+                match s.read_chunks(n, &mut chunks).await {
+                    Ok(_) => crate::completion::Outcome::Chunks(chunks),
+                    Err(e) => crate::completion::Outcome::StreamFailed(e),
+                }
+            });
+            return python_half.call_method1("future", (id,));
+        }
         future_into_py(py, async move {
-            let mut buf = vec![0u8; n];
-            let got = s.read(&mut buf).await.map_err(stream_to_py)?;
-            buf.truncate(got);
-            Ok(Buf(buf.into()))
+            // The chunks as quinn received them, copied once, into the `bytes` object.
+            let mut chunks = Vec::new();
+            s.read_chunks(n, &mut chunks).await.map_err(stream_to_py)?;
+            Ok(Joined(chunks))
         })
     }
 
@@ -132,6 +176,16 @@ impl Stream {
         let s = self.get()?;
         // The Python object is the chunk's owner: `bytes` reach QUIC without a copy.
         let chunk = bytes::Bytes::from_owner(data.0);
+        #[cfg(unix)]
+        if let Some((python_half, native)) = crate::completion::Completions::current(py)? {
+            let id = native.get().spawn_outcome(async move {
+                match s.write_chunk(chunk).await {
+                    Ok(()) => crate::completion::Outcome::Unit,
+                    Err(e) => crate::completion::Outcome::StreamFailed(e),
+                }
+            });
+            return python_half.call_method1("future", (id,));
+        }
         future_into_py(
             py,
             async move { s.write_chunk(chunk).await.map_err(stream_to_py) },

@@ -391,3 +391,48 @@ async def test_tokens_name_the_caller(make_server, connected):
         c = await echostream.connect(server.address, pin=server.fingerprint, token="wrong")
         await c.request("who")
     assert isinstance(e.value, (echostream.RejectedError, echostream.UnauthenticatedError)), e.value
+
+
+async def test_many_concurrent_calls_each_get_their_own_result_or_error(make_server, connected):
+    server = make_server()
+
+    @server.handler("square")
+    async def square(n):
+        await asyncio.sleep(0.001 * (n % 7))
+        if n % 10 == 3:
+            raise echostream.RemoteError(1000 + n, f"no square for {n}")
+        return n * n
+
+    client = await connected(server)
+    results = await asyncio.gather(*(client.request("square", n) for n in range(300)), return_exceptions=True)
+    for n, r in enumerate(results):
+        if n % 10 == 3:
+            assert isinstance(r, echostream.RemoteError) and r.code == 1000 + n, (n, r)
+        else:
+            assert r == n * n, (n, r)
+
+
+def test_calls_from_two_event_loops_in_two_threads_complete_on_their_own_loops():
+    import threading
+
+    async def serve_and_call(out, i):
+        server = echostream.Server("127.0.0.1:0", identity=echostream.Identity.ephemeral())
+
+        @server.handler("twice")
+        def twice(n):
+            return 2 * n
+
+        async with server:
+            client = await echostream.connect(server.address, pin=server.fingerprint)
+            try:
+                out[i] = await asyncio.gather(*(client.request("twice", n) for n in range(50)))
+            finally:
+                await client.close()
+
+    out = [None, None]
+    threads = [threading.Thread(target=lambda i=i: asyncio.run(serve_and_call(out, i))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert out == [[2 * n for n in range(50)]] * 2

@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import os
 
 import pytest
 
@@ -236,3 +237,75 @@ async def test_default_handler_timeout_bounds_calls_without_a_deadline(connected
     client = await connected(server, call_timeout=0)
     with pytest.raises(echostream.TimeoutError, match="hang"):
         await asyncio.wait_for(client.request("hang"), 10)
+
+
+async def test_a_second_connect_to_the_same_server_resumes_the_session_the_first_received(make_server):
+    server = make_server(zero_rtt=True)
+    ran = []
+
+    @server.handler("lookup", idempotent=True)
+    def lookup(key):
+        ran.append(key)
+        return key.upper()
+
+    async with server:
+        first = await echostream.connect(server.address, pin=server.fingerprint, idempotent=["lookup"])
+        try:
+            assert first.peer.zero_rtt == "not-attempted"
+            assert await first.request("lookup", "a") == "A"
+            await eventually(first.can_resume)
+        finally:
+            await first.close()
+        # A connect() of its own (a new client builder in Rust) finds the ticket: 0-RTT.
+        second = await echostream.connect(server.address, pin=server.fingerprint, idempotent=["lookup"])
+        try:
+            assert await second.request("lookup", "b", timeout=10) == "B"
+            assert second.peer.zero_rtt == "accepted"
+            assert second.info()["zero_rtt"] == "accepted"
+        finally:
+            await second.close()
+        # resumption=False offers no ticket.
+        third = await echostream.connect(server.address, pin=server.fingerprint, resumption=False)
+        try:
+            assert await third.request("lookup", "c") == "C"
+            assert third.peer.zero_rtt == "not-attempted"
+        finally:
+            await third.close()
+        # Other trust settings (here another pin list) never get the ticket of the first.
+        other = await echostream.connect(server.address, pin=[server.fingerprint, "sha256:" + "00" * 32],
+                                         idempotent=["lookup"])
+        try:
+            assert await other.request("lookup", "d") == "D"
+            assert other.peer.zero_rtt == "not-attempted"
+        finally:
+            await other.close()
+    assert ran == ["a", "b", "c", "d"]
+
+
+async def test_transport_options_by_field_name_reach_both_sides_and_bad_ones_are_named(make_server, connected):
+    transport = {"stream_receive_window": 4 << 20, "congestion": "bbr", "keep_alive": None,
+                 "call_priority": False, "reordering_threshold": 10, "loss_time_threshold": 1.5}
+    server = make_server(transport=transport)
+    data = os.urandom(8 << 20)
+
+    @server.stream_handler("echo")
+    async def echo(stream):
+        await stream.write_all(await stream.read_to_end())
+        await stream.write_eof()
+
+    client = await connected(server, transport=transport)
+    s = await client.open_stream("echo")
+    await s.write_all(data)
+    await s.write_eof()
+    got = []
+    while chunk := await s.read(1 << 22):
+        got.append(chunk)
+    assert b"".join(got) == data
+    with pytest.raises(ValueError, match="unknown option `stream_window`"):
+        await echostream.connect("127.0.0.1:1", insecure=True, transport={"stream_window": 1})
+    with pytest.raises(ValueError, match="transport `congestion`"):
+        await echostream.connect("127.0.0.1:1", insecure=True, transport={"congestion": "vegas"})
+    with pytest.raises(ValueError, match="transport `receive_window`"):
+        await make_server(transport={"receive_window": 0}).start()
+    with pytest.raises(TypeError, match="transport must be a dict"):
+        make_server(transport=[("congestion", "bbr")])

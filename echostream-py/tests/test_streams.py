@@ -184,3 +184,33 @@ async def test_a_stream_turned_into_messages_has_no_byte_operations(make_server,
         await s.write_all(b"x")
     with pytest.raises(RuntimeError, match="already a message stream"):
         echostream.MessageStream(s)
+
+
+async def test_reads_of_changing_sizes_return_every_byte_and_then_the_end(make_server, connected):
+    server = make_server()
+    data = os.urandom(3 * (1 << 20) + 11)
+
+    @server.stream_handler("source")
+    async def source(stream):
+        await stream.write_all(data)
+        await stream.write_eof()
+
+    client = await connected(server)
+    s = await client.open_stream("source")
+    await asyncio.sleep(0.2)  # let much of it arrive, so reads find it waiting
+    sizes = [1 << 20, 5, 70000, 1, 1 << 20, 1500]
+    got, largest, i = [], 0, 0
+    while True:
+        n = sizes[i % len(sizes)]
+        chunk = await asyncio.wait_for(s.read(n), 10)
+        assert len(chunk) <= n
+        if not chunk:
+            break
+        largest = max(largest, len(chunk))
+        got.append(chunk)
+        i += 1
+    assert b"".join(got) == data
+    assert largest > 64 * 1024, f"a large read takes what has arrived (largest: {largest})"
+    # The end was reported once, as b""; a read after it says the data half is closed.
+    with pytest.raises(echostream.StreamError, match="read"):
+        await s.read(10)

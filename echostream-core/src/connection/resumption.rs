@@ -2,7 +2,8 @@
 //!
 //! A [`SessionStore`] belongs to one client builder and is shared by every connection made from
 //! it (clones of the builder, reconnections by the reconnect supervisor), so a reconnect finds the
-//! tickets the previous connection received. Tickets are kept per *host key*, the address string
+//! tickets the previous connection received. Builders made separately share one through a
+//! [`SessionCache`] (`ClientBuilder::session_cache`). Tickets are kept per *host key*, the address string
 //! the user connected to, and not per TLS server name: two servers on the same IP address but
 //! different ports never see each other's tickets.
 //!
@@ -30,6 +31,33 @@ use std::sync::{Arc, Mutex};
 const MAX_HOSTS: usize = 256;
 /// Tickets kept per host: rustls servers send two per connection.
 const TICKETS_PER_HOST: usize = 8;
+
+/// TLS session tickets kept in memory for resumption and 0-RTT, per server address, that
+/// several client builders can share ([`ClientBuilder::session_cache`]).
+///
+/// Every builder has one of its own, shared with its clones and the connections made from them.
+/// Give the same cache to builders made separately (one per call of a function that connects,
+/// as the Python `connect()` does) so that a connection from one resumes the session another
+/// received. Sharing is safe whatever the builders' other settings: a ticket is offered only
+/// through a TLS configuration built for the same trust settings, client certificate and key
+/// log, and rustls resumes it only with the verifier that received it. Cheap to clone.
+///
+/// [`ClientBuilder::session_cache`]: crate::rpc::ClientBuilder::session_cache
+#[derive(Clone, Debug, Default)]
+pub struct SessionCache(pub(crate) Arc<SessionStore>);
+
+impl SessionCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Unused TLS 1.3 tickets held for the server at `addr` (the address string given to
+    /// `connect`).
+    pub fn tickets(&self, addr: &str) -> usize {
+        self.0.get(addr).map_or(0, |h| h.tickets())
+    }
+}
 
 /// Session tickets per host key, shared by the connections of one client builder.
 #[derive(Debug, Default)]

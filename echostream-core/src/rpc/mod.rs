@@ -23,7 +23,10 @@
 //!   accepting, every connection gets a GOAWAY (the peer's new calls fail fast),
 //!   calls in flight get the grace period (default 10 s; then aborted and
 //!   answered `CANCELLED`), each control stream is finished and acknowledged
-//!   (bounded wait) and the connection closed with `GOING_AWAY`.
+//!   (bounded wait) and the connection closed with `GOING_AWAY`. A connection
+//!   whose admission (handshake, hello, authenticator, decision) was still
+//!   running when the shutdown listed the connections closes itself with
+//!   `GOING_AWAY` as soon as it is admitted.
 //! - **Clients share endpoints.** `RpcClient` is an `Arc` (`Clone + Send +
 //!   Sync`); the connection closes when the last clone drops. UDP endpoints
 //!   (socket + quinn's buffers, about 3 MiB) belong to the builder: clients
@@ -176,7 +179,7 @@ pub mod subscribe;
 pub use crate::protocol::{CallOptions, ClockEstimate, ConnectionInfo, Peer, ZeroRtt};
 #[cfg(feature = "discovery")]
 pub use balance::{Balancer, InstanceStats};
-pub use client::{ClientBuilder, ClientConnectionEvents, ReconnectPolicy, RpcClient};
+pub use client::{ClientBuilder, ClientConnectionEvents, ReconnectPolicy, RpcClient, SessionCache};
 pub use context::Context;
 #[cfg(feature = "discovery")]
 pub use discovery::DiscoverOptions;

@@ -50,7 +50,9 @@ from typing import (
 )
 
 import atexit
+import functools
 import time
+import weakref
 
 from . import _echostream as _native
 from ._echostream import Clock, Stream
@@ -77,6 +79,7 @@ __all__ = [
     "Incoming",
     "ConnectionEvents",
     "MessageStream",
+    "AuthRequest",
     *_errors_all,
 ]
 
@@ -150,6 +153,71 @@ def _timeout(timeout: Optional[float]) -> Optional[float]:
 # ---------------------------------------------------------------------------------------------
 
 
+class _Completions:
+    """The calls of one event loop whose results arrive in batches (the native
+    ``Completions``): a finished call costs the loop no thread hand-off of its own, and many
+    finished calls one wake-up. Cancelling a call's future aborts the Rust call (which cancels
+    it on the peer). Handlers registered from this loop start through the same queue."""
+
+    __slots__ = ("_native", "_pending", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._native = _native.Completions()
+        self._pending: Dict[int, "asyncio.Future[Any]"] = {}
+        # No reference to the loop here: the loop is the key of a weak dictionary.
+        loop.add_reader(self._native.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        # Starts the handlers' coroutines queued since the last drain, then settles the calls.
+        for call_id, value, ok in self._native.drain(asyncio.get_running_loop()):
+            fut = self._pending.pop(call_id, None)
+            if fut is None or fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def future(self, call_id: int) -> "asyncio.Future[Any]":
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = fut
+        fut.add_done_callback(functools.partial(self._settled, call_id))
+        return fut
+
+    def _settled(self, call_id: int, fut: "asyncio.Future[Any]") -> None:
+        if fut.cancelled():
+            self._pending.pop(call_id, None)
+            self._native.cancel(call_id)
+
+
+_COMPLETIONS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Optional[_Completions]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _completions() -> Optional[_Completions]:
+    """The running loop's completions; ``None`` where a loop cannot watch a socket (Windows'
+    proactor loop) or the native module has none: calls then complete one by one."""
+    loop = asyncio.get_running_loop()
+    try:
+        return _COMPLETIONS[loop]
+    except KeyError:
+        pass
+    c: Optional[_Completions] = None
+    if hasattr(_native, "Completions"):
+        try:
+            c = _Completions(loop)
+        except NotImplementedError:
+            c = None
+    _COMPLETIONS[loop] = c
+    return c
+
+
+def _native_completions() -> Any:
+    c = _completions()
+    return None if c is None else c._native
+
+
 class _Caller:
     __slots__ = ("_native",)
 
@@ -167,9 +235,13 @@ class _Caller:
         """
         if not isinstance(method, str):
             raise TypeError(f"method must be a str, not {type(method).__name__}")
-        text = await self._native.request(
-            method, _encode_args(method, args), _timeout(timeout), _metadata(metadata)
-        )
+        encoded, seconds, md = _encode_args(method, args), _timeout(timeout), _metadata(metadata)
+        completions = _completions()
+        if completions is None:
+            text = await self._native.request(method, encoded, seconds, md)
+        else:
+            call_id = self._native.request_via(completions._native, method, encoded, seconds, md)
+            text = await completions.future(call_id)
         return json.loads(text)
 
     async def emit(self, event: str, value: Any = None) -> None:
@@ -198,7 +270,9 @@ class _Caller:
         return self._native.clock()
 
     def info(self) -> Dict[str, Any]:
-        """Connection details: addresses, fingerprint, rtt, traffic counters."""
+        """Connection details: addresses, fingerprint, rtt, traffic counters, and ``zero_rtt``
+        (as :attr:`Peer.zero_rtt`: ``"accepted"`` means the TLS session was resumed and its
+        early data ran)."""
         return self._native.info()
 
 
@@ -294,9 +368,15 @@ class Client(_Caller):
         policy gave up)."""
         return ConnectionEvents(self._native.connection_events())
 
+    async def health(self, service: str = "") -> str:
+        """The server's health status for ``service`` (``""``: the whole server):
+        ``"SERVING"``, ``"NOT_SERVING"``, ``"UNKNOWN"`` or ``"SERVICE_UNKNOWN"``."""
+        return await self._native.health(_service(service))
+
     def can_resume(self) -> bool:
-        """Whether the client holds a TLS session ticket for the server, so a reconnection
-        (``reconnect=``) resumes the session and may send 0-RTT early data."""
+        """Whether the process holds a TLS session ticket for the server, so a reconnection
+        (``reconnect=``) or another :func:`connect` to the same address resumes the session
+        and may send 0-RTT early data."""
         return self._native.can_resume()
 
     async def close(self) -> None:
@@ -487,6 +567,76 @@ def _stream_invoker(name: str, fn: Callable[..., Any]) -> Callable[[Any, Stream]
     return invoke
 
 
+class AuthRequest:
+    """What a server's ``authenticator`` sees of a connecting client: ``remote``
+    (``host:port``), ``fingerprint`` (of its verified client certificate, if it presented
+    one), ``token`` (what the client passed as ``token=``, if any) and ``metadata`` (its
+    hello's, a dict)."""
+
+    __slots__ = ("remote", "fingerprint", "token", "metadata")
+
+    def __init__(self, remote: str, fingerprint: Optional[str], token: Optional[str],
+                 metadata: Dict[str, str]) -> None:
+        self.remote = remote
+        self.fingerprint = fingerprint
+        self.token = token
+        self.metadata = metadata
+
+    def __repr__(self) -> str:
+        # Never print the token.
+        return f"AuthRequest(remote={self.remote!r}, fingerprint={self.fingerprint!r})"
+
+
+def _auth_invoker(fn: Callable[..., Any]) -> Callable[..., Awaitable[Optional[str]]]:
+    if not callable(fn):
+        raise TypeError(f"authenticator must be callable, not {type(fn).__name__}")
+
+    async def invoke(remote: str, fingerprint: Optional[str], token: Optional[str],
+                     metadata: List[Tuple[str, str]]) -> Optional[str]:
+        request = AuthRequest(remote, fingerprint, token, dict(metadata))
+        try:
+            out = fn(request)
+            if inspect.isawaitable(out):
+                out = await out
+        except RemoteError:
+            raise
+        except Exception as e:
+            raise RemoteError(Code.UNAUTHENTICATED, str(e) or type(e).__name__) from None
+        if out is not None and not isinstance(out, str):
+            raise RemoteError(Code.INTERNAL, f"the authenticator returned a {type(out).__name__}, not a name (str) or None")
+        return out
+
+    return invoke
+
+
+def _interceptor_invokers(interceptor: Any) -> Optional[List[Callable[..., Awaitable[None]]]]:
+    if interceptor is None:
+        return None
+    functions = list(interceptor) if isinstance(interceptor, (list, tuple)) else [interceptor]
+    out = []
+    for fn in functions:
+        if not callable(fn):
+            raise TypeError(f"an interceptor must be callable, not {type(fn).__name__}")
+        out.append(_interceptor_invoker(fn))
+    return out
+
+
+def _interceptor_invoker(fn: Callable[..., Any]) -> Callable[[Any, str], Awaitable[None]]:
+    async def invoke(ctx: Any, kind: str) -> None:
+        try:
+            out = fn(Context(ctx), kind)
+            if inspect.isawaitable(out):
+                out = await out
+        except RemoteError:
+            raise
+        except Exception as e:
+            raise RemoteError(Code.PERMISSION_DENIED, f"`{ctx.method}` denied: {type(e).__name__}: {e}") from None
+        if out is False:
+            raise RemoteError(Code.PERMISSION_DENIED, f"`{ctx.method}` denied by an interceptor")
+
+    return invoke
+
+
 class Router:
     """Handlers, listeners and stream handlers one side serves to its peers.
 
@@ -590,6 +740,11 @@ async def connect(
     keep_alive: Optional[float] = None,
     max_frame_size: Optional[int] = None,
     stream_options: Optional[Mapping[str, float]] = None,
+    event_queue: Optional[int] = None,
+    assembly_timeout: Optional[float] = None,
+    max_assembly_bytes: Optional[int] = None,
+    interceptor: Union[Callable[..., Any], Sequence[Callable[..., Any]], None] = None,
+    transport: Optional[Mapping[str, Any]] = None,
 ) -> Client:
     """Connects to the server at ``addr`` (``"host:port"``).
 
@@ -610,13 +765,27 @@ async def connect(
     deadline unless they set one, and the server's handler timeout applies); ``reconnect=True`` (or a
     :class:`Reconnect`) re-establishes a dropped connection; ``resumption`` and ``zero_rtt``
     (both on) resume TLS sessions and send the calls to the ``idempotent`` methods as 0-RTT
-    early data to servers that allow it; ``idle_timeout`` (30 s) and ``keep_alive`` (10 s) are
+    early data to servers that allow it (the session tickets are kept in memory for the whole
+    process, so a later ``connect()`` to the same address resumes too, whenever its trust
+    settings and client certificate are the same); ``idle_timeout`` (30 s) and ``keep_alive`` (10 s) are
     the transport's; ``max_frame_size`` is the largest frame accepted from the server (32 MiB).
     ``stream_options`` sets stream limits and timeouts by the names of the Rust
     ``StreamOptions`` fields: ``accept_queue`` (64), ``decision_queue`` (64),
     ``pairing_timeout`` (10 s), ``open_timeout`` (30 s), ``decision_timeout`` (10 s),
     ``max_error_size`` (64 KiB), ``max_message_size`` (16 MiB), ``max_read_to_end`` (256 MiB),
-    ``max_streams_per_connection`` (16,384). All times are in seconds.
+    ``max_streams_per_connection`` (16,384). ``event_queue`` is how many of the server's
+    events may wait for this side's listeners (16,384; announced as event credit, so the
+    server's emits wait beyond it); ``assembly_timeout`` (10 s) and ``max_assembly_bytes``
+    (64 MiB) bound the large messages from the server being received at once.
+    ``interceptor`` (a function or a list) runs before each call, event and stream the server
+    sends this client (see :class:`Server`). ``transport`` sets QUIC transport options by the
+    names of the Rust ``TransportOptions`` fields, over their defaults (``idle_timeout`` and
+    ``keep_alive`` given separately win): ``idle_timeout`` (30 s), ``keep_alive`` (10 s,
+    ``None``: off), ``max_bidi_streams``, ``max_uni_streams``, ``socket_buffer`` (4 MiB),
+    ``stream_receive_window`` (256 KiB: raise it for one fast bulk stream),
+    ``receive_window`` (16 MiB), ``reordering_threshold`` (3), ``loss_time_threshold``
+    (1.125 round trips), ``congestion`` (``"cubic"``, ``"newreno"`` or ``"bbr"``),
+    ``call_priority`` (``True``: small calls go before bulk data). All times are in seconds.
     """
     if not isinstance(addr, str):
         raise TypeError(f"addr must be a str such as '127.0.0.1:5000', not {type(addr).__name__}")
@@ -627,7 +796,10 @@ async def connect(
                           reconnect=reconnect, zero_rtt=zero_rtt, resumption=resumption,
                           idempotent=idempotent, idle_timeout=idle_timeout,
                           keep_alive=keep_alive, max_frame_size=max_frame_size,
-                          stream_options=stream_options)
+                          stream_options=stream_options, event_queue=event_queue,
+                          assembly_timeout=assembly_timeout,
+                          max_assembly_bytes=max_assembly_bytes, interceptor=interceptor,
+                          transport=transport)
 
 
 async def discover(
@@ -681,6 +853,22 @@ def _stream_options(options: Optional[Mapping[str, float]]) -> Optional[Dict[str
     return out
 
 
+def _transport(options: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        raise TypeError(f"transport must be a dict of option name to value, not {type(options).__name__}")
+    if not all(isinstance(k, str) for k in options):
+        raise TypeError("transport keys must be str")
+    return dict(options)
+
+
+def _service(service: Any) -> str:
+    if not isinstance(service, str):
+        raise TypeError(f"service must be a str (\"\": the whole server), not {type(service).__name__}")
+    return service
+
+
 def _strs(values: Any, name: str) -> List[str]:
     if isinstance(values, str):
         return [values]
@@ -717,6 +905,11 @@ async def _connect(
     keep_alive: Optional[float] = None,
     max_frame_size: Optional[int] = None,
     stream_options: Optional[Mapping[str, float]] = None,
+    event_queue: Optional[int] = None,
+    assembly_timeout: Optional[float] = None,
+    max_assembly_bytes: Optional[int] = None,
+    interceptor: Union[Callable[..., Any], Sequence[Callable[..., Any]], None] = None,
+    transport: Optional[Mapping[str, Any]] = None,
 ) -> Client:
     pins = None if pin is None else _strs(pin, "pin")
     if router is not None and not isinstance(router, Router):
@@ -755,6 +948,12 @@ async def _connect(
         keep_alive=_number(keep_alive, "keep_alive"),
         max_frame_size=_number(max_frame_size, "max_frame_size", int),
         stream_options=_stream_options(stream_options),
+        completions=_native_completions(),
+        event_queue=_number(event_queue, "event_queue", int),
+        assembly_timeout=_number(assembly_timeout, "assembly_timeout"),
+        max_assembly_bytes=_number(max_assembly_bytes, "max_assembly_bytes", int),
+        interceptors=_interceptor_invokers(interceptor),
+        transport=_transport(transport),
     )
     return Client(native)
 
@@ -901,6 +1100,27 @@ class Server(Router):
     :class:`RateLimitedError` and the connection stays usable. ``default_handler_timeout``
     bounds handlers whose caller set no deadline (300 s); ``max_connections_per_address``
     (1000) caps the connections from one IP address, refused before any TLS work.
+    ``event_queue`` (16,384 per connection), ``assembly_timeout`` and ``max_assembly_bytes``
+    bound what a client can make the server hold; ``transport`` sets QUIC transport options
+    (see :func:`connect`).
+
+    ``authenticator`` decides who a connecting client is, after its hello and before any call
+    runs: a function (plain or ``async``, run on the server's loop) given an
+    :class:`AuthRequest` that returns the identity's name (``ctx.identity`` in handlers), or
+    ``None`` or raises to refuse the client (its :func:`connect` raises
+    :class:`RejectedError` with the exception's text). It runs within ``handshake_timeout``;
+    not together with ``tokens``.
+
+    ``interceptor`` (a function or a list of them, plain or ``async``) runs before every
+    request, event and stream open, in order, with the call's :class:`Context` and its kind
+    (``"request"``, ``"event"`` or ``"stream"``): returning ``False`` or raising denies it (the
+    caller gets :class:`PermissionDeniedError`, or the code of a :class:`RemoteError` raised
+    on purpose) and the handler never runs. An interceptor costs a round trip to the event
+    loop per call.
+
+    Health: every server answers the health service (``echostream.health``, what
+    :meth:`Client.health` and the ``echostream`` tool ask); :meth:`set_serving` and
+    :meth:`set_not_serving` change what it says per service name.
     """
 
     def __init__(
@@ -926,6 +1146,12 @@ class Server(Router):
         method_rate_limits: Optional[Mapping[str, int]] = None,
         default_handler_timeout: Optional[float] = None,
         max_connections_per_address: Optional[int] = None,
+        event_queue: Optional[int] = None,
+        assembly_timeout: Optional[float] = None,
+        max_assembly_bytes: Optional[int] = None,
+        authenticator: Optional[Callable[[AuthRequest], Any]] = None,
+        interceptor: Union[Callable[..., Any], Sequence[Callable[..., Any]], None] = None,
+        transport: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__()
         if not isinstance(bind, str):
@@ -966,6 +1192,12 @@ class Server(Router):
             ],
             default_handler_timeout=_number(default_handler_timeout, "default_handler_timeout"),
             max_connections_per_address=_number(max_connections_per_address, "max_connections_per_address", int),
+            event_queue=_number(event_queue, "event_queue", int),
+            assembly_timeout=_number(assembly_timeout, "assembly_timeout"),
+            max_assembly_bytes=_number(max_assembly_bytes, "max_assembly_bytes", int),
+            authenticator=None if authenticator is None else _auth_invoker(authenticator),
+            interceptors=_interceptor_invokers(interceptor),
+            transport=_transport(transport),
         )
         self._native: Any = None
 
@@ -976,7 +1208,7 @@ class Server(Router):
         spec = self._identity._spec if self._identity is not None else ("default", None, None)
         self._native = _native.start_server(
             self._bind, spec, self._routes(), self._discovery, self._interfaces,
-            self._tokens, self._require_token, **self._options,
+            self._tokens, self._require_token, completions=_native_completions(), **self._options,
         )
         return self
 
@@ -998,6 +1230,20 @@ class Server(Router):
     def peers(self) -> List[Peer]:
         """The connected clients."""
         return [Peer(p) for p in self._running().peers()]
+
+    def set_serving(self, service: str = "") -> None:
+        """Marks ``service`` (``""``: the whole server) ``SERVING`` in the health service."""
+        self._running().set_serving(_service(service))
+
+    def set_not_serving(self, service: str = "") -> None:
+        """Marks ``service`` (``""``: the whole server) ``NOT_SERVING``: health probes and
+        watchers see it, and balanced clients take this server out of rotation for it."""
+        self._running().set_not_serving(_service(service))
+
+    def health(self, service: str = "") -> str:
+        """The health status of ``service``: ``"SERVING"``, ``"NOT_SERVING"``, ``"UNKNOWN"``
+        or ``"SERVICE_UNKNOWN"`` (none was set; the whole server starts ``SERVING``)."""
+        return self._running().health(_service(service))
 
     async def broadcast(self, event: str, value: Any = None) -> int:
         """Sends ``event`` to every client; returns how many it was queued for."""

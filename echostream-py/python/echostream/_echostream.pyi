@@ -1,12 +1,17 @@
 """Type stubs of the native module (the Rust half). Use the ``echostream`` package instead:
 it encodes and decodes values (JSON) around these classes."""
 
-from typing import Any, Awaitable, Dict, List, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 _Pairs = List[Tuple[str, str]]
 _IdentitySpec = Tuple[str, Optional[str], Optional[str]]
 _Routes = Tuple[List[Tuple[str, Any]], List[Tuple[str, Any]], List[Tuple[str, Any]], List[str]]
 """Handlers, listeners, stream handlers (name, function), and the idempotent handlers' names."""
+_Authenticator = Callable[[str, Optional[str], Optional[str], _Pairs], Awaitable[Optional[str]]]
+"""(remote, client certificate fingerprint, token, hello metadata) -> the identity's name; None
+or an exception (its message is the reason) rejects."""
+_Interceptor = Callable[[CallContext, str], Awaitable[None]]
+"""(context, "request" | "event" | "stream"); raising denies the call."""
 
 def connect(
     addr: Optional[str],
@@ -35,7 +40,14 @@ def connect(
     keep_alive: Optional[float] = None,
     max_frame_size: Optional[int] = None,
     stream_options: Optional[Dict[str, float]] = None,
-) -> Awaitable[Client]: ...
+    event_queue: Optional[int] = None,
+    assembly_timeout: Optional[float] = None,
+    max_assembly_bytes: Optional[int] = None,
+    interceptors: Optional[List[_Interceptor]] = None,
+    transport: Optional[Dict[str, Any]] = None,
+    completions: Optional[Completions] = None,
+) -> Awaitable[Client]:
+    """Connects; every connect() of the process shares one store of TLS session tickets."""
 def identity_fingerprint(spec: _IdentitySpec) -> str:
     """The fingerprint of the identity ``spec`` names (loads it; not for ephemeral ones)."""
 
@@ -61,6 +73,13 @@ def start_server(
     method_rate_limits: Optional[List[Tuple[str, int]]] = None,
     default_handler_timeout: Optional[float] = None,
     max_connections_per_address: Optional[int] = None,
+    event_queue: Optional[int] = None,
+    assembly_timeout: Optional[float] = None,
+    max_assembly_bytes: Optional[int] = None,
+    authenticator: Optional[_Authenticator] = None,
+    interceptors: Optional[List[_Interceptor]] = None,
+    transport: Optional[Dict[str, Any]] = None,
+    completions: Optional[Completions] = None,
 ) -> NativeServer: ...
 
 class Client:
@@ -69,6 +88,11 @@ class Client:
     def request(
         self, method: str, args: str, timeout: Optional[float] = None, metadata: Optional[_Pairs] = None
     ) -> Awaitable[str]: ...
+    def request_via(
+        self, completions: Completions, method: str, args: str, timeout: Optional[float] = None,
+        metadata: Optional[_Pairs] = None,
+    ) -> int:
+        """``request``, its result delivered through ``completions`` under the returned id."""
     def emit(self, name: str, value: str) -> Awaitable[None]: ...
     def subscribe(self, name: str) -> EventStream: ...
     def ping(self, timeout: float = 5.0) -> Awaitable[float]: ...
@@ -77,6 +101,9 @@ class Client:
     def info(self) -> Dict[str, Any]: ...
     def is_connected(self) -> bool: ...
     def can_resume(self) -> bool: ...
+    def health(self, service: str = "") -> Awaitable[str]:
+        """The server's health status for ``service``: ``"SERVING"``, ``"NOT_SERVING"``,
+        ``"UNKNOWN"`` or ``"SERVICE_UNKNOWN"``."""
     def connection_events(self) -> ClientEventStream: ...
     def open_stream(self, name: str, metadata: Optional[_Pairs] = None) -> Awaitable[Stream]: ...
     def close(self) -> Awaitable[None]: ...
@@ -91,6 +118,11 @@ class PeerHandle:
     def request(
         self, method: str, args: str, timeout: Optional[float] = None, metadata: Optional[_Pairs] = None
     ) -> Awaitable[str]: ...
+    def request_via(
+        self, completions: Completions, method: str, args: str, timeout: Optional[float] = None,
+        metadata: Optional[_Pairs] = None,
+    ) -> int:
+        """``request``, its result delivered through ``completions`` under the returned id."""
     def emit(self, name: str, value: str) -> Awaitable[None]: ...
     def ping(self, timeout: float = 5.0) -> Awaitable[float]: ...
     def open_stream(self, name: str, metadata: Optional[_Pairs] = None) -> Awaitable[Stream]: ...
@@ -202,9 +234,22 @@ class NativeServer:
     address: str
     fingerprint: str
     def peers(self) -> List[PeerHandle]: ...
+    def set_serving(self, service: str) -> None: ...
+    def set_not_serving(self, service: str) -> None: ...
+    def health(self, service: str) -> str: ...
     def broadcast(self, name: str, value: str) -> Awaitable[int]: ...
     def subscribe(self, name: str) -> EventStream: ...
     def accept(self, name: str) -> StreamAcceptor: ...
     def connection_events(self) -> ConnectionEventStream: ...
     def connection_requests(self) -> ConnectionRequestStream: ...
     def close(self) -> Awaitable[None]: ...
+
+class Completions:
+    """Requests whose results, and handler starts, the event loop takes in batches: register
+    ``loop.add_reader(c.fileno(), lambda: ...c.drain(loop)...)`` (unix only)."""
+
+    def fileno(self) -> int: ...
+    def drain(self, event_loop: Any) -> List[Tuple[int, Any, bool]]:
+        """Starts the queued handler coroutines, then returns ``(id, value, ok)`` per finished
+        request: the result's JSON text, or the exception to raise."""
+    def cancel(self, id: int) -> None: ...

@@ -126,6 +126,20 @@ impl ClientBuilder {
         self
     }
 
+    /// Keeps session tickets in `cache` instead of this builder's own store, so that builders
+    /// made separately resume each other's sessions (see [`SessionCache`]). The builder's
+    /// clones and their connections share it as they share the builder's own store.
+    pub fn session_cache(mut self, cache: &SessionCache) -> Self {
+        self.sessions = cache.0.clone();
+        self
+    }
+
+    /// The session tickets this builder keeps, to hand to another builder
+    /// ([`ClientBuilder::session_cache`]).
+    pub fn sessions(&self) -> SessionCache {
+        SessionCache(self.sessions.clone())
+    }
+
     /// Send early data on resumed connections (default: on; it has an effect only with
     /// servers that enable 0-RTT, which they do not by default).
     ///

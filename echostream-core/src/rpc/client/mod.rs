@@ -1,5 +1,6 @@
 //! The client: connects to a server and calls it.
 
+pub use crate::connection::resumption::SessionCache;
 use crate::connection::resumption::{HostSessions, SessionStore};
 use crate::connection::tls::{ClientTrust, Fingerprint};
 use crate::connection::{self, TransportOptions};

@@ -210,6 +210,7 @@ impl ServerBuilder {
                     protocol: Arc::new(protocol),
                     guard,
                     peers: Mutex::new(HashMap::new()),
+                    closing: Default::default(),
                     handshake_timeout: self.handshake_timeout,
                     shutdown: ShutdownHandle {
                         tx: Arc::new(shutdown_tx),

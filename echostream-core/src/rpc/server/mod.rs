@@ -15,7 +15,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -30,6 +30,10 @@ struct ServerShared {
     protocol: Arc<ProtocolConfig>,
     /// Live connections by connection id.
     peers: Mutex<HashMap<u64, Peer>>,
+    /// Set, under the `peers` lock, when the graceful shutdown takes its list of connections
+    /// to close: a connection admitted later (its admission or handshake was still running)
+    /// is not on that list, and closes itself when it finds this set.
+    closing: AtomicBool,
     handshake_timeout: Duration,
     shutdown: ShutdownHandle,
     /// Connected/disconnected notifications; lagging receivers miss the oldest.
@@ -556,7 +560,11 @@ impl RpcServer {
             .health
             .drain(self.grace.min(Duration::from_secs(2)))
             .await;
-        let peers = self.peers();
+        let peers: Vec<Peer> = {
+            let table = lock(&self.handle.shared.peers);
+            self.handle.shared.closing.store(true, Ordering::Release);
+            table.values().cloned().collect()
+        };
         for p in &peers {
             p.go_away("server shutting down").await;
         }
@@ -702,11 +710,22 @@ async fn serve_connection(
     let id = peer.connection_id();
     crate::metrics::connection_accepted();
     let _open = crate::metrics::OpenConnection::new("server");
-    lock(&shared.peers).insert(id, peer.clone());
+    let closing = {
+        let mut table = lock(&shared.peers);
+        table.insert(id, peer.clone());
+        shared.closing.load(Ordering::Acquire)
+    };
     drop(guard);
     slot.handshake_done();
     tracing::debug!(%remote, id, "client connected");
     let _ = shared.events.send(ConnectionEvent::Connected(peer.info()));
+    if closing {
+        // Admitted after the shutdown listed the connections to close: nobody else will close
+        // this one, and the server's `run()` may already have returned.
+        tracing::debug!(%remote, id, "admitted during the shutdown; closing");
+        peer.finish_and_close(CloseCode::GOING_AWAY, "server shut down", Duration::from_secs(2))
+            .await;
+    }
     let reason = peer.closed().await.to_string();
     lock(&shared.peers).remove(&id);
     tracing::debug!(%remote, id, reason, "client disconnected");
