@@ -61,6 +61,15 @@ fn echo_server(compression: Compression) -> TestServer {
             }))
             .handler(handler_fn("len", |_c: Context, s: String| async move {
                 Ok::<_, Error>(s.len() as u64)
+            }))
+            // Handlers that choose for their own answer, whatever the server's setting.
+            .handler(handler_fn("echo.zstd", |c: Context, s: String| async move {
+                c.compress_reply(ZSTD);
+                Ok::<_, Error>(s)
+            }))
+            .handler(handler_fn("echo.plain", |c: Context, s: String| async move {
+                c.compress_reply(Compression::None);
+                Ok::<_, Error>(s)
             })),
     )
 }
@@ -190,6 +199,33 @@ async fn per_call_option_compresses_one_call_and_the_peer_answers_by_its_own_set
     assert_eq!(len, n);
     let (sent1, _) = traffic(&c2);
     assert!(sent1 - sent0 >= n, "sent {} bytes for {n}", sent1 - sent0);
+}
+
+#[tokio::test]
+async fn a_handler_chooses_the_compression_of_its_own_answer() {
+    init_tracing();
+    let text = json_like(48 * 1024);
+    let n = text.len() as u64;
+    // The server does not compress; this handler does.
+    let s = echo_server(Compression::None);
+    let c = client_with(&s, Compression::None).await;
+    let (_, recv0) = traffic(&c);
+    let back: String = c.request("echo.zstd", &text).await.unwrap();
+    assert_eq!(back, text);
+    let (_, recv1) = traffic(&c);
+    assert!(
+        recv1 - recv0 < n / 3,
+        "answer took {} bytes for {n}",
+        recv1 - recv0
+    );
+    // The server compresses; this handler answers plain.
+    let s = echo_server(ZSTD);
+    let c = client_with(&s, Compression::None).await;
+    let (_, recv0) = traffic(&c);
+    let back: String = c.request("echo.plain", &text).await.unwrap();
+    assert_eq!(back, text);
+    let (_, recv1) = traffic(&c);
+    assert!(recv1 - recv0 >= n, "answer took {} bytes for {n}", recv1 - recv0);
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ pub(super) fn accepted_by(peer_hello: &Metadata) -> Accepted {
 impl Peer {
     /// Compresses a payload we are about to send, when `choice` (else the connection's
     /// setting) names an algorithm the peer announced and it pays; `None`: send it as it is.
-    pub(super) fn deflate(
+    pub(crate) fn deflate(
         &self,
         codec: Codec,
         payload: &Bytes,

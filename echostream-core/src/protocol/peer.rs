@@ -787,14 +787,13 @@ impl Peer {
         });
     }
 
-    /// The response frame of a result, its payload compressed when this side's setting and
-    /// the peer allow (a payload compressed already is left as it is).
+    /// The response frame of a result (a handler's payload is compressed already, if at all:
+    /// `Context::reply_payload`).
     fn response_frame(&self, id: u64, result: Result<Payload, Status>) -> Frame {
-        let result = result.map(|p| {
-            self.deflate(p.codec, &p.bytes, None)
-                .unwrap_or((p.codec, p.bytes))
-        });
-        Frame::Response(ResponseFrame { id, result })
+        Frame::Response(ResponseFrame {
+            id,
+            result: result.map(|p| (p.codec, p.bytes)),
+        })
     }
 
     pub(super) async fn send_response(&self, id: u64, result: Result<Payload, Status>) {
