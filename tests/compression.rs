@@ -287,6 +287,28 @@ async fn payloads_under_the_threshold_are_sent_as_they_are() {
 }
 
 #[tokio::test]
+async fn a_payload_over_the_peers_frame_limit_is_refused_locally_even_if_it_would_compress_under_it() {
+    init_tracing();
+    let s = serve(
+        RpcServer::builder()
+            .max_frame_size(64 * 1024)
+            .handler(handler_fn("len", |_c: Context, s: String| async move {
+                Ok::<_, Error>(s.len() as u64)
+            })),
+    );
+    let c = client_with(&s, ZSTD).await;
+    let err = c
+        .request::<_, u64>("len", json_like(256 * 1024))
+        .await
+        .expect_err("over the server's frame limit");
+    assert!(matches!(err, Error::FrameTooLarge { .. }), "{err}");
+    // The connection is still up: a compressible payload under the limit goes compressed.
+    let text = json_like(48 * 1024);
+    let len: u64 = c.request("len", &text).await.unwrap();
+    assert_eq!(len, text.len() as u64);
+}
+
+#[tokio::test]
 async fn the_compression_announcement_is_hidden_from_the_application() {
     let s = echo_server(ZSTD);
     let c = client_with(&s, ZSTD).await;

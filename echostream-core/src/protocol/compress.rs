@@ -32,6 +32,12 @@ impl Peer {
         let config = &self.shared.config;
         let setting = choice.unwrap_or(config.compression);
         setting.algorithm()?;
+        // The peer bounds the *uncompressed* size by its frame limit too: a payload over it goes
+        // plain, so the usual local check refuses it (`Error::FrameTooLarge`) instead of the
+        // peer closing the connection.
+        if payload.len() as u64 > u64::from(self.peer_max_frame_size()) {
+            return None;
+        }
         let accepted = self.shared.peer_compression.get().copied()?;
         compress::deflate(codec, payload, setting, accepted, config.compression_min_size)
     }
