@@ -309,6 +309,41 @@ pub enum DecompressError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Hostile input: any bytes, any declared length, both algorithms: an error or a
+        /// payload of exactly the declared length within the limit, never a panic.
+        #[test]
+        fn arbitrary_payloads_never_panic_nor_exceed_the_limit(
+            bits in prop_oneof![Just(ZSTD_BITS), Just(LZ4_BITS)],
+            declared in 0u32..8192,
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut payload = declared.to_be_bytes().to_vec();
+            payload.extend_from_slice(&body);
+            if let Ok((codec, out)) = inflate(Codec::from_tag(1 | bits), Bytes::from(payload), 4096) {
+                prop_assert_eq!(codec, Codec::Bincode);
+                prop_assert_eq!(out.len(), declared as usize);
+                prop_assert!(out.len() <= 4096);
+            }
+        }
+
+        #[test]
+        fn compressible_payloads_round_trip(
+            seed in proptest::collection::vec(any::<u8>(), 1..64),
+            repeat in 16usize..512,
+            lz4 in any::<bool>(),
+        ) {
+            let data: Vec<u8> = seed.iter().copied().cycle().take(seed.len() * repeat).collect();
+            let setting = if lz4 { Compression::Lz4 } else { Compression::Zstd { level: 1 } };
+            if let Some((codec, packed)) = deflate(Codec::Json, &data, setting, Accepted::ALL, 0) {
+                let (plain, out) = inflate(codec, packed, 1 << 20).unwrap();
+                prop_assert_eq!(plain, Codec::Json);
+                prop_assert_eq!(&out[..], &data[..]);
+            }
+        }
+    }
 
     fn json_like(n: usize) -> Vec<u8> {
         let mut v = Vec::with_capacity(n + 64);
