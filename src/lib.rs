@@ -53,6 +53,7 @@ pub use echostream_core::stream::{
 pub use echostream_core::{connection, metrics, protocol, rpc, stream, testing, Error, Result};
 pub use echostream_derive::{handler, listener, service, stream_handler};
 pub use echostream_types as types;
+pub use echostream_types::compress::Compression;
 pub use echostream_types::descriptor::{Event, Method, RawStream, ServiceDescription, StreamKind};
 pub use echostream_types::{Code, Codec, Metadata, Status};
 

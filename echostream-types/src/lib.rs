@@ -32,6 +32,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod codec;
+pub mod compress;
 mod cursor;
 pub mod descriptor;
 pub mod frame;

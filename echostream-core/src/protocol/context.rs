@@ -49,6 +49,8 @@ struct CallInfo {
     metadata: Metadata,
     deadline: Option<Instant>,
     peer: Peer,
+    /// The handler's choice of compression for its answer (see [`Context::compress_reply`]).
+    reply_compression: std::sync::Mutex<Option<echostream_types::compress::Compression>>,
 }
 
 impl Context {
@@ -66,7 +68,27 @@ impl Context {
                 metadata,
                 deadline,
                 peer,
+                reply_compression: std::sync::Mutex::new(None),
             }),
+        }
+    }
+
+    /// Compresses this call's answer with `compression` instead of this side's setting
+    /// (`ServerBuilder::compression`); `Compression::None` sends it plain. As with the setting,
+    /// only with an algorithm the caller announced, for an answer of at least the threshold,
+    /// and when it shrinks by at least 10 %. Called by a handler before it returns; the last
+    /// call wins.
+    pub fn compress_reply(&self, compression: echostream_types::compress::Compression) {
+        *super::state::lock(&self.inner.reply_compression) = Some(compression);
+    }
+
+    /// The answer's payload as it goes on the wire: compressed by the handler's choice, else
+    /// by this side's setting, when the peer accepts it and it pays.
+    pub(crate) fn reply_payload(&self, payload: Payload) -> Payload {
+        let choice = *super::state::lock(&self.inner.reply_compression);
+        match self.inner.peer.deflate(payload.codec, &payload.bytes, choice) {
+            Some((codec, bytes)) => Payload { codec, bytes },
+            None => payload,
         }
     }
 

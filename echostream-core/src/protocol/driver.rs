@@ -588,8 +588,11 @@ pub(super) fn perform(
                 .store(welcome.max_frame_size, std::sync::atomic::Ordering::Release);
             shared.credit.start(&welcome.metadata);
             let _ = shared
+                .peer_compression
+                .set(super::compress::accepted_by(&welcome.metadata));
+            let _ = shared
                 .peer_hello
-                .set(super::credit::EventCredit::application_metadata(welcome.metadata));
+                .set(super::application_hello_metadata(welcome.metadata));
             tracing::debug!("welcome received");
             Ok(None)
         }

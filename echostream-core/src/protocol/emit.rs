@@ -35,6 +35,9 @@ impl Peer {
         }
         let codec = opts.codec.unwrap_or(self.shared.config.default_codec);
         let payload = encode_value(codec, &value, name, "event")?;
+        let (codec, payload) = self
+            .deflate(codec, &payload, opts.compression)
+            .unwrap_or((codec, payload));
         // Waits while the peer's listeners are behind (event credit), never the peer's reader;
         // a connection that ends meanwhile ends the wait.
         // Biased: with credit at hand, the close watch is never polled (it takes quinn's lock).

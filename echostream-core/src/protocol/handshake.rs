@@ -57,6 +57,7 @@ impl HandshakeError {
 fn our_hello(config: &ProtocolConfig) -> Hello {
     let mut metadata = config.hello_metadata.clone();
     super::credit::EventCredit::announce(&mut metadata, config.event_queue);
+    super::compress::announce(&mut metadata);
     Hello {
         version: PROTOCOL_VERSION,
         max_frame_size: config.max_frame_size,

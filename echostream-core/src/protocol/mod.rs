@@ -43,6 +43,7 @@
 pub(crate) mod budget;
 mod call;
 mod clock;
+mod compress;
 mod context;
 mod credit;
 mod driver;
@@ -66,7 +67,9 @@ pub use clock::SyncedClock;
 
 /// A peer's hello metadata as applications see it (without the protocol's own entries).
 pub(crate) fn application_hello_metadata(hello: echostream_types::Metadata) -> echostream_types::Metadata {
-    credit::EventCredit::application_metadata(hello)
+    let mut hello = credit::EventCredit::application_metadata(hello);
+    hello.remove(echostream_types::compress::HELLO_KEY);
+    hello
 }
 pub use context::{Context, Payload};
 pub(crate) use handshake::{
@@ -116,6 +119,10 @@ pub(crate) struct ProtocolConfig {
     /// Deadline applied to calls that set none.
     pub(crate) default_timeout: Option<Duration>,
     /// Codec used when a call does not choose one.
+    /// How this side compresses what it sends (`echostream_types::compress`).
+    pub(crate) compression: echostream_types::compress::Compression,
+    /// Payloads shorter than this are sent uncompressed.
+    pub(crate) compression_min_size: usize,
     pub(crate) default_codec: Codec,
     /// Metadata sent in this side's hello.
     pub(crate) hello_metadata: Metadata,
@@ -159,6 +166,8 @@ impl Default for ProtocolConfig {
             write_queue: 1024,
             hello_timeout: Duration::from_secs(10),
             default_timeout: Some(Duration::from_secs(30)),
+            compression: echostream_types::compress::Compression::None,
+            compression_min_size: echostream_types::compress::DEFAULT_MIN_SIZE,
             default_codec: Codec::Bincode,
             hello_metadata: Metadata::new(),
             clock: SystemClock::shared(),
@@ -301,6 +310,7 @@ pub struct CallOptions {
     pub(crate) metadata: Metadata,
     pub(crate) codec: Option<Codec>,
     pub(crate) idempotent: bool,
+    pub(crate) compression: Option<echostream_types::compress::Compression>,
 }
 
 impl CallOptions {
@@ -327,6 +337,15 @@ impl CallOptions {
     /// Adds a metadata entry, visible to the handler as `ctx.metadata()`.
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
         self.metadata.insert(key, value);
+        self
+    }
+
+    /// Compresses this call's argument (or this event's value) with `compression` instead of
+    /// the connection's setting, when the peer accepts that algorithm and it pays (see
+    /// `ClientBuilder::compression`); `Compression::None` sends it as it is. The answer is
+    /// compressed by the peer's own setting.
+    pub fn compression(mut self, compression: echostream_types::compress::Compression) -> Self {
+        self.compression = Some(compression);
         self
     }
 
@@ -404,6 +423,9 @@ struct Shared {
     events_dropped: AtomicU64,
     /// Event credit in both directions (see `credit`).
     credit: credit::EventCredit,
+    /// The compression algorithms the peer announced in its hello (see `compress`); unset
+    /// until its hello is known, and nothing is compressed meanwhile.
+    peer_compression: OnceLock<echostream_types::compress::Accepted>,
     /// Clock synchronisation with the peer, started on first use.
     clock_sync: OnceLock<Arc<ClockSync>>,
     /// Reply permits and the byte budgets of running requests and queued events.

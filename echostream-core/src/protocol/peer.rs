@@ -82,11 +82,11 @@ impl Peer {
         let established = watch::channel(client_early.is_none() && tls_done.is_none()).0;
         let peer_hello = OnceLock::new();
         let credit = super::credit::EventCredit::new(config.event_queue);
+        let peer_compression = OnceLock::new();
         if !welcome_pending {
             credit.start(&hs.peer_hello.metadata);
-            let _ = peer_hello.set(super::credit::EventCredit::application_metadata(
-                hs.peer_hello.metadata,
-            ));
+            let _ = peer_compression.set(super::compress::accepted_by(&hs.peer_hello.metadata));
+            let _ = peer_hello.set(super::application_hello_metadata(hs.peer_hello.metadata));
         }
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
         let fingerprint = OnceLock::new();
@@ -96,7 +96,8 @@ impl Peer {
         let shared = Arc::new(Shared {
             side: side::SideStreams::new(&config),
             budgets: Budgets::new(&config),
-            state: CallState::new(role, config.max_concurrent_requests, welcome_pending, zero_rtt),
+            state: CallState::new(role, config.max_concurrent_requests, welcome_pending, zero_rtt)
+                .frame_limit(config.max_frame_size),
             streams,
             remote: conn.remote_address(),
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
@@ -113,6 +114,7 @@ impl Peer {
             events: ev_tx,
             events_dropped: AtomicU64::new(0),
             credit,
+            peer_compression,
             clock_sync: OnceLock::new(),
             pings: Default::default(),
         });
@@ -483,13 +485,17 @@ impl Peer {
         // What is left of the timeout travels with the request (relative, so clock skew does
         // not matter).
         let deadline = timeout.map(|t| time_left(t, started));
+        let packed = self.deflate(args.codec, &args.bytes, opts.compression);
+        let (codec, payload) = packed
+            .as_ref()
+            .map_or((args.codec, &args.bytes), |(c, b)| (*c, b));
         let request = RequestRef {
             id,
             method,
-            codec: args.codec,
+            codec,
             deadline,
             metadata: &opts.metadata,
-            payload: &args.bytes,
+            payload,
         };
         tracing::debug!(method, id, "request");
         let encoded = encode_with(|buf| request.encode_split_ref(buf));
@@ -739,10 +745,7 @@ impl Peer {
             }
         }
         let mark = replies.len();
-        let frame = Frame::Response(ResponseFrame {
-            id,
-            result: result.map(|p| (p.codec, p.bytes)),
-        });
+        let frame = self.response_frame(id, result);
         match frame.encode_split_ref(replies) {
             Ok(tail) if replies.len() - mark + tail.len() <= self.shared.config.inline_threshold => {
                 if tail.len() < COPY_BELOW {
@@ -784,11 +787,17 @@ impl Peer {
         });
     }
 
-    pub(super) async fn send_response(&self, id: u64, result: Result<Payload, Status>) {
-        let frame = Frame::Response(ResponseFrame {
+    /// The response frame of a result (a handler's payload is compressed already, if at all:
+    /// `Context::reply_payload`).
+    fn response_frame(&self, id: u64, result: Result<Payload, Status>) -> Frame {
+        Frame::Response(ResponseFrame {
             id,
             result: result.map(|p| (p.codec, p.bytes)),
-        });
+        })
+    }
+
+    pub(super) async fn send_response(&self, id: u64, result: Result<Payload, Status>) {
+        let frame = self.response_frame(id, result);
         match self
             .send_frame(&frame, || format!("response to request {id}"), true)
             .await

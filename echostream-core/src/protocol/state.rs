@@ -101,6 +101,8 @@ pub(crate) struct CallState<W, H> {
     closed: OnceLock<Closed>,
     /// What became of this connection's early data (client side).
     zero_rtt: Mutex<ZeroRtt>,
+    /// Our frame limit: no compressed payload decompresses beyond it.
+    max_frame: u32,
 }
 
 impl<W, H> CallState<W, H> {
@@ -116,7 +118,14 @@ impl<W, H> CallState<W, H> {
             welcome_pending: AtomicBool::new(welcome_pending),
             closed: OnceLock::new(),
             zero_rtt: Mutex::new(zero_rtt),
+            max_frame: echostream_types::DEFAULT_MAX_FRAME_SIZE,
         }
+    }
+
+    /// Sets our frame limit, which also bounds a compressed payload's uncompressed size.
+    pub(crate) fn frame_limit(mut self, limit: u32) -> Self {
+        self.max_frame = limit;
+        self
     }
 
     pub(crate) fn role(&self) -> Role {
@@ -260,6 +269,12 @@ impl<W, H> CallState<W, H> {
                 Err(e) => Step::Violation(e.close.unwrap_or(CloseCode::PROTOCOL_VIOLATION), e.reason),
             };
         }
+        // A compressed payload is checked against our frame limit and decompressed here, so
+        // what follows (admission, budgets, handlers) sees only plain payloads.
+        let frame = match super::compress::inflate_frame(frame, self.max_frame) {
+            Ok(frame) => frame,
+            Err((code, reason)) => return Step::Violation(code, reason),
+        };
         match (frame, origin) {
             (Frame::Request(req), _) => match self.admit(&req) {
                 Admission::Run => Step::Request(req),

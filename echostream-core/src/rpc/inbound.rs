@@ -123,7 +123,10 @@ impl Inbound for ConnInbound {
             std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().now_or_never()))
         };
         match first {
-            Ok(Some(result)) => return Some(record(&metrics, started, finished(&ctx, result))),
+            Ok(Some(result)) => {
+                let result = record(&metrics, started, finished(&ctx, result));
+                return Some(result.map(|p| ctx.reply_payload(p)));
+            }
             Err(panic) => return Some(record(&metrics, started, panicked(&ctx, &panic))),
             Ok(None) => {}
         }
@@ -133,8 +136,8 @@ impl Inbound for ConnInbound {
             method,
             in_span(
                 async move {
-                    let result = finish_call(call, ctx, reservation, deadline).await;
-                    record(&metrics, started, result)
+                    let result = finish_call(call, ctx.clone(), reservation, deadline).await;
+                    record(&metrics, started, result).map(|p| ctx.reply_payload(p))
                 },
                 span,
             ),

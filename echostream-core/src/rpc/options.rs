@@ -91,6 +91,27 @@ macro_rules! shared_setters {
             self
         }
 
+        #[doc = concat!(
+                    "Compresses the payloads of the calls, answers and events this side sends to ",
+                    $peer,
+                    " (default [`Compression::None`](echostream_types::compress::Compression::None)). ",
+                    "Only with an algorithm the peer announced in its hello, only for payloads of at ",
+                    "least [`compression_min_size`](Self::compression_min_size) bytes, and only when ",
+                    "the result is at least 10 % smaller. This side always accepts zstd and LZ4 from ",
+                    "its peer, whatever this setting; per-call options override it for calls and events. ",
+                    "Pays on slow links with compressible payloads (JSON, text); costs CPU on fast ones."
+                )]
+        pub fn compression(mut self, c: echostream_types::compress::Compression) -> Self {
+            self.opts.protocol.compression = c;
+            self
+        }
+
+        /// Payloads shorter than this are never compressed (default 1 KiB).
+        pub fn compression_min_size(mut self, bytes: usize) -> Self {
+            self.opts.protocol.compression_min_size = bytes;
+            self
+        }
+
         /// Codec of calls and events that do not choose one (default bincode).
         pub fn codec(mut self, codec: echostream_types::Codec) -> Self {
             self.opts.protocol.default_codec = codec;

@@ -21,6 +21,13 @@ pub struct Impairment {
     /// one in the same direction. Off by default: each datagram is delayed independently, so
     /// jitter reorders them (about `2 × jitter × rate` deep), harsher than most real links.
     pub in_order: bool,
+    /// Link rate in bits per second, each direction (`None`: unlimited). Datagrams leave one
+    /// after another, each taking its size at this rate, behind a drop-tail queue of
+    /// [`Impairment::queue`]; the delay and jitter above come on top.
+    pub rate: Option<u64>,
+    /// The longest a datagram may wait for the rate-limited link before it is dropped (a
+    /// router's buffer, in time); only with [`Impairment::rate`].
+    pub queue: Duration,
 }
 
 impl Impairment {
@@ -36,7 +43,17 @@ impl Impairment {
             jitter,
             loss: 0.0,
             in_order: false,
+            rate: None,
+            queue: Duration::ZERO,
         }
+    }
+
+    /// Limits the link to `bits_per_second` in each direction, with a 50 ms drop-tail queue
+    /// (see [`Impairment::rate`]).
+    pub fn with_rate(mut self, bits_per_second: u64) -> Self {
+        self.rate = Some(bits_per_second.max(1));
+        self.queue = Duration::from_millis(50);
+        self
     }
 
     /// Keeps datagrams in order (see [`Impairment::in_order`]).
@@ -68,6 +85,8 @@ struct Shared {
     send_failures: AtomicU64,
     /// Per direction, the release time of the latest delayed datagram (for `in_order`).
     last_due: [Mutex<Option<std::time::Instant>>; 2],
+    /// Per direction, when the rate-limited link is free again.
+    link_free: [Mutex<Option<std::time::Instant>>; 2],
     rng: Mutex<u64>,
 }
 
@@ -82,9 +101,11 @@ impl Shared {
         (v >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// `None` to drop, else how long to hold the datagram that goes `direction`.
-    fn plan(&self, direction: usize) -> Option<Duration> {
-        let d = self.plan_one()?;
+    /// `None` to drop, else how long to hold the datagram of `len` bytes that goes
+    /// `direction`.
+    fn plan(&self, direction: usize, len: usize) -> Option<Duration> {
+        let serial = self.serialize(direction, len)?;
+        let d = self.plan_one()? + serial;
         if !self.impairment.lock().unwrap_or_else(|p| p.into_inner()).in_order {
             return Some(d);
         }
@@ -93,6 +114,29 @@ impl Shared {
         let due = last.map_or(now + d, |l| l.max(now + d));
         *last = Some(due);
         Some(due - now)
+    }
+
+    /// The wait for the rate-limited link and the datagram's own transmission time, or `None`
+    /// when the queue is full (drop-tail). Zero without a rate.
+    fn serialize(&self, direction: usize, len: usize) -> Option<Duration> {
+        let (rate, queue) = {
+            let imp = self.impairment.lock().unwrap_or_else(|p| p.into_inner());
+            (imp.rate, imp.queue)
+        };
+        let Some(rate) = rate else {
+            return Some(Duration::ZERO);
+        };
+        let now = std::time::Instant::now();
+        let mut free = self.link_free[direction]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let start = free.map_or(now, |f| f.max(now));
+        if start - now > queue {
+            return None;
+        }
+        let done = start + Duration::from_secs_f64(len as f64 * 8.0 / rate as f64);
+        *free = Some(done);
+        Some(done - now)
     }
 
     /// The impairment's verdict for one datagram, on its own.
@@ -151,6 +195,7 @@ impl Relay {
             by_direction: Default::default(),
             send_failures: AtomicU64::new(0),
             last_due: Default::default(),
+            link_free: Default::default(),
             rng: Mutex::new(seed | 1),
         });
         let task = tokio::spawn(front_loop(front, shared.clone()));
@@ -275,7 +320,7 @@ async fn back_loop(up: Arc<UdpSocket>, front: Arc<UdpSocket>, client: SocketAddr
 }
 
 fn forward(shared: &Arc<Shared>, via: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>, direction: usize) {
-    let plan = shared.plan(direction);
+    let plan = shared.plan(direction, data.len());
     shared.by_direction[direction][usize::from(plan.is_none())].fetch_add(1, Ordering::Relaxed);
     match plan {
         None => {
