@@ -76,7 +76,16 @@ async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), 
     send.write_all(&buf).await.map_err(HandshakeError::write)
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Result<Frame, HandshakeError> {
+/// How long a side that found the control stream finished before the hello waits for the
+/// connection's close: a peer that refuses the connection finishes the stream, then closes
+/// with its reason (`REJECTED` and why), which is what the caller should see.
+const CLOSE_REASON_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn read_frame(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+) -> Result<Frame, HandshakeError> {
     let decoder = FrameDecoder::new(MAX_HELLO);
     loop {
         match decoder.decode(buf) {
@@ -92,10 +101,15 @@ async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Result<
         match recv.read_chunk(MAX_HELLO as usize, true).await {
             Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
             Ok(None) => {
-                return Err(HandshakeError::local(
-                    CloseCode::PROTOCOL_VIOLATION,
-                    "control stream ended before the hello".into(),
-                ))
+                return Err(
+                    match tokio::time::timeout(CLOSE_REASON_WAIT, conn.closed()).await {
+                        Ok(closed) => HandshakeError::lost(closed),
+                        Err(_) => HandshakeError::local(
+                            CloseCode::PROTOCOL_VIOLATION,
+                            "control stream ended before the hello".into(),
+                        ),
+                    },
+                )
             }
             Err(quinn::ReadError::ConnectionLost(c)) => return Err(HandshakeError::lost(c)),
             Err(e) => {
@@ -140,7 +154,7 @@ pub(crate) async fn client_handshake(
     let _ = send.set_priority(1);
     write_frame(&mut send, &Frame::Hello(our_hello(config))).await?;
     let mut buf = BytesMut::new();
-    let welcome = check_welcome(read_frame(&mut recv, &mut buf).await?)?;
+    let welcome = check_welcome(read_frame(conn, &mut recv, &mut buf).await?)?;
     Ok(HandshakeOutcome {
         send,
         recv,
@@ -198,7 +212,7 @@ pub(crate) async fn server_read_hello(
     let (send, mut recv) = conn.accept_bi().await.map_err(HandshakeError::lost)?;
     let _ = send.set_priority(1);
     let mut buf = BytesMut::new();
-    let hello = match read_frame(&mut recv, &mut buf).await? {
+    let hello = match read_frame(conn, &mut recv, &mut buf).await? {
         Frame::Hello(h) => h,
         other => {
             return Err(HandshakeError::local(
