@@ -53,6 +53,7 @@ const EMPTY_RETRY: Duration = Duration::from_secs(5);
 /// ```no_run
 /// # async fn doc() -> Result<(), echostream_discovery::DiscoveryError> {
 /// use echostream_discovery::DnsSd;
+/// // An example address in a `no_run` example: compiled, never contacted.
 /// let service = DnsSd::new("_echostream._udp.example.internal").server("10.0.0.2:53".parse().unwrap());
 /// for instance in service.lookup().await? {
 ///     println!("{} at {:?}", instance.name(), instance.addrs());
@@ -112,7 +113,8 @@ impl DnsSd {
         &self.service
     }
 
-    /// The server asked, in words: `DNS server 10.0.0.2:53` or `the system resolver`.
+    /// The server asked, in words: `DNS server 10.0.0.2:53` (an example in text, never
+    /// contacted) or `the system resolver`.
     pub fn server_description(&self) -> String {
         match self.server {
             Some(a) => format!("DNS server {a}"),
